@@ -1,0 +1,16 @@
+//! sdtrace: a tensor-trace differential debugger for Stable Diffusion.
+//!
+//! Data flows one way: model → [`probe`] → [`trace`] file → analysis → views. This crate's
+//! trace, stats, probe and inspection modules never touch a tensor library: the probe takes a
+//! neutral [`probe::TensorView`] (dtype, shape, little-endian bytes).
+
+pub mod dtype;
+pub mod export;
+pub mod glob;
+pub mod host;
+pub mod inspect;
+pub mod probe;
+pub mod stats;
+pub mod trace;
+
+pub use dtype::DType;

@@ -1,0 +1,503 @@
+//! The probe: the only seam between model code and traces.
+//!
+//! Model code calls [`Probe::plan`] with a key (a diffusers module path such as
+//! `unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1`, or a pipeline point such as
+//! `noise.initial`). Only when the plan asks for something does it hand over a [`TensorView`]
+//! with [`Probe::tensor`], so a disabled probe or an `off` rule costs a branch, not a device→host
+//! copy. The [`Policy`] (ordered rules, the last match wins) decides the fidelity and codec per
+//! key and step; [`Intervention`]s may return a replacement tensor (perturbation, replay).
+//!
+//! Invariants: the probe never changes a tensor unless an intervention returns a replacement;
+//! recording is a pure observation, so outputs are bit-identical whatever the policy.
+
+use crate::dtype::{DType, byte_len};
+use crate::glob;
+use crate::stats::{SummaryBuilder, sketch::SketchBuilder, sketch::DEFAULT_K, thumbnail};
+use crate::trace::{Codec, Fidelity, RecordId, RecordInput, TraceError, TraceWriter, WrittenTrace};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+
+/// Errors of the probe and its policy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("capture rule '{rule}': {what}. Rules look like GLOB[@STEPS]=LEVEL[:CODEC], e.g. 'unet.*@0-4=full:zstd' (LEVEL: off, stats, sketch, full; CODEC: raw, zstd; STEPS: N, N-M, N-, -M)")]
+    BadRule { rule: String, what: String },
+    #[error("unknown capture preset '{0}' (expected one of: default, stats, sketch, full, off)")]
+    BadPreset(String),
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("intervention at {id}: {what}")]
+    Intervention { id: String, what: String },
+}
+
+/// A tensor as the probe sees it: dtype, shape and contiguous little-endian bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    dtype: DType,
+    shape: &'a [usize],
+    data: &'a [u8],
+}
+
+impl<'a> TensorView<'a> {
+    /// A view, checked: `data` must hold exactly the elements of `shape`.
+    pub fn new(dtype: DType, shape: &'a [usize], data: &'a [u8]) -> Result<Self, String> {
+        let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        match byte_len(dtype, &dims) {
+            Some(n) if n == data.len() as u64 => Ok(TensorView { dtype, shape, data }),
+            n => Err(format!("{} bytes given for shape {shape:?} of {dtype}, which needs {n:?}", data.len())),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn shape(&self) -> &'a [usize] {
+        self.shape
+    }
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+}
+
+/// An owned tensor, as returned by interventions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedTensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl OwnedTensor {
+    pub fn view(&self) -> Result<TensorView<'_>, String> {
+        TensorView::new(self.dtype, &self.shape, &self.data)
+    }
+}
+
+/// Something that may replace a probed tensor (fault injection, replaying a recorded input).
+pub trait Intervention: Send {
+    /// Cheap check: does this intervention act at `id`?
+    fn wants(&self, id: &RecordId) -> bool;
+    /// The replacement for the tensor at `id`, or `None` to leave it as is.
+    fn apply(&mut self, id: &RecordId, tensor: TensorView<'_>) -> Result<Option<OwnedTensor>, String>;
+}
+
+/// Which sampler steps a rule covers (inclusive bounds). A bounded range never matches
+/// records outside the sampling loop (no step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StepRange {
+    pub first: Option<u32>,
+    pub last: Option<u32>,
+}
+
+impl StepRange {
+    pub fn all() -> Self {
+        StepRange::default()
+    }
+
+    pub fn contains(&self, step: Option<u32>) -> bool {
+        match (step, self.first, self.last) {
+            (_, None, None) => true,
+            (None, _, _) => false,
+            (Some(s), f, l) => f.is_none_or(|f| s >= f) && l.is_none_or(|l| s <= l),
+        }
+    }
+}
+
+/// What a rule asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Off,
+    Capture(Fidelity, Codec),
+}
+
+/// One capture rule: keys matching `pattern` at steps in `steps` get `action`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub pattern: String,
+    pub steps: StepRange,
+    pub action: Action,
+}
+
+impl Rule {
+    pub fn new(pattern: &str, action: Action) -> Self {
+        Rule { pattern: pattern.to_string(), steps: StepRange::all(), action }
+    }
+}
+
+impl std::str::FromStr for Rule {
+    type Err = ProbeError;
+    /// `GLOB[@STEPS]=LEVEL[:CODEC]`.
+    fn from_str(text: &str) -> Result<Self, ProbeError> {
+        let bad = |what: &str| ProbeError::BadRule { rule: text.to_string(), what: what.to_string() };
+        let (lhs, rhs) = text.rsplit_once('=').ok_or_else(|| bad("missing '='"))?;
+        let (pattern, steps) = match lhs.split_once('@') {
+            Some((p, s)) => (p, parse_steps(s).map_err(|w| bad(&w))?),
+            None => (lhs, StepRange::all()),
+        };
+        if pattern.is_empty() {
+            return Err(bad("empty key pattern"));
+        }
+        let (level, codec) = match rhs.split_once(':') {
+            Some((l, c)) => (l, Some(c.parse::<Codec>().map_err(|w| bad(&w))?)),
+            None => (rhs, None),
+        };
+        let action = match level {
+            "off" if codec.is_none() => Action::Off,
+            "off" => return Err(bad("'off' takes no codec")),
+            l => {
+                let f: Fidelity = l.parse().map_err(|w: String| bad(&w))?;
+                if codec.is_some() && f != Fidelity::Full {
+                    return Err(bad("a codec only applies to 'full'"));
+                }
+                Action::Capture(f, codec.unwrap_or_default())
+            }
+        };
+        Ok(Rule { pattern: pattern.to_string(), steps, action })
+    }
+}
+
+fn parse_steps(s: &str) -> Result<StepRange, String> {
+    let num = |t: &str| t.parse::<u32>().map_err(|_| format!("'{t}' is not a step number"));
+    let opt = |t: &str| if t.is_empty() { Ok(None) } else { num(t).map(Some) };
+    let r = match s.split_once('-') {
+        Some((a, b)) => StepRange { first: opt(a)?, last: opt(b)? },
+        None => {
+            let n = num(s)?;
+            StepRange { first: Some(n), last: Some(n) }
+        }
+    };
+    if let (Some(a), Some(b)) = (r.first, r.last)
+        && a > b
+    {
+        return Err(format!("step range {a}-{b} is empty"));
+    }
+    Ok(r)
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.pattern)?;
+        let r = self.steps;
+        if r.first.is_some() || r.last.is_some() {
+            let n = |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_default();
+            if r.first == r.last {
+                write!(f, "@{}", n(r.first))?;
+            } else {
+                write!(f, "@{}-{}", n(r.first), n(r.last))?;
+            }
+        }
+        match self.action {
+            Action::Off => write!(f, "=off"),
+            Action::Capture(Fidelity::Full, Codec::ShuffleZstd) => write!(f, "=full:zstd"),
+            Action::Capture(fid, _) => write!(f, "={fid}"),
+        }
+    }
+}
+
+/// Ordered capture rules; the last rule that matches a record decides. Records no rule
+/// matches get `stats`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    /// CountSketch buckets for `sketch` and `full` records.
+    pub sketch_k: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::preset("default").unwrap_or(Policy { rules: Vec::new(), sketch_k: DEFAULT_K })
+    }
+}
+
+impl Policy {
+    /// Named presets. `default`: full payloads for the noise, text conditioning, sampler states
+    /// and the image, sketches for every model probe. `stats`/`sketch`/`full`: that level for
+    /// everything. `off`: nothing.
+    pub fn preset(name: &str) -> Result<Self, ProbeError> {
+        let all = |a| vec![Rule::new("*", a)];
+        let full = Action::Capture(Fidelity::Full, Codec::Raw);
+        let rules = match name {
+            "default" => vec![
+                Rule::new("*", Action::Capture(Fidelity::Sketch, Codec::Raw)),
+                Rule::new("noise.*", full),
+                Rule::new("text.*", full),
+                Rule::new("sampler.*", full),
+                Rule::new("image", full),
+            ],
+            "stats" => all(Action::Capture(Fidelity::Stats, Codec::Raw)),
+            "sketch" => all(Action::Capture(Fidelity::Sketch, Codec::Raw)),
+            "full" => all(full),
+            "off" => all(Action::Off),
+            other => return Err(ProbeError::BadPreset(other.to_string())),
+        };
+        Ok(Policy { rules, sketch_k: DEFAULT_K })
+    }
+
+    /// Append a rule (it overrides earlier ones where both match).
+    pub fn push(&mut self, rule: Rule) {
+        self.rules.push(rule);
+    }
+
+    /// The action for `key` at `step`.
+    pub fn action(&self, key: &str, step: Option<u32>) -> Action {
+        self.rules
+            .iter()
+            .rev()
+            .find(|r| r.steps.contains(step) && glob::matches(&r.pattern, key))
+            .map_or(Action::Capture(Fidelity::Stats, Codec::Raw), |r| r.action)
+    }
+
+    /// The rules as one line, for the trace header.
+    pub fn describe(&self) -> String {
+        let rules: Vec<String> = self.rules.iter().map(Rule::to_string).collect();
+        format!("{} (sketch k={})", rules.join(" "), self.sketch_k)
+    }
+}
+
+/// What the probe will do with a key at the current step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub capture: Option<(Fidelity, Codec)>,
+    pub intervene: bool,
+}
+
+impl Plan {
+    /// Nothing to do: the caller need not materialise the tensor.
+    pub fn is_noop(&self) -> bool {
+        self.capture.is_none() && !self.intervene
+    }
+}
+
+struct State {
+    policy: Policy,
+    writer: Option<TraceWriter>,
+    interventions: Vec<Box<dyn Intervention>>,
+    step: Option<u32>,
+    eval: u32,
+    /// Policy decisions for the current step, by key.
+    cache: HashMap<String, Action>,
+}
+
+/// The recording seam. `Probe::disabled()` costs one branch per call.
+pub struct Probe {
+    state: Option<Mutex<State>>,
+}
+
+impl Probe {
+    /// A probe that records nothing and replaces nothing.
+    pub fn disabled() -> Self {
+        Probe { state: None }
+    }
+
+    /// A probe recording into `writer` under `policy`.
+    pub fn new(writer: TraceWriter, policy: Policy) -> Self {
+        Self::build(Some(writer), policy)
+    }
+
+    /// A probe with interventions only (no trace), e.g. to replay inputs.
+    pub fn interventions_only() -> Self {
+        Self::build(None, Policy::preset("off").unwrap_or_default())
+    }
+
+    fn build(writer: Option<TraceWriter>, policy: Policy) -> Self {
+        Probe {
+            state: Some(Mutex::new(State {
+                policy,
+                writer,
+                interventions: Vec::new(),
+                step: None,
+                eval: 0,
+                cache: HashMap::new(),
+            })),
+        }
+    }
+
+    /// Add an intervention (consulted in the order added; the first replacement wins).
+    pub fn add_intervention(&mut self, i: Box<dyn Intervention>) {
+        if let Some(s) = &self.state {
+            lock(s).interventions.push(i);
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Enter sampler step `step` (or leave the loop with `None`) at model evaluation `eval`.
+    /// Entering a new step flushes the trace so a crash loses at most the current step.
+    pub fn set_step(&self, step: Option<u32>, eval: u32) -> Result<(), ProbeError> {
+        let Some(s) = &self.state else { return Ok(()) };
+        let mut s = lock(s);
+        if s.step != step {
+            s.cache.clear();
+            if let Some(w) = s.writer.as_mut() {
+                w.flush()?;
+            }
+        }
+        s.step = step;
+        s.eval = eval;
+        Ok(())
+    }
+
+    /// What the probe would do with `key` now. Cheap; call it before copying a tensor to host.
+    #[inline]
+    pub fn plan(&self, key: &str) -> Plan {
+        match &self.state {
+            None => Plan { capture: None, intervene: false },
+            Some(s) => lock(s).plan(key),
+        }
+    }
+
+    /// Observe `tensor` under `key`: record it as the policy says and return a replacement if an
+    /// intervention makes one.
+    pub fn tensor(&self, key: &str, tensor: TensorView<'_>) -> Result<Option<OwnedTensor>, ProbeError> {
+        let Some(s) = &self.state else { return Ok(None) };
+        let mut s = lock(s);
+        let plan = s.plan(key);
+        if let Some((fidelity, codec)) = plan.capture {
+            let rec = capture(key, s.step, s.eval, tensor, fidelity, codec, s.policy.sketch_k);
+            if let Some(w) = s.writer.as_mut() {
+                w.write(rec)?;
+            }
+        }
+        if !plan.intervene {
+            return Ok(None);
+        }
+        let id = RecordId { step: s.step, eval: s.eval, key: key.to_string() };
+        for i in s.interventions.iter_mut() {
+            if i.wants(&id)
+                && let Some(t) = i.apply(&id, tensor).map_err(|what| ProbeError::Intervention { id: id.to_string(), what })?
+            {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Finish the trace (index and footer). `Ok(None)` when there was no trace.
+    pub fn finish(self) -> Result<Option<WrittenTrace>, ProbeError> {
+        let Some(s) = self.state else { return Ok(None) };
+        let s = s.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok(s.writer.map(TraceWriter::finish).transpose()?)
+    }
+}
+
+fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    fn plan(&mut self, key: &str) -> Plan {
+        let action = match self.cache.get(key) {
+            Some(a) => *a,
+            None => {
+                let a = self.policy.action(key, self.step);
+                self.cache.insert(key.to_string(), a);
+                a
+            }
+        };
+        let capture = match action {
+            Action::Capture(f, c) if self.writer.is_some() => Some((f, c)),
+            _ => None,
+        };
+        let intervene = !self.interventions.is_empty() && {
+            let id = RecordId { step: self.step, eval: self.eval, key: key.to_string() };
+            self.interventions.iter().any(|i| i.wants(&id))
+        };
+        Plan { capture, intervene }
+    }
+}
+
+/// Compute a record of `tensor` at `fidelity`: summary always, sketch and thumbnail from
+/// `sketch` up, payload at `full`.
+pub fn capture(
+    key: &str,
+    step: Option<u32>,
+    eval: u32,
+    tensor: TensorView<'_>,
+    fidelity: Fidelity,
+    codec: Codec,
+    sketch_k: usize,
+) -> RecordInput {
+    let shape: Vec<u64> = tensor.shape.iter().map(|&d| d as u64).collect();
+    let mut b = SummaryBuilder::new(tensor.dtype);
+    if fidelity >= Fidelity::Sketch {
+        b = b.with_sketch(SketchBuilder::new(key, &shape, sketch_k));
+    }
+    b.update(tensor.data);
+    let (summary, sketch) = b.finish();
+    let thumbnail = if fidelity >= Fidelity::Sketch { thumbnail(tensor.dtype, &shape, tensor.data) } else { None };
+    let payload = (fidelity == Fidelity::Full).then(|| (tensor.data.to_vec(), codec));
+    RecordInput { key: key.to_string(), step, eval, dtype: tensor.dtype, shape, fidelity, summary, sketch, thumbnail, payload }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse_and_print() {
+        for text in ["unet.*=sketch", "sampler.*@0-4=full:zstd", "noise.initial=full", "*@3=off", "x@5-=stats", "y@-2=full"] {
+            let r: Rule = text.parse().unwrap();
+            assert_eq!(r.to_string(), text);
+        }
+        for bad in ["unet.*", "=full", "a=loud", "a@x=full", "a@5-2=full", "a=sketch:zstd", "a=off:raw", "a=full:lz9"] {
+            let e = bad.parse::<Rule>().unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("GLOB[@STEPS]"), "{e}");
+        }
+    }
+
+    #[test]
+    fn last_matching_rule_wins() {
+        let p = Policy::default();
+        let full = Action::Capture(Fidelity::Full, Codec::Raw);
+        assert_eq!(p.action("noise.initial", None), full);
+        assert_eq!(p.action("sampler.x", Some(3)), full);
+        assert_eq!(p.action("unet.conv_in", Some(3)), Action::Capture(Fidelity::Sketch, Codec::Raw));
+        let mut p = p;
+        p.push("unet.*@2-3=off".parse().unwrap());
+        assert_eq!(p.action("unet.conv_in", Some(3)), Action::Off);
+        assert_eq!(p.action("unet.conv_in", Some(4)), Action::Capture(Fidelity::Sketch, Codec::Raw));
+        assert_eq!(p.action("unet.conv_in", None), Action::Capture(Fidelity::Sketch, Codec::Raw));
+        assert_eq!(Policy { rules: vec![], sketch_k: 4 }.action("a", None), Action::Capture(Fidelity::Stats, Codec::Raw));
+        assert!(Policy::preset("loud").is_err());
+    }
+
+    struct Negate;
+    impl Intervention for Negate {
+        fn wants(&self, id: &RecordId) -> bool {
+            id.key == "x" && id.step == Some(1)
+        }
+        fn apply(&mut self, _: &RecordId, t: TensorView<'_>) -> Result<Option<OwnedTensor>, String> {
+            let data = t.data().chunks_exact(4).flat_map(|b| (-f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes()).collect();
+            Ok(Some(OwnedTensor { dtype: t.dtype(), shape: t.shape().to_vec(), data }))
+        }
+    }
+
+    #[test]
+    fn disabled_probe_does_nothing_and_interventions_replace() {
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let shape = [2usize];
+        let view = TensorView::new(DType::F32, &shape, &data).unwrap();
+        let p = Probe::disabled();
+        assert!(p.plan("x").is_noop());
+        assert!(p.tensor("x", view).unwrap().is_none());
+
+        let mut p = Probe::interventions_only();
+        p.add_intervention(Box::new(Negate));
+        assert!(p.plan("x").is_noop());
+        p.set_step(Some(1), 0).unwrap();
+        let plan = p.plan("x");
+        assert!(plan.intervene && plan.capture.is_none());
+        let t = p.tensor("x", view).unwrap().unwrap();
+        assert_eq!(&t.data[..4], &(-1.0f32).to_le_bytes());
+        assert!(p.tensor("y", view).unwrap().is_none());
+    }
+
+    #[test]
+    fn views_are_checked() {
+        assert!(TensorView::new(DType::F16, &[3], &[0; 6]).is_ok());
+        assert!(TensorView::new(DType::F16, &[3], &[0; 5]).is_err());
+    }
+}

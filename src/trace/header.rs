@@ -1,0 +1,172 @@
+//! The run header: what was run, where, and with which determinism-relevant settings.
+//!
+//! Stored as UTF-8 JSON in the first frame, so readers in any language can use it and so that
+//! fields added later are simply ignored by older readers (unknown keys land in `extra` and are
+//! written back unchanged). Every field is optional on read: a header of `{}` is valid.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Settings of the recorded generation; `None` means "not applicable or not known".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Model hashes by name (`sha256`, `a1111_old`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_hashes: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cfg_scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Compute dtype of the model (`f32`, `f16`, `bf16`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// Noise generator with all its parameters (`torch-cuda:30,2048`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rng: Option<String>,
+    /// Attention implementation and its chunking (`full`, `sliced:2`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
+    /// Capture policy the probe ran with (rules, sketch size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+    /// Settings this version has no field for yet.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// A GPU's facts, read from the device at record time.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuFacts {
+    pub name: Option<String>,
+    /// `"8.6"` style.
+    pub compute_capability: Option<String>,
+    pub sm_count: Option<u32>,
+    pub max_threads_per_sm: Option<u32>,
+    pub vram_total_bytes: Option<u64>,
+    pub vram_free_bytes: Option<u64>,
+    pub driver_version: Option<String>,
+    pub cuda_version: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// The machine a trace was recorded on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceFacts {
+    /// Compute device used (`cpu`, `cuda:0`, ...).
+    pub device: Option<String>,
+    pub os: Option<String>,
+    pub arch: Option<String>,
+    pub cpu_model: Option<String>,
+    /// ISA extensions relevant to numerics (`avx2`, `fma`, `avx512f`, `neon`, ...).
+    pub cpu_features: Vec<String>,
+    pub logical_cpus: Option<u32>,
+    /// Threads the computation was configured to use.
+    pub compute_threads: Option<u32>,
+    pub gpu: Option<GpuFacts>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// Everything a trace says about its run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunHeader {
+    pub sdtrace_version: Option<String>,
+    pub candle_version: Option<String>,
+    /// Creation time, milliseconds since the Unix epoch (UTC).
+    pub created_unix_ms: Option<u64>,
+    pub settings: Settings,
+    pub device: DeviceFacts,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl RunHeader {
+    /// A header stamped with this sdtrace's version and the current time.
+    pub fn new(settings: Settings, device: DeviceFacts) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .ok();
+        RunHeader {
+            sdtrace_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            candle_version: None,
+            created_unix_ms: now,
+            settings,
+            device,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings, numbers and maps always serialises.
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for milliseconds since the Unix epoch.
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_survive_and_empty_is_valid() {
+        let json = br#"{"settings":{"seed":5,"future_knob":[1,2]},"device":{"gpu":{"sm_count":15,"new":true}},"later":"x"}"#;
+        let h = RunHeader::from_json(json).unwrap();
+        assert_eq!(h.settings.seed, Some(5));
+        assert_eq!(h.settings.extra["future_knob"], serde_json::json!([1, 2]));
+        assert_eq!(h.device.gpu.as_ref().unwrap().sm_count, Some(15));
+        assert_eq!(h.extra["later"], "x");
+        let back = RunHeader::from_json(&h.to_json()).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(RunHeader::from_json(b"{}").unwrap(), RunHeader::default());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_unix_ms(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_unix_ms(1_795_700_000_000), "2026-11-26 13:33:20 UTC");
+        assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+}
