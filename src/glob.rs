@@ -42,7 +42,8 @@ mod tests {
         assert!(matches("unet.*", "unet.down_blocks.1.attentions.0"));
         assert!(matches("unet.*.attn?", "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"));
         assert!(!matches("unet.*.attn?", "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff"));
-        assert!(matches("*attn*", "unet.mid_block.attentions.0"));
+        assert!(matches("*attention*", "unet.mid_block.attentions.0"));
+        assert!(!matches("*attn*", "unet.mid_block.attentions.0"));
         assert!(matches("sampler.*", "sampler.eps.cond"));
         assert!(!matches("sampler.*", "sample"));
         assert!(matches("a*b*c", "aXXbYYc"));
