@@ -96,7 +96,9 @@ pub fn write_mini_run(path: &Path, steps: u32, seed: u64) -> u64 {
     for rule in ["unet.mid_block=stats", "sampler.denoised=full:zstd", "misc.*=full"] {
         policy.push(rule.parse().unwrap());
     }
-    let writer = TraceWriter::create(path, &fixed_header("synthetic mini run"), WriterOptions::default()).unwrap();
+    let mut header = fixed_header("synthetic mini run");
+    header.settings.steps = Some(steps);
+    let writer = TraceWriter::create(path, &header, WriterOptions::default()).unwrap();
     let probe = Probe::new(writer, policy);
     let mut rng = Rng(seed | 1);
     let latent = [1usize, 4, 8, 8];
