@@ -104,7 +104,9 @@ impl std::str::FromStr for DType {
         DType::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown dtype '{s}' (expected one of f32, f16, bf16, f64, i64, i32, u8)"))
+            .ok_or_else(|| {
+                format!("unknown dtype '{s}' (expected one of f32, f16, bf16, f64, i64, i32, u8)")
+            })
     }
 }
 

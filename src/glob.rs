@@ -40,8 +40,14 @@ mod tests {
         assert!(!matches("image", "images"));
         assert!(matches("*", ""));
         assert!(matches("unet.*", "unet.down_blocks.1.attentions.0"));
-        assert!(matches("unet.*.attn?", "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"));
-        assert!(!matches("unet.*.attn?", "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff"));
+        assert!(matches(
+            "unet.*.attn?",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+        ));
+        assert!(!matches(
+            "unet.*.attn?",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff"
+        ));
         assert!(matches("*attention*", "unet.mid_block.attentions.0"));
         assert!(!matches("*attn*", "unet.mid_block.attentions.0"));
         assert!(matches("sampler.*", "sampler.eps.cond"));

@@ -15,7 +15,9 @@ pub fn host_facts(compute_threads: Option<u32>) -> DeviceFacts {
         arch: Some(std::env::consts::ARCH.into()),
         cpu_model: cpu_model(),
         cpu_features: cpu_features(),
-        logical_cpus: std::thread::available_parallelism().ok().map(|n| n.get() as u32),
+        logical_cpus: std::thread::available_parallelism()
+            .ok()
+            .map(|n| n.get() as u32),
         compute_threads,
         gpu: None,
         extra: Default::default(),
@@ -25,7 +27,9 @@ pub fn host_facts(compute_threads: Option<u32>) -> DeviceFacts {
 fn cpu_model() -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     info.lines()
-        .find(|l| l.starts_with("model name") || l.starts_with("Model") || l.starts_with("Hardware"))
+        .find(|l| {
+            l.starts_with("model name") || l.starts_with("Model") || l.starts_with("Hardware")
+        })
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
 }
@@ -38,7 +42,20 @@ fn cpu_features() -> Vec<String> {
         macro_rules! probe {
             ($($name:tt),*) => {$( if std::arch::is_x86_feature_detected!($name) { f.push($name); } )*};
         }
-        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16", "avx512fp16");
+        probe!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512dq",
+            "avx512vnni",
+            "avx512bf16",
+            "avx512fp16"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     {

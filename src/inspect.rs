@@ -4,7 +4,9 @@
 use crate::dtype::DType;
 use crate::glob;
 use crate::stats::Summary;
-use crate::trace::{Codec, Fidelity, Integrity, RecordEntry, RunHeader, TraceReader, format_unix_ms};
+use crate::trace::{
+    Codec, Fidelity, Integrity, RecordEntry, RunHeader, TraceReader, format_unix_ms,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -55,7 +57,10 @@ pub fn trace_info(r: &TraceReader) -> TraceInfo {
         records: r.entries().len(),
         unstepped: r.entries().iter().filter(|e| e.step.is_none()).count(),
         steps,
-        groups: groups.into_iter().map(|(k, (keys, n))| (k, (keys.len(), n))).collect(),
+        groups: groups
+            .into_iter()
+            .map(|(k, (keys, n))| (k, (keys.len(), n)))
+            .collect(),
         by_fidelity,
         verified: None,
     }
@@ -70,12 +75,18 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn steps_text(steps: &[u32]) -> String {
     match (steps.first(), steps.last()) {
-        (Some(a), Some(b)) if steps.len() as u64 == (*b - *a) as u64 + 1 => format!("{} ({a}..={b})", steps.len()),
+        (Some(a), Some(b)) if steps.len() as u64 == (*b - *a) as u64 + 1 => {
+            format!("{} ({a}..={b})", steps.len())
+        }
         (Some(_), Some(_)) => format!("{} (not contiguous: {:?})", steps.len(), steps),
         _ => "none".into(),
     }
@@ -85,12 +96,23 @@ fn steps_text(steps: &[u32]) -> String {
 pub fn render_info(i: &TraceInfo) -> String {
     let mut s = String::new();
     let h = &i.header;
-    let _ = writeln!(s, "trace     {} ({}, format {}.{})", i.path, human_bytes(i.file_len), i.version.0, i.version.1);
+    let _ = writeln!(
+        s,
+        "trace     {} ({}, format {}.{})",
+        i.path,
+        human_bytes(i.file_len),
+        i.version.0,
+        i.version.1
+    );
     match &i.integrity {
         Integrity::Complete => {
             let _ = writeln!(s, "status    complete");
         }
-        Integrity::Recovered { reason, valid_len, file_len } => {
+        Integrity::Recovered {
+            reason,
+            valid_len,
+            file_len,
+        } => {
             let _ = writeln!(s, "status    TRUNCATED: {reason}");
             let _ = writeln!(
                 s,
@@ -100,7 +122,10 @@ pub fn render_info(i: &TraceInfo) -> String {
         }
     }
     if let Some(n) = i.verified {
-        let _ = writeln!(s, "verified  all checksums of {n} records and their payloads");
+        let _ = writeln!(
+            s,
+            "verified  all checksums of {n} records and their payloads"
+        );
     }
     let versions = [
         h.sdtrace_version.as_ref().map(|v| format!("sdtrace {v}")),
@@ -115,7 +140,11 @@ pub fn render_info(i: &TraceInfo) -> String {
     }
     let st = &h.settings;
     let mut rows: Vec<(&str, Option<String>)> = vec![("model", st.model.clone())];
-    rows.extend(st.model_hashes.iter().map(|(name, hash)| ("model hash", Some(format!("{name} {hash}")))));
+    rows.extend(
+        st.model_hashes
+            .iter()
+            .map(|(name, hash)| ("model hash", Some(format!("{name} {hash}")))),
+    );
     rows.extend([
         ("prompt", st.prompt.clone()),
         ("negative", st.negative_prompt.clone()),
@@ -123,7 +152,10 @@ pub fn render_info(i: &TraceInfo) -> String {
         ("steps", st.steps.map(|v| v.to_string())),
         ("cfg scale", st.cfg_scale.map(|v| v.to_string())),
         ("seed", st.seed.map(|v| v.to_string())),
-        ("size", st.width.zip(st.height).map(|(w, h)| format!("{w}x{h}"))),
+        (
+            "size",
+            st.width.zip(st.height).map(|(w, h)| format!("{w}x{h}")),
+        ),
         ("batch", st.batch_size.map(|v| v.to_string())),
         ("dtype", st.dtype.clone()),
         ("rng", st.rng.clone()),
@@ -134,29 +166,59 @@ pub fn render_info(i: &TraceInfo) -> String {
     let d = &h.device;
     let mut rows: Vec<(&str, Option<String>)> = vec![
         ("device", d.device.clone()),
-        ("os", d.os.clone().map(|os| format!("{os} {}", d.arch.clone().unwrap_or_default()))),
+        (
+            "os",
+            d.os.clone()
+                .map(|os| format!("{os} {}", d.arch.clone().unwrap_or_default())),
+        ),
         ("cpu", d.cpu_model.clone()),
-        ("isa", (!d.cpu_features.is_empty()).then(|| d.cpu_features.join(" "))),
+        (
+            "isa",
+            (!d.cpu_features.is_empty()).then(|| d.cpu_features.join(" ")),
+        ),
         (
             "threads",
-            d.compute_threads.map(|t| format!("{t} compute of {} logical", d.logical_cpus.map_or("?".into(), |n| n.to_string()))),
+            d.compute_threads.map(|t| {
+                format!(
+                    "{t} compute of {} logical",
+                    d.logical_cpus.map_or("?".into(), |n| n.to_string())
+                )
+            }),
         ),
     ];
     if let Some(g) = &d.gpu {
         rows.extend([
             ("gpu", g.name.clone()),
             ("compute cap", g.compute_capability.clone()),
-            ("SMs", g.sm_count.map(|n| format!("{n} × {} threads", g.max_threads_per_sm.map_or("?".into(), |t| t.to_string())))),
+            (
+                "SMs",
+                g.sm_count.map(|n| {
+                    format!(
+                        "{n} × {} threads",
+                        g.max_threads_per_sm.map_or("?".into(), |t| t.to_string())
+                    )
+                }),
+            ),
             (
                 "vram",
-                g.vram_total_bytes.map(|t| format!("{} total, {} free", human_bytes(t), g.vram_free_bytes.map_or("?".into(), human_bytes))),
+                g.vram_total_bytes.map(|t| {
+                    format!(
+                        "{} total, {} free",
+                        human_bytes(t),
+                        g.vram_free_bytes.map_or("?".into(), human_bytes)
+                    )
+                }),
             ),
             ("driver", g.driver_version.clone()),
             ("cuda", g.cuda_version.clone()),
         ]);
     }
     section(&mut s, "device", &rows, &d.extra);
-    let _ = writeln!(s, "\nrecords   {} ({} outside the sampling loop)", i.records, i.unstepped);
+    let _ = writeln!(
+        s,
+        "\nrecords   {} ({} outside the sampling loop)",
+        i.records, i.unstepped
+    );
     let _ = writeln!(s, "steps     {}", steps_text(&i.steps));
     let _ = writeln!(s, "keys");
     for (g, (keys, n)) in &i.groups {
@@ -164,13 +226,23 @@ pub fn render_info(i: &TraceInfo) -> String {
     }
     let _ = writeln!(s, "stored by fidelity");
     for (f, (n, b)) in &i.by_fidelity {
-        let _ = writeln!(s, "  {:<14} {n:>5} records {:>12}", f.name(), human_bytes(*b));
+        let _ = writeln!(
+            s,
+            "  {:<14} {n:>5} records {:>12}",
+            f.name(),
+            human_bytes(*b)
+        );
     }
     s
 }
 
 /// A titled block of `name value` lines; absent values are left out, unknown fields follow.
-fn section(s: &mut String, title: &str, rows: &[(&str, Option<String>)], extra: &BTreeMap<String, Value>) {
+fn section(
+    s: &mut String,
+    title: &str,
+    rows: &[(&str, Option<String>)],
+    extra: &BTreeMap<String, Value>,
+) {
     let _ = writeln!(s, "\n{title}");
     for (k, v) in rows.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
         let _ = writeln!(s, "  {k:<11} {v}");
@@ -191,7 +263,11 @@ fn compact(v: &Value) -> String {
 pub fn info_json(i: &TraceInfo) -> Value {
     let integrity = match &i.integrity {
         Integrity::Complete => json!({"complete": true}),
-        Integrity::Recovered { reason, valid_len, file_len } => {
+        Integrity::Recovered {
+            reason,
+            valid_len,
+            file_len,
+        } => {
             json!({"complete": false, "reason": reason, "valid_len": valid_len, "file_len": file_len})
         }
     };
@@ -219,7 +295,8 @@ pub struct LsFilter {
 
 impl LsFilter {
     pub fn matches(&self, e: &RecordEntry) -> bool {
-        self.key.as_deref().is_none_or(|g| glob::matches(g, &e.key)) && self.step.is_none_or(|s| e.step == Some(s))
+        self.key.as_deref().is_none_or(|g| glob::matches(g, &e.key))
+            && self.step.is_none_or(|s| e.step == Some(s))
     }
 }
 
@@ -251,7 +328,21 @@ fn fmt_num(v: f64) -> String {
 
 /// `sdtrace ls` as aligned text.
 pub fn render_ls(rows: &[LsRow]) -> String {
-    let head = ["order", "step", "eval", "key", "dtype", "shape", "fidelity", "min", "max", "mean", "std", "absmax", "nonfinite"];
+    let head = [
+        "order",
+        "step",
+        "eval",
+        "key",
+        "dtype",
+        "shape",
+        "fidelity",
+        "min",
+        "max",
+        "mean",
+        "std",
+        "absmax",
+        "nonfinite",
+    ];
     let mut table: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for r in rows {
         let shape: Vec<String> = r.shape.iter().map(u64::to_string).collect();
@@ -275,13 +366,27 @@ pub fn render_ls(rows: &[LsRow]) -> String {
             (s.nan + s.pos_inf + s.neg_inf).to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..head.len()).map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..head.len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for row in &table {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(c, v)| if c == 3 || c == 5 || c == 6 || c == 4 { format!("{v:<w$}", w = widths[c]) } else { format!("{v:>w$}", w = widths[c]) })
+            .map(|(c, v)| {
+                if c == 3 || c == 5 || c == 6 || c == 4 {
+                    format!("{v:<w$}", w = widths[c])
+                } else {
+                    format!("{v:>w$}", w = widths[c])
+                }
+            })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -307,7 +412,13 @@ pub fn ls_json(rows: &[LsRow]) -> Value {
 
 /// Summary as JSON, with non-finite floats as strings (JSON has no NaN).
 pub fn summary_json(s: &Summary) -> Value {
-    let f = |v: f64| if v.is_finite() { json!(v) } else { json!(v.to_string()) };
+    let f = |v: f64| {
+        if v.is_finite() {
+            json!(v)
+        } else {
+            json!(v.to_string())
+        }
+    };
     json!({
         "count": s.count, "nan": s.nan, "pos_inf": s.pos_inf, "neg_inf": s.neg_inf, "zeros": s.zeros,
         "min": f(s.min), "max": f(s.max), "mean": f(s.mean), "std": f(s.std), "l2": f(s.l2),

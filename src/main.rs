@@ -9,7 +9,7 @@ use sdtrace::export::{ExportFormat, to_npy, to_safetensors, write_atomic};
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
 use sdtrace::trace::TraceReader;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\
@@ -98,24 +98,47 @@ fn json_text(v: &serde_json::Value) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Info { trace, verify, json } => {
+        Command::Info {
+            trace,
+            verify,
+            json,
+        } => {
             let r = TraceReader::open(&trace)?;
             let mut info = trace_info(&r);
             if verify {
                 info.verified = Some(r.verify()?);
             }
-            emit(&if json { json_text(&info_json(&info)) } else { render_info(&info) })
+            emit(&if json {
+                json_text(&info_json(&info))
+            } else {
+                render_info(&info)
+            })
         }
-        Command::Ls { trace, key, step, json } => {
+        Command::Ls {
+            trace,
+            key,
+            step,
+            json,
+        } => {
             let r = TraceReader::open(&trace)?;
             let rows = ls_rows(&r, &LsFilter { key, step })?;
-            emit(&if json { json_text(&ls_json(&rows)) } else { render_ls(&rows) })
+            emit(&if json {
+                json_text(&ls_json(&rows))
+            } else {
+                render_ls(&rows)
+            })
         }
-        Command::Export { trace, key, step, eval, output } => export(&trace, &key, step, eval, &output),
+        Command::Export {
+            trace,
+            key,
+            step,
+            eval,
+            output,
+        } => export(&trace, &key, step, eval, &output),
     }
 }
 
-fn export(trace: &PathBuf, key: &str, step: Option<u32>, eval: u32, output: &PathBuf) -> Result<()> {
+fn export(trace: &Path, key: &str, step: Option<u32>, eval: u32, output: &Path) -> Result<()> {
     let format = ExportFormat::from_path(output)?;
     let r = TraceReader::open(trace)?;
     let Some(entry) = r.find(key, step, eval) else {
@@ -128,12 +151,22 @@ fn export(trace: &PathBuf, key: &str, step: Option<u32>, eval: u32, output: &Pat
                 None => "(no --step)".into(),
             })
             .collect();
-        let at = step.map_or("outside the sampling loop".into(), |s| format!("at step {s} eval {eval}"));
+        let at = step.map_or("outside the sampling loop".into(), |s| {
+            format!("at step {s} eval {eval}")
+        });
         if steps.is_empty() {
-            bail!("{}: no record with key '{key}'; list the keys with `sdtrace ls {}`", trace.display(), trace.display());
+            bail!(
+                "{}: no record with key '{key}'; list the keys with `sdtrace ls {}`",
+                trace.display(),
+                trace.display()
+            );
         }
         let shown = steps.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
-        bail!("{}: '{key}' was not recorded {at}; it was recorded with {shown}{}", trace.display(), if steps.len() > 8 { ", …" } else { "" });
+        bail!(
+            "{}: '{key}' was not recorded {at}; it was recorded with {shown}{}",
+            trace.display(),
+            if steps.len() > 8 { ", …" } else { "" }
+        );
     };
     let meta = r.read_meta(entry)?;
     let Some(data) = r.read_payload(&meta)? else {
@@ -159,6 +192,12 @@ fn export(trace: &PathBuf, key: &str, step: Option<u32>, eval: u32, output: &Pat
         }
     };
     write_atomic(output, &bytes)?;
-    eprintln!("wrote {} ({} {:?}, {} bytes)", output.display(), meta.dtype, meta.shape, bytes.len());
+    eprintln!(
+        "wrote {} ({} {:?}, {} bytes)",
+        output.display(),
+        meta.dtype,
+        meta.shape,
+        bytes.len()
+    );
     Ok(())
 }

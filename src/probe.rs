@@ -12,7 +12,7 @@
 
 use crate::dtype::{DType, byte_len};
 use crate::glob;
-use crate::stats::{SummaryBuilder, sketch::SketchBuilder, sketch::DEFAULT_K, thumbnail};
+use crate::stats::{SummaryBuilder, sketch::DEFAULT_K, sketch::SketchBuilder, thumbnail};
 use crate::trace::{Codec, Fidelity, RecordId, RecordInput, TraceError, TraceWriter, WrittenTrace};
 use std::collections::HashMap;
 use std::fmt;
@@ -21,7 +21,9 @@ use std::sync::{Mutex, MutexGuard};
 /// Errors of the probe and its policy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("capture rule '{rule}': {what}. Rules look like GLOB[@STEPS]=LEVEL[:CODEC], e.g. 'unet.*@0-4=full:zstd' (LEVEL: off, stats, sketch, full; CODEC: raw, zstd; STEPS: N, N-M, N-, -M)")]
+    #[error(
+        "capture rule '{rule}': {what}. Rules look like GLOB[@STEPS]=LEVEL[:CODEC], e.g. 'unet.*@0-4=full:zstd' (LEVEL: off, stats, sketch, full; CODEC: raw, zstd; STEPS: N, N-M, N-, -M)"
+    )]
     BadRule { rule: String, what: String },
     #[error("unknown capture preset '{0}' (expected one of: default, stats, sketch, full, off)")]
     BadPreset(String),
@@ -45,7 +47,10 @@ impl<'a> TensorView<'a> {
         let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         match byte_len(dtype, &dims) {
             Some(n) if n == data.len() as u64 => Ok(TensorView { dtype, shape, data }),
-            n => Err(format!("{} bytes given for shape {shape:?} of {dtype}, which needs {n:?}", data.len())),
+            n => Err(format!(
+                "{} bytes given for shape {shape:?} of {dtype}, which needs {n:?}",
+                data.len()
+            )),
         }
     }
 
@@ -79,7 +84,11 @@ pub trait Intervention: Send {
     /// Cheap check: does this intervention act at `id`?
     fn wants(&self, id: &RecordId) -> bool;
     /// The replacement for the tensor at `id`, or `None` to leave it as is.
-    fn apply(&mut self, id: &RecordId, tensor: TensorView<'_>) -> Result<Option<OwnedTensor>, String>;
+    fn apply(
+        &mut self,
+        id: &RecordId,
+        tensor: TensorView<'_>,
+    ) -> Result<Option<OwnedTensor>, String>;
 }
 
 /// Which sampler steps a rule covers (inclusive bounds). A bounded range never matches
@@ -121,7 +130,11 @@ pub struct Rule {
 
 impl Rule {
     pub fn new(pattern: &str, action: Action) -> Self {
-        Rule { pattern: pattern.to_string(), steps: StepRange::all(), action }
+        Rule {
+            pattern: pattern.to_string(),
+            steps: StepRange::all(),
+            action,
+        }
     }
 }
 
@@ -129,7 +142,10 @@ impl std::str::FromStr for Rule {
     type Err = ProbeError;
     /// `GLOB[@STEPS]=LEVEL[:CODEC]`.
     fn from_str(text: &str) -> Result<Self, ProbeError> {
-        let bad = |what: &str| ProbeError::BadRule { rule: text.to_string(), what: what.to_string() };
+        let bad = |what: &str| ProbeError::BadRule {
+            rule: text.to_string(),
+            what: what.to_string(),
+        };
         let (lhs, rhs) = text.rsplit_once('=').ok_or_else(|| bad("missing '='"))?;
         let (pattern, steps) = match lhs.split_once('@') {
             Some((p, s)) => (p, parse_steps(s).map_err(|w| bad(&w))?),
@@ -153,18 +169,37 @@ impl std::str::FromStr for Rule {
                 Action::Capture(f, codec.unwrap_or_default())
             }
         };
-        Ok(Rule { pattern: pattern.to_string(), steps, action })
+        Ok(Rule {
+            pattern: pattern.to_string(),
+            steps,
+            action,
+        })
     }
 }
 
 fn parse_steps(s: &str) -> Result<StepRange, String> {
-    let num = |t: &str| t.parse::<u32>().map_err(|_| format!("'{t}' is not a step number"));
-    let opt = |t: &str| if t.is_empty() { Ok(None) } else { num(t).map(Some) };
+    let num = |t: &str| {
+        t.parse::<u32>()
+            .map_err(|_| format!("'{t}' is not a step number"))
+    };
+    let opt = |t: &str| {
+        if t.is_empty() {
+            Ok(None)
+        } else {
+            num(t).map(Some)
+        }
+    };
     let r = match s.split_once('-') {
-        Some((a, b)) => StepRange { first: opt(a)?, last: opt(b)? },
+        Some((a, b)) => StepRange {
+            first: opt(a)?,
+            last: opt(b)?,
+        },
         None => {
             let n = num(s)?;
-            StepRange { first: Some(n), last: Some(n) }
+            StepRange {
+                first: Some(n),
+                last: Some(n),
+            }
         }
     };
     if let (Some(a), Some(b)) = (r.first, r.last)
@@ -206,7 +241,10 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy::preset("default").unwrap_or(Policy { rules: Vec::new(), sketch_k: DEFAULT_K })
+        Policy::preset("default").unwrap_or(Policy {
+            rules: Vec::new(),
+            sketch_k: DEFAULT_K,
+        })
     }
 }
 
@@ -231,7 +269,10 @@ impl Policy {
             "off" => all(Action::Off),
             other => return Err(ProbeError::BadPreset(other.to_string())),
         };
-        Ok(Policy { rules, sketch_k: DEFAULT_K })
+        Ok(Policy {
+            rules,
+            sketch_k: DEFAULT_K,
+        })
     }
 
     /// Append a rule (it overrides earlier ones where both match).
@@ -344,19 +385,36 @@ impl Probe {
     #[inline]
     pub fn plan(&self, key: &str) -> Plan {
         match &self.state {
-            None => Plan { capture: None, intervene: false },
+            None => Plan {
+                capture: None,
+                intervene: false,
+            },
             Some(s) => lock(s).plan(key),
         }
     }
 
     /// Observe `tensor` under `key`: record it as the policy says and return a replacement if an
     /// intervention makes one.
-    pub fn tensor(&self, key: &str, tensor: TensorView<'_>) -> Result<Option<OwnedTensor>, ProbeError> {
-        let Some(s) = &self.state else { return Ok(None) };
+    pub fn tensor(
+        &self,
+        key: &str,
+        tensor: TensorView<'_>,
+    ) -> Result<Option<OwnedTensor>, ProbeError> {
+        let Some(s) = &self.state else {
+            return Ok(None);
+        };
         let mut s = lock(s);
         let plan = s.plan(key);
         if let Some((fidelity, codec)) = plan.capture {
-            let rec = capture(key, s.step, s.eval, tensor, fidelity, codec, s.policy.sketch_k);
+            let rec = capture(
+                key,
+                s.step,
+                s.eval,
+                tensor,
+                fidelity,
+                codec,
+                s.policy.sketch_k,
+            );
             if let Some(w) = s.writer.as_mut() {
                 w.write(rec)?;
             }
@@ -364,10 +422,19 @@ impl Probe {
         if !plan.intervene {
             return Ok(None);
         }
-        let id = RecordId { step: s.step, eval: s.eval, key: key.to_string() };
+        let id = RecordId {
+            step: s.step,
+            eval: s.eval,
+            key: key.to_string(),
+        };
         for i in s.interventions.iter_mut() {
             if i.wants(&id)
-                && let Some(t) = i.apply(&id, tensor).map_err(|what| ProbeError::Intervention { id: id.to_string(), what })?
+                && let Some(t) = i
+                    .apply(&id, tensor)
+                    .map_err(|what| ProbeError::Intervention {
+                        id: id.to_string(),
+                        what,
+                    })?
             {
                 return Ok(Some(t));
             }
@@ -402,7 +469,11 @@ impl State {
             _ => None,
         };
         let intervene = !self.interventions.is_empty() && {
-            let id = RecordId { step: self.step, eval: self.eval, key: key.to_string() };
+            let id = RecordId {
+                step: self.step,
+                eval: self.eval,
+                key: key.to_string(),
+            };
             self.interventions.iter().any(|i| i.wants(&id))
         };
         Plan { capture, intervene }
@@ -427,9 +498,24 @@ pub fn capture(
     }
     b.update(tensor.data);
     let (summary, sketch) = b.finish();
-    let thumbnail = if fidelity >= Fidelity::Sketch { thumbnail(tensor.dtype, &shape, tensor.data) } else { None };
+    let thumbnail = if fidelity >= Fidelity::Sketch {
+        thumbnail(tensor.dtype, &shape, tensor.data)
+    } else {
+        None
+    };
     let payload = (fidelity == Fidelity::Full).then(|| (tensor.data.to_vec(), codec));
-    RecordInput { key: key.to_string(), step, eval, dtype: tensor.dtype, shape, fidelity, summary, sketch, thumbnail, payload }
+    RecordInput {
+        key: key.to_string(),
+        step,
+        eval,
+        dtype: tensor.dtype,
+        shape,
+        fidelity,
+        summary,
+        sketch,
+        thumbnail,
+        payload,
+    }
 }
 
 #[cfg(test)]
@@ -438,11 +524,27 @@ mod tests {
 
     #[test]
     fn rules_parse_and_print() {
-        for text in ["unet.*=sketch", "sampler.*@0-4=full:zstd", "noise.initial=full", "*@3=off", "x@5-=stats", "y@-2=full"] {
+        for text in [
+            "unet.*=sketch",
+            "sampler.*@0-4=full:zstd",
+            "noise.initial=full",
+            "*@3=off",
+            "x@5-=stats",
+            "y@-2=full",
+        ] {
             let r: Rule = text.parse().unwrap();
             assert_eq!(r.to_string(), text);
         }
-        for bad in ["unet.*", "=full", "a=loud", "a@x=full", "a@5-2=full", "a=sketch:zstd", "a=off:raw", "a=full:lz9"] {
+        for bad in [
+            "unet.*",
+            "=full",
+            "a=loud",
+            "a@x=full",
+            "a@5-2=full",
+            "a=sketch:zstd",
+            "a=off:raw",
+            "a=full:lz9",
+        ] {
             let e = bad.parse::<Rule>().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("GLOB[@STEPS]"), "{e}");
         }
@@ -454,13 +556,29 @@ mod tests {
         let full = Action::Capture(Fidelity::Full, Codec::Raw);
         assert_eq!(p.action("noise.initial", None), full);
         assert_eq!(p.action("sampler.x", Some(3)), full);
-        assert_eq!(p.action("unet.conv_in", Some(3)), Action::Capture(Fidelity::Sketch, Codec::Raw));
+        assert_eq!(
+            p.action("unet.conv_in", Some(3)),
+            Action::Capture(Fidelity::Sketch, Codec::Raw)
+        );
         let mut p = p;
         p.push("unet.*@2-3=off".parse().unwrap());
         assert_eq!(p.action("unet.conv_in", Some(3)), Action::Off);
-        assert_eq!(p.action("unet.conv_in", Some(4)), Action::Capture(Fidelity::Sketch, Codec::Raw));
-        assert_eq!(p.action("unet.conv_in", None), Action::Capture(Fidelity::Sketch, Codec::Raw));
-        assert_eq!(Policy { rules: vec![], sketch_k: 4 }.action("a", None), Action::Capture(Fidelity::Stats, Codec::Raw));
+        assert_eq!(
+            p.action("unet.conv_in", Some(4)),
+            Action::Capture(Fidelity::Sketch, Codec::Raw)
+        );
+        assert_eq!(
+            p.action("unet.conv_in", None),
+            Action::Capture(Fidelity::Sketch, Codec::Raw)
+        );
+        assert_eq!(
+            Policy {
+                rules: vec![],
+                sketch_k: 4
+            }
+            .action("a", None),
+            Action::Capture(Fidelity::Stats, Codec::Raw)
+        );
         assert!(Policy::preset("loud").is_err());
     }
 
@@ -469,9 +587,21 @@ mod tests {
         fn wants(&self, id: &RecordId) -> bool {
             id.key == "x" && id.step == Some(1)
         }
-        fn apply(&mut self, _: &RecordId, t: TensorView<'_>) -> Result<Option<OwnedTensor>, String> {
-            let data = t.data().chunks_exact(4).flat_map(|b| (-f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes()).collect();
-            Ok(Some(OwnedTensor { dtype: t.dtype(), shape: t.shape().to_vec(), data }))
+        fn apply(
+            &mut self,
+            _: &RecordId,
+            t: TensorView<'_>,
+        ) -> Result<Option<OwnedTensor>, String> {
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| (-f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes())
+                .collect();
+            Ok(Some(OwnedTensor {
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                data,
+            }))
         }
     }
 

@@ -15,26 +15,47 @@ fn example() -> PathBuf {
 
 fn stdout(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Run expecting exit code 2; returns stderr.
 fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 
 #[test]
 fn info_shows_header_steps_keys_and_bytes() {
     let text = stdout(sdtrace().arg("info").arg(example()));
-    for want in ["status    complete", "seed        1744694513", "records   36", "steps     4 (0..=3)", "unet", "stored by fidelity", "full"] {
+    for want in [
+        "status    complete",
+        "seed        1744694513",
+        "records   36",
+        "steps     4 (0..=3)",
+        "unet",
+        "stored by fidelity",
+        "full",
+    ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
     let verified = stdout(sdtrace().args(["info", "--verify"]).arg(example()));
-    assert!(verified.contains("verified  all checksums of 36 records"), "{verified}");
-    let json: serde_json::Value = serde_json::from_str(&stdout(sdtrace().args(["info", "--json"]).arg(example()))).unwrap();
+    assert!(
+        verified.contains("verified  all checksums of 36 records"),
+        "{verified}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(sdtrace().args(["info", "--json"]).arg(example()))).unwrap();
     assert_eq!(json["records"], 36);
     assert_eq!(json["integrity"]["complete"], true);
     assert_eq!(json["header"]["settings"]["seed"], 1_744_694_513u64);
@@ -43,33 +64,61 @@ fn info_shows_header_steps_keys_and_bytes() {
 
 #[test]
 fn ls_filters_and_json() {
-    let text = stdout(sdtrace().args(["ls", "--key", "sampler.*", "--step", "2"]).arg(example()));
+    let text = stdout(
+        sdtrace()
+            .args(["ls", "--key", "sampler.*", "--step", "2"])
+            .arg(example()),
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1 + 4, "{text}");
     assert!(lines[0].starts_with("order") && lines.iter().skip(1).all(|l| l.contains("sampler.")));
-    let json: serde_json::Value = serde_json::from_str(&stdout(sdtrace().args(["ls", "--json", "--key", "noise.*"]).arg(example()))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        sdtrace()
+            .args(["ls", "--json", "--key", "noise.*"])
+            .arg(example()),
+    ))
+    .unwrap();
     let rows = json.as_array().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["key"], "noise.initial");
     assert_eq!(rows[0]["step"], serde_json::Value::Null);
     assert_eq!(rows[0]["shape"], serde_json::json!([1, 4, 8, 8]));
     assert_eq!(rows[0]["summary"]["count"], 256);
-    assert_eq!(rows[0]["summary"]["log2_hist"].as_array().unwrap().len(), 64);
+    assert_eq!(
+        rows[0]["summary"]["log2_hist"].as_array().unwrap().len(),
+        64
+    );
 }
 
 #[test]
 fn export_npy_and_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     let npy = dir.path().join("noise.npy");
-    sdtrace().args(["export"]).arg(example()).args(["noise.initial", "-o"]).arg(&npy).assert().success();
+    sdtrace()
+        .args(["export"])
+        .arg(example())
+        .args(["noise.initial", "-o"])
+        .arg(&npy)
+        .assert()
+        .success();
     let b = std::fs::read(&npy).unwrap();
     assert_eq!(&b[..6], b"\x93NUMPY");
     let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
-    assert!(std::str::from_utf8(&b[10..10 + hlen]).unwrap().contains("'shape': (1, 4, 8, 8)"));
+    assert!(
+        std::str::from_utf8(&b[10..10 + hlen])
+            .unwrap()
+            .contains("'shape': (1, 4, 8, 8)")
+    );
     assert_eq!(b.len() - 10 - hlen, 256 * 4);
 
     let st = dir.path().join("denoised.safetensors");
-    sdtrace().args(["export"]).arg(example()).args(["sampler.denoised", "--step", "3", "--output"]).arg(&st).assert().success();
+    sdtrace()
+        .args(["export"])
+        .arg(example())
+        .args(["sampler.denoised", "--step", "3", "--output"])
+        .arg(&st)
+        .assert()
+        .success();
     let bytes = std::fs::read(&st).unwrap();
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(t.tensor("sampler.denoised").unwrap().shape(), &[1, 4, 8, 8]);
@@ -81,15 +130,51 @@ fn export_npy_and_safetensors() {
 fn export_errors_say_how_to_fix() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.npy");
-    let e = fails(sdtrace().arg("export").arg(example()).args(["unet.conv_in", "--step", "1", "-o"]).arg(&out));
-    assert!(e.contains("fidelity 'sketch'") && e.contains("unet.conv_in=full"), "{e}");
-    let e = fails(sdtrace().arg("export").arg(example()).args(["sampler.x", "-o"]).arg(&out));
+    let e = fails(
+        sdtrace()
+            .arg("export")
+            .arg(example())
+            .args(["unet.conv_in", "--step", "1", "-o"])
+            .arg(&out),
+    );
+    assert!(
+        e.contains("fidelity 'sketch'") && e.contains("unet.conv_in=full"),
+        "{e}"
+    );
+    let e = fails(
+        sdtrace()
+            .arg("export")
+            .arg(example())
+            .args(["sampler.x", "-o"])
+            .arg(&out),
+    );
     assert!(e.contains("--step 0"), "{e}");
-    let e = fails(sdtrace().arg("export").arg(example()).args(["nope", "-o"]).arg(&out));
-    assert!(e.contains("no record with key 'nope'") && e.contains("sdtrace ls"), "{e}");
-    let e = fails(sdtrace().arg("export").arg(example()).args(["noise.initial", "-o"]).arg(dir.path().join("x.pt")));
+    let e = fails(
+        sdtrace()
+            .arg("export")
+            .arg(example())
+            .args(["nope", "-o"])
+            .arg(&out),
+    );
+    assert!(
+        e.contains("no record with key 'nope'") && e.contains("sdtrace ls"),
+        "{e}"
+    );
+    let e = fails(
+        sdtrace()
+            .arg("export")
+            .arg(example())
+            .args(["noise.initial", "-o"])
+            .arg(dir.path().join("x.pt")),
+    );
     assert!(e.contains(".npy or .safetensors"), "{e}");
-    let e = fails(sdtrace().arg("export").arg(example()).args(["misc.bf16", "-o"]).arg(&out));
+    let e = fails(
+        sdtrace()
+            .arg("export")
+            .arg(example())
+            .args(["misc.bf16", "-o"])
+            .arg(&out),
+    );
     assert!(e.contains("bfloat16"), "{e}");
     assert!(!out.exists());
 }
@@ -100,7 +185,10 @@ fn bad_input_exits_2_with_the_file_named() {
     let junk = dir.path().join("junk.sdt");
     std::fs::write(&junk, b"hello world, certainly not a trace").unwrap();
     let e = fails(sdtrace().arg("info").arg(&junk));
-    assert!(e.contains("junk.sdt") && e.contains("not an sdtrace trace"), "{e}");
+    assert!(
+        e.contains("junk.sdt") && e.contains("not an sdtrace trace"),
+        "{e}"
+    );
     let e = fails(sdtrace().arg("ls").arg(dir.path().join("missing.sdt")));
     assert!(e.contains("missing.sdt"), "{e}");
     fails(sdtrace().args(["info", "--bogus-flag"]).arg(example()));
@@ -115,7 +203,10 @@ fn truncated_trace_reports_survivors() {
     let b = std::fs::read(example()).unwrap();
     std::fs::write(&cut, &b[..b.len() * 2 / 3]).unwrap();
     let text = stdout(sdtrace().arg("info").arg(&cut));
-    assert!(text.contains("TRUNCATED") && text.contains("complete records survived"), "{text}");
+    assert!(
+        text.contains("TRUNCATED") && text.contains("complete records survived"),
+        "{text}"
+    );
     stdout(sdtrace().arg("ls").arg(&cut));
     // A damaged record frame fails ls with the byte offset.
     let mut flipped = b.clone();
@@ -132,7 +223,10 @@ fn truncated_trace_reports_survivors() {
 #[test]
 fn help_documents_exit_codes() {
     let text = stdout(sdtrace().arg("--help"));
-    assert!(text.contains("Exit codes") && text.contains("2  bad usage"), "{text}");
+    assert!(
+        text.contains("Exit codes") && text.contains("2  bad usage"),
+        "{text}"
+    );
     for cmd in ["info", "ls", "export"] {
         assert!(stdout(sdtrace().args([cmd, "--help"])).contains("Exit codes"));
     }

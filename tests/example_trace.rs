@@ -14,7 +14,10 @@ fn committed_example_trace_is_current() {
     let fresh = dir.path().join("example.sdt");
     common::write_mini_run(&fresh, 4, 42);
     let fresh_bytes = std::fs::read(&fresh).unwrap();
-    assert!(fresh_bytes.len() < 1 << 20, "the example trace must stay well under 1 MB");
+    assert!(
+        fresh_bytes.len() < 1 << 20,
+        "the example trace must stay well under 1 MB"
+    );
     if std::env::var_os("SDTRACE_REGENERATE").is_some() {
         std::fs::write(&committed, &fresh_bytes).unwrap();
     }

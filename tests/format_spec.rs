@@ -11,7 +11,11 @@ fn crc32(parts: &[&[u8]]) -> u32 {
         for &b in *part {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
             }
         }
     }
@@ -47,7 +51,11 @@ impl SpecWriter {
         buf.extend(1u16.to_le_bytes());
         buf.extend(0u16.to_le_bytes());
         buf.extend([0u8; 4]);
-        let mut w = SpecWriter { buf, rows: Vec::new(), keys: Vec::new() };
+        let mut w = SpecWriter {
+            buf,
+            rows: Vec::new(),
+            keys: Vec::new(),
+        };
         w.frame(1, header_json.as_bytes());
         w
     }
@@ -62,7 +70,7 @@ impl SpecWriter {
         self.buf.extend(crc.to_le_bytes());
         self.buf.extend(len);
         self.buf.extend(body);
-        while self.buf.len() % 8 != 0 {
+        while !self.buf.len().is_multiple_of(8) {
             self.buf.push(0);
         }
         (at, self.buf.len() as u64 - at)
@@ -70,7 +78,16 @@ impl SpecWriter {
 
     /// A record whose summary has recognisable made-up values; payload optional.
     #[allow(clippy::too_many_arguments)]
-    fn record(&mut self, key: &str, step: Option<u32>, order: u64, dtype: u8, shape: &[u64], payload: Option<(u8, &[u8], Vec<u8>)>, sketch: Option<&[f64]>) {
+    fn record(
+        &mut self,
+        key: &str,
+        step: Option<u32>,
+        order: u64,
+        dtype: u8,
+        shape: &[u64],
+        payload: Option<(u8, &[u8], Vec<u8>)>,
+        sketch: Option<&[f64]>,
+    ) {
         let (mut payload_ref, mut payload_len) = (Vec::new(), 0);
         if let Some((codec, raw, stored)) = &payload {
             let (at, total) = self.frame(3, stored);
@@ -99,7 +116,13 @@ impl SpecWriter {
         for &d in shape {
             varint(&mut m, d);
         }
-        let fidelity = if payload.is_some() { 2 } else if sketch.is_some() { 1 } else { 0 };
+        let fidelity = if payload.is_some() {
+            2
+        } else if sketch.is_some() {
+            1
+        } else {
+            0
+        };
         m.push(fidelity);
         // Summary: count, nan, +inf, -inf, zeros, min, max, mean, std, l2, absmax, absmax idx, hist, hash.
         for v in [shape.iter().product::<u64>(), 1, 2, 3, 4] {
@@ -205,11 +228,39 @@ fn crc_matches_the_documented_check_value() {
 fn library_reads_a_trace_written_from_the_spec() {
     let header = r#"{"sdtrace_version":"spec-writer","settings":{"seed":1744694513,"sampler":"euler","from_the_future":{"x":1}},"device":{"device":"cuda:0","gpu":{"name":"GeForce GTX 1070","sm_count":15,"max_threads_per_sm":2048}},"unknown_top":true}"#;
     let mut w = SpecWriter::new(header);
-    let noise: Vec<u8> = (0..1000).flat_map(|i| (i as f32 * 0.5 - 7.0).to_le_bytes()).collect();
-    let cond: Vec<u8> = (0..(300_000u32)).flat_map(|i| half::f16::from_f32((i % 97) as f32 / 8.0).to_le_bytes()).collect();
-    w.record("noise.initial", None, 0, 0, &[1, 4, 10, 25], Some((0, &noise, noise.clone())), None);
-    w.record("text.cond", None, 1, 1, &[2, 150_000], Some((1, &cond, shuffle_zstd(&cond, 2))), None);
-    w.record("unet.conv_in", Some(0), 2, 0, &[2, 320, 8, 8], None, Some(&[0.5, -1.0, 2.0, 0.0]));
+    let noise: Vec<u8> = (0..1000)
+        .flat_map(|i| (i as f32 * 0.5 - 7.0).to_le_bytes())
+        .collect();
+    let cond: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| half::f16::from_f32((i % 97) as f32 / 8.0).to_le_bytes())
+        .collect();
+    w.record(
+        "noise.initial",
+        None,
+        0,
+        0,
+        &[1, 4, 10, 25],
+        Some((0, &noise, noise.clone())),
+        None,
+    );
+    w.record(
+        "text.cond",
+        None,
+        1,
+        1,
+        &[2, 150_000],
+        Some((1, &cond, shuffle_zstd(&cond, 2))),
+        None,
+    );
+    w.record(
+        "unet.conv_in",
+        Some(0),
+        2,
+        0,
+        &[2, 320, 8, 8],
+        None,
+        Some(&[0.5, -1.0, 2.0, 0.0]),
+    );
     let bytes = w.finish();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spec.sdt");
@@ -221,16 +272,35 @@ fn library_reads_a_trace_written_from_the_spec() {
     assert_eq!(h.sdtrace_version.as_deref(), Some("spec-writer"));
     assert_eq!(h.settings.seed, Some(1_744_694_513));
     assert_eq!(h.device.gpu.as_ref().unwrap().sm_count, Some(15));
-    assert!(h.settings.extra.contains_key("from_the_future") && h.extra.contains_key("unknown_top"));
+    assert!(
+        h.settings.extra.contains_key("from_the_future") && h.extra.contains_key("unknown_top")
+    );
     assert_eq!(r.entries().len(), 3);
     r.verify().unwrap();
 
     let e = r.find("noise.initial", None, 0).unwrap();
     let m = r.read_meta(e).unwrap();
-    assert_eq!((m.dtype, m.fidelity, m.shape.clone()), (DType::F32, Fidelity::Full, vec![1, 4, 10, 25]));
+    assert_eq!(
+        (m.dtype, m.fidelity, m.shape.clone()),
+        (DType::F32, Fidelity::Full, vec![1, 4, 10, 25])
+    );
     let s = &m.summary;
-    assert_eq!((s.count, s.nan, s.pos_inf, s.neg_inf, s.zeros), (1000, 1, 2, 3, 4));
-    assert_eq!((s.min, s.max, s.mean, s.std, s.l2, s.abs_max, s.abs_max_index), (-1.5, 2.5, 0.25, 1.0, 3.0, 2.5, 5));
+    assert_eq!(
+        (s.count, s.nan, s.pos_inf, s.neg_inf, s.zeros),
+        (1000, 1, 2, 3, 4)
+    );
+    assert_eq!(
+        (
+            s.min,
+            s.max,
+            s.mean,
+            s.std,
+            s.l2,
+            s.abs_max,
+            s.abs_max_index
+        ),
+        (-1.5, 2.5, 0.25, 1.0, 3.0, 2.5, 5)
+    );
     assert_eq!(s.log2_hist[63], 63 * 300);
     assert_eq!(s.bits_hash, 0xDEAD_BEEF_0123_4567);
     assert_eq!(r.read_payload(&m).unwrap().unwrap(), noise);
@@ -240,7 +310,9 @@ fn library_reads_a_trace_written_from_the_spec() {
     assert_eq!(m.dtype, DType::F16);
     assert_eq!(r.read_payload(&m).unwrap().unwrap(), cond);
 
-    let m = r.read_meta(r.find("unet.conv_in", Some(0), 0).unwrap()).unwrap();
+    let m = r
+        .read_meta(r.find("unet.conv_in", Some(0), 0).unwrap())
+        .unwrap();
     assert_eq!(m.fidelity, Fidelity::Sketch);
     let sk = m.sketch.unwrap();
     assert_eq!((sk.seed, sk.values), (42, vec![0.5, -1.0, 2.0, 0.0]));
@@ -263,7 +335,12 @@ fn library_output_follows_the_spec() {
     let w = TraceWriter::create(&path, &RunHeader::default(), WriterOptions::default()).unwrap();
     let probe = Probe::new(w, Policy::preset("full").unwrap());
     let data: Vec<u8> = (0..77).flat_map(|i| (i as f32).to_le_bytes()).collect();
-    probe.tensor("text.cond", TensorView::new(DType::F32, &[1, 77], &data).unwrap()).unwrap();
+    probe
+        .tensor(
+            "text.cond",
+            TensorView::new(DType::F32, &[1, 77], &data).unwrap(),
+        )
+        .unwrap();
     probe.finish().unwrap();
     let b = std::fs::read(&path).unwrap();
     assert_eq!(&b[..8], b"SDTRACE\0");
@@ -274,8 +351,19 @@ fn library_output_follows_the_spec() {
         assert_eq!(at % 8, 0);
         let len = u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap());
-        assert_eq!(crc32(&[&b[at..at + 4], &b[at + 8..at + 16], &b[at + 16..at + 16 + len]]), crc);
-        assert!(b[at + 16 + len..(at + 16 + len).next_multiple_of(8)].iter().all(|&z| z == 0));
+        assert_eq!(
+            crc32(&[
+                &b[at..at + 4],
+                &b[at + 8..at + 16],
+                &b[at + 16..at + 16 + len]
+            ]),
+            crc
+        );
+        assert!(
+            b[at + 16 + len..(at + 16 + len).next_multiple_of(8)]
+                .iter()
+                .all(|&z| z == 0)
+        );
         kinds.push(b[at]);
         at = (at + 16 + len).next_multiple_of(8);
     }
@@ -283,7 +371,16 @@ fn library_output_follows_the_spec() {
     let f = &b[b.len() - 24..];
     assert_eq!(&f[16..], b"SDTRIDX\0");
     let index_at = u64::from_le_bytes(f[..8].try_into().unwrap());
-    assert_eq!(u32::from_le_bytes(f[8..12].try_into().unwrap()), crc32(&[&f[..8]]));
+    assert_eq!(
+        u32::from_le_bytes(f[8..12].try_into().unwrap()),
+        crc32(&[&f[..8]])
+    );
     assert_eq!(b[index_at as usize], 4);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&b[32..32 + u64::from_le_bytes(b[24..32].try_into().unwrap()) as usize]).unwrap()["settings"], serde_json::json!({}));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(
+            &b[32..32 + u64::from_le_bytes(b[24..32].try_into().unwrap()) as usize]
+        )
+        .unwrap()["settings"],
+        serde_json::json!({})
+    );
 }

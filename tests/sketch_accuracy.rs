@@ -25,8 +25,8 @@ fn sketch_estimates_difference_norm_within_20_percent() {
             .enumerate()
             .map(|(i, &x)| {
                 let d = match kind {
-                    0 => rng.normal() * rel,                                             // dense
-                    1 if rng.below(100) == 0 => rng.normal() * rel * 10.0,               // 1 % sparse
+                    0 => rng.normal() * rel,                               // dense
+                    1 if rng.below(100) == 0 => rng.normal() * rel * 10.0, // 1 % sparse
                     2 if (block..block + n / 20).contains(&i) => rng.normal() * rel * 4.5, // a region
                     _ => 0.0,
                 };
@@ -34,13 +34,19 @@ fn sketch_estimates_difference_norm_within_20_percent() {
             })
             .collect();
         // Truth from the values actually stored (after f32 rounding).
-        let truth = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt();
+        let truth = a
+            .iter()
+            .zip(&b)
+            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         if truth == 0.0 {
             continue;
         }
         let shape = [n as u64];
         let key = format!("unet.trial{trial}");
-        let bytes = |v: &[f32]| encode(DType::F32, &v.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        let bytes =
+            |v: &[f32]| encode(DType::F32, &v.iter().map(|&x| x as f64).collect::<Vec<_>>());
         let (_, sa) = summarize_with_sketch(DType::F32, &bytes(&a), &key, &shape, 256);
         let (_, sb) = summarize_with_sketch(DType::F32, &bytes(&b), &key, &shape, 256);
         let est = sa.diff_norm(&sb).unwrap();
@@ -52,5 +58,9 @@ fn sketch_estimates_difference_norm_within_20_percent() {
     let rate = good as f64 / trials as f64;
     eprintln!("{good}/{trials} within 20 % (worst {:.1} %)", worst * 100.0);
     assert!(trials >= 100);
-    assert!(rate >= 0.95, "only {good}/{trials} estimates within ±20 % (worst error {:.1} %)", worst * 100.0);
+    assert!(
+        rate >= 0.95,
+        "only {good}/{trials} estimates within ±20 % (worst error {:.1} %)",
+        worst * 100.0
+    );
 }

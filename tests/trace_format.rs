@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use sdtrace::DType;
 use sdtrace::probe::{TensorView, capture};
 use sdtrace::stats::summarize;
-use sdtrace::trace::{Codec, Fidelity, Integrity, TraceError, TraceReader, TraceWriter, WriterOptions};
+use sdtrace::trace::{
+    Codec, Fidelity, Integrity, TraceError, TraceReader, TraceWriter, WriterOptions,
+};
 use std::path::Path;
 
 /// Read every record and payload; returns the number of records, or the first error.
@@ -44,7 +46,16 @@ fn round_trip_every_dtype_fidelity_and_codec() {
     // A payload spanning several compression blocks.
     let big = encode(DType::F32, &normal_vec(&mut rng, 300_000, 1.0));
     let view = TensorView::new(DType::F32, &[300_000], &big).unwrap();
-    w.write(capture("big", None, 0, view, Fidelity::Full, Codec::ShuffleZstd, 256)).unwrap();
+    w.write(capture(
+        "big",
+        None,
+        0,
+        view,
+        Fidelity::Full,
+        Codec::ShuffleZstd,
+        256,
+    ))
+    .unwrap();
     let written = w.finish().unwrap();
     assert_eq!(written.records as usize, expected.len() + 1);
 
@@ -54,11 +65,17 @@ fn round_trip_every_dtype_fidelity_and_codec() {
     assert_eq!(r.verify().unwrap() as usize, expected.len() + 1);
     for (i, (key, dtype, fidelity, codec, data)) in expected.iter().enumerate() {
         let e = &r.entries()[i];
-        assert_eq!((&*e.key, e.dtype, e.fidelity, e.order), (key.as_str(), *dtype, *fidelity, i as u64));
+        assert_eq!(
+            (&*e.key, e.dtype, e.fidelity, e.order),
+            (key.as_str(), *dtype, *fidelity, i as u64)
+        );
         let m = r.read_meta(e).unwrap();
         assert_eq!(m.summary, summarize(*dtype, data));
         assert_eq!(m.shape, vec![2, 3, 5, 7]);
-        assert_eq!(m.sketch.as_ref().map(|s| s.values.len()), (*fidelity >= Fidelity::Sketch).then_some(64));
+        assert_eq!(
+            m.sketch.as_ref().map(|s| s.values.len()),
+            (*fidelity >= Fidelity::Sketch).then_some(64)
+        );
         assert_eq!(m.thumbnail.is_some(), *fidelity >= Fidelity::Sketch);
         let payload = r.read_payload(&m).unwrap();
         if *fidelity == Fidelity::Full {
@@ -91,10 +108,19 @@ fn truncation_keeps_every_complete_record() {
     let total = write_mini_run(&full, 3, 11) as usize;
     let bytes = std::fs::read(&full).unwrap();
     let r = TraceReader::open(&full).unwrap();
-    let ends: Vec<u64> = r.entries().iter().map(|e| e.record_offset + e.record_len).collect();
+    let ends: Vec<u64> = r
+        .entries()
+        .iter()
+        .map(|e| e.record_offset + e.record_len)
+        .collect();
     let mut cuts: Vec<u64> = vec![0, 1, 8, 15, 16, 17, 31];
     for e in r.entries() {
-        cuts.extend([e.record_offset - e.payload_len, e.record_offset, e.record_offset + 1, e.record_offset + e.record_len - 1]);
+        cuts.extend([
+            e.record_offset - e.payload_len,
+            e.record_offset,
+            e.record_offset + 1,
+            e.record_offset + e.record_len - 1,
+        ]);
     }
     cuts.extend(ends.iter().copied());
     let mut rng = Rng(99);
@@ -110,7 +136,9 @@ fn truncation_keeps_every_complete_record() {
                 assert!(!t.integrity().is_complete(), "cut at {cut}");
                 assert_eq!(read_all(&cut_path).unwrap(), complete);
             }
-            Err(TraceError::NoHeader { .. } | TraceError::NotATrace { .. }) => assert!(cut < 200, "cut at {cut}"),
+            Err(TraceError::NoHeader { .. } | TraceError::NotATrace { .. }) => {
+                assert!(cut < 200, "cut at {cut}")
+            }
             Err(e) => panic!("cut at {cut}: unexpected error {e}"),
         }
     }
@@ -134,7 +162,10 @@ fn bit_flips_give_clean_results_or_errors() {
         if let Err(e) = read_all(&path) {
             errors += 1;
             let msg = e.to_string();
-            assert!(msg.contains("flip.sdt"), "error does not name the file: {msg}");
+            assert!(
+                msg.contains("flip.sdt"),
+                "error does not name the file: {msg}"
+            );
         }
     }
     assert!(errors > 0);
@@ -154,8 +185,14 @@ fn damaged_payload_names_the_offset() {
     b[(p.frame_offset + 16 + 5) as usize] ^= 0x40;
     std::fs::write(&path, &b).unwrap();
     let r = TraceReader::open(&path).unwrap();
-    let err = r.read_payload(&r.read_meta(&e).unwrap()).unwrap_err().to_string();
-    assert!(err.contains(&format!("byte offset {}", p.frame_offset)) && err.contains("checksum"), "{err}");
+    let err = r
+        .read_payload(&r.read_meta(&e).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("byte offset {}", p.frame_offset)) && err.contains("checksum"),
+        "{err}"
+    );
     assert!(r.verify().is_err());
 }
 
@@ -163,36 +200,76 @@ fn damaged_payload_names_the_offset() {
 fn dropped_writer_leaves_readable_truncated_trace() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dropped.sdt");
-    let mut w = TraceWriter::create(&path, &fixed_header("dropped"), WriterOptions { max_queue_bytes: 1 }).unwrap();
+    let mut w = TraceWriter::create(
+        &path,
+        &fixed_header("dropped"),
+        WriterOptions { max_queue_bytes: 1 },
+    )
+    .unwrap();
     let data = encode(DType::F32, &[1.0, 2.0, 3.0]);
     for i in 0..5 {
         let view = TensorView::new(DType::F32, &[3], &data).unwrap();
-        w.write(capture(&format!("k{i}"), Some(i), 0, view, Fidelity::Full, Codec::Raw, 16)).unwrap();
+        w.write(capture(
+            &format!("k{i}"),
+            Some(i),
+            0,
+            view,
+            Fidelity::Full,
+            Codec::Raw,
+            16,
+        ))
+        .unwrap();
     }
     drop(w);
     let r = TraceReader::open(&path).unwrap();
     assert_eq!(r.entries().len(), 5);
     match r.integrity() {
-        Integrity::Recovered { reason, .. } => assert!(reason.contains("did not finish"), "{reason}"),
+        Integrity::Recovered { reason, .. } => {
+            assert!(reason.contains("did not finish"), "{reason}")
+        }
         i => panic!("{i:?}"),
     }
 }
 
 #[test]
 fn writer_errors_name_the_path() {
-    let err = TraceWriter::create("/nonexistent-dir/x.sdt", &fixed_header("x"), WriterOptions::default()).err().unwrap();
+    let err = TraceWriter::create(
+        "/nonexistent-dir/x.sdt",
+        &fixed_header("x"),
+        WriterOptions::default(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("/nonexistent-dir/x.sdt"), "{err}");
     if Path::new("/dev/full").exists() {
-        let err = TraceWriter::create("/dev/full", &fixed_header("x"), WriterOptions::default()).err().unwrap();
+        let err = TraceWriter::create("/dev/full", &fixed_header("x"), WriterOptions::default())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/dev/full"), "{err}");
     }
     // A payload that does not match its shape is refused before anything is written.
     let dir = tempfile::tempdir().unwrap();
-    let mut w = TraceWriter::create(dir.path().join("v.sdt"), &fixed_header("v"), WriterOptions::default()).unwrap();
+    let mut w = TraceWriter::create(
+        dir.path().join("v.sdt"),
+        &fixed_header("v"),
+        WriterOptions::default(),
+    )
+    .unwrap();
     let data = encode(DType::F32, &[1.0, 2.0]);
-    let mut rec = capture("k", None, 0, TensorView::new(DType::F32, &[2], &data).unwrap(), Fidelity::Full, Codec::Raw, 8);
+    let mut rec = capture(
+        "k",
+        None,
+        0,
+        TensorView::new(DType::F32, &[2], &data).unwrap(),
+        Fidelity::Full,
+        Codec::Raw,
+        8,
+    );
     rec.shape = vec![3];
-    assert!(matches!(w.write(rec), Err(TraceError::InvalidTensor { .. })));
+    assert!(matches!(
+        w.write(rec),
+        Err(TraceError::InvalidTensor { .. })
+    ));
 }
 
 #[test]
@@ -200,14 +277,23 @@ fn other_files_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.sdt");
     std::fs::write(&p, b"PK\x03\x04 not a trace at all").unwrap();
-    assert!(matches!(TraceReader::open(&p), Err(TraceError::NotATrace { .. })));
+    assert!(matches!(
+        TraceReader::open(&p),
+        Err(TraceError::NotATrace { .. })
+    ));
     std::fs::write(&p, b"").unwrap();
-    assert!(matches!(TraceReader::open(&p), Err(TraceError::NotATrace { .. })));
+    assert!(matches!(
+        TraceReader::open(&p),
+        Err(TraceError::NotATrace { .. })
+    ));
     let mut future = b"SDTRACE\0".to_vec();
     future.extend([2, 0, 0, 0, 0, 0, 0, 0]);
     std::fs::write(&p, &future).unwrap();
     let e = TraceReader::open(&p).err().unwrap();
-    assert!(matches!(e, TraceError::UnsupportedVersion { major: 2, .. }), "{e}");
+    assert!(
+        matches!(e, TraceError::UnsupportedVersion { major: 2, .. }),
+        "{e}"
+    );
     assert!(TraceReader::open(dir.path()).is_err());
     assert!(TraceReader::open(dir.path().join("missing.sdt")).is_err());
 }
@@ -216,7 +302,8 @@ fn other_files_are_refused_clearly() {
 fn index_of_100k_records_opens_fast() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("many.sdt");
-    let mut w = TraceWriter::create(&path, &fixed_header("many"), WriterOptions::default()).unwrap();
+    let mut w =
+        TraceWriter::create(&path, &fixed_header("many"), WriterOptions::default()).unwrap();
     let data = encode(DType::F32, &[0.5; 16]);
     let view = TensorView::new(DType::F32, &[16], &data).unwrap();
     let rec = capture("unet.x", None, 0, view, Fidelity::Stats, Codec::Raw, 8);

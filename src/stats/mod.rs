@@ -234,8 +234,8 @@ impl SummaryBuilder {
             hist[0][hist_bin(x)] += 1;
         }
         let chunk_zeros: u64 = zeros.iter().sum();
-        for b in 0..HIST_BINS {
-            self.hist[b] += (hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b]) as u64;
+        for (b, total) in self.hist.iter_mut().enumerate() {
+            *total += (hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b]) as u64;
         }
         // Zeros went into the lowest bin above; they belong to `zeros` only.
         self.hist[hist_bin(0.0)] -= chunk_zeros;
@@ -421,7 +421,9 @@ mod tests {
     fn precise_for_large_mean_small_spread() {
         // 3 million values 1e4 + small alternating offsets: naive sum-of-squares variance fails.
         let n = 3_000_000usize;
-        let v: Vec<f64> = (0..n).map(|i| 1e4 + if i % 2 == 0 { 1e-3 } else { -1e-3 }).collect();
+        let v: Vec<f64> = (0..n)
+            .map(|i| 1e4 + if i % 2 == 0 { 1e-3 } else { -1e-3 })
+            .collect();
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let s = summarize(DType::F64, &bytes);
         assert!((s.mean - 1e4).abs() < 1e-9, "mean {}", s.mean);
@@ -432,10 +434,28 @@ mod tests {
     fn every_dtype_decodes() {
         let vals = [1.5f64, -3.0, 0.0, 2.0];
         let cases: Vec<(DType, Vec<u8>)> = vec![
-            (DType::F32, vals.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()),
-            (DType::F16, vals.iter().flat_map(|&x| half::f16::from_f64(x).to_le_bytes()).collect()),
-            (DType::BF16, vals.iter().flat_map(|&x| half::bf16::from_f64(x).to_le_bytes()).collect()),
-            (DType::F64, vals.iter().flat_map(|&x| x.to_le_bytes()).collect()),
+            (
+                DType::F32,
+                vals.iter()
+                    .flat_map(|&x| (x as f32).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F16,
+                vals.iter()
+                    .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::BF16,
+                vals.iter()
+                    .flat_map(|&x| half::bf16::from_f64(x).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F64,
+                vals.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+            ),
         ];
         for (d, b) in cases {
             let s = summarize(d, &b);
@@ -453,7 +473,9 @@ mod tests {
 
     #[test]
     fn chunked_updates_equal_one_update() {
-        let v: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 10.0).collect();
+        let v: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 10.0)
+            .collect();
         let b = f32_bytes(&v);
         let whole = summarize(DType::F32, &b);
         let mut sb = SummaryBuilder::new(DType::F32);

@@ -44,10 +44,18 @@ impl Sketch {
     /// Estimate ‖a − b‖ where `self` sketches a and `other` sketches b. `None` if the sketches
     /// were made with different seeds or sizes and so are not comparable.
     pub fn diff_norm(&self, other: &Sketch) -> Option<NormEstimate> {
-        if self.seed != other.seed || self.values.len() != other.values.len() || self.values.is_empty() {
+        if self.seed != other.seed
+            || self.values.len() != other.values.len()
+            || self.values.is_empty()
+        {
             return None;
         }
-        let sq: f64 = self.values.iter().zip(&other.values).map(|(a, b)| (a - b) * (a - b)).sum();
+        let sq: f64 = self
+            .values
+            .iter()
+            .zip(&other.values)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum();
         Some(NormEstimate {
             value: sq.sqrt(),
             rel_error: 1.0 / (2.0 * self.values.len() as f64).sqrt(),
@@ -92,13 +100,19 @@ impl SketchBuilder {
     /// clamped to 1..=[`MAX_K`].
     pub fn new(key: &str, shape: &[u64], k: usize) -> Self {
         let k = k.clamp(1, MAX_K).next_power_of_two();
-        SketchBuilder { seed: sketch_seed(key, shape), mask: k as u64 - 1, buckets: vec![0.0; k] }
+        SketchBuilder {
+            seed: sketch_seed(key, shape),
+            mask: k as u64 - 1,
+            buckets: vec![0.0; k],
+        }
     }
 
     /// Add `vals`, whose first element has flat index `start`. Non-finite values are skipped so
     /// that a single NaN does not erase the whole sketch (the summary counts them instead).
     pub fn update(&mut self, start: u64, vals: &[f64]) {
-        let mut z = self.seed.wrapping_add(start.wrapping_add(1).wrapping_mul(GAMMA));
+        let mut z = self
+            .seed
+            .wrapping_add(start.wrapping_add(1).wrapping_mul(GAMMA));
         for &x in vals {
             let h = splitmix64(z);
             z = z.wrapping_add(GAMMA);
@@ -110,7 +124,10 @@ impl SketchBuilder {
     }
 
     pub fn finish(self) -> Sketch {
-        Sketch { seed: self.seed, values: self.buckets }
+        Sketch {
+            seed: self.seed,
+            values: self.buckets,
+        }
     }
 }
 
@@ -132,7 +149,10 @@ mod tests {
         for i in 0..64 {
             assert!((sa.values[i] + sb.values[i] - ss.values[i]).abs() < 1e-9);
         }
-        assert_ne!(sketch_seed("unet.conv_in", &[1000]), sketch_seed("unet.conv_out", &[1000]));
+        assert_ne!(
+            sketch_seed("unet.conv_in", &[1000]),
+            sketch_seed("unet.conv_out", &[1000])
+        );
         assert_ne!(sketch_seed("k", &[10, 100]), sketch_seed("k", &[100, 10]));
     }
 
@@ -152,6 +172,9 @@ mod tests {
         let a = SketchBuilder::new("a", &[4], 8).finish();
         let b = SketchBuilder::new("b", &[4], 8).finish();
         assert!(a.diff_norm(&b).is_none());
-        assert_eq!(SketchBuilder::new("a", &[4], 100).finish().values.len(), 128);
+        assert_eq!(
+            SketchBuilder::new("a", &[4], 100).finish().values.len(),
+            128
+        );
     }
 }

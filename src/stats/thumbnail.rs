@@ -66,7 +66,13 @@ pub fn thumbnail(dtype: DType, shape: &[u64], bytes: &[u8]) -> Option<Thumbnail>
     let values = sums
         .iter()
         .zip(&counts)
-        .map(|(&s, &k)| if k == 0 { f32::NAN } else { (s / k as f64) as f32 })
+        .map(|(&s, &k)| {
+            if k == 0 {
+                f32::NAN
+            } else {
+                (s / k as f64) as f32
+            }
+        })
         .collect();
     Some(Thumbnail {
         batch: n as u32,
@@ -91,7 +97,10 @@ mod tests {
         v[32 + 5] = 1.0; // n1 c0 (1,1)
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let t = thumbnail(DType::F32, &[2, 2, 4, 4], &bytes).unwrap();
-        assert_eq!((t.batch, t.height, t.width, t.block_h, t.block_w), (2, 4, 4, 1, 1));
+        assert_eq!(
+            (t.batch, t.height, t.width, t.block_h, t.block_w),
+            (2, 4, 4, 1, 1)
+        );
         assert_eq!(t.item(0).unwrap()[0], 3.0);
         assert_eq!(t.item(1).unwrap()[5], 0.5);
     }

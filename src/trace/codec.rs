@@ -122,7 +122,12 @@ pub struct BlockDecoder {
 
 impl BlockDecoder {
     pub fn new(elem_size: usize, raw_len: u64) -> std::io::Result<Self> {
-        Ok(BlockDecoder { elem_size, remaining_raw: raw_len, dec: zstd::bulk::Decompressor::new()?, shuffled: Vec::new() })
+        Ok(BlockDecoder {
+            elem_size,
+            remaining_raw: raw_len,
+            dec: zstd::bulk::Decompressor::new()?,
+            shuffled: Vec::new(),
+        })
     }
 
     /// Raw length of the next block, or 0 when done.
@@ -136,9 +141,15 @@ impl BlockDecoder {
         if expect == 0 {
             return Err("more compressed blocks than the payload length allows".into());
         }
-        self.shuffled = self.dec.decompress(z, expect).map_err(|e| format!("zstd block does not decode: {e}"))?;
+        self.shuffled = self
+            .dec
+            .decompress(z, expect)
+            .map_err(|e| format!("zstd block does not decode: {e}"))?;
         if self.shuffled.len() != expect {
-            return Err(format!("zstd block decodes to {} bytes, expected {expect}", self.shuffled.len()));
+            return Err(format!(
+                "zstd block decodes to {} bytes, expected {expect}",
+                self.shuffled.len()
+            ));
         }
         unshuffle(&self.shuffled, self.elem_size, out);
         self.remaining_raw -= expect as u64;
@@ -171,7 +182,8 @@ mod tests {
         let mut back = Vec::new();
         while dec.next_block_len() > 0 {
             let len = u32::from_le_bytes(enc[pos..pos + 4].try_into().unwrap()) as usize;
-            dec.decode_block(&enc[pos + 4..pos + 4 + len], &mut out).unwrap();
+            dec.decode_block(&enc[pos + 4..pos + 4 + len], &mut out)
+                .unwrap();
             back.extend_from_slice(&out);
             pos += 4 + len;
         }

@@ -98,7 +98,9 @@ impl FrameHeader {
 
     /// Total bytes the frame occupies, padding included, or `None` on overflow.
     pub fn total_len(&self) -> Option<u64> {
-        FRAME_HEADER_LEN.checked_add(self.body_len)?.checked_add(pad_len(self.body_len))
+        FRAME_HEADER_LEN
+            .checked_add(self.body_len)?
+            .checked_add(pad_len(self.body_len))
     }
 }
 
@@ -109,7 +111,13 @@ pub fn pad_len(len: u64) -> u64 {
 
 /// Write one whole frame; returns the bytes written.
 pub fn write_frame(out: &mut impl Write, kind: FrameKind, body: &[u8]) -> std::io::Result<u64> {
-    let mut hdr = FrameHeader { kind, flags: 0, reserved: 0, crc: 0, body_len: body.len() as u64 };
+    let mut hdr = FrameHeader {
+        kind,
+        flags: 0,
+        reserved: 0,
+        crc: 0,
+        body_len: body.len() as u64,
+    };
     let mut h = hdr.crc_hasher();
     h.update(body);
     hdr.crc = h.finalize();

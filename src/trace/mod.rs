@@ -45,13 +45,28 @@ pub enum TraceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not an sdtrace trace (the file does not start with \"SDTRACE\\0\"); pass a file written by `sdtrace record`")]
+    #[error(
+        "{path}: not an sdtrace trace (the file does not start with \"SDTRACE\\0\"); pass a file written by `sdtrace record`"
+    )]
     NotATrace { path: PathBuf },
-    #[error("{path}: trace format version {major}.{minor} is newer than this sdtrace reads (major {supported}); upgrade sdtrace")]
-    UnsupportedVersion { path: PathBuf, major: u16, minor: u16, supported: u16 },
+    #[error(
+        "{path}: trace format version {major}.{minor} is newer than this sdtrace reads (major {supported}); upgrade sdtrace"
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        major: u16,
+        minor: u16,
+        supported: u16,
+    },
     #[error("{path}: damaged trace at byte offset {offset}: {what}")]
-    Corrupt { path: PathBuf, offset: u64, what: String },
-    #[error("{path}: the trace holds no complete run header (only {len} bytes survived); the recording died before it started")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    #[error(
+        "{path}: the trace holds no complete run header (only {len} bytes survived); the recording died before it started"
+    )]
     NoHeader { path: PathBuf, len: u64 },
     #[error("trace writer for {path} failed earlier and stopped: {message}")]
     WriterFailed { path: PathBuf, message: String },
@@ -61,11 +76,19 @@ pub enum TraceError {
 
 impl TraceError {
     fn io(path: &std::path::Path, op: &'static str, source: std::io::Error) -> Self {
-        TraceError::Io { path: path.to_path_buf(), op, source }
+        TraceError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
     }
 
     fn corrupt(path: &std::path::Path, offset: u64, what: impl Into<String>) -> Self {
-        TraceError::Corrupt { path: path.to_path_buf(), offset, what: what.into() }
+        TraceError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            what: what.into(),
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 
 use super::codec::{BLOCK, BlockDecoder, Codec};
 use super::format::{
-    FILE_HEADER_LEN, FILE_MAGIC, FOOTER_LEN, FORMAT_MAJOR, FRAME_HEADER_LEN, FrameHeader, FrameKind, MAX_HEADER_BODY,
-    MAX_INDEX_BODY, MAX_RECORD_BODY, parse_footer,
+    FILE_HEADER_LEN, FILE_MAGIC, FOOTER_LEN, FORMAT_MAJOR, FRAME_HEADER_LEN, FrameHeader,
+    FrameKind, MAX_HEADER_BODY, MAX_INDEX_BODY, MAX_RECORD_BODY, parse_footer,
 };
 use super::header::RunHeader;
 use super::record::{Fidelity, IndexBody, RecordId, RecordMeta};
@@ -27,7 +27,11 @@ pub enum Integrity {
     Complete,
     /// No usable index: records were recovered by scanning. `valid_len` bytes of `file_len`
     /// form the readable prefix.
-    Recovered { reason: String, valid_len: u64, file_len: u64 },
+    Recovered {
+        reason: String,
+        valid_len: u64,
+        file_len: u64,
+    },
 }
 
 impl Integrity {
@@ -56,7 +60,11 @@ pub struct RecordEntry {
 
 impl RecordEntry {
     pub fn id(&self) -> RecordId {
-        RecordId { step: self.step, eval: self.eval, key: self.key.to_string() }
+        RecordId {
+            step: self.step,
+            eval: self.eval,
+            key: self.key.to_string(),
+        }
     }
 
     /// Bytes this record occupies in the file.
@@ -85,7 +93,11 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     {
         let mut done = 0;
         while done < buf.len() {
-            let n = std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64)?;
+            let n = std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
@@ -100,9 +112,15 @@ impl TraceReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| TraceError::io(&path, "cannot open trace", e))?;
-        let meta = file.metadata().map_err(|e| TraceError::io(&path, "cannot stat trace", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| TraceError::io(&path, "cannot stat trace", e))?;
         if meta.is_dir() {
-            return Err(TraceError::io(&path, "cannot open trace", std::io::Error::other("it is a directory")));
+            return Err(TraceError::io(
+                &path,
+                "cannot open trace",
+                std::io::Error::other("it is a directory"),
+            ));
         }
         let file_len = meta.len();
         let mut r = TraceReader {
@@ -151,7 +169,9 @@ impl TraceReader {
 
     /// The record with this identity, if recorded.
     pub fn find(&self, key: &str, step: Option<u32>, eval: u32) -> Option<&RecordEntry> {
-        self.entries.iter().find(|e| &*e.key == key && e.step == step && e.eval == eval)
+        self.entries
+            .iter()
+            .find(|e| &*e.key == key && e.step == step && e.eval == eval)
     }
 
     fn corrupt(&self, offset: u64, what: impl Into<String>) -> TraceError {
@@ -159,7 +179,8 @@ impl TraceReader {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        read_at(&self.file, buf, offset).map_err(|e| TraceError::io(&self.path, "cannot read trace", e))
+        read_at(&self.file, buf, offset)
+            .map_err(|e| TraceError::io(&self.path, "cannot read trace", e))
     }
 
     fn read_file_header(&mut self) -> Result<()> {
@@ -167,15 +188,25 @@ impl TraceReader {
         let n = (self.file_len.min(16)) as usize;
         self.read_exact_at(&mut h[..n], 0)?;
         if h[..n.min(8)] != FILE_MAGIC[..n.min(8)] || n == 0 {
-            return Err(TraceError::NotATrace { path: self.path.clone() });
+            return Err(TraceError::NotATrace {
+                path: self.path.clone(),
+            });
         }
         if n < 16 {
-            return Err(TraceError::NoHeader { path: self.path.clone(), len: self.file_len });
+            return Err(TraceError::NoHeader {
+                path: self.path.clone(),
+                len: self.file_len,
+            });
         }
         let major = u16::from_le_bytes([h[8], h[9]]);
         let minor = u16::from_le_bytes([h[10], h[11]]);
         if major != FORMAT_MAJOR {
-            return Err(TraceError::UnsupportedVersion { path: self.path.clone(), major, minor, supported: FORMAT_MAJOR });
+            return Err(TraceError::UnsupportedVersion {
+                path: self.path.clone(),
+                major,
+                minor,
+                supported: FORMAT_MAJOR,
+            });
         }
         self.version = (major, minor);
         Ok(())
@@ -187,7 +218,8 @@ impl TraceReader {
             return Err(format!("incomplete frame header at byte offset {offset}"));
         }
         let mut b = [0u8; 16];
-        read_at(&self.file, &mut b, offset).map_err(|e| format!("cannot read at byte offset {offset}: {e}"))?;
+        read_at(&self.file, &mut b, offset)
+            .map_err(|e| format!("cannot read at byte offset {offset}: {e}"))?;
         let h = FrameHeader::parse(&b);
         match h.total_len().and_then(|t| offset.checked_add(t)) {
             Some(frame_end) if frame_end <= end => Ok(h),
@@ -202,59 +234,96 @@ impl TraceReader {
     /// Read and checksum a whole (small) frame body.
     fn frame_body(&self, offset: u64, h: &FrameHeader, limit: u64) -> Result<Vec<u8>, String> {
         if h.body_len > limit {
-            return Err(format!("{:?} frame at byte offset {offset} is {} bytes, more than the {limit} allowed", h.kind, h.body_len));
+            return Err(format!(
+                "{:?} frame at byte offset {offset} is {} bytes, more than the {limit} allowed",
+                h.kind, h.body_len
+            ));
         }
         let mut body = vec![0u8; h.body_len as usize];
-        read_at(&self.file, &mut body, offset + FRAME_HEADER_LEN).map_err(|e| format!("cannot read at byte offset {offset}: {e}"))?;
+        read_at(&self.file, &mut body, offset + FRAME_HEADER_LEN)
+            .map_err(|e| format!("cannot read at byte offset {offset}: {e}"))?;
         let mut crc = h.crc_hasher();
         crc.update(&body);
         let got = crc.finalize();
         if got != h.crc {
-            return Err(format!("checksum mismatch in frame at byte offset {offset} (stored {:08x}, computed {got:08x})", h.crc));
+            return Err(format!(
+                "checksum mismatch in frame at byte offset {offset} (stored {:08x}, computed {got:08x})",
+                h.crc
+            ));
         }
         Ok(body)
     }
 
     fn read_run_header(&mut self) -> Result<u64> {
         let at = FILE_HEADER_LEN;
-        let no_header = || TraceError::NoHeader { path: self.path.clone(), len: self.file_len };
-        let h = self.frame_header(at, self.file_len).map_err(|_| no_header())?;
+        let no_header = || TraceError::NoHeader {
+            path: self.path.clone(),
+            len: self.file_len,
+        };
+        let h = self
+            .frame_header(at, self.file_len)
+            .map_err(|_| no_header())?;
         if h.kind != FrameKind::Header {
-            return Err(self.corrupt(at, format!("expected the run header frame, found frame kind {}", h.kind.code())));
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "expected the run header frame, found frame kind {}",
+                    h.kind.code()
+                ),
+            ));
         }
-        let body = self.frame_body(at, &h, MAX_HEADER_BODY).map_err(|what| self.corrupt(at, what))?;
-        self.header = RunHeader::from_json(&body).map_err(|e| self.corrupt(at + FRAME_HEADER_LEN, format!("run header is not valid JSON: {e}")))?;
+        let body = self
+            .frame_body(at, &h, MAX_HEADER_BODY)
+            .map_err(|what| self.corrupt(at, what))?;
+        self.header = RunHeader::from_json(&body).map_err(|e| {
+            self.corrupt(
+                at + FRAME_HEADER_LEN,
+                format!("run header is not valid JSON: {e}"),
+            )
+        })?;
         Ok(at + h.total_len().unwrap_or(0))
     }
 
     /// Load the index through the footer; `Err(reason)` means "scan instead".
     fn read_index(&mut self, data_start: u64) -> Result<(), String> {
         if self.file_len < data_start + FOOTER_LEN {
-            return Err("no footer: the recording did not finish (killed, crashed, or out of disk)".into());
+            return Err(
+                "no footer: the recording did not finish (killed, crashed, or out of disk)".into(),
+            );
         }
         let footer_at = self.file_len - FOOTER_LEN;
         let mut f = [0u8; 24];
         read_at(&self.file, &mut f, footer_at).map_err(|e| e.to_string())?;
-        let index_at = parse_footer(&f).ok_or("no valid footer: the recording did not finish (killed, crashed, or out of disk)")?;
+        let index_at = parse_footer(&f).ok_or(
+            "no valid footer: the recording did not finish (killed, crashed, or out of disk)",
+        )?;
         if index_at < data_start || index_at % 8 != 0 {
-            return Err(format!("footer points at byte offset {index_at}, outside the data"));
+            return Err(format!(
+                "footer points at byte offset {index_at}, outside the data"
+            ));
         }
         let h = self.frame_header(index_at, footer_at)?;
         if h.kind != FrameKind::Index || index_at + h.total_len().unwrap_or(0) != footer_at {
-            return Err(format!("footer does not point at an index frame (byte offset {index_at})"));
+            return Err(format!(
+                "footer does not point at an index frame (byte offset {index_at})"
+            ));
         }
         let body = self.frame_body(index_at, &h, MAX_INDEX_BODY)?;
-        let (index, _rest): (IndexBody, _) =
-            postcard::take_from_bytes(&body).map_err(|e| format!("index at byte offset {index_at} does not decode: {e}"))?;
+        let (index, _rest): (IndexBody, _) = postcard::take_from_bytes(&body)
+            .map_err(|e| format!("index at byte offset {index_at} does not decode: {e}"))?;
         let keys: Vec<Arc<str>> = index.keys.into_iter().map(Arc::from).collect();
         let mut entries = Vec::with_capacity(index.rows.len());
         let mut prev_end = data_start;
         for row in index.rows {
-            let key = keys.get(row.key as usize).ok_or_else(|| format!("index names key #{} of {}", row.key, keys.len()))?;
-            let start = row.record_offset.checked_sub(row.payload_len).unwrap_or(0);
-            let end = row.record_offset.checked_add(row.record_len).unwrap_or(u64::MAX);
+            let key = keys
+                .get(row.key as usize)
+                .ok_or_else(|| format!("index names key #{} of {}", row.key, keys.len()))?;
+            let start = row.record_offset.saturating_sub(row.payload_len);
+            let end = row.record_offset.saturating_add(row.record_len);
             if start < prev_end || end > index_at || byte_len(row.dtype, &row.shape).is_none() {
-                return Err(format!("index row for '{key}' is inconsistent with the file"));
+                return Err(format!(
+                    "index row for '{key}' is inconsistent with the file"
+                ));
             }
             prev_end = end;
             entries.push(RecordEntry {
@@ -298,7 +367,10 @@ impl TraceReader {
                     payloads.insert(at, (h.body_len, total));
                 }
                 FrameKind::Record => {
-                    let meta = match self.frame_body(at, &h, MAX_RECORD_BODY).and_then(|b| decode_meta(&b, at)) {
+                    let meta = match self
+                        .frame_body(at, &h, MAX_RECORD_BODY)
+                        .and_then(|b| decode_meta(&b, at))
+                    {
                         Ok(m) => m,
                         Err(e) => break Some(e),
                     };
@@ -306,10 +378,17 @@ impl TraceReader {
                         None => 0,
                         Some(p) => match payloads.get(&p.frame_offset) {
                             Some(&(body, total)) if body == p.stored_len => total,
-                            _ => break Some(format!("record at byte offset {at} points at a missing payload frame")),
+                            _ => {
+                                break Some(format!(
+                                    "record at byte offset {at} points at a missing payload frame"
+                                ));
+                            }
                         },
                     };
-                    let key = keys.entry(meta.key.clone()).or_insert_with(|| Arc::from(meta.key.as_str())).clone();
+                    let key = keys
+                        .entry(meta.key.clone())
+                        .or_insert_with(|| Arc::from(meta.key.as_str()))
+                        .clone();
                     entries.push(RecordEntry {
                         key,
                         step: meta.step,
@@ -324,8 +403,12 @@ impl TraceReader {
                     });
                 }
                 // The index ends the records; only the footer can follow it.
-                FrameKind::Index => break Some("the index frame is present but the footer is damaged".into()),
-                FrameKind::Header => break Some(format!("a second run header at byte offset {at}")),
+                FrameKind::Index => {
+                    break Some("the index frame is present but the footer is damaged".into());
+                }
+                FrameKind::Header => {
+                    break Some(format!("a second run header at byte offset {at}"));
+                }
                 FrameKind::Unknown(_) => {
                     if let Err(e) = self.check_crc_streaming(at, &h) {
                         break Some(e);
@@ -339,7 +422,11 @@ impl TraceReader {
             None => why_no_index,
         };
         self.entries = entries;
-        self.integrity = Integrity::Recovered { reason, valid_len: at, file_len: self.file_len };
+        self.integrity = Integrity::Recovered {
+            reason,
+            valid_len: at,
+            file_len: self.file_len,
+        };
         Ok(())
     }
 
@@ -349,13 +436,17 @@ impl TraceReader {
         let mut pos = 0u64;
         while pos < h.body_len {
             let n = (h.body_len - pos).min(buf.len() as u64) as usize;
-            read_at(&self.file, &mut buf[..n], at + FRAME_HEADER_LEN + pos).map_err(|e| e.to_string())?;
+            read_at(&self.file, &mut buf[..n], at + FRAME_HEADER_LEN + pos)
+                .map_err(|e| e.to_string())?;
             crc.update(&buf[..n]);
             pos += n as u64;
         }
         let got = crc.finalize();
         if got != h.crc {
-            return Err(format!("checksum mismatch in frame at byte offset {at} (stored {:08x}, computed {got:08x})", h.crc));
+            return Err(format!(
+                "checksum mismatch in frame at byte offset {at} (stored {:08x}, computed {got:08x})",
+                h.crc
+            ));
         }
         Ok(())
     }
@@ -363,14 +454,31 @@ impl TraceReader {
     /// Read, checksum and decode a record's metadata.
     pub fn read_meta(&self, e: &RecordEntry) -> Result<RecordMeta> {
         let at = e.record_offset;
-        let h = self.frame_header(at, self.file_len).map_err(|w| self.corrupt(at, w))?;
+        let h = self
+            .frame_header(at, self.file_len)
+            .map_err(|w| self.corrupt(at, w))?;
         if h.kind != FrameKind::Record {
-            return Err(self.corrupt(at, format!("expected a record frame, found kind {}", h.kind.code())));
+            return Err(self.corrupt(
+                at,
+                format!("expected a record frame, found kind {}", h.kind.code()),
+            ));
         }
-        let body = self.frame_body(at, &h, MAX_RECORD_BODY).map_err(|w| self.corrupt(at, w))?;
+        let body = self
+            .frame_body(at, &h, MAX_RECORD_BODY)
+            .map_err(|w| self.corrupt(at, w))?;
         let meta = decode_meta(&body, at).map_err(|w| self.corrupt(at, w))?;
-        if *meta.key != *e.key || meta.step != e.step || meta.eval != e.eval || meta.order != e.order {
-            return Err(self.corrupt(at, format!("record frame holds '{}', but the index says '{}'", meta.key, e.key)));
+        if *meta.key != *e.key
+            || meta.step != e.step
+            || meta.eval != e.eval
+            || meta.order != e.order
+        {
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "record frame holds '{}', but the index says '{}'",
+                    meta.key, e.key
+                ),
+            ));
         }
         Ok(meta)
     }
@@ -378,16 +486,36 @@ impl TraceReader {
     /// Stream a record's decoded tensor bytes to `sink` in pieces of at most 1 MiB, then verify
     /// the payload checksum. Pieces are whole elements. Returns `Ok(false)` when the record has
     /// no payload. On a checksum mismatch the error comes after the pieces were delivered.
-    pub fn payload_chunks(&self, meta: &RecordMeta, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<bool> {
-        let Some(p) = meta.payload else { return Ok(false) };
+    pub fn payload_chunks(
+        &self,
+        meta: &RecordMeta,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<bool> {
+        let Some(p) = meta.payload else {
+            return Ok(false);
+        };
         let at = p.frame_offset;
         let expected = byte_len(meta.dtype, &meta.shape);
         if expected != Some(p.raw_len) {
-            return Err(self.corrupt(at, format!("payload of '{}' holds {} bytes, its shape needs {expected:?}", meta.key, p.raw_len)));
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "payload of '{}' holds {} bytes, its shape needs {expected:?}",
+                    meta.key, p.raw_len
+                ),
+            ));
         }
-        let h = self.frame_header(at, self.file_len).map_err(|w| self.corrupt(at, w))?;
+        let h = self
+            .frame_header(at, self.file_len)
+            .map_err(|w| self.corrupt(at, w))?;
         if h.kind != FrameKind::Payload || h.body_len != p.stored_len {
-            return Err(self.corrupt(at, format!("record '{}' points at byte offset {at}, which is not its payload frame", meta.key)));
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "record '{}' points at byte offset {at}, which is not its payload frame",
+                    meta.key
+                ),
+            ));
         }
         let body_at = at + FRAME_HEADER_LEN;
         let mut crc = h.crc_hasher();
@@ -401,7 +529,9 @@ impl TraceReader {
         match p.codec {
             Codec::Raw => {
                 if p.stored_len != p.raw_len {
-                    return Err(self.corrupt(at, "raw payload length differs from the tensor length"));
+                    return Err(
+                        self.corrupt(at, "raw payload length differs from the tensor length")
+                    );
                 }
                 let piece = (1u64 << 20) / 8 * 8;
                 let mut pos = 0;
@@ -413,7 +543,8 @@ impl TraceReader {
                 }
             }
             Codec::ShuffleZstd => {
-                let mut dec = BlockDecoder::new(meta.dtype.size(), p.raw_len).map_err(|e| TraceError::io(&self.path, "zstd", e))?;
+                let mut dec = BlockDecoder::new(meta.dtype.size(), p.raw_len)
+                    .map_err(|e| TraceError::io(&self.path, "zstd", e))?;
                 let mut out = Vec::new();
                 let mut pos = 0;
                 while dec.next_block_len() > 0 {
@@ -424,21 +555,33 @@ impl TraceReader {
                     let zlen = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64;
                     pos += 4;
                     if zlen > p.stored_len - pos || zlen > 2 * BLOCK as u64 {
-                        return Err(self.corrupt(body_at + pos - 4, format!("compressed block claims {zlen} bytes")));
+                        return Err(self.corrupt(
+                            body_at + pos - 4,
+                            format!("compressed block claims {zlen} bytes"),
+                        ));
                     }
                     read(pos, &mut buf, zlen as usize)?;
-                    dec.decode_block(&buf, &mut out).map_err(|w| self.corrupt(body_at + pos, w))?;
+                    dec.decode_block(&buf, &mut out)
+                        .map_err(|w| self.corrupt(body_at + pos, w))?;
                     pos += zlen;
                     sink(&out)?;
                 }
                 if pos != p.stored_len {
-                    return Err(self.corrupt(body_at + pos, "bytes left after the last compressed block"));
+                    return Err(
+                        self.corrupt(body_at + pos, "bytes left after the last compressed block")
+                    );
                 }
             }
         }
         let got = crc.finalize();
         if got != h.crc {
-            return Err(self.corrupt(at, format!("checksum mismatch in payload frame (stored {:08x}, computed {got:08x})", h.crc)));
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "checksum mismatch in payload frame (stored {:08x}, computed {got:08x})",
+                    h.crc
+                ),
+            ));
         }
         Ok(true)
     }
@@ -464,10 +607,13 @@ impl TraceReader {
 }
 
 fn decode_meta(body: &[u8], at: u64) -> Result<RecordMeta, String> {
-    let (meta, _rest): (RecordMeta, _) =
-        postcard::take_from_bytes(body).map_err(|e| format!("record frame at byte offset {at} does not decode: {e}"))?;
+    let (meta, _rest): (RecordMeta, _) = postcard::take_from_bytes(body)
+        .map_err(|e| format!("record frame at byte offset {at} does not decode: {e}"))?;
     if byte_len(meta.dtype, &meta.shape).is_none() {
-        return Err(format!("record '{}' at byte offset {at} has an impossible shape {:?}", meta.key, meta.shape));
+        return Err(format!(
+            "record '{}' at byte offset {at} has an impossible shape {:?}",
+            meta.key, meta.shape
+        ));
     }
     Ok(meta)
 }

@@ -57,7 +57,10 @@ impl From<Fidelity> for u8 {
 impl TryFrom<u8> for Fidelity {
     type Error = String;
     fn try_from(c: u8) -> Result<Self, String> {
-        Fidelity::ALL.into_iter().find(|f| f.code() == c).ok_or_else(|| format!("unknown fidelity code {c}"))
+        Fidelity::ALL
+            .into_iter()
+            .find(|f| f.code() == c)
+            .ok_or_else(|| format!("unknown fidelity code {c}"))
     }
 }
 
@@ -121,7 +124,11 @@ pub struct RecordMeta {
 
 impl RecordMeta {
     pub fn id(&self) -> RecordId {
-        RecordId { step: self.step, eval: self.eval, key: self.key.clone() }
+        RecordId {
+            step: self.step,
+            eval: self.eval,
+            key: self.key.clone(),
+        }
     }
 }
 

@@ -30,7 +30,9 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { max_queue_bytes: 256 << 20 }
+        WriterOptions {
+            max_queue_bytes: 256 << 20,
+        }
     }
 }
 
@@ -106,7 +108,8 @@ impl TraceWriter {
     /// Create (or truncate) `path`, write the file header and run header, start the I/O thread.
     pub fn create(path: impl AsRef<Path>, header: &RunHeader, opts: WriterOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|e| TraceError::io(&path, "cannot create trace file", e))?;
+        let file = File::create(&path)
+            .map_err(|e| TraceError::io(&path, "cannot create trace file", e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut offset = 16u64;
         out.write_all(&file_header())
@@ -116,14 +119,31 @@ impl TraceWriter {
                 out.flush()
             })
             .map_err(|e| TraceError::io(&path, "cannot write trace header", e))?;
-        let shared = Arc::new(Shared { queue: Mutex::default(), not_empty: Condvar::new(), not_full: Condvar::new() });
-        let io = IoThread { path: path.clone(), out, offset, keys: Vec::new(), key_ids: HashMap::new(), rows: Vec::new() };
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+        });
+        let io = IoThread {
+            path: path.clone(),
+            out,
+            offset,
+            keys: Vec::new(),
+            key_ids: HashMap::new(),
+            rows: Vec::new(),
+        };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sdtrace-writer".into())
             .spawn(move || io.run(&thread_shared))
             .map_err(|e| TraceError::io(&path, "cannot start the writer thread", e))?;
-        Ok(TraceWriter { path, shared, thread: Some(thread), max_queue_bytes: opts.max_queue_bytes, next_order: 0 })
+        Ok(TraceWriter {
+            path,
+            shared,
+            thread: Some(thread),
+            max_queue_bytes: opts.max_queue_bytes,
+            next_order: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -137,7 +157,11 @@ impl TraceWriter {
         let order = self.next_order;
         let mut q = self.shared.lock();
         while q.error.is_none() && q.bytes > 0 && q.bytes + size > self.max_queue_bytes {
-            q = self.shared.not_full.wait(q).unwrap_or_else(|e| e.into_inner());
+            q = self
+                .shared
+                .not_full
+                .wait(q)
+                .unwrap_or_else(|e| e.into_inner());
         }
         self.check(&q)?;
         q.bytes += size;
@@ -170,7 +194,10 @@ impl TraceWriter {
 
     fn check(&self, q: &Queue) -> Result<()> {
         match &q.error {
-            Some(m) => Err(TraceError::WriterFailed { path: self.path.clone(), message: m.clone() }),
+            Some(m) => Err(TraceError::WriterFailed {
+                path: self.path.clone(),
+                message: m.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -181,7 +208,10 @@ impl TraceWriter {
             message: "the writer was already finished".into(),
         })?;
         handle.join().unwrap_or_else(|_| {
-            Err(TraceError::WriterFailed { path: self.path.clone(), message: "the writer thread panicked".into() })
+            Err(TraceError::WriterFailed {
+                path: self.path.clone(),
+                message: "the writer thread panicked".into(),
+            })
         })
     }
 }
@@ -198,7 +228,12 @@ impl Drop for TraceWriter {
 }
 
 fn validate(rec: &RecordInput) -> Result<()> {
-    let bad = |what: String| Err(TraceError::InvalidTensor { key: rec.key.clone(), what });
+    let bad = |what: String| {
+        Err(TraceError::InvalidTensor {
+            key: rec.key.clone(),
+            what,
+        })
+    };
     if rec.key.is_empty() {
         return bad("the key is empty".into());
     }
@@ -242,16 +277,25 @@ impl IoThread {
             let result = match job {
                 Job::Record(order, rec) => {
                     let size = queued_size(&rec);
-                    let r = if failed.is_some() { Ok(()) } else { self.record(order, *rec) };
+                    let r = if failed.is_some() {
+                        Ok(())
+                    } else {
+                        self.record(order, *rec)
+                    };
                     shared.lock().bytes -= size;
                     shared.not_full.notify_all();
                     r
                 }
-                Job::Flush if failed.is_none() => self.out.flush().map_err(|e| self.err("cannot write", e)),
+                Job::Flush if failed.is_none() => {
+                    self.out.flush().map_err(|e| self.err("cannot write", e))
+                }
                 Job::Flush => Ok(()),
                 Job::Finish => {
                     let r = match failed {
-                        Some(message) => Err(TraceError::WriterFailed { path: self.path.clone(), message }),
+                        Some(message) => Err(TraceError::WriterFailed {
+                            path: self.path.clone(),
+                            message,
+                        }),
                         None => self.finish(),
                     };
                     if let Err(e) = &r {
@@ -261,7 +305,10 @@ impl IoThread {
                 }
                 Job::Abort => {
                     let _ = self.out.flush();
-                    return Err(TraceError::WriterFailed { path: self.path.clone(), message: "not finished".into() });
+                    return Err(TraceError::WriterFailed {
+                        path: self.path.clone(),
+                        message: "not finished".into(),
+                    });
                 }
             };
             if let Err(e) = result {
@@ -291,7 +338,8 @@ impl IoThread {
             let body: &[u8] = match codec {
                 Codec::Raw => bytes,
                 Codec::ShuffleZstd => {
-                    encoded = encode_shuffle_zstd(bytes, rec.dtype.size()).map_err(|e| self.err("cannot compress payload", e))?;
+                    encoded = encode_shuffle_zstd(bytes, rec.dtype.size())
+                        .map_err(|e| self.err("cannot compress payload", e))?;
                     &encoded
                 }
             };
@@ -347,16 +395,28 @@ impl IoThread {
     }
 
     fn finish(&mut self) -> Result<WrittenTrace> {
-        let index = IndexBody { keys: std::mem::take(&mut self.keys), rows: std::mem::take(&mut self.rows) };
+        let index = IndexBody {
+            keys: std::mem::take(&mut self.keys),
+            rows: std::mem::take(&mut self.rows),
+        };
         let body = postcard::to_stdvec(&index).map_err(|e| TraceError::WriterFailed {
             path: self.path.clone(),
             message: format!("cannot encode the index: {e}"),
         })?;
         let at = self.frame(FrameKind::Index, &body)?;
-        self.out.write_all(&footer(at)).map_err(|e| self.err("cannot write", e))?;
+        self.out
+            .write_all(&footer(at))
+            .map_err(|e| self.err("cannot write", e))?;
         self.offset += 24;
         self.out.flush().map_err(|e| self.err("cannot write", e))?;
-        self.out.get_ref().sync_all().map_err(|e| self.err("cannot sync", e))?;
-        Ok(WrittenTrace { path: self.path.clone(), records: index.rows.len() as u64, bytes: self.offset })
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|e| self.err("cannot sync", e))?;
+        Ok(WrittenTrace {
+            path: self.path.clone(),
+            records: index.rows.len() as u64,
+            bytes: self.offset,
+        })
     }
 }

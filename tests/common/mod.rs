@@ -93,7 +93,11 @@ pub fn observe(probe: &Probe, key: &str, dtype: DType, shape: &[usize], vals: &[
 /// image. Every dtype appears; the policy mixes stats, sketch, full raw and full zstd.
 pub fn write_mini_run(path: &Path, steps: u32, seed: u64) -> u64 {
     let mut policy = Policy::default();
-    for rule in ["unet.mid_block=stats", "sampler.denoised=full:zstd", "misc.*=full"] {
+    for rule in [
+        "unet.mid_block=stats",
+        "sampler.denoised=full:zstd",
+        "misc.*=full",
+    ] {
         policy.push(rule.parse().unwrap());
     }
     let mut header = fixed_header("synthetic mini run");
@@ -105,27 +109,87 @@ pub fn write_mini_run(path: &Path, steps: u32, seed: u64) -> u64 {
     let n_lat = 256;
     let mut x = normal_vec(&mut rng, n_lat, 1.0);
     observe(&probe, "noise.initial", DType::F32, &latent, &x);
-    observe(&probe, "text.cond", DType::F16, &[1, 77, 16], &normal_vec(&mut rng, 77 * 16, 0.5));
-    observe(&probe, "text.uncond", DType::F16, &[1, 77, 16], &normal_vec(&mut rng, 77 * 16, 0.5));
-    observe(&probe, "misc.tokens", DType::I64, &[77], &(0..77).map(|i| (i * 13 % 500) as f64).collect::<Vec<_>>());
-    observe(&probe, "misc.mask", DType::I32, &[2, 3], &[1.0, 0.0, -1.0, 2.0, 3.0, 4.0]);
-    observe(&probe, "misc.bf16", DType::BF16, &[3, 5], &normal_vec(&mut rng, 15, 2.0));
-    observe(&probe, "misc.f64", DType::F64, &[4], &normal_vec(&mut rng, 4, 1e3));
+    observe(
+        &probe,
+        "text.cond",
+        DType::F16,
+        &[1, 77, 16],
+        &normal_vec(&mut rng, 77 * 16, 0.5),
+    );
+    observe(
+        &probe,
+        "text.uncond",
+        DType::F16,
+        &[1, 77, 16],
+        &normal_vec(&mut rng, 77 * 16, 0.5),
+    );
+    observe(
+        &probe,
+        "misc.tokens",
+        DType::I64,
+        &[77],
+        &(0..77).map(|i| (i * 13 % 500) as f64).collect::<Vec<_>>(),
+    );
+    observe(
+        &probe,
+        "misc.mask",
+        DType::I32,
+        &[2, 3],
+        &[1.0, 0.0, -1.0, 2.0, 3.0, 4.0],
+    );
+    observe(
+        &probe,
+        "misc.bf16",
+        DType::BF16,
+        &[3, 5],
+        &normal_vec(&mut rng, 15, 2.0),
+    );
+    observe(
+        &probe,
+        "misc.f64",
+        DType::F64,
+        &[4],
+        &normal_vec(&mut rng, 4, 1e3),
+    );
     for step in 0..steps {
         probe.set_step(Some(step), 0).unwrap();
         observe(&probe, "sampler.x", DType::F32, &latent, &x);
         let h = normal_vec(&mut rng, 2 * 8 * 8 * 8, 1.0);
         observe(&probe, "unet.conv_in", DType::F32, &[2, 8, 8, 8], &h);
-        observe(&probe, "unet.down_blocks.0.resnets.0", DType::F32, &[2, 8, 8, 8], &h.iter().map(|v| v * 0.9).collect::<Vec<_>>());
-        observe(&probe, "unet.mid_block", DType::F32, &[2, 8, 4, 4], &normal_vec(&mut rng, 256, 1.0));
+        observe(
+            &probe,
+            "unet.down_blocks.0.resnets.0",
+            DType::F32,
+            &[2, 8, 8, 8],
+            &h.iter().map(|v| v * 0.9).collect::<Vec<_>>(),
+        );
+        observe(
+            &probe,
+            "unet.mid_block",
+            DType::F32,
+            &[2, 8, 4, 4],
+            &normal_vec(&mut rng, 256, 1.0),
+        );
         let eps = normal_vec(&mut rng, n_lat, 1.0);
         observe(&probe, "sampler.eps.uncond", DType::F32, &latent, &eps);
-        observe(&probe, "sampler.eps.cond", DType::F32, &latent, &eps.iter().map(|v| v * 1.1).collect::<Vec<_>>());
+        observe(
+            &probe,
+            "sampler.eps.cond",
+            DType::F32,
+            &latent,
+            &eps.iter().map(|v| v * 1.1).collect::<Vec<_>>(),
+        );
         let denoised: Vec<f64> = x.iter().zip(&eps).map(|(a, e)| a - 0.5 * e).collect();
         observe(&probe, "sampler.denoised", DType::F32, &latent, &denoised);
         x = denoised;
     }
     probe.set_step(None, 0).unwrap();
-    observe(&probe, "image", DType::U8, &[1, 3, 16, 16], &(0..768).map(|i| (i % 256) as f64).collect::<Vec<_>>());
+    observe(
+        &probe,
+        "image",
+        DType::U8,
+        &[1, 3, 16, 16],
+        &(0..768).map(|i| (i % 256) as f64).collect::<Vec<_>>(),
+    );
     probe.finish().unwrap().unwrap().records
 }
