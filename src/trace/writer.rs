@@ -177,7 +177,7 @@ impl TraceWriter {
         self.push(Job::Flush)
     }
 
-    /// Write the index and footer, sync the file, and stop the I/O thread.
+    /// Write the index and footer, flush everything to the OS, and stop the I/O thread.
     pub fn finish(mut self) -> Result<WrittenTrace> {
         self.push(Job::Finish)?;
         self.join()
@@ -409,10 +409,6 @@ impl IoThread {
             .map_err(|e| self.err("cannot write", e))?;
         self.offset += 24;
         self.out.flush().map_err(|e| self.err("cannot write", e))?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .map_err(|e| self.err("cannot sync", e))?;
         Ok(WrittenTrace {
             path: self.path.clone(),
             records: index.rows.len() as u64,
