@@ -384,3 +384,35 @@ fn library_output_follows_the_spec() {
         serde_json::json!({})
     );
 }
+
+/// §3 of FORMAT.md, implemented from the text, equals the library's sketch.
+#[test]
+fn sketch_follows_the_spec() {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let key = "unet.mid_block.attentions.0";
+    let shape = [2u64, 3, 37];
+    let vals: Vec<f32> = (0..222).map(|i| (i as f32 * 0.731).sin() * 10.0).collect();
+    let mut seed_input = key.as_bytes().to_vec();
+    seed_input.push(0xFF);
+    for d in shape {
+        seed_input.extend(d.to_le_bytes());
+    }
+    let seed = xxhash_rust::xxh3::xxh3_64(&seed_input);
+    let k = 64u64;
+    let mut buckets = vec![0.0f64; k as usize];
+    for (i, &x) in vals.iter().enumerate() {
+        let p = i as u64 / 2;
+        let h = mix(seed.wrapping_add((p + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let half = if i % 2 == 0 { h as u32 } else { (h >> 32) as u32 };
+        let sign = if half >> 31 == 1 { -1.0 } else { 1.0 };
+        buckets[(half as u64 & (k - 1)) as usize] += sign * x as f64;
+    }
+    let bytes: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let (_, sketch) = sdtrace::stats::summarize_with_sketch(DType::F32, &bytes, key, &shape, k as usize);
+    assert_eq!(sketch.seed, seed);
+    assert_eq!(sketch.values, buckets);
+}

@@ -103,7 +103,31 @@ fn decode_chunk(dtype: DType, bytes: &[u8], out: &mut [f64; CHUNK]) -> usize {
     }
 }
 
-/// Streaming accumulator behind [`summarize`]; feed it whole elements in order.
+/// Decode up to [`CHUNK`] elements of an f32/f16/bf16 tensor into `out` (exactly: both 16-bit
+/// formats are subsets of f32). Returns `None` for other dtypes.
+fn decode_chunk_f32(dtype: DType, bytes: &[u8], out: &mut [f32; CHUNK]) -> Option<usize> {
+    macro_rules! decode {
+        ($n:literal, $conv:expr) => {{
+            let mut n = 0;
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact($n)) {
+                let b: [u8; $n] = b.try_into().unwrap_or([0; $n]);
+                *o = $conv(b);
+                n += 1;
+            }
+            Some(n)
+        }};
+    }
+    match dtype {
+        DType::F32 => decode!(4, f32::from_le_bytes),
+        DType::F16 => decode!(2, |b| half::f16::from_le_bytes(b).to_f32()),
+        DType::BF16 => decode!(2, |b| half::bf16::from_le_bytes(b).to_f32()),
+        _ => None,
+    }
+}
+
+/// Streaming accumulator behind [`summarize`]; feed it whole elements in order. Results are
+/// identical however the bytes are split, as long as every piece holds a multiple of
+/// [`CHUNK`] elements (the last piece excepted).
 pub struct SummaryBuilder {
     dtype: DType,
     hasher: Xxh3,
@@ -112,6 +136,8 @@ pub struct SummaryBuilder {
     pos_inf: u64,
     neg_inf: u64,
     zeros: u64,
+    /// Zeros seen by the fast path (they also sit in `exp_counts[_][0]`).
+    fast_zeros: u64,
     finite: u64,
     mean: f64,
     m2: f64,
@@ -122,7 +148,11 @@ pub struct SummaryBuilder {
     abs_max: f64,
     abs_max_index: u64,
     hist: [u64; HIST_BINS],
+    /// Fast path: counts by biased f32 exponent, interleaved tables (so runs of equal
+    /// exponents do not serialise on one counter); folded into `hist` at the end.
+    exp_counts: Box<[[u64; 256]; EXP_TABLES]>,
     buf: Box<[f64; CHUNK]>,
+    buf32: Box<[f32; CHUNK]>,
     sketch: Option<SketchBuilder>,
 }
 
@@ -136,6 +166,7 @@ impl SummaryBuilder {
             pos_inf: 0,
             neg_inf: 0,
             zeros: 0,
+            fast_zeros: 0,
             finite: 0,
             mean: 0.0,
             m2: 0.0,
@@ -146,7 +177,9 @@ impl SummaryBuilder {
             abs_max: -1.0,
             abs_max_index: 0,
             hist: [0; HIST_BINS],
+            exp_counts: Box::new([[0; 256]; EXP_TABLES]),
             buf: Box::new([0.0; CHUNK]),
+            buf32: Box::new([0.0; CHUNK]),
             sketch: None,
         }
     }
@@ -160,102 +193,62 @@ impl SummaryBuilder {
     /// Feed the next bytes of the tensor. `bytes.len()` must be a multiple of the element size
     /// (callers validate tensor lengths up front; a ragged tail is ignored).
     pub fn update(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
         let chunk_bytes = CHUNK * self.dtype.size();
         for piece in bytes.chunks(chunk_bytes) {
-            let n = decode_chunk(self.dtype, piece, &mut self.buf);
+            // Hash while the piece is in cache: one pass over memory for everything.
+            self.hasher.update(piece);
             let start = self.count;
-            let vals = &self.buf[..n];
-            if let Some(sk) = self.sketch.as_mut() {
-                sk.update(start, vals);
-            }
-            if vals.iter().all(|x| x.is_finite()) {
-                self.finite_chunk(start, n);
-            } else {
-                self.mixed_chunk(start, n);
-            }
+            let n = match decode_chunk_f32(self.dtype, piece, &mut self.buf32) {
+                // All-finite f32-representable chunks take the fast path.
+                Some(n) if all_finite_f32(&self.buf32[..n]) => {
+                    if let Some(sk) = self.sketch.as_mut() {
+                        sk.update(start, &self.buf32[..n]);
+                    }
+                    self.finite_f32_chunk(start, n);
+                    n
+                }
+                _ => {
+                    let n = decode_chunk(self.dtype, piece, &mut self.buf);
+                    if let Some(sk) = self.sketch.as_mut() {
+                        sk.update(start, &self.buf[..n]);
+                    }
+                    self.general_chunk(start, n);
+                    n
+                }
+            };
             self.count += n as u64;
         }
     }
 
-    /// Fast path: every value in `buf[..n]` is finite.
-    fn finite_chunk(&mut self, start: u64, n: usize) {
-        const L: usize = 8;
-        let vals = &self.buf[..n];
-        let mut sum = [0.0f64; L];
-        let mut sq = [0.0f64; L];
-        let mut mn = [f64::INFINITY; L];
-        let mut mx = [f64::NEG_INFINITY; L];
-        let mut am = [0.0f64; L];
-        let mut zeros = [0u64; L];
-        let mut lanes = vals.chunks_exact(L);
-        for c in &mut lanes {
-            for i in 0..L {
-                let x = c[i];
-                sum[i] += x;
-                sq[i] += x * x;
-                mn[i] = if x < mn[i] { x } else { mn[i] };
-                mx[i] = if x > mx[i] { x } else { mx[i] };
-                let a = x.abs();
-                am[i] = if a > am[i] { a } else { am[i] };
-                zeros[i] += (x == 0.0) as u64;
-            }
-        }
-        for (i, &x) in lanes.remainder().iter().enumerate() {
-            sum[i] += x;
-            sq[i] += x * x;
-            mn[i] = mn[i].min(x);
-            mx[i] = mx[i].max(x);
-            am[i] = am[i].max(x.abs());
-            zeros[i] += (x == 0.0) as u64;
-        }
-        let csum: f64 = sum.iter().sum();
-        let cmean = csum / n as f64;
-        let mut dev = [0.0f64; L];
-        let mut lanes = vals.chunks_exact(L);
-        for c in &mut lanes {
-            for i in 0..L {
-                let d = c[i] - cmean;
-                dev[i] += d * d;
-            }
-        }
-        for (i, &x) in lanes.remainder().iter().enumerate() {
-            dev[i] += (x - cmean) * (x - cmean);
-        }
-        // Histogram: four tables so runs of equal bins don't serialise on one counter.
-        let mut hist = [[0u32; HIST_BINS]; 4];
-        let mut quads = vals.chunks_exact(4);
-        for c in &mut quads {
-            for (t, &x) in c.iter().enumerate() {
-                hist[t][hist_bin(x)] += 1;
-            }
-        }
-        for &x in quads.remainder() {
-            hist[0][hist_bin(x)] += 1;
-        }
-        let chunk_zeros: u64 = zeros.iter().sum();
-        for (b, total) in self.hist.iter_mut().enumerate() {
-            *total += (hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b]) as u64;
-        }
-        // Zeros went into the lowest bin above; they belong to `zeros` only.
-        self.hist[hist_bin(0.0)] -= chunk_zeros;
-        self.zeros += chunk_zeros;
-
-        let cmin = mn.iter().copied().fold(f64::INFINITY, f64::min);
-        let cmax = mx.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let cam = am.iter().copied().fold(0.0, f64::max);
+    /// Fast path over `buf32[..n]`, every value finite: one pass of shifted sums (shift = the
+    /// chunk's first value, so the variance does not cancel), extrema, zeros and exponents.
+    fn finite_f32_chunk(&mut self, start: u64, n: usize) {
+        let vals = &self.buf32[..n];
+        let shift = vals[0] as f64;
+        let c = f32_kernel(vals, shift, &mut self.exp_counts);
+        self.zeros += c.zeros as u64;
+        self.fast_zeros += c.zeros as u64;
+        let (cmin, cmax) = (c.min as f64, c.max as f64);
         self.min = self.min.min(cmin);
         self.max = self.max.max(cmax);
+        let cam = cmax.max(-cmin);
         if cam > self.abs_max {
             self.abs_max = cam;
-            let pos = vals.iter().position(|x| x.abs() == cam).unwrap_or(0);
+            let pos = vals
+                .iter()
+                .position(|&x| (x.abs() as f64) == cam)
+                .unwrap_or(0);
             self.abs_max_index = start + pos as u64;
         }
-        self.merge_moments(n as u64, cmean, dev.iter().sum(), sq.iter().sum());
+        let nf = n as f64;
+        let m2 = (c.sq - c.sum * c.sum / nf).max(0.0);
+        let sumsq = c.sq + 2.0 * shift * c.sum + nf * shift * shift;
+        self.merge_moments(n as u64, shift + c.sum / nf, m2, sumsq);
     }
 
-    /// Slow path for chunks holding NaN or ±Inf: count them, fold the finite rest.
-    fn mixed_chunk(&mut self, start: u64, n: usize) {
+    /// General path over `buf[..n]` (any dtype, non-finite values allowed): counts NaN/±Inf and
+    /// folds the finite rest with a two-pass mean and M2.
+    fn general_chunk(&mut self, start: u64, n: usize) {
         let mut finite = 0u64;
         let mut csum = 0.0;
         for (i, &x) in self.buf[..n].iter().enumerate() {
@@ -311,7 +304,16 @@ impl SummaryBuilder {
     }
 
     /// The finished summary and, when one was requested, the sketch.
-    pub fn finish(self) -> (Summary, Option<Sketch>) {
+    pub fn finish(mut self) -> (Summary, Option<Sketch>) {
+        // Fold the fast path's exponent counts into log2 bins. Biased exponent 0 holds zeros
+        // (already counted in `zeros`) and subnormals (all below 2^-126: bin 0).
+        for (e, total) in (0..256).map(|e| (e, self.exp_counts.iter().map(|t| t[e]).sum::<u64>())) {
+            match e {
+                0 => self.hist[0] += total - self.fast_zeros,
+                255 => {} // never reached: non-finite chunks take the general path
+                e => self.hist[hist_bin(f64::from_bits(((e as u64) + 1023 - 127) << 52))] += total,
+            }
+        }
         let none = self.finite == 0;
         let nan_if_none = |v: f64| if none { f64::NAN } else { v };
         let summary = Summary {
@@ -332,6 +334,165 @@ impl SummaryBuilder {
         };
         (summary, self.sketch.map(SketchBuilder::finish))
     }
+}
+
+/// Interleaved exponent-count tables of the fast path.
+const EXP_TABLES: usize = 8;
+
+/// What the fast path learns from one chunk.
+struct F32Chunk {
+    min: f32,
+    max: f32,
+    zeros: u32,
+    /// Σ(x − shift) and Σ(x − shift)², in f64.
+    sum: f64,
+    sq: f64,
+}
+
+/// Lanes of the fast path's accumulators: lane `i` folds the elements whose index within the
+/// chunk is ≡ i (mod 8). Both implementations below follow this exactly, and add in the same
+/// order, so their results are bit-identical.
+const L: usize = 8;
+
+/// Accumulator lanes of the fast path.
+struct Lanes {
+    min: [f32; L],
+    max: [f32; L],
+    zeros: [u32; L],
+    sum: [f64; L],
+    sq: [f64; L],
+}
+
+impl Lanes {
+    fn new() -> Self {
+        Lanes {
+            min: [f32::INFINITY; L],
+            max: [f32::NEG_INFINITY; L],
+            zeros: [0; L],
+            sum: [0.0; L],
+            sq: [0.0; L],
+        }
+    }
+
+    /// Fold `xs` (at most one group of `L`) into lanes 0.. in order.
+    #[inline(always)]
+    fn fold_scalar(&mut self, xs: &[f32], shift: f64) {
+        for (i, &x) in xs.iter().enumerate() {
+            let d = x as f64 - shift;
+            self.sum[i] += d;
+            self.sq[i] += d * d;
+            self.min[i] = if x < self.min[i] { x } else { self.min[i] };
+            self.max[i] = if x > self.max[i] { x } else { self.max[i] };
+            self.zeros[i] += (x == 0.0) as u32;
+        }
+    }
+
+    fn finish(&self) -> F32Chunk {
+        F32Chunk {
+            min: self.min.iter().copied().fold(f32::INFINITY, f32::min),
+            max: self.max.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            zeros: self.zeros.iter().sum(),
+            sum: self.sum.iter().sum(),
+            sq: self.sq.iter().sum(),
+        }
+    }
+}
+
+/// Exponent counts of one chunk into interleaved tables.
+#[inline(always)]
+fn count_exponents(vals: &[f32], counts: &mut [[u64; 256]; EXP_TABLES]) {
+    let mut groups = vals.chunks_exact(EXP_TABLES);
+    for c in &mut groups {
+        for (t, &x) in c.iter().enumerate() {
+            counts[t][((x.to_bits() >> 23) & 0xff) as usize] += 1;
+        }
+    }
+    for &x in groups.remainder() {
+        counts[0][((x.to_bits() >> 23) & 0xff) as usize] += 1;
+    }
+}
+
+fn f32_kernel_portable(
+    vals: &[f32],
+    shift: f64,
+    counts: &mut [[u64; 256]; EXP_TABLES],
+) -> F32Chunk {
+    let mut lanes = Lanes::new();
+    for c in vals.chunks(L) {
+        lanes.fold_scalar(c, shift);
+    }
+    count_exponents(vals, counts);
+    lanes.finish()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn f32_kernel_avx2(vals: &[f32], shift: f64, counts: &mut [[u64; 256]; EXP_TABLES]) -> F32Chunk {
+    use std::arch::x86_64::*;
+    let mut lanes = Lanes::new();
+    let mut groups = vals.chunks_exact(L);
+    // SAFETY (all intrinsics below): AVX2 is enabled for this function; loads and stores go
+    // through `[f32; 8]`/`[f64; 4]` arrays of exactly the width they touch.
+    unsafe {
+        let shift4 = _mm256_set1_pd(shift);
+        let zero = _mm256_setzero_ps();
+        let (mut mn, mut mx) = (
+            _mm256_set1_ps(f32::INFINITY),
+            _mm256_set1_ps(f32::NEG_INFINITY),
+        );
+        let mut zeros = _mm256_setzero_si256();
+        let (mut s_lo, mut s_hi, mut q_lo, mut q_hi) = (
+            _mm256_setzero_pd(),
+            _mm256_setzero_pd(),
+            _mm256_setzero_pd(),
+            _mm256_setzero_pd(),
+        );
+        for c in &mut groups {
+            let x = _mm256_loadu_ps(c.as_ptr());
+            // min/max(x, m) return m unless x < m (x > m): the scalar rule, NaN-free input.
+            mn = _mm256_min_ps(x, mn);
+            mx = _mm256_max_ps(x, mx);
+            // Equal-to-zero lanes are all ones (-1): subtracting counts them.
+            zeros = _mm256_sub_epi32(
+                zeros,
+                _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(x, zero)),
+            );
+            let d_lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), shift4);
+            let d_hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x)), shift4);
+            s_lo = _mm256_add_pd(s_lo, d_lo);
+            s_hi = _mm256_add_pd(s_hi, d_hi);
+            q_lo = _mm256_add_pd(q_lo, _mm256_mul_pd(d_lo, d_lo));
+            q_hi = _mm256_add_pd(q_hi, _mm256_mul_pd(d_hi, d_hi));
+        }
+        _mm256_storeu_ps(lanes.min.as_mut_ptr(), mn);
+        _mm256_storeu_ps(lanes.max.as_mut_ptr(), mx);
+        _mm256_storeu_si256(lanes.zeros.as_mut_ptr().cast(), zeros);
+        _mm256_storeu_pd(lanes.sum.as_mut_ptr(), s_lo);
+        _mm256_storeu_pd(lanes.sum.as_mut_ptr().add(4), s_hi);
+        _mm256_storeu_pd(lanes.sq.as_mut_ptr(), q_lo);
+        _mm256_storeu_pd(lanes.sq.as_mut_ptr().add(4), q_hi);
+    }
+    lanes.fold_scalar(groups.remainder(), shift);
+    count_exponents(vals, counts);
+    lanes.finish()
+}
+
+/// The fast-path kernel over one all-finite chunk, with AVX2 when the CPU has it (runtime
+/// dispatch; identical results either way).
+fn f32_kernel(vals: &[f32], shift: f64, counts: &mut [[u64; 256]; EXP_TABLES]) -> F32Chunk {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, the only requirement of this function.
+        return unsafe { f32_kernel_avx2(vals, shift, counts) };
+    }
+    f32_kernel_portable(vals, shift, counts)
+}
+
+/// No NaN or ±Inf among `vals` (branch-free, so it vectorises).
+fn all_finite_f32(vals: &[f32]) -> bool {
+    vals.iter().fold(0u32, |acc, x| {
+        acc | ((x.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
+    }) == 0
 }
 
 /// Summary of a whole tensor given as little-endian bytes of `dtype`.
@@ -469,6 +630,61 @@ mod tests {
         assert_eq!((s.min, s.max, s.zeros), (0.0, 255.0, 1));
         let i32s: Vec<u8> = [-5i32, 6].iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(summarize(DType::I32, &i32s).mean, 0.5);
+    }
+
+    #[test]
+    fn dispatched_kernel_equals_portable_kernel() {
+        // Awkward values: mixed magnitudes, zeros of both signs, subnormals, a ragged tail.
+        let mut v: Vec<f32> = (0..CHUNK - 3)
+            .map(|i| ((i * 7919) % 2003) as f32 * 0.37 - 300.0)
+            .collect();
+        v[3] = 0.0;
+        v[9] = -0.0;
+        v[17] = 1e-40;
+        v[100] = 3.0e38;
+        for n in [v.len(), 8, 5, 1] {
+            let mut ca = Box::new([[0u64; 256]; EXP_TABLES]);
+            let mut cb = Box::new([[0u64; 256]; EXP_TABLES]);
+            let a = f32_kernel(&v[..n], v[0] as f64, &mut ca);
+            let b = f32_kernel_portable(&v[..n], v[0] as f64, &mut cb);
+            assert_eq!(a.min.to_bits(), b.min.to_bits());
+            assert_eq!(a.max.to_bits(), b.max.to_bits());
+            assert_eq!(a.zeros, b.zeros);
+            assert_eq!(a.sum.to_bits(), b.sum.to_bits(), "n={n}");
+            assert_eq!(a.sq.to_bits(), b.sq.to_bits(), "n={n}");
+            assert_eq!(ca, cb);
+        }
+    }
+
+    #[test]
+    fn fast_and_general_paths_agree() {
+        // The same values as f32 (fast path) and as f64 (general path).
+        let v: Vec<f32> = (0..3000)
+            .map(|i| {
+                if i % 50 == 0 {
+                    0.0
+                } else {
+                    ((i * 31) % 997) as f32 / 13.0 - 30.0
+                }
+            })
+            .collect();
+        let a = summarize(DType::F32, &f32_bytes(&v));
+        let b = summarize(
+            DType::F64,
+            &v.iter()
+                .flat_map(|&x| (x as f64).to_le_bytes())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            (a.count, a.zeros, a.min, a.max, a.abs_max, a.abs_max_index),
+            (b.count, b.zeros, b.min, b.max, b.abs_max, b.abs_max_index)
+        );
+        assert_eq!(a.log2_hist, b.log2_hist);
+        assert!(
+            (a.mean - b.mean).abs() < 1e-12
+                && (a.std - b.std).abs() < 1e-12
+                && (a.l2 - b.l2).abs() < 1e-9
+        );
     }
 
     #[test]
