@@ -394,52 +394,91 @@ impl Probe {
     }
 
     /// Observe `tensor` under `key`: record it as the policy says and return a replacement if an
-    /// intervention makes one.
+    /// intervention makes one. A `full` record copies the bytes; see [`Probe::tensor_owned`].
     pub fn tensor(
         &self,
         key: &str,
         tensor: TensorView<'_>,
     ) -> Result<Option<OwnedTensor>, ProbeError> {
+        let (replacement, pending) = self.observe(key, tensor)?;
+        if let Some((rec, codec)) = pending {
+            self.commit(rec, || (tensor.data.to_vec(), codec))?;
+        }
+        Ok(replacement)
+    }
+
+    /// Like [`Probe::tensor`] for a tensor the caller owns (e.g. just copied off a GPU): a
+    /// `full` record takes the bytes instead of copying them.
+    pub fn tensor_owned(
+        &self,
+        key: &str,
+        tensor: OwnedTensor,
+    ) -> Result<Option<OwnedTensor>, ProbeError> {
+        let view = tensor.view().map_err(|what| TraceError::InvalidTensor {
+            key: key.to_string(),
+            what,
+        })?;
+        let (replacement, pending) = self.observe(key, view)?;
+        if let Some((rec, codec)) = pending {
+            self.commit(rec, || (tensor.data, codec))?;
+        }
+        Ok(replacement)
+    }
+
+    /// Interventions (they see the original tensor), then the record without its payload.
+    fn observe(
+        &self,
+        key: &str,
+        tensor: TensorView<'_>,
+    ) -> Result<(Option<OwnedTensor>, Option<(RecordInput, Codec)>), ProbeError> {
         let Some(s) = &self.state else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let mut s = lock(s);
         let plan = s.plan(key);
-        if let Some((fidelity, codec)) = plan.capture {
-            let rec = capture(
-                key,
-                s.step,
-                s.eval,
-                tensor,
-                fidelity,
-                codec,
-                s.policy.sketch_k,
-            );
-            if let Some(w) = s.writer.as_mut() {
-                w.write(rec)?;
-            }
-        }
-        if !plan.intervene {
-            return Ok(None);
-        }
-        let id = RecordId {
-            step: s.step,
-            eval: s.eval,
-            key: key.to_string(),
-        };
-        for i in s.interventions.iter_mut() {
-            if i.wants(&id)
-                && let Some(t) = i
+        let mut replacement = None;
+        if plan.intervene {
+            let id = RecordId {
+                step: s.step,
+                eval: s.eval,
+                key: key.to_string(),
+            };
+            for i in s.interventions.iter_mut().filter(|i| i.wants(&id)) {
+                replacement = i
                     .apply(&id, tensor)
                     .map_err(|what| ProbeError::Intervention {
                         id: id.to_string(),
                         what,
-                    })?
-            {
-                return Ok(Some(t));
+                    })?;
+                if replacement.is_some() {
+                    break;
+                }
             }
         }
-        Ok(None)
+        let pending = plan.capture.map(|(fidelity, codec)| {
+            (
+                summarize_tensor(key, s.step, s.eval, tensor, fidelity, s.policy.sketch_k),
+                codec,
+            )
+        });
+        Ok((replacement, pending))
+    }
+
+    /// Hand a record to the writer, attaching the payload when its fidelity is `full`.
+    fn commit(
+        &self,
+        mut rec: RecordInput,
+        payload: impl FnOnce() -> (Vec<u8>, Codec),
+    ) -> Result<(), ProbeError> {
+        if rec.fidelity == Fidelity::Full {
+            rec.payload = Some(payload());
+        }
+        if let Some(s) = &self.state
+            && let Some(w) = lock(s).writer.as_mut()
+        {
+            w.write(rec)?;
+        }
+        Ok(())
     }
 
     /// Finish the trace (index and footer). `Ok(None)` when there was no trace.
@@ -481,7 +520,7 @@ impl State {
 }
 
 /// Compute a record of `tensor` at `fidelity`: summary always, sketch and thumbnail from
-/// `sketch` up, payload at `full`.
+/// `sketch` up, a copy of the bytes at `full`.
 pub fn capture(
     key: &str,
     step: Option<u32>,
@@ -491,6 +530,22 @@ pub fn capture(
     codec: Codec,
     sketch_k: usize,
 ) -> RecordInput {
+    let mut rec = summarize_tensor(key, step, eval, tensor, fidelity, sketch_k);
+    if fidelity == Fidelity::Full {
+        rec.payload = Some((tensor.data.to_vec(), codec));
+    }
+    rec
+}
+
+/// Everything of a record but its payload (which a `full` record still needs attached).
+fn summarize_tensor(
+    key: &str,
+    step: Option<u32>,
+    eval: u32,
+    tensor: TensorView<'_>,
+    fidelity: Fidelity,
+    sketch_k: usize,
+) -> RecordInput {
     let shape: Vec<u64> = tensor.shape.iter().map(|&d| d as u64).collect();
     let mut b = SummaryBuilder::new(tensor.dtype);
     if fidelity >= Fidelity::Sketch {
@@ -498,12 +553,10 @@ pub fn capture(
     }
     b.update(tensor.data);
     let (summary, sketch) = b.finish();
-    let thumbnail = if fidelity >= Fidelity::Sketch {
-        thumbnail(tensor.dtype, &shape, tensor.data)
-    } else {
-        None
+    let thumbnail = match fidelity {
+        Fidelity::Stats => None,
+        _ => thumbnail(tensor.dtype, &shape, tensor.data),
     };
-    let payload = (fidelity == Fidelity::Full).then(|| (tensor.data.to_vec(), codec));
     RecordInput {
         key: key.to_string(),
         step,
@@ -514,7 +567,7 @@ pub fn capture(
         summary,
         sketch,
         thumbnail,
-        payload,
+        payload: None,
     }
 }
 
@@ -623,6 +676,46 @@ mod tests {
         let t = p.tensor("x", view).unwrap().unwrap();
         assert_eq!(&t.data[..4], &(-1.0f32).to_le_bytes());
         assert!(p.tensor("y", view).unwrap().is_none());
+    }
+
+    #[test]
+    fn owned_and_borrowed_tensors_record_the_same() {
+        let dir = std::env::temp_dir().join(format!("sdtrace-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..24u8).collect();
+        let shape = [2usize, 3];
+        let mut metas = Vec::new();
+        for owned in [false, true] {
+            let path = dir.join(format!("o{owned}.sdt"));
+            let w =
+                crate::trace::TraceWriter::create(&path, &Default::default(), Default::default())
+                    .unwrap();
+            let p = Probe::new(w, Policy::preset("full").unwrap());
+            if owned {
+                let t = OwnedTensor {
+                    dtype: DType::F32,
+                    shape: shape.to_vec(),
+                    data: data.clone(),
+                };
+                p.tensor_owned("x", t).unwrap();
+            } else {
+                p.tensor("x", TensorView::new(DType::F32, &shape, &data).unwrap())
+                    .unwrap();
+            }
+            p.finish().unwrap();
+            let r = crate::trace::TraceReader::open(&path).unwrap();
+            let m = r.read_meta(&r.entries()[0]).unwrap();
+            assert_eq!(r.read_payload(&m).unwrap().unwrap(), data);
+            metas.push(m);
+        }
+        assert_eq!(metas[0], metas[1]);
+        let bad = OwnedTensor {
+            dtype: DType::F32,
+            shape: vec![7],
+            data: vec![0; 4],
+        };
+        assert!(Probe::disabled().tensor_owned("x", bad).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

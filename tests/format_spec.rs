@@ -407,12 +407,17 @@ fn sketch_follows_the_spec() {
     for (i, &x) in vals.iter().enumerate() {
         let p = i as u64 / 2;
         let h = mix(seed.wrapping_add((p + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-        let half = if i % 2 == 0 { h as u32 } else { (h >> 32) as u32 };
+        let half = if i % 2 == 0 {
+            h as u32
+        } else {
+            (h >> 32) as u32
+        };
         let sign = if half >> 31 == 1 { -1.0 } else { 1.0 };
         buckets[(half as u64 & (k - 1)) as usize] += sign * x as f64;
     }
     let bytes: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let (_, sketch) = sdtrace::stats::summarize_with_sketch(DType::F32, &bytes, key, &shape, k as usize);
+    let (_, sketch) =
+        sdtrace::stats::summarize_with_sketch(DType::F32, &bytes, key, &shape, k as usize);
     assert_eq!(sketch.seed, seed);
     assert_eq!(sketch.values, buckets);
 }
