@@ -4,6 +4,7 @@
 //! trace, stats, probe and inspection modules never touch a tensor library: the probe takes a
 //! neutral [`probe::TensorView`] (dtype, shape, little-endian bytes).
 
+pub mod analysis;
 pub mod dtype;
 pub mod export;
 pub mod glob;

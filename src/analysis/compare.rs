@@ -1,0 +1,520 @@
+//! The comparison pass: align two traces, then measure every aligned pair once.
+//!
+//! Each pair is measured on the best basis both sides allow: `payload` (both tensors stored:
+//! exact metrics in one streaming pass), `sketch` (both CountSketches: relative L2 estimated
+//! with its one-sigma error bar, absolute error as the RMS difference), `summary` (bit identity
+//! from the bits hash, summary deltas, a lower bound of the relative L2), or `none` (shapes
+//! differ: summaries only). Payload streaming holds at most a few MiB per worker: small A
+//! payloads (≤ 4 MiB) are read whole and B streamed against them; larger ones are streamed
+//! side by side, A's pieces coming from a helper thread over a two-slot channel. Pairs are
+//! spread over `threads` workers, largest first.
+
+use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
+use super::metrics::{ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, decode_all, image_metrics};
+use super::tolerance::TolConfig;
+use super::{AnalysisError, jf64};
+use crate::dtype::DType;
+use crate::trace::{RecordEntry, RecordMeta, RunHeader, TraceError, TraceReader};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Schema tag of a saved comparison (`report --save`).
+pub const COMPARISON_SCHEMA: &str = "sdtrace.comparison/1";
+
+/// A payloads up to this size are read whole; larger ones are streamed piecewise.
+const WHOLE_LIMIT: u64 = 4 << 20;
+
+/// Images larger than this (per side) get no PSNR/SSIM.
+const IMAGE_LIMIT: u64 = 64 << 20;
+
+/// What the metrics of a pair were computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    Payload,
+    Sketch,
+    Summary,
+    /// Not comparable element by element (shapes differ).
+    None,
+}
+
+/// One trace as the comparison saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSide {
+    pub path: String,
+    pub records: u64,
+    pub complete: bool,
+    pub header: RunHeader,
+}
+
+impl TraceSide {
+    fn of(r: &TraceReader) -> Self {
+        TraceSide {
+            path: r.path().display().to_string(),
+            records: r.entries().len() as u64,
+            complete: r.integrity().is_complete(),
+            header: r.header().clone(),
+        }
+    }
+}
+
+/// A record's noise floor: its error between trace A and the noise-floor trace.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FloorMetrics {
+    #[serde(with = "jf64")]
+    pub rel_l2: f64,
+    #[serde(with = "jf64")]
+    pub abs: f64,
+    pub basis: Basis,
+}
+
+/// One aligned pair and its raw metrics (no judgement).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairRecord {
+    pub step: Option<u32>,
+    pub eval: u32,
+    /// Key after `--map` renaming.
+    pub key: String,
+    pub order_a: u64,
+    pub order_b: u64,
+    pub dtype_a: String,
+    pub dtype_b: String,
+    pub shape_a: Vec<u64>,
+    pub shape_b: Vec<u64>,
+    pub basis: Basis,
+    /// `None` when it cannot be told (shapes differ).
+    pub bit_identical: Option<bool>,
+    /// ‖a−b‖/‖b‖: exact (payload), estimated (sketch), 0 (identical by hash) or unknown.
+    #[serde(with = "jf64::opt")]
+    pub rel_l2: Option<f64>,
+    /// Relative one-sigma error of a sketch estimate of `rel_l2`.
+    #[serde(with = "jf64::opt")]
+    pub rel_l2_error: Option<f64>,
+    /// max |a−b| (payload) or the RMS difference ‖a−b‖/√n (sketch; a lower bound of max).
+    #[serde(with = "jf64::opt")]
+    pub abs_error: Option<f64>,
+    /// Positional NaN/Inf mismatches (payload), or the difference of the non-finite counts
+    /// (a lower bound, without payloads).
+    pub nonfinite_mismatch: u64,
+    pub payload: Option<PayloadMetrics>,
+    pub summary: SummaryDelta,
+    pub image: Option<ImageMetrics>,
+    pub floor: Option<FloorMetrics>,
+    pub note: Option<String>,
+}
+
+impl PairRecord {
+    pub fn dtypes(&self) -> (DType, DType) {
+        (
+            self.dtype_a.parse().unwrap_or(DType::F64),
+            self.dtype_b.parse().unwrap_or(DType::F64),
+        )
+    }
+
+    /// `step 3 eval 0 unet.mid_block` or `noise.initial`.
+    pub fn label(&self) -> String {
+        match self.step {
+            Some(s) if self.eval == 0 => format!("step {s} {}", self.key),
+            Some(s) => format!("step {s} eval {} {}", self.eval, self.key),
+            None => self.key.clone(),
+        }
+    }
+}
+
+/// Everything measured between two traces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// [`COMPARISON_SCHEMA`].
+    pub schema: String,
+    pub a: TraceSide,
+    pub b: TraceSide,
+    pub noise_floor: Option<TraceSide>,
+    pub header_diffs: Vec<HeaderDiff>,
+    pub only_a: Vec<RecordRef>,
+    pub only_b: Vec<RecordRef>,
+    /// Aligned pairs in A's execution order.
+    pub records: Vec<PairRecord>,
+    /// The tolerance settings `beyond` counts were made with.
+    pub compare_tol: TolConfig,
+}
+
+impl Comparison {
+    /// Load a comparison saved with `report --save`.
+    pub fn load(path: &Path) -> Result<Self, AnalysisError> {
+        let err = |what: String| AnalysisError::SavedComparison {
+            path: path.to_path_buf(),
+            what,
+        };
+        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+        match v.get("schema").and_then(|s| s.as_str()) {
+            Some(COMPARISON_SCHEMA) => {}
+            Some(other) => {
+                return Err(err(format!(
+                    "schema '{other}', this sdtrace reads '{COMPARISON_SCHEMA}'"
+                )));
+            }
+            None => return Err(err("no \"schema\" field".into())),
+        }
+        let c: Comparison = serde_json::from_value(v).map_err(|e| err(e.to_string()))?;
+        for r in &c.records {
+            for d in [&r.dtype_a, &r.dtype_b] {
+                d.parse::<DType>()
+                    .map_err(|e| err(format!("record '{}': {e}", r.label())))?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// JSON text of this comparison.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+}
+
+/// Settings of the comparison pass.
+#[derive(Clone, Debug, Default)]
+pub struct CompareOptions {
+    pub map: KeyMap,
+    /// Used only for the `beyond` count of payload metrics.
+    pub tol: TolConfig,
+    /// Worker threads; 0 = one per available core (at most 16).
+    pub threads: usize,
+}
+
+/// Open the traces and compare them.
+pub fn compare_paths(
+    a: &Path,
+    b: &Path,
+    floor: Option<&Path>,
+    opts: &CompareOptions,
+) -> Result<Comparison, AnalysisError> {
+    let ra = TraceReader::open(a)?;
+    let rb = TraceReader::open(b)?;
+    let rf = floor.map(TraceReader::open).transpose()?;
+    compare(&ra, &rb, rf.as_ref(), opts)
+}
+
+type Id = (Option<u32>, u32, String);
+
+fn record_ref(e: &RecordEntry, key: String) -> RecordRef {
+    RecordRef {
+        step: e.step,
+        eval: e.eval,
+        key,
+        order: e.order,
+        dtype: e.dtype.name().to_string(),
+        shape: e.shape.clone(),
+    }
+}
+
+/// Pair A's entries with B's: (pairs as (index in A, index in B), only A, only B).
+fn align(
+    a: &TraceReader,
+    b: &TraceReader,
+    map: &KeyMap,
+) -> (Vec<(usize, usize)>, Vec<RecordRef>, Vec<RecordRef>) {
+    let mut in_b: HashMap<Id, usize> = HashMap::new();
+    for (i, e) in b.entries().iter().enumerate() {
+        in_b.entry((e.step, e.eval, map.apply(&e.key))).or_insert(i);
+    }
+    let mut used = vec![false; b.entries().len()];
+    let mut pairs = Vec::new();
+    let mut only_a = Vec::new();
+    for (i, e) in a.entries().iter().enumerate() {
+        let key = map.apply(&e.key);
+        match in_b.get(&(e.step, e.eval, key.clone())) {
+            Some(&j) if !used[j] => {
+                used[j] = true;
+                pairs.push((i, j));
+            }
+            _ => only_a.push(record_ref(e, key)),
+        }
+    }
+    let only_b = b
+        .entries()
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| !**u)
+        .map(|(e, _)| record_ref(e, map.apply(&e.key)))
+        .collect();
+    (pairs, only_a, only_b)
+}
+
+/// Compare two open traces; `floor` is an optional noise-floor trace (a repeat run of A).
+pub fn compare(
+    a: &TraceReader,
+    b: &TraceReader,
+    floor: Option<&TraceReader>,
+    opts: &CompareOptions,
+) -> Result<Comparison, AnalysisError> {
+    let (pairs, only_a, only_b) = align(a, b, &opts.map);
+    let mut records = measure_all(a, b, &pairs, opts)?;
+    if let Some(f) = floor {
+        let (fpairs, _, _) = align(a, f, &opts.map);
+        let floor_recs = measure_all(a, f, &fpairs, opts)?;
+        let by_id: HashMap<Id, FloorMetrics> = floor_recs
+            .into_iter()
+            .filter_map(|r| {
+                let m = FloorMetrics {
+                    rel_l2: r.rel_l2?,
+                    abs: r.abs_error?,
+                    basis: r.basis,
+                };
+                Some(((r.step, r.eval, r.key), m))
+            })
+            .collect();
+        for r in &mut records {
+            r.floor = by_id.get(&(r.step, r.eval, r.key.clone())).copied();
+        }
+    }
+    Ok(Comparison {
+        schema: COMPARISON_SCHEMA.to_string(),
+        a: TraceSide::of(a),
+        b: TraceSide::of(b),
+        noise_floor: floor.map(TraceSide::of),
+        header_diffs: header_diffs(a.header(), b.header()),
+        only_a,
+        only_b,
+        records,
+        compare_tol: opts.tol.clone(),
+    })
+}
+
+/// Measure every pair in parallel; results in A's order.
+fn measure_all(
+    a: &TraceReader,
+    b: &TraceReader,
+    pairs: &[(usize, usize)],
+    opts: &CompareOptions,
+) -> Result<Vec<PairRecord>, AnalysisError> {
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(16),
+        n => n,
+    }
+    .min(pairs.len().max(1));
+    // Largest first, so one big tensor does not start last.
+    let mut todo: Vec<usize> = (0..pairs.len()).collect();
+    todo.sort_by_key(|&i| std::cmp::Reverse(a.entries()[pairs[i].0].payload_len));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<PairRecord>>> = Mutex::new(vec![None; pairs.len()]);
+    let first_error: Mutex<Option<AnalysisError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = todo.get(t) else { break };
+                    let (ia, ib) = pairs[i];
+                    match measure(a, &a.entries()[ia], b, &b.entries()[ib], opts) {
+                        Ok(r) => {
+                            results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results
+        .into_iter()
+        .map(|r| {
+            r.ok_or_else(|| AnalysisError::Worker {
+                what: "a comparison worker stopped without a result".into(),
+            })
+        })
+        .collect()
+}
+
+/// Measure one pair.
+fn measure(
+    ra: &TraceReader,
+    ea: &RecordEntry,
+    rb: &TraceReader,
+    eb: &RecordEntry,
+    opts: &CompareOptions,
+) -> Result<PairRecord, AnalysisError> {
+    let ma = ra.read_meta(ea)?;
+    let mb = rb.read_meta(eb)?;
+    let key = opts.map.apply(&ma.key);
+    let summary = SummaryDelta::new(&ma.summary, &mb.summary);
+    let (sa, sb) = (&ma.summary, &mb.summary);
+    let count_mismatch =
+        sa.nan.abs_diff(sb.nan) + sa.pos_inf.abs_diff(sb.pos_inf) + sa.neg_inf.abs_diff(sb.neg_inf);
+    let same_dtype = ma.dtype == mb.dtype;
+    let mut rec = PairRecord {
+        step: ma.step,
+        eval: ma.eval,
+        key: key.clone(),
+        order_a: ma.order,
+        order_b: mb.order,
+        dtype_a: ma.dtype.name().into(),
+        dtype_b: mb.dtype.name().into(),
+        shape_a: ma.shape.clone(),
+        shape_b: mb.shape.clone(),
+        basis: Basis::Summary,
+        bit_identical: Some(same_dtype && summary.hash_equal),
+        rel_l2: None,
+        rel_l2_error: None,
+        abs_error: None,
+        nonfinite_mismatch: count_mismatch,
+        payload: None,
+        summary,
+        image: None,
+        floor: None,
+        note: None,
+    };
+    if ma.shape != mb.shape {
+        rec.basis = Basis::None;
+        rec.bit_identical = None;
+        rec.note = Some(format!(
+            "shapes differ (A {:?}, B {:?}): only summaries compared",
+            ma.shape, mb.shape
+        ));
+        return Ok(rec);
+    }
+    if rec.bit_identical == Some(true) {
+        rec.rel_l2 = Some(0.0);
+        rec.abs_error = Some(0.0);
+    }
+    let n = ma.summary.count.max(1) as f64;
+    if ma.payload.is_some() && mb.payload.is_some() {
+        let tol = opts.tol.resolve(&key, ma.dtype, mb.dtype, None);
+        let mut acc = PairAccumulator::new(ma.dtype, mb.dtype, tol);
+        stream_pair(ra, &ma, rb, &mb, &mut acc)?;
+        let m = acc.finish();
+        rec.basis = Basis::Payload;
+        rec.bit_identical = Some(m.bit_identical);
+        rec.rel_l2 = Some(m.rel_l2);
+        rec.abs_error = Some(m.max_abs);
+        rec.nonfinite_mismatch = m.nonfinite_mismatch;
+        rec.payload = Some(m);
+        if key == "image" {
+            let size = ma.payload.map_or(0, |p| p.raw_len);
+            if size <= IMAGE_LIMIT {
+                let (Some(pa), Some(pb)) = (ra.read_payload(&ma)?, rb.read_payload(&mb)?) else {
+                    return Ok(rec);
+                };
+                rec.image = image_metrics(
+                    mb.dtype,
+                    &mb.shape,
+                    &decode_all(ma.dtype, &pa),
+                    &decode_all(mb.dtype, &pb),
+                );
+            } else {
+                rec.note = Some(format!(
+                    "image of {size} bytes is over {IMAGE_LIMIT} bytes: no PSNR/SSIM"
+                ));
+            }
+        }
+    } else if let (Some(ka), Some(kb)) = (&ma.sketch, &mb.sketch) {
+        rec.basis = Basis::Sketch;
+        if rec.bit_identical != Some(true) {
+            match ka.diff_norm(kb) {
+                Some(est) => {
+                    let l2b = mb.summary.l2;
+                    rec.rel_l2 = Some(if est.value == 0.0 {
+                        0.0
+                    } else if l2b == 0.0 {
+                        f64::INFINITY
+                    } else {
+                        est.value / l2b
+                    });
+                    rec.rel_l2_error = Some(est.rel_error);
+                    rec.abs_error = Some(est.value / n.sqrt());
+                }
+                None => {
+                    rec.basis = Basis::Summary;
+                    rec.note = Some("sketches have different seeds or sizes".into());
+                }
+            }
+        }
+    }
+    Ok(rec)
+}
+
+/// Stream both payloads through `acc` in matching pieces.
+fn stream_pair(
+    ra: &TraceReader,
+    ma: &RecordMeta,
+    rb: &TraceReader,
+    mb: &RecordMeta,
+    acc: &mut PairAccumulator,
+) -> Result<(), AnalysisError> {
+    let (sa, sb) = (ma.dtype.size(), mb.dtype.size());
+    let short = |what: &str| TraceError::Corrupt {
+        path: ra.path().to_path_buf(),
+        offset: ma.payload.map_or(0, |p| p.frame_offset),
+        what: format!("payload of '{}' {what}", ma.key),
+    };
+    let raw_a = ma.payload.map_or(0, |p| p.raw_len);
+    if raw_a <= WHOLE_LIMIT {
+        let a = ra.read_payload(ma)?.unwrap_or_default();
+        let mut pos = 0usize;
+        rb.payload_chunks(mb, |piece| {
+            let need = piece.len() / sb * sa;
+            let Some(part) = a.get(pos..pos + need) else {
+                return Err(short("is shorter than its pair's"));
+            };
+            acc.update(part, piece);
+            pos += need;
+            Ok(())
+        })?;
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let producer = s.spawn(move || {
+            ra.payload_chunks(ma, |p| {
+                tx.send(p.to_vec())
+                    .map_err(|_| short("was not consumed (the other side stopped)"))
+            })
+        });
+        let mut pending: Vec<u8> = Vec::new();
+        let mut off = 0usize;
+        let consumed = rb.payload_chunks(mb, |piece| {
+            let need = piece.len() / sb * sa;
+            while pending.len() - off < need {
+                match rx.recv() {
+                    Ok(p) => {
+                        pending.drain(..off);
+                        off = 0;
+                        pending.extend_from_slice(&p);
+                    }
+                    Err(_) => return Err(short("ended early")),
+                }
+            }
+            acc.update(&pending[off..off + need], piece);
+            off += need;
+            Ok(())
+        });
+        drop(rx);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(short("reader thread panicked")));
+        match (consumed, produced) {
+            (Ok(_), Ok(_)) => Ok(()),
+            // A's own error explains B's "ended early".
+            (_, Err(e)) if !matches!(e, TraceError::Corrupt { ref what, .. } if what.contains("was not consumed")) => {
+                Err(e.into())
+            }
+            (Err(e), _) => Err(e.into()),
+            (Ok(_), Err(e)) => Err(e.into()),
+        }
+    })
+}

@@ -1,0 +1,695 @@
+//! Judgement: tolerances applied to a [`Comparison`], localisation and the verdict.
+//!
+//! Per record ([`Status`]): `identical` (bit-identical), `fail` (NaN/Inf positions differ, or
+//! relative L2 > rel **and** absolute error > abs), `pass`, `unknown` (stats-only records that
+//! differ but whose error cannot be bounded above the tolerance), `not-compared` (shapes
+//! differ). For each failing record the smallest passing tolerance is `rel ≥ rel_l2` or
+//! `abs ≥ abs_error`.
+//!
+//! Localisation. A record's error is its relative L2 (exact or estimated; 0 when identical).
+//! Its *input error* is the largest error among the records that feed it, by this rule:
+//! - `sampler.x` at step s: the previous recorded step's `sampler.x` and that step's last
+//!   record (the model output the update used); at the first step, `noise.initial`.
+//! - any other record inside a step: the previous record of the same step in execution order
+//!   (evals chain on); the first record of a step takes the `sampler.x` rule.
+//! - outside the loop: `noise.*` and `text.*` are roots (input error 0); records after the loop
+//!   (VAE, `image`) take the previous record in execution order; other records before the loop
+//!   take the previous record with the same first key component (`text_encoder.…`).
+//! Records whose error is unknown are skipped over. gain = error / input error (∞ when the
+//! input is identical). A record *creates* error when it differs and its input error is 0 or
+//! its gain is at least [`CREATE_GAIN`]; otherwise it *carries* error. The source is the first
+//! creating record (execution order) that fails tolerance, or, when none fails, the first
+//! creating record. Skip connections are not modelled: a UNet up block is fed by its
+//! predecessor only.
+//!
+//! Amplification: over the latent series (`sampler.x` per step, or `sampler.denoised` without
+//! it), the onset is the first step with non-zero error followed by at least two steps of
+//! strict growth; log10(error) is fitted by least squares over the growing run, giving the
+//! growth factor per step (10^slope) and R².
+
+use super::compare::{Basis, Comparison, PairRecord};
+use super::jf64;
+use super::tolerance::{Tol, TolConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Gain from which a record counts as creating error rather than carrying it.
+pub const CREATE_GAIN: f64 = 10.0;
+
+/// What fails CI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailOn {
+    /// Any record over tolerance (or with NaN/Inf mismatches).
+    #[default]
+    FirstExceed,
+    /// Latent error that grows step over step (or NaN/Inf mismatches).
+    Amplify,
+    /// The final image over its tolerance (without an image record: as first-exceed).
+    Image,
+}
+
+impl std::str::FromStr for FailOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "first-exceed" => Ok(FailOn::FirstExceed),
+            "amplify" => Ok(FailOn::Amplify),
+            "image" => Ok(FailOn::Image),
+            _ => Err(format!(
+                "unknown --fail-on '{s}' (expected first-exceed, amplify or image)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Identical,
+    Pass,
+    Fail,
+    Unknown,
+    NotCompared,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Identical => "identical",
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Unknown => "unknown",
+            Status::NotCompared => "not compared",
+        }
+    }
+}
+
+/// The smallest tolerance that would have passed: either part alone suffices.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Required {
+    #[serde(with = "jf64")]
+    pub rel: f64,
+    #[serde(with = "jf64")]
+    pub abs: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordJudgement {
+    pub status: Status,
+    pub tol: Tol,
+    /// The error used for localisation (relative L2), when known.
+    #[serde(with = "jf64::opt")]
+    pub error: Option<f64>,
+    #[serde(with = "jf64::opt")]
+    pub error_in: Option<f64>,
+    /// error / error_in; ∞ when the input is identical.
+    #[serde(with = "jf64::opt")]
+    pub gain: Option<f64>,
+    pub creates: bool,
+    pub required: Option<Required>,
+    pub reason: Option<String>,
+}
+
+/// The record named as the source of the divergence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub index: usize,
+    pub key: String,
+    pub step: Option<u32>,
+    pub eval: u32,
+    #[serde(with = "jf64")]
+    pub error_in: f64,
+    #[serde(with = "jf64")]
+    pub error: f64,
+    /// The source also fails tolerance.
+    pub over_tolerance: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatentPoint {
+    pub step: u32,
+    #[serde(with = "jf64")]
+    pub error: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Amplification {
+    pub onset_step: u32,
+    /// Last step of the growing run.
+    pub end_step: u32,
+    /// Fitted growth factor of the latent error per step.
+    #[serde(with = "jf64")]
+    pub rate_per_step: f64,
+    /// R² of the log-linear fit.
+    #[serde(with = "jf64")]
+    pub r2: f64,
+    pub points: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerdictClass {
+    Identical,
+    NoiseRng,
+    Conditioning,
+    NumericDrift,
+    NanInf,
+    Structural,
+}
+
+impl VerdictClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerdictClass::Identical => "identical",
+            VerdictClass::NoiseRng => "noise/RNG",
+            VerdictClass::Conditioning => "conditioning",
+            VerdictClass::NumericDrift => "numeric drift",
+            VerdictClass::NanInf => "NaN/Inf",
+            VerdictClass::Structural => "structural mismatch",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub class: VerdictClass,
+    pub passed: bool,
+    /// 0 within tolerance, 1 divergence, 3 not comparable.
+    pub exit_code: u8,
+    /// One paragraph.
+    pub summary: String,
+}
+
+/// Record counts by status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub identical: usize,
+    pub pass: usize,
+    pub fail: usize,
+    pub unknown: usize,
+    pub not_compared: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub tolerance: String,
+    pub fail_on: FailOn,
+    /// Parallel to `Comparison::records`.
+    pub records: Vec<RecordJudgement>,
+    pub counts: Counts,
+    pub first_non_identical: Option<usize>,
+    pub first_over_tolerance: Option<usize>,
+    pub first_nonfinite: Option<usize>,
+    pub source: Option<Source>,
+    pub latent_key: Option<String>,
+    pub latent: Vec<LatentPoint>,
+    pub amplification: Option<Amplification>,
+    /// Index of the `image` record.
+    pub image: Option<usize>,
+    pub verdict: Verdict,
+}
+
+fn status_of(r: &PairRecord, tol: Tol) -> (Status, Option<Required>, Option<String>) {
+    if r.basis == Basis::None {
+        return (Status::NotCompared, None, r.note.clone());
+    }
+    if r.bit_identical == Some(true) {
+        return (Status::Identical, None, None);
+    }
+    let required = match (r.rel_l2, r.abs_error) {
+        (Some(rel), Some(abs)) => Some(Required { rel, abs }),
+        _ => None,
+    };
+    if r.nonfinite_mismatch > 0 {
+        let how = if r.basis == Basis::Payload { "positions" } else { "counts" };
+        return (
+            Status::Fail,
+            required,
+            Some(format!("NaN/Inf {how} differ ({} elements)", r.nonfinite_mismatch)),
+        );
+    }
+    match required {
+        Some(q) => {
+            // `!(x <= t)` so that a NaN statistic fails.
+            if !(q.rel <= tol.rel) && !(q.abs <= tol.abs) {
+                (Status::Fail, Some(q), None)
+            } else {
+                (Status::Pass, None, None)
+            }
+        }
+        None => {
+            let lb = r.summary.rel_l2_lower_bound;
+            let n = r.shape_b.iter().product::<u64>().max(1) as f64;
+            let abs_lb = r.summary.l2.abs() / n.sqrt();
+            if lb > tol.rel && abs_lb > tol.abs {
+                (
+                    Status::Fail,
+                    Some(Required { rel: lb, abs: abs_lb }),
+                    Some("stats only: the norms alone differ beyond tolerance (lower bounds)".into()),
+                )
+            } else {
+                (
+                    Status::Unknown,
+                    None,
+                    Some("stats only: differs, but its error cannot be bounded; record it at sketch or full fidelity".into()),
+                )
+            }
+        }
+    }
+}
+
+/// Indices of the records feeding record `i` (see the module docs).
+struct Graph {
+    /// Record indices per step, in execution order.
+    by_step: BTreeMap<u32, Vec<usize>>,
+    /// Position of each record within its step list.
+    pos_in_step: Vec<usize>,
+    last_stepped: Option<usize>,
+    noise: Option<usize>,
+}
+
+impl Graph {
+    fn new(recs: &[PairRecord]) -> Self {
+        let mut by_step: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        let mut pos_in_step = vec![0; recs.len()];
+        for (i, r) in recs.iter().enumerate() {
+            if let Some(s) = r.step {
+                let v = by_step.entry(s).or_default();
+                pos_in_step[i] = v.len();
+                v.push(i);
+            }
+        }
+        Graph {
+            by_step,
+            pos_in_step,
+            last_stepped: recs.iter().rposition(|r| r.step.is_some()),
+            noise: recs.iter().position(|r| r.key == "noise.initial"),
+        }
+    }
+
+    /// Inputs of the first record of step `s`: previous step's sampler.x and last record.
+    fn step_inputs(&self, recs: &[PairRecord], s: u32, e: &[Option<f64>]) -> Vec<usize> {
+        match self.by_step.range(..s).next_back() {
+            Some((_, list)) => {
+                let mut v: Vec<usize> = list
+                    .iter()
+                    .copied()
+                    .filter(|&j| recs[j].key == "sampler.x")
+                    .take(1)
+                    .collect();
+                if let Some(&last) = list.iter().rev().find(|&&j| e[j].is_some()) {
+                    v.push(last);
+                }
+                v
+            }
+            None => self.noise.into_iter().collect(),
+        }
+    }
+
+    fn inputs(&self, recs: &[PairRecord], i: usize, e: &[Option<f64>]) -> Vec<usize> {
+        let r = &recs[i];
+        match r.step {
+            Some(s) => {
+                if r.key != "sampler.x" {
+                    let list = &self.by_step[&s];
+                    if let Some(&j) = list[..self.pos_in_step[i]]
+                        .iter()
+                        .rev()
+                        .find(|&&j| e[j].is_some())
+                    {
+                        return vec![j];
+                    }
+                }
+                self.step_inputs(recs, s, e)
+            }
+            None => {
+                if r.key.starts_with("noise.") || r.key.starts_with("text.") {
+                    return Vec::new();
+                }
+                if self.last_stepped.is_some_and(|l| i > l) {
+                    return (0..i).rev().find(|&j| e[j].is_some()).into_iter().collect();
+                }
+                let group = r.key.split('.').next().unwrap_or("");
+                (0..i)
+                    .rev()
+                    .find(|&j| {
+                        recs[j].step.is_none()
+                            && recs[j].key.split('.').next() == Some(group)
+                            && e[j].is_some()
+                    })
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Least-squares fit of y = a + b x; returns (b, R²).
+fn fit_line(xs: &[f64], ys: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mx = xs.iter().sum::<f64>() / n;
+    let my = ys.iter().sum::<f64>() / n;
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let syy: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
+    if sxx == 0.0 {
+        return (0.0, 1.0);
+    }
+    let b = sxy / sxx;
+    let r2 = if syy == 0.0 { 1.0 } else { (sxy * sxy) / (sxx * syy) };
+    (b, r2)
+}
+
+/// Onset of step-over-step growth in the latent error series.
+pub fn amplification(points: &[LatentPoint]) -> Option<Amplification> {
+    let grows = |k: usize| points[k + 1].error > points[k].error;
+    let onset = (0..points.len().saturating_sub(2))
+        .find(|&i| points[i].error > 0.0 && grows(i) && grows(i + 1))?;
+    let mut end = onset + 2;
+    while end + 1 < points.len() && grows(end) {
+        end += 1;
+    }
+    let run = &points[onset..=end];
+    let xs: Vec<f64> = run.iter().map(|p| p.step as f64).collect();
+    let ys: Vec<f64> = run.iter().map(|p| p.error.log10()).collect();
+    let (slope, r2) = fit_line(&xs, &ys);
+    Some(Amplification {
+        onset_step: run[0].step,
+        end_step: run[run.len() - 1].step,
+        rate_per_step: 10f64.powf(slope),
+        r2,
+        points: run.len(),
+    })
+}
+
+/// Apply tolerances and localise the divergence.
+pub fn judge(c: &Comparison, tol: &TolConfig, fail_on: FailOn) -> Judgement {
+    let recs = &c.records;
+    let mut out: Vec<RecordJudgement> = recs
+        .iter()
+        .map(|r| {
+            let (da, db) = r.dtypes();
+            let t = tol.resolve(&r.key, da, db, r.floor.map(|f| (f.rel_l2, f.abs)));
+            let (status, required, reason) = status_of(r, t);
+            let error = match status {
+                Status::Identical => Some(0.0),
+                Status::NotCompared => None,
+                _ => r.rel_l2,
+            };
+            RecordJudgement {
+                status,
+                tol: t,
+                error,
+                error_in: None,
+                gain: None,
+                creates: false,
+                required,
+                reason,
+            }
+        })
+        .collect();
+    let errors: Vec<Option<f64>> = out.iter().map(|j| j.error).collect();
+    let graph = Graph::new(recs);
+    for i in 0..recs.len() {
+        let Some(e_out) = errors[i] else { continue };
+        let inputs = graph.inputs(recs, i, &errors);
+        let e_in = inputs
+            .iter()
+            .filter_map(|&j| errors[j])
+            .fold(0.0f64, f64::max);
+        let j = &mut out[i];
+        j.error_in = Some(e_in);
+        if e_out > 0.0 {
+            j.gain = Some(if e_in > 0.0 { e_out / e_in } else { f64::INFINITY });
+            j.creates = e_in == 0.0 || e_out / e_in >= CREATE_GAIN;
+        }
+    }
+    let mut counts = Counts::default();
+    for j in &out {
+        match j.status {
+            Status::Identical => counts.identical += 1,
+            Status::Pass => counts.pass += 1,
+            Status::Fail => counts.fail += 1,
+            Status::Unknown => counts.unknown += 1,
+            Status::NotCompared => counts.not_compared += 1,
+        }
+    }
+    let first_non_identical = recs.iter().position(|r| r.bit_identical == Some(false));
+    let first_over_tolerance = out.iter().position(|j| j.status == Status::Fail);
+    let first_nonfinite = recs.iter().position(|r| r.nonfinite_mismatch > 0);
+    let source_idx = out
+        .iter()
+        .position(|j| j.creates && j.status == Status::Fail)
+        .or_else(|| out.iter().position(|j| j.creates));
+    let source = source_idx.map(|i| Source {
+        index: i,
+        key: recs[i].key.clone(),
+        step: recs[i].step,
+        eval: recs[i].eval,
+        error_in: out[i].error_in.unwrap_or(0.0),
+        error: out[i].error.unwrap_or(0.0),
+        over_tolerance: out[i].status == Status::Fail,
+    });
+    let latent_key = ["sampler.x", "sampler.denoised"]
+        .into_iter()
+        .find(|k| recs.iter().any(|r| r.key == *k && r.step.is_some()))
+        .map(str::to_string);
+    let mut latent: Vec<LatentPoint> = Vec::new();
+    if let Some(k) = &latent_key {
+        for (i, r) in recs.iter().enumerate() {
+            if &r.key == k
+                && let (Some(s), Some(e)) = (r.step, errors[i])
+                && latent.last().is_none_or(|p| p.step != s)
+            {
+                latent.push(LatentPoint { step: s, error: e });
+            }
+        }
+        latent.sort_by_key(|p| p.step);
+    }
+    let amp = amplification(&latent);
+    let image = recs.iter().rposition(|r| r.key == "image");
+    let verdict = verdict(c, &out, first_nonfinite, source.as_ref(), amp.as_ref(), image, fail_on);
+    Judgement {
+        tolerance: tol.describe(),
+        fail_on,
+        records: out,
+        counts,
+        first_non_identical,
+        first_over_tolerance,
+        first_nonfinite,
+        source,
+        latent_key,
+        latent,
+        amplification: amp,
+        image,
+        verdict,
+    }
+}
+
+fn verdict(
+    c: &Comparison,
+    out: &[RecordJudgement],
+    first_nonfinite: Option<usize>,
+    source: Option<&Source>,
+    amp: Option<&Amplification>,
+    image: Option<usize>,
+    fail_on: FailOn,
+) -> Verdict {
+    let recs = &c.records;
+    let differs = |prefix: &str| {
+        recs.iter()
+            .position(|r| r.key.starts_with(prefix) && r.bit_identical == Some(false))
+    };
+    let structural: Vec<String> = c
+        .header_diffs
+        .iter()
+        .filter(|d| d.structural)
+        .map(|d| {
+            format!(
+                "{} {} vs {}",
+                d.field,
+                d.a.as_deref().unwrap_or("-"),
+                d.b.as_deref().unwrap_or("-")
+            )
+        })
+        .chain(
+            recs.iter()
+                .filter(|r| r.basis == Basis::None)
+                .take(3)
+                .map(|r| format!("{}: shape {:?} vs {:?}", r.label(), r.shape_a, r.shape_b)),
+        )
+        .collect();
+    let any_fail = out.iter().any(|j| j.status == Status::Fail);
+    let passed = match fail_on {
+        FailOn::FirstExceed => !any_fail,
+        FailOn::Amplify => amp.is_none() && first_nonfinite.is_none(),
+        FailOn::Image => match image {
+            Some(i) => out[i].status != Status::Fail,
+            None => !any_fail,
+        },
+    };
+    let mut tail = Vec::new();
+    if let Some(s) = source {
+        let lbl = recs[s.index].label();
+        let gain = if s.error_in == 0.0 {
+            "from an identical input".to_string()
+        } else {
+            format!("from input error {:.2e} (gain {:.1})", s.error_in, s.error / s.error_in)
+        };
+        tail.push(format!(
+            "Error is created at {lbl}: relative L2 {:.2e} {gain}{}.",
+            s.error,
+            if s.over_tolerance { ", over tolerance" } else { ", within tolerance" }
+        ));
+    }
+    if let Some(i) = out.iter().position(|j| j.status == Status::Fail) {
+        let q = out[i].required;
+        tail.push(format!(
+            "First over tolerance: {}{}.",
+            recs[i].label(),
+            q.map_or(String::new(), |q| format!(
+                " (would pass with rel ≥ {:.2e} or abs ≥ {:.2e})",
+                q.rel, q.abs
+            ))
+        ));
+    }
+    if let Some(a) = amp {
+        tail.push(format!(
+            "The latent error grows from step {} to step {}, ×{:.2} per step (R² {:.2}).",
+            a.onset_step, a.end_step, a.rate_per_step, a.r2
+        ));
+    }
+    if let Some(i) = image {
+        let r = &recs[i];
+        match (&r.image, r.bit_identical) {
+            (_, Some(true)) => tail.push("The final images are bit-identical.".into()),
+            (Some(m), _) => tail.push(format!(
+                "Final image: PSNR {:.1} dB, SSIM {:.4}.",
+                m.psnr_db, m.ssim
+            )),
+            (None, _) => {
+                if let Some(e) = out[i].error {
+                    tail.push(format!("Final image: relative L2 {e:.2e}."))
+                }
+            }
+        }
+    }
+    let (class, lead) = if !structural.is_empty() || recs.is_empty() {
+        let what = if recs.is_empty() {
+            "no record pairs by (step, eval, key)".to_string()
+        } else {
+            structural.join("; ")
+        };
+        (
+            VerdictClass::Structural,
+            format!("Structural mismatch: the runs are not comparable ({what}). Only what pairs up was compared."),
+        )
+    } else if let Some(i) = first_nonfinite {
+        (
+            VerdictClass::NanInf,
+            format!(
+                "NaN/Inf: {} has non-finite values where the other run has not ({} elements).",
+                recs[i].label(),
+                recs[i].nonfinite_mismatch
+            ),
+        )
+    } else if let Some(i) = differs("noise.") {
+        let r = &recs[i];
+        let hint = match r.payload.as_ref().and_then(|p| p.first_diff_index) {
+            Some(k) if k > 0 => format!(
+                " The first {k} elements are bit-identical and the rest differ: the generator's layout depends on the device (for a GPU Philox grid, SMs × threads/SM = {k})."
+            ),
+            Some(_) => " They differ from the first element: a different generator, seed or device.".into(),
+            None => String::new(),
+        };
+        let rng: Vec<String> = c
+            .header_diffs
+            .iter()
+            .filter(|d| matches!(d.field.as_str(), "settings.rng" | "settings.seed" | "device.device" | "device.gpu.sm_count"))
+            .map(|d| format!("{} {} vs {}", d.field, d.a.as_deref().unwrap_or("-"), d.b.as_deref().unwrap_or("-")))
+            .collect();
+        (
+            VerdictClass::NoiseRng,
+            format!(
+                "Noise/RNG: {} differs, so the runs start from different noise.{hint}{}",
+                r.key,
+                if rng.is_empty() { String::new() } else { format!(" Headers: {}.", rng.join(", ")) }
+            ),
+        )
+    } else if let Some(i) = differs("text.") {
+        (
+            VerdictClass::Conditioning,
+            format!(
+                "Conditioning: {} differs while the noise is identical (prompt, tokenizer, clip skip or text encoder).",
+                recs[i].key
+            ),
+        )
+    } else if out.iter().any(|j| !matches!(j.status, Status::Identical)) {
+        let lead = match source {
+            Some(s) => format!(
+                "Numeric drift from {}{}",
+                recs[s.index].label(),
+                if passed { ", within tolerance." } else { "." }
+            ),
+            None => "Numeric drift.".to_string(),
+        };
+        (VerdictClass::NumericDrift, lead)
+    } else {
+        (
+            VerdictClass::Identical,
+            format!("The traces are bit-identical ({} records compared).", recs.len()),
+        )
+    };
+    let exit_code = if class == VerdictClass::Structural {
+        3
+    } else if passed {
+        0
+    } else {
+        1
+    };
+    let mut summary = lead;
+    for t in tail {
+        summary.push(' ');
+        summary.push_str(&t);
+    }
+    Verdict {
+        class,
+        passed: passed && class != VerdictClass::Structural,
+        exit_code,
+        summary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pts(e: &[f64]) -> Vec<LatentPoint> {
+        e.iter()
+            .enumerate()
+            .map(|(i, &e)| LatentPoint { step: i as u32, error: e })
+            .collect()
+    }
+
+    #[test]
+    fn amplification_onset_and_fit() {
+        assert!(amplification(&pts(&[0.0, 0.0, 0.0, 0.0])).is_none());
+        // One growth step is not enough.
+        assert!(amplification(&pts(&[0.0, 1e-6, 2e-6, 1e-6])).is_none());
+        let a = amplification(&pts(&[0.0, 0.0, 1e-6, 1e-5, 1e-4, 1e-3, 5e-4])).unwrap();
+        assert_eq!((a.onset_step, a.end_step, a.points), (2, 5, 4));
+        assert!((a.rate_per_step - 10.0).abs() < 1e-9);
+        assert!((a.r2 - 1.0).abs() < 1e-12);
+        // Hand fit: y = log10 e = [0, 1, 3] at x = [0, 1, 2]: slope 1.5, r² = 2.25·2/4.6667.
+        let a = amplification(&pts(&[1.0, 10.0, 1000.0])).unwrap();
+        assert!((a.rate_per_step - 10f64.powf(1.5)).abs() < 1e-9);
+        assert!((a.r2 - (4.5 / (14.0 / 3.0))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fail_on_parses() {
+        assert_eq!("amplify".parse::<FailOn>(), Ok(FailOn::Amplify));
+        assert!("never".parse::<FailOn>().is_err());
+    }
+}
