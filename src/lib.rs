@@ -10,6 +10,7 @@ pub mod export;
 pub mod glob;
 pub mod host;
 pub mod inspect;
+pub mod model;
 pub mod probe;
 pub mod stats;
 pub mod trace;

@@ -230,6 +230,9 @@ impl fmt::Display for Rule {
     }
 }
 
+/// Key patterns of the fine probe points, off in every preset.
+pub const FINE_POINTS: [&str; 4] = ["*.to_q", "*.to_k", "*.to_v", "*.probs"];
+
 /// Ordered capture rules; the last rule that matches a record decides. Records no rule
 /// matches get `stats`.
 #[derive(Clone, Debug, PartialEq)]
@@ -251,7 +254,7 @@ impl Default for Policy {
 impl Policy {
     /// Named presets. `default`: full payloads for the noise, text conditioning, sampler states
     /// and the image, sketches for every model probe. `stats`/`sketch`/`full`: that level for
-    /// everything. `off`: nothing.
+    /// everything. `off`: nothing. Every preset leaves the [`FINE_POINTS`] off.
     pub fn preset(name: &str) -> Result<Self, ProbeError> {
         let all = |a| vec![Rule::new("*", a)];
         let full = Action::Capture(Fidelity::Full, Codec::Raw);
@@ -269,6 +272,10 @@ impl Policy {
             "off" => all(Action::Off),
             other => return Err(ProbeError::BadPreset(other.to_string())),
         };
+        let mut rules = rules;
+        // Fine points (attention q/k/v and probabilities) are recorded only when a later rule
+        // names them: they are large and, for probabilities, quadratic in the image size.
+        rules.extend(FINE_POINTS.iter().map(|p| Rule::new(p, Action::Off)));
         Ok(Policy {
             rules,
             sketch_k: DEFAULT_K,
@@ -608,6 +615,17 @@ mod tests {
         let p = Policy::default();
         let full = Action::Capture(Fidelity::Full, Codec::Raw);
         assert_eq!(p.action("noise.initial", None), full);
+        let fine = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.probs";
+        assert_eq!(
+            Policy::preset("full").unwrap().action(fine, Some(0)),
+            Action::Off
+        );
+        let mut asked = Policy::preset("full").unwrap();
+        asked.push("*.attn1.probs@0=sketch".parse().unwrap());
+        assert_eq!(
+            asked.action(fine, Some(0)),
+            Action::Capture(Fidelity::Sketch, Codec::Raw)
+        );
         assert_eq!(p.action("sampler.x", Some(3)), full);
         assert_eq!(
             p.action("unet.conv_in", Some(3)),

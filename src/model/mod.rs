@@ -1,0 +1,59 @@
+//! Instrumented Stable Diffusion models on candle — the only place besides the pipeline where a
+//! tensor library type appears.
+//!
+//! [`unet::UNet`] is our own UNet2DConditionModel, written module for module after diffusers so
+//! that a `VarBuilder` path, a weight key, a PyTorch module name and a probe key are the same
+//! string (`unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1`). Every module output
+//! goes through [`observe::observe`], which asks the [`crate::probe::Probe`] before copying a
+//! tensor to the host, so a disabled probe costs a branch per module and recording never changes
+//! a value. [`attention`] holds the selectable attention implementations, [`config`] the SD 1.x
+//! / 2.x / tiny configurations, [`synth`] deterministic random-weight models.
+
+pub mod attention;
+pub mod config;
+pub mod observe;
+pub mod synth;
+pub mod unet;
+
+use std::path::PathBuf;
+
+/// Errors of model construction and evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{}", first_line(.0))]
+    Candle(#[from] candle_core::Error),
+    #[error("{file}: {}", first_line(.source))]
+    Weights {
+        file: PathBuf,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("{file}: unsupported model config: field '{field}' {what}")]
+    Config {
+        file: PathBuf,
+        field: String,
+        what: String,
+    },
+    #[error("{path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attention '{key}': {what}")]
+    Attention { key: String, what: String },
+    #[error(
+        "invalid attention implementation '{text}': {what} (expected full, sliced:N, split:auto, split:BUDGET such as split:2.5GiB, or subquad:Q,KV)"
+    )]
+    BadAttention { text: String, what: String },
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+}
+
+/// candle errors carry a backtrace in their text when RUST_BACKTRACE is set; keep the message.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,228 @@
+//! Deterministic random-weight models in the diffusers folder layout.
+//!
+//! Weights come from a `VarBuilder` backend that invents each tensor the model asks for: its
+//! values depend only on the seed and the weight's name (an XXH3 of the name seeds a SplitMix64
+//! stream), never on construction order, thread count or machine. Norm weights are 1 and biases
+//! small; other weights are N(0, 1/fan_in), which keeps activations of the UNet finite and
+//! non-trivial through a full sampling run.
+
+use super::config::UNetConfig;
+use super::unet::UNet;
+use super::{ModelError, Result};
+use crate::model::attention::{AttentionImpl, Numerics};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{Init, VarBuilder, var_builder::SimpleBackend};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Synthetic model sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SynthSize {
+    /// SD 1.x structure at tiny widths (tests, demos).
+    Tiny,
+    /// SD 1.5's real shapes (benchmarks).
+    Sd15,
+}
+
+impl std::str::FromStr for SynthSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "tiny" => Ok(SynthSize::Tiny),
+            "sd15" => Ok(SynthSize::Sd15),
+            _ => Err(format!(
+                "unknown synthetic model size '{s}' (expected tiny or sd15)"
+            )),
+        }
+    }
+}
+
+impl SynthSize {
+    pub fn unet_config(self) -> UNetConfig {
+        match self {
+            SynthSize::Tiny => UNetConfig::tiny(),
+            SynthSize::Sd15 => UNetConfig::sd15(),
+        }
+    }
+}
+
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1).
+    fn uniform(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+}
+
+/// A `VarBuilder` backend that makes up every tensor deterministically and remembers them.
+pub struct RandomWeights {
+    seed: u64,
+    made: Mutex<BTreeMap<String, Tensor>>,
+}
+
+impl RandomWeights {
+    pub fn new(seed: u64) -> Self {
+        RandomWeights {
+            seed,
+            made: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The tensors handed out so far, by name.
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.made.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn values(&self, shape: &Shape, name: &str, hint: Init) -> Vec<f32> {
+        let n = shape.elem_count();
+        let mut rng = SplitMix(self.seed ^ xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
+        let dims = shape.dims();
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        match hint {
+            Init::Const(c) => vec![c as f32; n],
+            Init::Uniform { lo, up } => (0..n)
+                .map(|_| (lo + (up - lo) * rng.uniform()) as f32)
+                .collect(),
+            // Weights (Kaiming/normal hints): N(0, 1/fan_in), by Box–Muller.
+            _ => {
+                let std = 1.0 / (fan_in as f64).sqrt();
+                (0..n)
+                    .map(|_| {
+                        let (u, v) = (rng.uniform(), rng.uniform());
+                        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * std) as f32
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = Tensor::from_vec(self.values(&s, name, h), s, dev)?.to_dtype(dtype)?;
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!(
+            "random weights need a shape for '{name}'"
+        )))
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// Random UNet weights for `config`, by weight name (f32, on the CPU).
+pub fn unet_weights(config: &UNetConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    let backend = std::sync::Arc::new(RandomWeights::new(seed));
+    let vb = VarBuilder::from_backend(
+        Box::new(ArcBackend(backend.clone())),
+        DType::F32,
+        Device::Cpu,
+    );
+    UNet::new(vb, config, Numerics::PYTORCH, AttentionImpl::Full, "unet")?;
+    let backend = std::sync::Arc::try_unwrap(backend)
+        .map_err(|_| candle_core::Error::Msg("weights still shared".into()))?;
+    Ok(backend.into_tensors())
+}
+
+struct ArcBackend(std::sync::Arc<RandomWeights>);
+
+impl SimpleBackend for ArcBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.get(s, name, h, dtype, dev)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get_unchecked(name, dtype, dev)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
+    }
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    crate::export::write_atomic(path, text.as_bytes()).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        op: "cannot write",
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Write a synthetic model to `dir` in the diffusers layout: `model_index.json`,
+/// `unet/config.json`, `unet/diffusion_pytorch_model.safetensors`,
+/// `scheduler/scheduler_config.json`.
+pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
+    let io = |path: &Path, source| ModelError::Io {
+        path: path.to_path_buf(),
+        op: "cannot create",
+        source,
+    };
+    for sub in ["unet", "scheduler"] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+    }
+    let cfg = size.unet_config();
+    write_json(&dir.join("unet/config.json"), &cfg.to_diffusers_json())?;
+    write_json(
+        &dir.join("scheduler/scheduler_config.json"),
+        &serde_json::json!({
+            "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "num_train_timesteps": 1000, "prediction_type": "epsilon",
+            "set_alpha_to_one": false, "steps_offset": 1, "skip_prk_steps": true,
+        }),
+    )?;
+    write_json(
+        &dir.join("model_index.json"),
+        &serde_json::json!({
+            "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.21.0",
+            "_sdtrace_synthetic": {"size": format!("{size:?}").to_lowercase(), "seed": seed},
+            "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "PNDMScheduler"],
+        }),
+    )?;
+    let weights = unet_weights(&cfg, seed)?;
+    let path = dir.join("unet/diffusion_pytorch_model.safetensors");
+    let tmp = path.with_extension("safetensors.partial");
+    candle_core::safetensors::save(&weights.into_iter().collect(), &tmp).map_err(|source| {
+        ModelError::Weights {
+            file: tmp.clone(),
+            source,
+        }
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    Ok(())
+}

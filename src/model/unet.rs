@@ -1,0 +1,714 @@
+//! Our UNet2DConditionModel, module for module after diffusers, with a probe point at every
+//! module output.
+//!
+//! Probe keys (under the `unet.` prefix, equal to the weight paths): `conv_in`,
+//! `time_embedding`, `down_blocks.i.resnets.j`, `down_blocks.i.attentions.j` (each
+//! Transformer2DModel) and inside each transformer block `…transformer_blocks.k.attn1`, `attn2`,
+//! `ff`; `down_blocks.i.downsamplers.0`, `down_blocks.i` (the block's output), the same under
+//! `mid_block` and `up_blocks.i` (with `upsamplers.0`), `conv_norm_out`, `conv_out`. Finer points
+//! exist only where a capture rule names them: `…attnN.to_q`, `to_k`, `to_v` and, for the `full`
+//! attention implementation, `…attnN.probs`.
+
+use super::attention::{AttentionImpl, Gelu, Numerics, attend};
+use super::config::UNetConfig;
+use super::observe::observe;
+use super::{ModelError, Result};
+use crate::probe::Probe;
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use std::path::Path;
+
+/// Everything the forward pass needs besides its inputs.
+struct Ctx<'a> {
+    probe: &'a Probe,
+    temb: &'a Tensor,
+    context: &'a Tensor,
+}
+
+fn key_of(prefix: &str, vb: &VarBuilder) -> String {
+    match vb.prefix().as_str() {
+        "" => prefix.to_string(),
+        p => format!("{prefix}.{p}"),
+    }
+}
+
+struct ResnetBlock {
+    key: String,
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale: f64,
+}
+
+fn conv3(
+    in_c: usize,
+    out_c: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> candle_core::Result<Conv2d> {
+    candle_nn::conv2d(
+        in_c,
+        out_c,
+        3,
+        Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        },
+        vb,
+    )
+}
+
+impl ResnetBlock {
+    fn new(
+        prefix: &str,
+        vb: VarBuilder,
+        in_c: usize,
+        out_c: usize,
+        cfg: &UNetConfig,
+        output_scale: f64,
+    ) -> candle_core::Result<Self> {
+        let g = cfg.norm_num_groups;
+        Ok(ResnetBlock {
+            key: key_of(prefix, &vb),
+            norm1: candle_nn::group_norm(g, in_c, cfg.norm_eps, vb.pp("norm1"))?,
+            conv1: conv3(in_c, out_c, 1, 1, vb.pp("conv1"))?,
+            time_emb_proj: candle_nn::linear(cfg.time_embed_dim(), out_c, vb.pp("time_emb_proj"))?,
+            norm2: candle_nn::group_norm(g, out_c, cfg.norm_eps, vb.pp("norm2"))?,
+            conv2: conv3(out_c, out_c, 1, 1, vb.pp("conv2"))?,
+            conv_shortcut: if in_c != out_c {
+                Some(candle_nn::conv2d(
+                    in_c,
+                    out_c,
+                    1,
+                    Default::default(),
+                    vb.pp("conv_shortcut"),
+                )?)
+            } else {
+                None
+            },
+            output_scale,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, c: &Ctx) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let t = self
+            .time_emb_proj
+            .forward(&c.temb.silu()?)?
+            .unsqueeze(D::Minus1)?
+            .unsqueeze(D::Minus1)?;
+        let h = h.broadcast_add(&t)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        let mut out = (shortcut + h)?;
+        if self.output_scale != 1.0 {
+            out = (out / self.output_scale)?;
+        }
+        observe(c.probe, &self.key, &out)
+    }
+}
+
+struct Attention {
+    key: String,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+    imp: AttentionImpl,
+    upcast: bool,
+    fine_keys: [String; 4],
+}
+
+impl Attention {
+    fn new(
+        prefix: &str,
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        imp: AttentionImpl,
+        numerics: Numerics,
+    ) -> candle_core::Result<Self> {
+        let key = key_of(prefix, &vb);
+        Ok(Attention {
+            to_q: candle_nn::linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(dim, dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: 1.0 / ((dim / heads) as f64).sqrt(),
+            imp,
+            upcast: numerics.upcast_attention,
+            fine_keys: ["to_q", "to_k", "to_v", "probs"].map(|s| format!("{key}.{s}")),
+            key,
+        })
+    }
+
+    /// [B, N, h·d] → [B·h, N, d]
+    fn to_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, dim) = x.dims3()?;
+        x.reshape((b, n, self.heads, dim / self.heads))?
+            .transpose(1, 2)?
+            .reshape((b * self.heads, n, dim / self.heads))
+    }
+
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>, probe: &Probe) -> Result<Tensor> {
+        let context = context.unwrap_or(x);
+        let q = observe(probe, &self.fine_keys[0], &self.to_q.forward(x)?)?;
+        let k = observe(probe, &self.fine_keys[1], &self.to_k.forward(context)?)?;
+        let v = observe(probe, &self.fine_keys[2], &self.to_v.forward(context)?)?;
+        let (b, n, dim) = q.dims3()?;
+        let dtype = q.dtype();
+        let (mut q, mut k, mut v) = (self.to_heads(&q)?, self.to_heads(&k)?, self.to_heads(&v)?);
+        if self.upcast {
+            (q, k, v) = (
+                q.to_dtype(DType::F32)?,
+                k.to_dtype(DType::F32)?,
+                v.to_dtype(DType::F32)?,
+            );
+        }
+        let want_probs =
+            self.imp == AttentionImpl::Full && !probe.plan(&self.fine_keys[3]).is_noop();
+        let (out, probs) = attend(
+            &self.imp,
+            &q.contiguous()?,
+            &k.contiguous()?,
+            &v.contiguous()?,
+            self.scale,
+            want_probs,
+        )
+        .map_err(|what| ModelError::Attention {
+            key: self.key.clone(),
+            what,
+        })?;
+        if let Some(p) = probs {
+            observe(probe, &self.fine_keys[3], &p)?;
+        }
+        let out = out
+            .to_dtype(dtype)?
+            .reshape((b, self.heads, n, dim / self.heads))?
+            .transpose(1, 2)?
+            .reshape((b, n, dim))?;
+        observe(probe, &self.key, &self.to_out.forward(&out)?)
+    }
+}
+
+struct FeedForward {
+    key: String,
+    proj: Linear,
+    out: Linear,
+    gelu: Gelu,
+}
+
+impl FeedForward {
+    fn new(prefix: &str, vb: VarBuilder, dim: usize, gelu: Gelu) -> candle_core::Result<Self> {
+        let inner = dim * 4;
+        Ok(FeedForward {
+            key: key_of(prefix, &vb),
+            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            gelu,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, probe: &Probe) -> Result<Tensor> {
+        let h = self.proj.forward(x)?.chunk(2, D::Minus1)?;
+        let gate = match self.gelu {
+            Gelu::Erf => h[1].gelu_erf()?,
+            Gelu::Tanh => h[1].gelu()?,
+        };
+        observe(probe, &self.key, &self.out.forward(&(&h[0] * gate)?)?)
+    }
+}
+
+struct TransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl TransformerBlock {
+    fn forward(&self, x: &Tensor, c: &Ctx) -> Result<Tensor> {
+        let x = (self.attn1.forward(&self.norm1.forward(x)?, None, c.probe)? + x)?;
+        let x = (self
+            .attn2
+            .forward(&self.norm2.forward(&x)?, Some(c.context), c.probe)?
+            + x)?;
+        Ok((self.ff.forward(&self.norm3.forward(&x)?, c.probe)? + x)?)
+    }
+}
+
+enum Proj {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// diffusers' Transformer2DModel (`attentions.N`).
+struct Transformer2D {
+    key: String,
+    norm: GroupNorm,
+    proj_in: Proj,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Proj,
+}
+
+impl Transformer2D {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        prefix: &str,
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        cfg: &UNetConfig,
+        imp: AttentionImpl,
+        numerics: Numerics,
+    ) -> candle_core::Result<Self> {
+        let proj = |name: &str| -> candle_core::Result<Proj> {
+            Ok(if cfg.use_linear_projection {
+                Proj::Linear(candle_nn::linear(channels, channels, vb.pp(name))?)
+            } else {
+                Proj::Conv(candle_nn::conv2d(
+                    channels,
+                    channels,
+                    1,
+                    Default::default(),
+                    vb.pp(name),
+                )?)
+            })
+        };
+        let vb_tb = vb.pp("transformer_blocks");
+        let blocks = (0..depth)
+            .map(|i| {
+                let vb = vb_tb.pp(i.to_string());
+                Ok(TransformerBlock {
+                    norm1: candle_nn::layer_norm(channels, 1e-5, vb.pp("norm1"))?,
+                    attn1: Attention::new(
+                        prefix,
+                        vb.pp("attn1"),
+                        channels,
+                        channels,
+                        heads,
+                        imp,
+                        numerics,
+                    )?,
+                    norm2: candle_nn::layer_norm(channels, 1e-5, vb.pp("norm2"))?,
+                    attn2: Attention::new(
+                        prefix,
+                        vb.pp("attn2"),
+                        channels,
+                        cfg.cross_attention_dim,
+                        heads,
+                        imp,
+                        numerics,
+                    )?,
+                    norm3: candle_nn::layer_norm(channels, 1e-5, vb.pp("norm3"))?,
+                    ff: FeedForward::new(prefix, vb.pp("ff"), channels, numerics.gelu)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Transformer2D {
+            key: key_of(prefix, &vb),
+            norm: candle_nn::group_norm(cfg.norm_num_groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: proj("proj_in")?,
+            blocks,
+            proj_out: proj("proj_out")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, c: &Ctx) -> Result<Tensor> {
+        let (b, ch, h, w) = x.dims4()?;
+        let n = self.norm.forward(x)?;
+        // [B, C, H, W] → [B, H·W, C], projecting before (conv) or after (linear) the reshape.
+        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, ch));
+        let mut t = match &self.proj_in {
+            Proj::Conv(p) => to_tokens(&p.forward(&n)?)?,
+            Proj::Linear(p) => p.forward(&to_tokens(&n)?)?,
+        };
+        for block in &self.blocks {
+            t = block.forward(&t, c)?;
+        }
+        let to_map = |t: &Tensor| t.reshape((b, h, w, ch))?.permute((0, 3, 1, 2));
+        let out = match &self.proj_out {
+            Proj::Conv(p) => p.forward(&to_map(&t)?.contiguous()?)?,
+            Proj::Linear(p) => to_map(&p.forward(&t)?)?,
+        };
+        observe(c.probe, &self.key, &(out + x)?)
+    }
+}
+
+/// A resample step (`downsamplers.0` / `upsamplers.0`) and its probe key.
+struct Resample {
+    key: String,
+    conv: Conv2d,
+    /// Downsample: zero-pad right and bottom first (diffusers' `padding = 0` case).
+    pad: bool,
+}
+
+struct Level {
+    key: String,
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<Transformer2D>,
+    resample: Option<Resample>,
+}
+
+impl Level {
+    fn resnet_then_attention(&self, j: usize, x: &Tensor, c: &Ctx) -> Result<Tensor> {
+        let x = self.resnets[j].forward(x, c)?;
+        match self.attentions.get(j) {
+            Some(a) => a.forward(&x, c),
+            None => Ok(x),
+        }
+    }
+}
+
+/// The UNet. Build it with [`UNet::new`] or [`UNet::load`]; run it with [`UNet::forward`].
+pub struct UNet {
+    config: UNetConfig,
+    numerics: Numerics,
+    attention: AttentionImpl,
+    dtype: DType,
+    conv_in: Conv2d,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    down: Vec<Level>,
+    mid: Level,
+    up: Vec<Level>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    keys: [String; 4],
+}
+
+impl UNet {
+    /// Build from a `VarBuilder` rooted at the UNet's weights; probe keys get `prefix`
+    /// (normally `unet`).
+    pub fn new(
+        vb: VarBuilder,
+        config: &UNetConfig,
+        numerics: Numerics,
+        attention: AttentionImpl,
+        prefix: &str,
+    ) -> candle_core::Result<Self> {
+        let cfg = config;
+        let n = cfg.blocks.len();
+        let c0 = cfg.blocks[0].out_channels;
+        let temb = cfg.time_embed_dim();
+        let vb_down = vb.pp("down_blocks");
+        let mut down = Vec::with_capacity(n);
+        for (i, b) in cfg.blocks.iter().enumerate() {
+            let vb = vb_down.pp(i.to_string());
+            let in_c = if i == 0 {
+                c0
+            } else {
+                cfg.blocks[i - 1].out_channels
+            };
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..cfg.layers_per_block {
+                let rin = if j == 0 { in_c } else { b.out_channels };
+                resnets.push(ResnetBlock::new(
+                    prefix,
+                    vb.pp("resnets").pp(j.to_string()),
+                    rin,
+                    b.out_channels,
+                    cfg,
+                    1.0,
+                )?);
+                if let Some(depth) = b.cross_attention {
+                    attentions.push(Transformer2D::new(
+                        prefix,
+                        vb.pp("attentions").pp(j.to_string()),
+                        b.out_channels,
+                        b.heads,
+                        depth,
+                        cfg,
+                        attention,
+                        numerics,
+                    )?);
+                }
+            }
+            let resample = if i + 1 < n {
+                let vbr = vb.pp("downsamplers.0");
+                let key = key_of(prefix, &vbr);
+                let conv = conv3(
+                    b.out_channels,
+                    b.out_channels,
+                    2,
+                    cfg.downsample_padding,
+                    vbr.pp("conv"),
+                )?;
+                Some(Resample {
+                    key,
+                    conv,
+                    pad: cfg.downsample_padding == 0,
+                })
+            } else {
+                None
+            };
+            down.push(Level {
+                key: key_of(prefix, &vb),
+                resnets,
+                attentions,
+                resample,
+            });
+        }
+        let last = cfg.blocks[n - 1];
+        let vb_mid = vb.pp("mid_block");
+        let mid = Level {
+            key: key_of(prefix, &vb_mid),
+            resnets: (0..2)
+                .map(|j| {
+                    ResnetBlock::new(
+                        prefix,
+                        vb_mid.pp("resnets").pp(j.to_string()),
+                        last.out_channels,
+                        last.out_channels,
+                        cfg,
+                        cfg.mid_block_scale_factor,
+                    )
+                })
+                .collect::<candle_core::Result<_>>()?,
+            attentions: vec![Transformer2D::new(
+                prefix,
+                vb_mid.pp("attentions.0"),
+                last.out_channels,
+                last.heads,
+                last.cross_attention.unwrap_or(1),
+                cfg,
+                attention,
+                numerics,
+            )?],
+            resample: None,
+        };
+        let vb_up = vb.pp("up_blocks");
+        let mut up = Vec::with_capacity(n);
+        for i in 0..n {
+            let b = cfg.blocks[n - 1 - i];
+            let vb = vb_up.pp(i.to_string());
+            let prev_out = if i == 0 {
+                last.out_channels
+            } else {
+                cfg.blocks[n - i].out_channels
+            };
+            let skip_in = cfg.blocks[if i == n - 1 { 0 } else { n - i - 2 }].out_channels;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..=cfg.layers_per_block {
+                let res_skip = if j == cfg.layers_per_block {
+                    skip_in
+                } else {
+                    b.out_channels
+                };
+                let rin = if j == 0 { prev_out } else { b.out_channels };
+                resnets.push(ResnetBlock::new(
+                    prefix,
+                    vb.pp("resnets").pp(j.to_string()),
+                    rin + res_skip,
+                    b.out_channels,
+                    cfg,
+                    1.0,
+                )?);
+                if let Some(depth) = b.cross_attention {
+                    attentions.push(Transformer2D::new(
+                        prefix,
+                        vb.pp("attentions").pp(j.to_string()),
+                        b.out_channels,
+                        b.heads,
+                        depth,
+                        cfg,
+                        attention,
+                        numerics,
+                    )?);
+                }
+            }
+            let resample = if i + 1 < n {
+                let vbr = vb.pp("upsamplers.0");
+                Some(Resample {
+                    key: key_of(prefix, &vbr),
+                    conv: conv3(b.out_channels, b.out_channels, 1, 1, vbr.pp("conv"))?,
+                    pad: false,
+                })
+            } else {
+                None
+            };
+            up.push(Level {
+                key: key_of(prefix, &vb),
+                resnets,
+                attentions,
+                resample,
+            });
+        }
+        let keys = ["conv_in", "time_embedding", "conv_norm_out", "conv_out"]
+            .map(|k| format!("{prefix}.{k}"));
+        Ok(UNet {
+            config: cfg.clone(),
+            numerics,
+            attention,
+            dtype: vb.dtype(),
+            conv_in: conv3(cfg.in_channels, c0, 1, 1, vb.pp("conv_in"))?,
+            time_linear_1: candle_nn::linear(c0, temb, vb.pp("time_embedding.linear_1"))?,
+            time_linear_2: candle_nn::linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
+            down,
+            mid,
+            up,
+            conv_norm_out: candle_nn::group_norm(
+                cfg.norm_num_groups,
+                c0,
+                cfg.norm_eps,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: conv3(c0, cfg.out_channels, 1, 1, vb.pp("conv_out"))?,
+            keys,
+        })
+    }
+
+    /// Load `unet/diffusion_pytorch_model.safetensors` (f32 or f16 weights, converted to
+    /// `dtype`). Missing or misshapen weights are errors naming the key, the shapes and the file.
+    pub fn load(
+        weights: &Path,
+        config: &UNetConfig,
+        dtype: DType,
+        device: &Device,
+        numerics: Numerics,
+        attention: AttentionImpl,
+    ) -> Result<Self> {
+        config.validate(weights)?;
+        let wrap = |source| ModelError::Weights {
+            file: weights.to_path_buf(),
+            source,
+        };
+        // SAFETY: the weights file is mapped read-only and not expected to change while the
+        // model lives (the same contract as every safetensors loader).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }
+            .map_err(wrap)?;
+        UNet::new(vb, config, numerics, attention, "unet").map_err(wrap)
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
+    }
+
+    pub fn attention(&self) -> AttentionImpl {
+        self.attention
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Sinusoidal timestep features, computed in f32 and cast to the model dtype (diffusers'
+    /// `Timesteps` + `t_emb.to(dtype)`).
+    fn time_features(&self, batch: usize, timestep: f64, device: &Device) -> Result<Tensor> {
+        let half = self.config.blocks[0].out_channels / 2;
+        let exponent =
+            (Tensor::arange(0u32, half as u32, device)?.to_dtype(DType::F32)? * -(10000f64.ln()))?;
+        let freqs = (exponent / (half as f64 - self.config.freq_shift))?.exp()?;
+        let t = Tensor::full(timestep as f32, (batch, 1), device)?;
+        let emb = t.broadcast_mul(&freqs.unsqueeze(0)?)?;
+        let (sin, cos) = (emb.sin()?, emb.cos()?);
+        let emb = if self.config.flip_sin_to_cos {
+            Tensor::cat(&[&cos, &sin], 1)?
+        } else {
+            Tensor::cat(&[&sin, &cos], 1)?
+        };
+        Ok(emb.to_dtype(self.dtype)?)
+    }
+
+    /// One evaluation: `latent` [B, C, H, W], a (possibly fractional) `timestep`, text
+    /// embeddings `context` [B, tokens, cross_attention_dim]. Every module output is offered to
+    /// `probe`.
+    pub fn forward(
+        &self,
+        latent: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        probe: &Probe,
+    ) -> Result<Tensor> {
+        let (b, _, h, w) = latent.dims4()?;
+        let device = latent.device();
+        let x = latent.to_dtype(self.dtype)?;
+        let x = if self.config.center_input_sample {
+            ((x * 2.0)? - 1.0)?
+        } else {
+            x
+        };
+        let context = context.to_dtype(self.dtype)?;
+        let temb = self.time_features(b, timestep, device)?;
+        let temb = self
+            .time_linear_2
+            .forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
+        let temb = observe(probe, &self.keys[1], &temb)?;
+        let c = Ctx {
+            probe,
+            temb: &temb,
+            context: &context,
+        };
+
+        let mut x = observe(probe, &self.keys[0], &self.conv_in.forward(&x)?)?;
+        let mut skips = vec![x.clone()];
+        for level in &self.down {
+            for j in 0..level.resnets.len() {
+                x = level.resnet_then_attention(j, &x, &c)?;
+                skips.push(x.clone());
+            }
+            if let Some(r) = &level.resample {
+                let input = if r.pad {
+                    x.pad_with_zeros(D::Minus1, 0, 1)?
+                        .pad_with_zeros(D::Minus2, 0, 1)?
+                } else {
+                    x.clone()
+                };
+                x = observe(probe, &r.key, &r.conv.forward(&input)?)?;
+                skips.push(x.clone());
+            }
+            x = observe(probe, &level.key, &x)?;
+        }
+        x = self.mid.resnets[0].forward(&x, &c)?;
+        x = self.mid.attentions[0].forward(&x, &c)?;
+        x = self.mid.resnets[1].forward(&x, &c)?;
+        x = observe(probe, &self.mid.key, &x)?;
+
+        // Sizes for latents that do not halve evenly (diffusers' `forward_upsample_size`).
+        let factor = 1usize << (self.down.len() - 1);
+        let odd = h % factor != 0 || w % factor != 0;
+        for level in &self.up {
+            for j in 0..level.resnets.len() {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("skip connections exhausted".into()))?;
+                x = level.resnet_then_attention(j, &Tensor::cat(&[&x, &skip], 1)?, &c)?;
+            }
+            if let Some(r) = &level.resample {
+                let (th, tw) = match skips.last() {
+                    Some(s) if odd => (s.dim(2)?, s.dim(3)?),
+                    _ => (x.dim(2)? * 2, x.dim(3)? * 2),
+                };
+                x = observe(
+                    probe,
+                    &r.key,
+                    &r.conv.forward(&x.upsample_nearest2d(th, tw)?)?,
+                )?;
+            }
+            x = observe(probe, &level.key, &x)?;
+        }
+        let x = observe(probe, &self.keys[2], &self.conv_norm_out.forward(&x)?)?;
+        observe(probe, &self.keys[3], &self.conv_out.forward(&x.silu()?)?)
+    }
+}

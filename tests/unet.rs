@@ -1,0 +1,328 @@
+//! Our UNet against candle-transformers' on the tiny config, probing as a pure observation,
+//! attention implementations, precision, load errors, and finite activations over a sampling run.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use sdtrace::model::attention::{AttentionImpl, Numerics};
+use sdtrace::model::config::UNetConfig;
+use sdtrace::model::synth::unet_weights;
+use sdtrace::model::unet::UNet;
+use sdtrace::probe::{Policy, Probe};
+use sdtrace::trace::{RunHeader, TraceReader, TraceWriter, WriterOptions};
+use std::collections::HashMap;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = common::Rng(seed | 1);
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let d = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let n = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    (d / n).sqrt()
+}
+
+fn bytes(t: &Tensor) -> Vec<u8> {
+    sdtrace::model::observe::host_copy(t).unwrap().data
+}
+
+struct Fixture {
+    cfg: UNetConfig,
+    weights: HashMap<String, Tensor>,
+    latent: Tensor,
+    context: Tensor,
+}
+
+fn fixture() -> Fixture {
+    let cfg = UNetConfig::tiny();
+    let weights = unet_weights(&cfg, 7).unwrap().into_iter().collect();
+    Fixture {
+        latent: randn(&[2, 4, 8, 8], 1),
+        context: randn(&[2, 77, cfg.cross_attention_dim], 2),
+        cfg,
+        weights,
+    }
+}
+
+impl Fixture {
+    fn unet(&self, dtype: DType, numerics: Numerics, attention: AttentionImpl) -> UNet {
+        let vb = VarBuilder::from_tensors(self.weights.clone(), dtype, &Device::Cpu);
+        UNet::new(vb, &self.cfg, numerics, attention, "unet").unwrap()
+    }
+}
+
+#[test]
+fn matches_candle_transformers_unet_on_tiny_config() {
+    let f = fixture();
+    let ours = f.unet(DType::F32, Numerics::CANDLE, AttentionImpl::Full);
+    let vb = VarBuilder::from_tensors(f.weights.clone(), DType::F32, &Device::Cpu);
+    let theirs = candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel::new(
+        vb,
+        4,
+        4,
+        false,
+        f.cfg.to_candle(),
+    )
+    .unwrap();
+    for t in [999.0, 500.25, 1.0] {
+        let a = ours
+            .forward(&f.latent, t, &f.context, &Probe::disabled())
+            .unwrap();
+        let b = theirs.forward(&f.latent, t, &f.context).unwrap();
+        let err = rel_l2(&a, &b);
+        assert!(err <= 1e-5, "t={t}: relative L2 {err:e}");
+    }
+    // PyTorch numerics (erf GELU) are a different function: measurably, slightly different.
+    let erf = f
+        .unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full)
+        .forward(&f.latent, 500.0, &f.context, &Probe::disabled())
+        .unwrap();
+    let tanh = ours
+        .forward(&f.latent, 500.0, &f.context, &Probe::disabled())
+        .unwrap();
+    let err = rel_l2(&erf, &tanh);
+    assert!(err > 1e-7 && err < 1e-2, "erf vs tanh GELU: {err:e}");
+}
+
+#[test]
+fn probing_never_changes_the_output() {
+    let f = fixture();
+    let unet = f.unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full);
+    let plain = bytes(
+        &unet
+            .forward(&f.latent, 321.0, &f.context, &Probe::disabled())
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for preset in ["stats", "sketch", "full"] {
+        let mut policy = Policy::preset(preset).unwrap();
+        policy.push("*.attn1.probs=full".parse().unwrap());
+        let path = dir.path().join(format!("{preset}.sdt"));
+        let probe = Probe::new(
+            TraceWriter::create(&path, &RunHeader::default(), WriterOptions::default()).unwrap(),
+            policy,
+        );
+        probe.set_step(Some(0), 0).unwrap();
+        let out = unet.forward(&f.latent, 321.0, &f.context, &probe).unwrap();
+        probe.finish().unwrap();
+        assert_eq!(bytes(&out), plain, "{preset} probing changed the output");
+        let r = TraceReader::open(&path).unwrap();
+        let keys: Vec<&str> = r.entries().iter().map(|e| &*e.key).collect();
+        for want in [
+            "unet.time_embedding",
+            "unet.conv_in",
+            "unet.down_blocks.0.resnets.0",
+            "unet.down_blocks.0.attentions.1",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.probs",
+            "unet.down_blocks.0.downsamplers.0",
+            "unet.down_blocks.2",
+            "unet.mid_block.resnets.1",
+            "unet.mid_block.attentions.0",
+            "unet.mid_block",
+            "unet.up_blocks.0.resnets.2",
+            "unet.up_blocks.0.upsamplers.0",
+            "unet.up_blocks.2.attentions.2.transformer_blocks.0.ff",
+            "unet.conv_norm_out",
+            "unet.conv_out",
+        ] {
+            assert!(keys.contains(&want), "{preset}: no record for {want}");
+        }
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.ends_with(".to_q") || k.ends_with("attn2.probs")),
+            "{preset}: fine points recorded unasked"
+        );
+        // Execution order: conv_in before the first resnet, conv_out last.
+        assert_eq!(*keys.last().unwrap(), "unet.conv_out");
+    }
+}
+
+#[test]
+fn attention_implementations_agree_with_full() {
+    let f = fixture();
+    let full = f
+        .unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full)
+        .forward(&f.latent, 700.0, &f.context, &Probe::disabled())
+        .unwrap();
+    for text in [
+        "sliced:1",
+        "sliced:3",
+        "split:40KiB",
+        "subquad:16,24",
+        "subquad:64,77",
+    ] {
+        let imp = AttentionImpl::parse(text, None).unwrap();
+        let out = f
+            .unet(DType::F32, Numerics::PYTORCH, imp)
+            .forward(&f.latent, 700.0, &f.context, &Probe::disabled())
+            .unwrap();
+        let err = rel_l2(&out, &full);
+        assert!(err < 1e-5, "{text}: relative L2 {err:e}");
+    }
+    let tiny_budget = AttentionImpl::parse("split:1KiB", None).unwrap();
+    let err = f
+        .unet(DType::F32, Numerics::PYTORCH, tiny_budget)
+        .forward(&f.latent, 700.0, &f.context, &Probe::disabled())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("not enough memory")
+            && err.to_string().contains("unet.down_blocks.0.attentions.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn f16_runs_close_to_f32() {
+    let f = fixture();
+    let a = f
+        .unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full)
+        .forward(&f.latent, 400.0, &f.context, &Probe::disabled())
+        .unwrap();
+    let b = f
+        .unet(DType::F16, Numerics::PYTORCH, AttentionImpl::Full)
+        .forward(&f.latent, 400.0, &f.context, &Probe::disabled())
+        .unwrap();
+    assert_eq!(b.dtype(), DType::F16);
+    let err = rel_l2(&b.to_dtype(DType::F32).unwrap(), &a);
+    assert!(err > 0.0 && err < 1e-2, "f16 vs f32: {err:e}");
+}
+
+#[test]
+fn activations_stay_finite_and_alive_through_20_steps() {
+    let f = fixture();
+    let unet = f.unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full);
+    // Euler over a geometric σ schedule from SD's σ_max to σ_min, t spread over 999..0.
+    let sigmas: Vec<f64> = (0..=20)
+        .map(|i| {
+            if i == 20 {
+                0.0
+            } else {
+                14.6146 * (0.0292 / 14.6146f64).powf(i as f64 / 19.0)
+            }
+        })
+        .collect();
+    let mut x = (randn(&[2, 4, 8, 8], 9) * sigmas[0]).unwrap();
+    for i in 0..20 {
+        let c_in = 1.0 / (sigmas[i] * sigmas[i] + 1.0).sqrt();
+        let eps = unet
+            .forward(
+                &(&x * c_in).unwrap(),
+                999.0 * (1.0 - i as f64 / 19.0),
+                &f.context,
+                &Probe::disabled(),
+            )
+            .unwrap();
+        let v: Vec<f32> = eps.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "step {i}: non-finite UNet output"
+        );
+        let std = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!(std > 1e-2 && std < 1e3, "step {i}: UNet output std {std}");
+        x = (&x + (&eps * (sigmas[i + 1] - sigmas[i])).unwrap()).unwrap();
+    }
+    let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(v.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn bad_weights_name_the_key_shapes_and_file() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diffusion_pytorch_model.safetensors");
+    let mut w = f.weights.clone();
+    w.remove("down_blocks.1.resnets.0.conv1.weight");
+    candle_core::safetensors::save(&w, &path).unwrap();
+    let e = UNet::load(
+        &path,
+        &f.cfg,
+        DType::F32,
+        &Device::Cpu,
+        Numerics::PYTORCH,
+        AttentionImpl::Full,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("down_blocks.1.resnets.0.conv1.weight")
+            && e.contains("diffusion_pytorch_model.safetensors"),
+        "{e}"
+    );
+    let mut w = f.weights.clone();
+    w.insert(
+        "conv_in.weight".into(),
+        Tensor::zeros((32, 4, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&w, &path).unwrap();
+    let e = UNet::load(
+        &path,
+        &f.cfg,
+        DType::F32,
+        &Device::Cpu,
+        Numerics::PYTORCH,
+        AttentionImpl::Full,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("conv_in.weight") && e.contains("[32, 4, 3, 3]") && e.contains("[32, 4, 1, 1]"),
+        "{e}"
+    );
+    std::fs::write(&path, b"not safetensors").unwrap();
+    let e = UNet::load(
+        &path,
+        &f.cfg,
+        DType::F32,
+        &Device::Cpu,
+        Numerics::PYTORCH,
+        AttentionImpl::Full,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("diffusion_pytorch_model.safetensors"), "{e}");
+    // f16 weights load into an f32 model and the reverse.
+    let w16: HashMap<String, Tensor> = f
+        .weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_dtype(DType::F16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&w16, &path).unwrap();
+    let unet = UNet::load(
+        &path,
+        &f.cfg,
+        DType::F32,
+        &Device::Cpu,
+        Numerics::PYTORCH,
+        AttentionImpl::Full,
+    )
+    .unwrap();
+    unet.forward(&f.latent, 10.0, &f.context, &Probe::disabled())
+        .unwrap();
+}
