@@ -117,38 +117,78 @@ pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
         ("settings.model", s(&sa.model), s(&sb.model), false),
         ("settings.width", s(&sa.width), s(&sb.width), true),
         ("settings.height", s(&sa.height), s(&sb.height), true),
-        ("settings.batch_size", s(&sa.batch_size), s(&sb.batch_size), true),
+        (
+            "settings.batch_size",
+            s(&sa.batch_size),
+            s(&sb.batch_size),
+            true,
+        ),
         ("settings.sampler", s(&sa.sampler), s(&sb.sampler), true),
         ("settings.steps", s(&sa.steps), s(&sb.steps), true),
         ("settings.seed", s(&sa.seed), s(&sb.seed), false),
         ("settings.prompt", s(&sa.prompt), s(&sb.prompt), false),
-        ("settings.negative_prompt", s(&sa.negative_prompt), s(&sb.negative_prompt), false),
-        ("settings.cfg_scale", s(&sa.cfg_scale), s(&sb.cfg_scale), false),
+        (
+            "settings.negative_prompt",
+            s(&sa.negative_prompt),
+            s(&sb.negative_prompt),
+            false,
+        ),
+        (
+            "settings.cfg_scale",
+            s(&sa.cfg_scale),
+            s(&sb.cfg_scale),
+            false,
+        ),
         ("settings.dtype", s(&sa.dtype), s(&sb.dtype), false),
         ("settings.rng", s(&sa.rng), s(&sb.rng), false),
-        ("settings.attention", s(&sa.attention), s(&sb.attention), false),
-        ("device.device", s(&a.device.device), s(&b.device.device), false),
-        ("device.cpu_model", s(&a.device.cpu_model), s(&b.device.cpu_model), false),
+        (
+            "settings.attention",
+            s(&sa.attention),
+            s(&sb.attention),
+            false,
+        ),
+        (
+            "device.device",
+            s(&a.device.device),
+            s(&b.device.device),
+            false,
+        ),
+        (
+            "device.cpu_model",
+            s(&a.device.cpu_model),
+            s(&b.device.cpu_model),
+            false,
+        ),
     ];
     // Model hashes: every name either side has; a hash known on both sides that differs is
     // structural (a different model), one known on only one side is not.
-    let names: std::collections::BTreeSet<&String> =
-        sa.model_hashes.keys().chain(sb.model_hashes.keys()).collect();
+    let names: std::collections::BTreeSet<&String> = sa
+        .model_hashes
+        .keys()
+        .chain(sb.model_hashes.keys())
+        .collect();
     let hash_fields: Vec<(String, Option<String>, Option<String>, bool)> = names
         .into_iter()
         .map(|n| {
-            let (x, y) = (sa.model_hashes.get(n).cloned(), sb.model_hashes.get(n).cloned());
+            let (x, y) = (
+                sa.model_hashes.get(n).cloned(),
+                sb.model_hashes.get(n).cloned(),
+            );
             let structural = x.is_some() && y.is_some();
             (format!("settings.model_hashes.{n}"), x, y, structural)
         })
         .collect();
     let ga = a.device.gpu.as_ref();
     let gb = b.device.gpu.as_ref();
-    let gpu = |g: Option<&crate::trace::GpuFacts>, f: &dyn Fn(&crate::trace::GpuFacts) -> Option<String>| {
-        g.and_then(f)
-    };
+    let gpu =
+        |g: Option<&crate::trace::GpuFacts>,
+         f: &dyn Fn(&crate::trace::GpuFacts) -> Option<String>| { g.and_then(f) };
     let gpu_fields = [
-        ("device.gpu.name", gpu(ga, &|g| g.name.clone()), gpu(gb, &|g| g.name.clone())),
+        (
+            "device.gpu.name",
+            gpu(ga, &|g| g.name.clone()),
+            gpu(gb, &|g| g.name.clone()),
+        ),
         (
             "device.gpu.sm_count",
             gpu(ga, &|g| s(&g.sm_count)),
@@ -173,14 +213,17 @@ pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
             b: y,
         })
         .collect();
-    out.extend(hash_fields.into_iter().filter(|(_, x, y, _)| x != y).map(
-        |(f, x, y, st)| HeaderDiff {
-            field: f,
-            a: x,
-            b: y,
-            structural: st,
-        },
-    ));
+    out.extend(
+        hash_fields
+            .into_iter()
+            .filter(|(_, x, y, _)| x != y)
+            .map(|(f, x, y, st)| HeaderDiff {
+                field: f,
+                a: x,
+                b: y,
+                structural: st,
+            }),
+    );
     out
 }
 
@@ -196,10 +239,18 @@ mod tests {
             p,
         )
         .unwrap();
-        assert_eq!(m.apply("model.diffusion_model.input_blocks.1"), "unet.input_blocks.1");
+        assert_eq!(
+            m.apply("model.diffusion_model.input_blocks.1"),
+            "unet.input_blocks.1"
+        );
         assert_eq!(m.apply("x_T"), "noise.initial");
         assert_eq!(m.apply("x_T2"), "x_T2");
-        for (bad, line) in [("a b", 1), ("\na* => b", 2), ("a => ", 1), ("a*b* => c*", 1)] {
+        for (bad, line) in [
+            ("a b", 1),
+            ("\na* => b", 2),
+            ("a => ", 1),
+            ("a*b* => c*", 1),
+        ] {
             let e = KeyMap::parse(bad, p).unwrap_err().to_string();
             assert!(e.starts_with(&format!("map.txt: line {line}:")), "{e}");
         }

@@ -10,7 +10,9 @@
 //! spread over `threads` workers, largest first.
 
 use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
-use super::metrics::{ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, decode_all, image_metrics};
+use super::metrics::{
+    ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, decode_all, image_metrics,
+};
 use super::tolerance::TolConfig;
 use super::{AnalysisError, jf64};
 use crate::dtype::DType;
@@ -293,7 +295,9 @@ fn measure_all(
     opts: &CompareOptions,
 ) -> Result<Vec<PairRecord>, AnalysisError> {
     let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(16),
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(16),
         n => n,
     }
     .min(pairs.len().max(1));

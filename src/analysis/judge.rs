@@ -49,6 +49,16 @@ pub enum FailOn {
     Image,
 }
 
+impl FailOn {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailOn::FirstExceed => "first-exceed",
+            FailOn::Amplify => "amplify",
+            FailOn::Image => "image",
+        }
+    }
+}
+
 impl std::str::FromStr for FailOn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -222,11 +232,18 @@ fn status_of(r: &PairRecord, tol: Tol) -> (Status, Option<Required>, Option<Stri
         _ => None,
     };
     if r.nonfinite_mismatch > 0 {
-        let how = if r.basis == Basis::Payload { "positions" } else { "counts" };
+        let how = if r.basis == Basis::Payload {
+            "positions"
+        } else {
+            "counts"
+        };
         return (
             Status::Fail,
             required,
-            Some(format!("NaN/Inf {how} differ ({} elements)", r.nonfinite_mismatch)),
+            Some(format!(
+                "NaN/Inf {how} differ ({} elements)",
+                r.nonfinite_mismatch
+            )),
         );
     }
     match required {
@@ -245,8 +262,13 @@ fn status_of(r: &PairRecord, tol: Tol) -> (Status, Option<Required>, Option<Stri
             if lb > tol.rel && abs_lb > tol.abs {
                 (
                     Status::Fail,
-                    Some(Required { rel: lb, abs: abs_lb }),
-                    Some("stats only: the norms alone differ beyond tolerance (lower bounds)".into()),
+                    Some(Required {
+                        rel: lb,
+                        abs: abs_lb,
+                    }),
+                    Some(
+                        "stats only: the norms alone differ beyond tolerance (lower bounds)".into(),
+                    ),
                 )
             } else {
                 (
@@ -357,7 +379,11 @@ fn fit_line(xs: &[f64], ys: &[f64]) -> (f64, f64) {
         return (0.0, 1.0);
     }
     let b = sxy / sxx;
-    let r2 = if syy == 0.0 { 1.0 } else { (sxy * sxy) / (sxx * syy) };
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        (sxy * sxy) / (sxx * syy)
+    };
     (b, r2)
 }
 
@@ -421,7 +447,11 @@ pub fn judge(c: &Comparison, tol: &TolConfig, fail_on: FailOn) -> Judgement {
         let j = &mut out[i];
         j.error_in = Some(e_in);
         if e_out > 0.0 {
-            j.gain = Some(if e_in > 0.0 { e_out / e_in } else { f64::INFINITY });
+            j.gain = Some(if e_in > 0.0 {
+                e_out / e_in
+            } else {
+                f64::INFINITY
+            });
             j.creates = e_in == 0.0 || e_out / e_in >= CREATE_GAIN;
         }
     }
@@ -469,7 +499,15 @@ pub fn judge(c: &Comparison, tol: &TolConfig, fail_on: FailOn) -> Judgement {
     }
     let amp = amplification(&latent);
     let image = recs.iter().rposition(|r| r.key == "image");
-    let verdict = verdict(c, &out, first_nonfinite, source.as_ref(), amp.as_ref(), image, fail_on);
+    let verdict = verdict(
+        c,
+        &out,
+        first_nonfinite,
+        source.as_ref(),
+        amp.as_ref(),
+        image,
+        fail_on,
+    );
     Judgement {
         tolerance: tol.describe(),
         fail_on,
@@ -535,12 +573,20 @@ fn verdict(
         let gain = if s.error_in == 0.0 {
             "from an identical input".to_string()
         } else {
-            format!("from input error {:.2e} (gain {:.1})", s.error_in, s.error / s.error_in)
+            format!(
+                "from input error {:.2e} (gain {:.1})",
+                s.error_in,
+                s.error / s.error_in
+            )
         };
         tail.push(format!(
             "Error is created at {lbl}: relative L2 {:.2e} {gain}{}.",
             s.error,
-            if s.over_tolerance { ", over tolerance" } else { ", within tolerance" }
+            if s.over_tolerance {
+                ", over tolerance"
+            } else {
+                ", within tolerance"
+            }
         ));
     }
     if let Some(i) = out.iter().position(|j| j.status == Status::Fail) {
@@ -583,7 +629,9 @@ fn verdict(
         };
         (
             VerdictClass::Structural,
-            format!("Structural mismatch: the runs are not comparable ({what}). Only what pairs up was compared."),
+            format!(
+                "Structural mismatch: the runs are not comparable ({what}). Only what pairs up was compared."
+            ),
         )
     } else if let Some(i) = first_nonfinite {
         (
@@ -600,21 +648,39 @@ fn verdict(
             Some(k) if k > 0 => format!(
                 " The first {k} elements are bit-identical and the rest differ: the generator's layout depends on the device (for a GPU Philox grid, SMs × threads/SM = {k})."
             ),
-            Some(_) => " They differ from the first element: a different generator, seed or device.".into(),
+            Some(_) => {
+                " They differ from the first element: a different generator, seed or device.".into()
+            }
             None => String::new(),
         };
         let rng: Vec<String> = c
             .header_diffs
             .iter()
-            .filter(|d| matches!(d.field.as_str(), "settings.rng" | "settings.seed" | "device.device" | "device.gpu.sm_count"))
-            .map(|d| format!("{} {} vs {}", d.field, d.a.as_deref().unwrap_or("-"), d.b.as_deref().unwrap_or("-")))
+            .filter(|d| {
+                matches!(
+                    d.field.as_str(),
+                    "settings.rng" | "settings.seed" | "device.device" | "device.gpu.sm_count"
+                )
+            })
+            .map(|d| {
+                format!(
+                    "{} {} vs {}",
+                    d.field,
+                    d.a.as_deref().unwrap_or("-"),
+                    d.b.as_deref().unwrap_or("-")
+                )
+            })
             .collect();
         (
             VerdictClass::NoiseRng,
             format!(
                 "Noise/RNG: {} differs, so the runs start from different noise.{hint}{}",
                 r.key,
-                if rng.is_empty() { String::new() } else { format!(" Headers: {}.", rng.join(", ")) }
+                if rng.is_empty() {
+                    String::new()
+                } else {
+                    format!(" Headers: {}.", rng.join(", "))
+                }
             ),
         )
     } else if let Some(i) = differs("text.") {
@@ -638,7 +704,10 @@ fn verdict(
     } else {
         (
             VerdictClass::Identical,
-            format!("The traces are bit-identical ({} records compared).", recs.len()),
+            format!(
+                "The traces are bit-identical ({} records compared).",
+                recs.len()
+            ),
         )
     };
     let exit_code = if class == VerdictClass::Structural {
@@ -668,7 +737,10 @@ mod tests {
     fn pts(e: &[f64]) -> Vec<LatentPoint> {
         e.iter()
             .enumerate()
-            .map(|(i, &e)| LatentPoint { step: i as u32, error: e })
+            .map(|(i, &e)| LatentPoint {
+                step: i as u32,
+                error: e,
+            })
             .collect()
     }
 

@@ -109,7 +109,11 @@ fn decode(dtype: DType, bytes: &[u8], vals: &mut [f64; BATCH], ords: &mut [i64; 
     macro_rules! go {
         ($n:literal, $val:expr, $ord:expr) => {{
             let mut n = 0;
-            for ((v, o), b) in vals.iter_mut().zip(ords.iter_mut()).zip(bytes.chunks_exact($n)) {
+            for ((v, o), b) in vals
+                .iter_mut()
+                .zip(ords.iter_mut())
+                .zip(bytes.chunks_exact($n))
+            {
                 let b: [u8; $n] = b.try_into().unwrap_or([0; $n]);
                 *v = $val(b);
                 *o = $ord(b);
@@ -140,8 +144,11 @@ fn decode(dtype: DType, bytes: &[u8], vals: &mut [f64; BATCH], ords: &mut [i64; 
         DType::BF16 => go!(2, |b| half::bf16::from_le_bytes(b).to_f64(), f16_ord),
         DType::F64 => go!(8, f64::from_le_bytes, f64_ord),
         DType::I64 => go!(8, |b| i64::from_le_bytes(b) as f64, i64::from_le_bytes),
-        DType::I32 => go!(4, |b| i32::from_le_bytes(b) as f64, |b| i32::from_le_bytes(b)
-            as i64),
+        DType::I32 => go!(
+            4,
+            |b| i32::from_le_bytes(b) as f64,
+            |b| i32::from_le_bytes(b) as i64
+        ),
         DType::U8 => go!(1, |b: [u8; 1]| b[0] as f64, |b: [u8; 1]| b[0] as i64),
     }
 }
@@ -428,7 +435,9 @@ pub fn image_metrics(dtype: DType, shape: &[u64], a: &[f64], b: &[f64]) -> Optio
         let (lo, hi) = b
             .iter()
             .map(|&x| fin(x))
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            });
         if lo >= 0.0 && hi <= 1.0 {
             1.0
         } else if lo >= -1.0 && hi <= 1.0 {
@@ -496,7 +505,11 @@ pub fn image_metrics(dtype: DType, shape: &[u64], a: &[f64], b: &[f64]) -> Optio
     }
     Some(ImageMetrics {
         psnr_db,
-        ssim: if windows == 0 { 1.0 } else { total / windows as f64 },
+        ssim: if windows == 0 {
+            1.0
+        } else {
+            total / windows as f64
+        },
         data_range,
     })
 }
@@ -559,14 +572,20 @@ mod tests {
         assert!(acc.update(&bytes[400..], &bytes[400..]));
         let m = acc.finish();
         assert!(m.bit_identical);
-        assert_eq!((m.count, m.max_abs, m.rel_l2, m.beyond), (3000, 0.0, 0.0, 0));
+        assert_eq!(
+            (m.count, m.max_abs, m.rel_l2, m.beyond),
+            (3000, 0.0, 0.0, 0)
+        );
         assert_eq!(m.ulp_max, Some(0));
         assert_eq!(m.cosine, 1.0);
     }
 
     #[test]
     fn mixed_dtypes_and_signed_zero() {
-        let a: Vec<u8> = [0.0f64, -0.0, 1.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let a: Vec<u8> = [0.0f64, -0.0, 1.5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let b = f32s(&[-0.0, 0.0, 1.5]);
         let mut acc = PairAccumulator::new(DType::F64, DType::F32, Tol { rel: 0.0, abs: 0.0 });
         assert!(acc.update(&a, &b));

@@ -63,7 +63,9 @@ pub enum AnalysisError {
         value: String,
         what: String,
     },
-    #[error("cannot read saved comparison {path}: {what}; pass a file written by `sdtrace report --save`")]
+    #[error(
+        "cannot read saved comparison {path}: {what}; pass a file written by `sdtrace report --save`"
+    )]
     SavedComparison { path: PathBuf, what: String },
     #[error("{what}")]
     Worker { what: String },

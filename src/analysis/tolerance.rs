@@ -61,10 +61,14 @@ impl TolSpec {
         let mut spec = TolSpec::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').ok_or_else(|| {
-                bad(format!("'{part}' is not NAME=VALUE; write e.g. rel=1e-3,abs=1e-5"))
+                bad(format!(
+                    "'{part}' is not NAME=VALUE; write e.g. rel=1e-3,abs=1e-5"
+                ))
             })?;
             let v: f64 = value.trim().parse().map_err(|_| {
-                bad(format!("'{value}' is not a number; write e.g. rel=1e-3,abs=1e-5"))
+                bad(format!(
+                    "'{value}' is not a number; write e.g. rel=1e-3,abs=1e-5"
+                ))
             })?;
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(format!("{name} must be a finite number ≥ 0")));
@@ -96,10 +100,22 @@ impl TolSpec {
 /// Default tolerance of a dtype (see the module table).
 pub fn default_tol(dtype: DType) -> Tol {
     match dtype {
-        DType::F64 => Tol { rel: 1e-7, abs: 1e-7 },
-        DType::F32 => Tol { rel: 1.3e-6, abs: 1e-5 },
-        DType::F16 => Tol { rel: 1e-3, abs: 1e-5 },
-        DType::BF16 => Tol { rel: 1.6e-2, abs: 1e-5 },
+        DType::F64 => Tol {
+            rel: 1e-7,
+            abs: 1e-7,
+        },
+        DType::F32 => Tol {
+            rel: 1.3e-6,
+            abs: 1e-5,
+        },
+        DType::F16 => Tol {
+            rel: 1e-3,
+            abs: 1e-5,
+        },
+        DType::BF16 => Tol {
+            rel: 1.6e-2,
+            abs: 1e-5,
+        },
         DType::I64 | DType::I32 | DType::U8 => Tol { rel: 0.0, abs: 0.0 },
     }
 }
@@ -128,11 +144,13 @@ impl Default for TolConfig {
 impl TolConfig {
     /// Parse one `--tol-key GLOB=rel=…,abs=…` value and append it.
     pub fn push_key_override(&mut self, text: &str) -> Result<(), AnalysisError> {
-        let (pattern, spec) = text.split_once('=').ok_or_else(|| AnalysisError::BadTolerance {
-            flag: "--tol-key",
-            value: text.to_string(),
-            what: "expected GLOB=rel=…,abs=…, e.g. 'unet.*=rel=1e-3'".into(),
-        })?;
+        let (pattern, spec) = text
+            .split_once('=')
+            .ok_or_else(|| AnalysisError::BadTolerance {
+                flag: "--tol-key",
+                value: text.to_string(),
+                what: "expected GLOB=rel=…,abs=…, e.g. 'unet.*=rel=1e-3'".into(),
+            })?;
         if pattern.is_empty() {
             return Err(AnalysisError::BadTolerance {
                 flag: "--tol-key",
@@ -206,18 +224,27 @@ mod tests {
     fn parse_and_resolve() {
         assert_eq!(
             TolSpec::parse("rel=1e-3,abs=2e-5", "--tol").unwrap(),
-            TolSpec { rel: Some(1e-3), abs: Some(2e-5) }
+            TolSpec {
+                rel: Some(1e-3),
+                abs: Some(2e-5)
+            }
         );
         assert_eq!(
             TolSpec::parse("abs=0.5", "--tol").unwrap(),
-            TolSpec { rel: None, abs: Some(0.5) }
+            TolSpec {
+                rel: None,
+                abs: Some(0.5)
+            }
         );
         for bad in ["", "rel", "rel=x", "rel=-1", "ulp=3", "rel=inf"] {
             let e = TolSpec::parse(bad, "--tol").unwrap_err().to_string();
             assert!(e.starts_with("--tol '"), "{e}");
         }
         let mut c = TolConfig {
-            global: Some(TolSpec { rel: Some(1e-2), abs: None }),
+            global: Some(TolSpec {
+                rel: Some(1e-2),
+                abs: None,
+            }),
             ..Default::default()
         };
         c.push_key_override("unet.*=rel=0.5").unwrap();
@@ -226,11 +253,17 @@ mod tests {
         // Global rel, default abs for f32.
         assert_eq!(
             c.resolve("sampler.x", DType::F32, DType::F32, None),
-            Tol { rel: 1e-2, abs: 1e-5 }
+            Tol {
+                rel: 1e-2,
+                abs: 1e-5
+            }
         );
         assert_eq!(
             c.resolve("unet.conv_in", DType::F32, DType::F32, None),
-            Tol { rel: 0.5, abs: 1e-5 }
+            Tol {
+                rel: 0.5,
+                abs: 1e-5
+            }
         );
         // Later overrides stack on earlier ones.
         assert_eq!(
@@ -241,16 +274,25 @@ mod tests {
         let d = TolConfig::default();
         assert_eq!(
             d.resolve("x", DType::F16, DType::F32, None),
-            Tol { rel: 1e-3, abs: 1e-5 }
+            Tol {
+                rel: 1e-3,
+                abs: 1e-5
+            }
         );
         // Noise floor: k × floor, raised to explicit values.
         assert_eq!(
             d.resolve("x", DType::F32, DType::F32, Some((1e-4, 1e-3))),
-            Tol { rel: 3.0 * 1e-4, abs: 3.0 * 1e-3 }
+            Tol {
+                rel: 3.0 * 1e-4,
+                abs: 3.0 * 1e-3
+            }
         );
         assert_eq!(
             c.resolve("sampler.x", DType::F32, DType::F32, Some((1e-4, 1e-3))),
-            Tol { rel: 1e-2, abs: 3.0 * 1e-3 }
+            Tol {
+                rel: 1e-2,
+                abs: 3.0 * 1e-3
+            }
         );
     }
 }

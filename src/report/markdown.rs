@@ -1,0 +1,154 @@
+//! The Markdown report, sized for a CI step summary (`$GITHUB_STEP_SUMMARY`): verdict, the
+//! localisation facts, failing keys first in the key table (at most 40 rows), failing records
+//! in a collapsed section.
+
+use super::{failing, key_rows, sci};
+use crate::analysis::{Comparison, Judgement};
+use std::fmt::Write;
+
+const MAX_ROWS: usize = 40;
+
+/// Escape table cell text.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
+    let v = &j.verdict;
+    let mut s = String::new();
+    let mark = match v.exit_code {
+        0 => "✅ within tolerance",
+        1 => "❌ diverges",
+        _ => "⚠️ not comparable",
+    };
+    let _ = writeln!(s, "## sdtrace report: {mark} ({})\n", v.class.name());
+    let _ = writeln!(s, "{}\n", cell(&v.summary));
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(s, "| A | `{}` |", cell(&c.a.path));
+    let _ = writeln!(s, "| B | `{}` |", cell(&c.b.path));
+    let k = &j.counts;
+    let _ = writeln!(
+        s,
+        "| records | {} paired: {} identical, {} pass, {} fail, {} unknown; {} only in A, {} only in B |",
+        c.records.len(),
+        k.identical,
+        k.pass,
+        k.fail,
+        k.unknown,
+        c.only_a.len(),
+        c.only_b.len()
+    );
+    let _ = writeln!(s, "| tolerance | {} |", cell(&j.tolerance));
+    let lbl = |i: Option<usize>| i.map_or("-".to_string(), |i| c.records[i].label());
+    let _ = writeln!(
+        s,
+        "| first non-identical | {} |",
+        lbl(j.first_non_identical)
+    );
+    let _ = writeln!(
+        s,
+        "| first over tolerance | {} |",
+        lbl(j.first_over_tolerance)
+    );
+    let _ = writeln!(
+        s,
+        "| source | {} |",
+        lbl(j.source.as_ref().map(|x| x.index))
+    );
+    if let Some(a) = &j.amplification {
+        let _ = writeln!(
+            s,
+            "| amplification | from step {} to {}, ×{:.2}/step (R² {:.2}) |",
+            a.onset_step, a.end_step, a.rate_per_step, a.r2
+        );
+    }
+    for d in &c.header_diffs {
+        let _ = writeln!(
+            s,
+            "| header `{}` | {} vs {}{} |",
+            d.field,
+            cell(d.a.as_deref().unwrap_or("-")),
+            cell(d.b.as_deref().unwrap_or("-")),
+            if d.structural { " (structural)" } else { "" }
+        );
+    }
+    let mut rows = key_rows(c, j);
+    rows.sort_by_key(|r| (r.fail == 0, r.first_fail));
+    let _ = writeln!(
+        s,
+        "\n| key | records | fail | worst rel L2 | at | status |\n|---|---:|---:|---:|---|---|"
+    );
+    for r in rows.iter().take(MAX_ROWS) {
+        let (w, at) = r.worst.map_or(("-".into(), "-".into()), |(e, i)| {
+            (sci(Some(e)), c.records[i].label())
+        });
+        let _ = writeln!(
+            s,
+            "| `{}`{} | {} | {} | {w} | {} | {} |",
+            cell(&r.key),
+            if r.source { " **(source)**" } else { "" },
+            r.records,
+            r.fail,
+            cell(&at),
+            r.status()
+        );
+    }
+    if rows.len() > MAX_ROWS {
+        let _ = writeln!(
+            s,
+            "\n… {} more keys (see the JSON or HTML report).",
+            rows.len() - MAX_ROWS
+        );
+    }
+    let fails = failing(j);
+    if !fails.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n<details><summary>{} failing records (smallest passing tolerance)</summary>\n",
+            fails.len()
+        );
+        let _ = writeln!(s, "| record | rel L2 | abs | needs |\n|---|---:|---:|---|");
+        for &i in fails.iter().take(100) {
+            let r = &c.records[i];
+            let need = j.records[i].required.map_or("-".into(), |q| {
+                format!("rel ≥ {} or abs ≥ {}", sci(Some(q.rel)), sci(Some(q.abs)))
+            });
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {need} |",
+                cell(&r.label()),
+                sci(r.rel_l2),
+                sci(r.abs_error)
+            );
+        }
+        let _ = writeln!(s, "\n</details>");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixture;
+
+    #[test]
+    fn markdown_report() {
+        let (c, j) = fixture::judged();
+        let m = render_markdown(&c, &j);
+        assert!(
+            m.starts_with("## sdtrace report: ❌ diverges (numeric drift)\n"),
+            "{m}"
+        );
+        for want in [
+            "| source | step 1 unet.mid_block |",
+            "| amplification | from step 2 to 4, ×4.00/step (R² 1.00) |",
+            "| `unet.mid_block` **(source)** | 4 | 3 | 1.60e-2 | step 3 unet.mid_block | FAIL |",
+            "<details><summary>6 failing records",
+        ] {
+            assert!(m.contains(want), "missing {want:?} in\n{m}");
+        }
+        // Failing keys come first.
+        let first_row = m.lines().find(|l| l.starts_with("| `")).unwrap();
+        assert!(first_row.contains("unet.mid_block"), "{first_row}");
+    }
+}

@@ -1,0 +1,419 @@
+//! Report renderers: a [`Comparison`] and its [`Judgement`] to text, JSON, Markdown, JUnit XML
+//! or self-contained HTML.
+//!
+//! Every renderer is a pure function from data to a `String`: no I/O, no clock, no environment,
+//! so the same inputs always give the same bytes (tests compare them directly). Shared tables
+//! (per-key rows, failing records) are computed here once. The JSON schema is versioned
+//! ([`REPORT_SCHEMA`]) and documented in `docs/REPORT.md`.
+
+mod html;
+mod junit;
+mod markdown;
+mod text;
+
+pub use html::render_html;
+pub use junit::render_junit;
+pub use markdown::render_markdown;
+pub use text::render_text;
+
+use crate::analysis::{Comparison, Judgement, Required, Status};
+use serde_json::{Value, json};
+
+/// Schema tag of the JSON report.
+pub const REPORT_SCHEMA: &str = "sdtrace.report/1";
+
+/// Output formats of `sdtrace report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+    Junit,
+    Html,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Format::Text),
+            "json" => Ok(Format::Json),
+            "markdown" | "md" => Ok(Format::Markdown),
+            "junit" => Ok(Format::Junit),
+            "html" => Ok(Format::Html),
+            _ => Err(format!(
+                "unknown format '{s}' (expected text, json, markdown, junit or html)"
+            )),
+        }
+    }
+}
+
+/// Render in `format`.
+pub fn render(format: Format, c: &Comparison, j: &Judgement) -> String {
+    match format {
+        Format::Text => render_text(c, j),
+        Format::Json => serde_json::to_string_pretty(&report_json(c, j)).unwrap_or_default() + "\n",
+        Format::Markdown => render_markdown(c, j),
+        Format::Junit => render_junit(c, j),
+        Format::Html => render_html(c, j),
+    }
+}
+
+/// One row of the per-key table: all records of one key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRow {
+    pub key: String,
+    pub records: usize,
+    pub identical: usize,
+    pub fail: usize,
+    pub unknown: usize,
+    pub not_compared: usize,
+    /// Largest error and the record it was seen at.
+    pub worst: Option<(f64, usize)>,
+    /// First failing record.
+    pub first_fail: Option<usize>,
+    /// Smallest tolerance that passes every record of the key.
+    pub required: Option<Required>,
+    /// The key holds the source record.
+    pub source: bool,
+}
+
+impl KeyRow {
+    pub fn status(&self) -> &'static str {
+        if self.not_compared > 0 {
+            Status::NotCompared.name()
+        } else if self.fail > 0 {
+            Status::Fail.name()
+        } else if self.unknown > 0 {
+            Status::Unknown.name()
+        } else if self.identical == self.records {
+            Status::Identical.name()
+        } else {
+            Status::Pass.name()
+        }
+    }
+}
+
+/// Per-key rows in order of first appearance (A's execution order).
+pub fn key_rows(c: &Comparison, j: &Judgement) -> Vec<KeyRow> {
+    let mut rows: Vec<KeyRow> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, (r, rj)) in c.records.iter().zip(&j.records).enumerate() {
+        let k = *at.entry(&r.key).or_insert_with(|| {
+            rows.push(KeyRow {
+                key: r.key.clone(),
+                records: 0,
+                identical: 0,
+                fail: 0,
+                unknown: 0,
+                not_compared: 0,
+                worst: None,
+                first_fail: None,
+                required: None,
+                source: false,
+            });
+            rows.len() - 1
+        });
+        let row = &mut rows[k];
+        row.records += 1;
+        match rj.status {
+            Status::Identical => row.identical += 1,
+            Status::Fail => {
+                row.fail += 1;
+                row.first_fail.get_or_insert(i);
+            }
+            Status::Unknown => row.unknown += 1,
+            Status::NotCompared => row.not_compared += 1,
+            Status::Pass => {}
+        }
+        if let Some(e) = rj.error
+            && row
+                .worst
+                .is_none_or(|(w, _)| e > w || (w.is_nan() && !e.is_nan()))
+        {
+            row.worst = Some((e, i));
+        }
+        if let Some(q) = rj.required {
+            let cur = row.required.get_or_insert(q);
+            cur.rel = cur.rel.max(q.rel);
+            cur.abs = cur.abs.max(q.abs);
+        }
+        if j.source.as_ref().is_some_and(|s| s.index == i) {
+            row.source = true;
+        }
+    }
+    rows
+}
+
+/// Failing records in execution order.
+pub fn failing(j: &Judgement) -> Vec<usize> {
+    (0..j.records.len())
+        .filter(|&i| j.records[i].status == Status::Fail)
+        .collect()
+}
+
+/// `1.23e-4`, `0`, `inf`, `-` for none.
+pub fn sci(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x == 0.0 => "0".into(),
+        Some(x) if x.is_infinite() => if x > 0.0 { "inf" } else { "-inf" }.into(),
+        Some(x) if x.is_nan() => "nan".into(),
+        Some(x) => format!("{x:.2e}"),
+    }
+}
+
+fn label_of(c: &Comparison, i: Option<usize>) -> Value {
+    i.and_then(|i| c.records.get(i))
+        .map_or(Value::Null, |r| json!(r.label()))
+}
+
+/// The JSON report (schema [`REPORT_SCHEMA`], documented in docs/REPORT.md).
+pub fn report_json(c: &Comparison, j: &Judgement) -> Value {
+    let records: Vec<Value> = c
+        .records
+        .iter()
+        .zip(&j.records)
+        .map(|(r, rj)| {
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            if let (Value::Object(m), Ok(Value::Object(extra))) = (&mut v, serde_json::to_value(rj))
+            {
+                m.extend(extra);
+            }
+            v
+        })
+        .collect();
+    let keys: Vec<Value> = key_rows(c, j)
+        .iter()
+        .map(|k| {
+            json!({
+                "key": k.key,
+                "status": k.status(),
+                "records": k.records,
+                "identical": k.identical,
+                "fail": k.fail,
+                "unknown": k.unknown,
+                "not_compared": k.not_compared,
+                "worst_rel_l2": k.worst.map(|(e, _)| num(e)),
+                "worst_at": k.worst.map(|(_, i)| c.records[i].label()),
+                "first_fail_at": k.first_fail.map(|i| c.records[i].label()),
+                "required": k.required.map(|q| json!({"rel": num(q.rel), "abs": num(q.abs)})),
+                "source": k.source,
+            })
+        })
+        .collect();
+    let side = |s: &crate::analysis::TraceSide| json!({"path": s.path, "records": s.records, "complete": s.complete, "header": s.header});
+    json!({
+        "schema": REPORT_SCHEMA,
+        "verdict": j.verdict,
+        "a": side(&c.a),
+        "b": side(&c.b),
+        "noise_floor": c.noise_floor.as_ref().map(side),
+        "tolerance": j.tolerance,
+        "fail_on": j.fail_on,
+        "counts": j.counts,
+        "localisation": {
+            "first_non_identical": label_of(c, j.first_non_identical),
+            "first_over_tolerance": label_of(c, j.first_over_tolerance),
+            "first_nonfinite": label_of(c, j.first_nonfinite),
+            "source": j.source.as_ref().map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                v["label"] = json!(c.records[s.index].label());
+                v
+            }),
+            "latent_key": j.latent_key,
+            "latent": j.latent,
+            "amplification": j.amplification,
+            "image": j.image.map(|i| {
+                let r = &c.records[i];
+                json!({"bit_identical": r.bit_identical, "rel_l2": r.rel_l2.map(num), "metrics": r.image})
+            }),
+        },
+        "header_diffs": c.header_diffs,
+        "only_a": c.only_a,
+        "only_b": c.only_b,
+        "keys": keys,
+        "records": records,
+    })
+}
+
+/// A JSON number, or the strings "inf"/"-inf"/"nan" (JSON has no non-finite numbers).
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else if x.is_nan() {
+        json!("nan")
+    } else if x > 0.0 {
+        json!("inf")
+    } else {
+        json!("-inf")
+    }
+}
+
+/// Escape text for XML and HTML.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Control characters are not allowed in XML 1.0.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    //! A small fixed comparison for renderer tests: 2 steps, a source at step 1.
+    use crate::analysis::*;
+    use crate::trace::RunHeader;
+
+    fn rec(step: Option<u32>, key: &str, order: u64, rel: f64) -> PairRecord {
+        let identical = rel == 0.0;
+        PairRecord {
+            step,
+            eval: 0,
+            key: key.into(),
+            order_a: order,
+            order_b: order,
+            dtype_a: "f32".into(),
+            dtype_b: "f32".into(),
+            shape_a: vec![4],
+            shape_b: vec![4],
+            basis: Basis::Sketch,
+            bit_identical: Some(identical),
+            rel_l2: Some(rel),
+            rel_l2_error: (!identical).then_some(0.044),
+            abs_error: Some(rel * 2.0),
+            nonfinite_mismatch: 0,
+            payload: None,
+            summary: SummaryDelta {
+                hash_equal: identical,
+                mean: 0.0,
+                std: 0.0,
+                min: 0.0,
+                max: 0.0,
+                l2: 0.0,
+                abs_max: 0.0,
+                l2_b: 2.0,
+                rel_l2_lower_bound: 0.0,
+                nonfinite_a: 0,
+                nonfinite_b: 0,
+            },
+            image: None,
+            floor: None,
+            note: None,
+        }
+    }
+
+    pub fn comparison() -> Comparison {
+        let side = |p: &str| TraceSide {
+            path: p.into(),
+            records: 10,
+            complete: true,
+            header: RunHeader::default(),
+        };
+        Comparison {
+            schema: COMPARISON_SCHEMA.into(),
+            a: side("a.sdt"),
+            b: side("b<&>.sdt"),
+            noise_floor: None,
+            header_diffs: vec![HeaderDiff {
+                field: "device.device".into(),
+                a: Some("cpu".into()),
+                b: Some("cuda:0".into()),
+                structural: false,
+            }],
+            only_a: vec![],
+            only_b: vec![RecordRef {
+                step: None,
+                eval: 0,
+                key: "vae.decoder".into(),
+                order: 9,
+                dtype: "f32".into(),
+                shape: vec![1],
+            }],
+            records: vec![
+                rec(None, "noise.initial", 0, 0.0),
+                rec(Some(0), "sampler.x", 1, 0.0),
+                rec(Some(0), "unet.mid_block", 2, 0.0),
+                rec(Some(1), "sampler.x", 3, 0.0),
+                rec(Some(1), "unet.mid_block", 4, 1e-3),
+                rec(Some(2), "sampler.x", 5, 2e-3),
+                rec(Some(2), "unet.mid_block", 6, 4e-3),
+                rec(Some(3), "sampler.x", 7, 8e-3),
+                rec(Some(3), "unet.mid_block", 8, 1.6e-2),
+                rec(Some(4), "sampler.x", 9, 3.2e-2),
+            ],
+            compare_tol: TolConfig::default(),
+        }
+    }
+
+    pub fn judged() -> (Comparison, Judgement) {
+        let c = comparison();
+        let j = judge(&c, &TolConfig::default(), FailOn::FirstExceed);
+        (c, j)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_judgement_and_key_rows() {
+        let (c, j) = fixture::judged();
+        let s = j.source.as_ref().unwrap();
+        assert_eq!((s.key.as_str(), s.step), ("unet.mid_block", Some(1)));
+        assert_eq!(j.first_over_tolerance, Some(4));
+        let a = j.amplification.unwrap();
+        assert_eq!((a.onset_step, a.end_step), (2, 4));
+        assert!((a.rate_per_step - 4.0).abs() < 1e-9, "{a:?}");
+        let rows = key_rows(&c, &j);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2].key, "unet.mid_block");
+        assert_eq!(
+            (rows[2].records, rows[2].fail, rows[2].source),
+            (4, 3, true)
+        );
+        assert_eq!(rows[2].worst, Some((1.6e-2, 8)));
+        assert_eq!(rows[2].required.unwrap().rel, 1.6e-2);
+        assert_eq!(rows[0].status(), "identical");
+    }
+
+    #[test]
+    fn json_report_shape() {
+        let (c, j) = fixture::judged();
+        let v = report_json(&c, &j);
+        assert_eq!(v["schema"], REPORT_SCHEMA);
+        assert_eq!(v["verdict"]["class"], "numeric-drift");
+        assert_eq!(v["verdict"]["exit_code"], 1);
+        assert_eq!(
+            v["localisation"]["source"]["label"],
+            "step 1 unet.mid_block"
+        );
+        assert_eq!(v["localisation"]["amplification"]["onset_step"], 2);
+        assert_eq!(v["records"][4]["status"], "fail");
+        assert_eq!(v["records"][4]["gain"], "inf");
+        assert!((v["records"][5]["gain"].as_f64().unwrap() - 2.0).abs() < 1e-12);
+        assert_eq!(v["records"][5]["creates"], false);
+        assert_eq!(v["keys"][2]["fail"], 3);
+        assert_eq!(v["only_b"][0]["key"], "vae.decoder");
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            xml_escape("a<&>\"'\u{1}"),
+            "a&lt;&amp;&gt;&quot;&apos;\u{FFFD}"
+        );
+        assert_eq!(sci(Some(0.00123)), "1.23e-3");
+        assert_eq!(sci(Some(f64::INFINITY)), "inf");
+    }
+}
