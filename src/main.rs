@@ -1,12 +1,17 @@
 //! The `sdtrace` command line: clap parsing, output at the edge, exit codes.
 //!
-//! Exit codes are an API: 0 success, 1 divergence found (`report`, later), 2 bad usage or
-//! unreadable input. Nothing below `main` calls `process::exit`.
+//! Exit codes are an API: 0 success (for `report`: within tolerance), 1 divergence found,
+//! 2 bad usage or unreadable input, 3 traces not comparable. Nothing below `main` calls
+//! `process::exit`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use sdtrace::analysis::{
+    CompareOptions, Comparison, FailOn, KeyMap, TolConfig, TolSpec, compare_paths, judge,
+};
 use sdtrace::export::{ExportFormat, to_npy, to_safetensors, write_atomic};
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
+use sdtrace::report::{Format, render};
 use sdtrace::trace::TraceReader;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,9 +19,10 @@ use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
-  1  the traces diverge beyond tolerance (report)
-  2  bad usage, or an input file that cannot be read or is damaged";
+  0  success (report: the traces agree within tolerance)
+  1  the traces diverge beyond tolerance (report; what counts is chosen by --fail-on)
+  2  bad usage, or an input file that cannot be read or is damaged
+  3  the traces are not comparable: different model, size, sampler, steps or shapes (report)";
 
 #[derive(Parser)]
 #[command(name = "sdtrace", version, about = "Tensor-trace differential debugger for Stable Diffusion", after_help = EXIT_CODES)]
@@ -71,12 +77,67 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
+    /// Compare two traces: where the runs part, where the error grows, and why
+    #[command(after_help = REPORT_HELP)]
+    Report {
+        /// Trace A, the reference (.sdt)
+        #[arg(required_unless_present = "from")]
+        a: Option<PathBuf>,
+        /// Trace B, the run under test (.sdt)
+        #[arg(required_unless_present = "from")]
+        b: Option<PathBuf>,
+        /// Output format: text, json, markdown, junit or html
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        format: Format,
+        /// Write the report to FILE instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Tolerance for every record, e.g. rel=1e-3,abs=1e-5 (default: per dtype)
+        #[arg(long, value_name = "rel=R,abs=A")]
+        tol: Option<String>,
+        /// Tolerance for keys matching GLOB, e.g. 'unet.*=rel=1e-2' (repeatable; last match wins)
+        #[arg(long = "tol-key", value_name = "GLOB=rel=R,abs=A")]
+        tol_key: Vec<String>,
+        /// A repeat run of A (same machine) or an f64 reference: tolerance = k × its error
+        #[arg(long, value_name = "TRACE")]
+        noise_floor: Option<PathBuf>,
+        /// The k of --noise-floor
+        #[arg(long, value_name = "K", default_value_t = 3.0)]
+        floor_k: f64,
+        /// Key renaming file (`FROM => TO` per line) for traces of other implementations
+        #[arg(long, value_name = "FILE")]
+        map: Option<PathBuf>,
+        /// What fails (exit 1): first-exceed, amplify or image
+        #[arg(long, value_name = "WHAT", default_value = "first-exceed")]
+        fail_on: FailOn,
+        /// Also save all metrics as JSON, to re-judge later with --from
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
+        /// Re-judge a comparison saved with --save instead of reading traces
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["a", "b", "noise_floor", "map"])]
+        from: Option<PathBuf>,
+        /// Worker threads for payload comparison (0: one per core)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        threads: usize,
+    },
 }
+
+const REPORT_HELP: &str = "\
+Records pair by (step, eval, key). A record fails when its relative L2 error exceeds rel AND its
+absolute error exceeds abs; default tolerances per dtype: f64 rel=1e-7,abs=1e-7; f32
+rel=1.3e-6,abs=1e-5; f16 rel=1e-3,abs=1e-5; bf16 rel=1.6e-2,abs=1e-5; integers exact.
+The JSON schema is in docs/REPORT.md.
+
+Exit codes:
+  0  the traces agree within tolerance
+  1  the traces diverge (what counts is chosen by --fail-on)
+  2  bad usage, or an input file that cannot be read or is damaged
+  3  the traces are not comparable: different model, size, sampler, steps or shapes";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -96,7 +157,7 @@ fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Info {
             trace,
@@ -112,7 +173,8 @@ fn run(cli: Cli) -> Result<()> {
                 json_text(&info_json(&info))
             } else {
                 render_info(&info)
-            })
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ls {
             trace,
@@ -126,7 +188,8 @@ fn run(cli: Cli) -> Result<()> {
                 json_text(&ls_json(&rows))
             } else {
                 render_ls(&rows)
-            })
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Export {
             trace,
@@ -134,7 +197,78 @@ fn run(cli: Cli) -> Result<()> {
             step,
             eval,
             output,
-        } => export(&trace, &key, step, eval, &output),
+        } => {
+            export(&trace, &key, step, eval, &output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            a,
+            b,
+            format,
+            output,
+            tol,
+            tol_key,
+            noise_floor,
+            floor_k,
+            map,
+            fail_on,
+            save,
+            from,
+            threads,
+        } => {
+            let mut tols = TolConfig {
+                global: tol.map(|t| TolSpec::parse(&t, "--tol")).transpose()?,
+                per_key: Vec::new(),
+                floor_k,
+            };
+            if !(floor_k.is_finite() && floor_k > 0.0) {
+                bail!("--floor-k {floor_k}: must be a finite number > 0, e.g. 3");
+            }
+            for t in &tol_key {
+                tols.push_key_override(t)?;
+            }
+            let comparison = match (&from, a, b) {
+                (Some(f), _, _) => Comparison::load(f)?,
+                (None, Some(a), Some(b)) => {
+                    let opts = CompareOptions {
+                        map: map
+                            .as_deref()
+                            .map(KeyMap::load)
+                            .transpose()?
+                            .unwrap_or_default(),
+                        tol: tols.clone(),
+                        threads,
+                    };
+                    compare_paths(&a, &b, noise_floor.as_deref(), &opts)?
+                }
+                _ => bail!("report needs two traces (A B) or --from FILE"),
+            };
+            if let Some(path) = &save {
+                write_atomic(path, comparison.to_json().as_bytes())
+                    .with_context(|| format!("--save {}", path.display()))?;
+            }
+            let judgement = judge(&comparison, &tols, fail_on);
+            let text = render(format, &comparison, &judgement);
+            match &output {
+                Some(path) => {
+                    write_atomic(path, text.as_bytes())
+                        .with_context(|| format!("-o {}", path.display()))?;
+                    eprintln!(
+                        "{}: {} (exit {}); report written to {}",
+                        judgement.verdict.class.name(),
+                        if judgement.verdict.passed {
+                            "within tolerance"
+                        } else {
+                            "see the report"
+                        },
+                        judgement.verdict.exit_code,
+                        path.display()
+                    );
+                }
+                None => emit(&text)?,
+            }
+            Ok(ExitCode::from(judgement.verdict.exit_code))
+        }
     }
 }
 

@@ -158,7 +158,14 @@ impl TolConfig {
                 what: "the key glob is empty; e.g. 'unet.*=rel=1e-3'".into(),
             });
         }
-        let spec = TolSpec::parse(spec, "--tol-key")?;
+        let spec = TolSpec::parse(spec, "--tol-key").map_err(|e| match e {
+            AnalysisError::BadTolerance { what, .. } => AnalysisError::BadTolerance {
+                flag: "--tol-key",
+                value: text.to_string(),
+                what: format!("{what} (after GLOB=)"),
+            },
+            other => other,
+        })?;
         self.per_key.push((pattern.to_string(), spec));
         Ok(())
     }
