@@ -257,7 +257,11 @@ fn status_of(r: &PairRecord, tol: Tol) -> (Status, Option<Required>, Option<Stri
         }
         None => {
             let lb = r.summary.rel_l2_lower_bound;
-            let n = r.shape_b.iter().product::<u64>().max(1) as f64;
+            let n = r
+                .shape_b
+                .iter()
+                .fold(1u64, |a, &d| a.saturating_mul(d))
+                .max(1) as f64;
             let abs_lb = r.summary.l2.abs() / n.sqrt();
             if lb > tol.rel && abs_lb > tol.abs {
                 (
