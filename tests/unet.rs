@@ -326,3 +326,43 @@ fn bad_weights_name_the_key_shapes_and_file() {
     unet.forward(&f.latent, 10.0, &f.context, &Probe::disabled())
         .unwrap();
 }
+
+#[test]
+fn synthetic_model_folder_loads_and_is_deterministic() {
+    use sdtrace::model::synth::{SynthSize, write_model};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_model(&a, SynthSize::Tiny, 3).unwrap();
+    write_model(&b, SynthSize::Tiny, 3).unwrap();
+    let weights = "unet/diffusion_pytorch_model.safetensors";
+    assert_eq!(
+        std::fs::read(a.join(weights)).unwrap(),
+        std::fs::read(b.join(weights)).unwrap()
+    );
+    let cfg = UNetConfig::from_diffusers_file(&a.join("unet/config.json")).unwrap();
+    assert_eq!(cfg, UNetConfig::tiny());
+    let unet = UNet::load(
+        &a.join(weights),
+        &cfg,
+        DType::F32,
+        &Device::Cpu,
+        Numerics::PYTORCH,
+        AttentionImpl::Full,
+    )
+    .unwrap();
+    let out = unet
+        .forward(
+            &randn(&[1, 4, 8, 8], 4),
+            250.0,
+            &randn(&[1, 77, 32], 5),
+            &Probe::disabled(),
+        )
+        .unwrap();
+    assert_eq!(out.dims(), &[1, 4, 8, 8]);
+    // A different seed gives different weights.
+    write_model(&b, SynthSize::Tiny, 4).unwrap();
+    assert_ne!(
+        std::fs::read(a.join(weights)).unwrap(),
+        std::fs::read(b.join(weights)).unwrap()
+    );
+}
