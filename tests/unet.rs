@@ -366,3 +366,40 @@ fn synthetic_model_folder_loads_and_is_deterministic() {
         std::fs::read(b.join(weights)).unwrap()
     );
 }
+
+#[test]
+fn attention_plan_matches_what_runs() {
+    let f = fixture();
+    let budget = AttentionImpl::parse("split:40KiB", None).unwrap();
+    let unet = f.unet(DType::F32, Numerics::PYTORCH, budget);
+    let plan = unet.attention_plan(2, 8, 8, 77).unwrap();
+    // 2 down levels × 2 attentions + mid + 2 up levels × 3 attentions, each with attn1 and attn2.
+    assert_eq!(plan.len(), (2 * 2 + 1 + 2 * 3) * 2);
+    let (key, c) = &plan[0];
+    assert_eq!(
+        key,
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    );
+    // 2·2 heads × 64 × 64 × 4 B × 2.5 = 160 KiB needed against 40 KiB: 4 query slices.
+    assert_eq!((c.rows, c.queries, c.keys), (4, 16, 64));
+    let mid = plan
+        .iter()
+        .find(|(k, _)| k == "unet.mid_block.attentions.0.transformer_blocks.0.attn2")
+        .unwrap();
+    assert_eq!(mid.1.keys, 77);
+    // Impossible chunking is an error naming the layer, before anything runs.
+    let e = f
+        .unet(
+            DType::F32,
+            Numerics::PYTORCH,
+            AttentionImpl::parse("split:100", None).unwrap(),
+        )
+        .attention_plan(2, 8, 8, 77)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1")
+            && e.contains("not enough memory"),
+        "{e}"
+    );
+}
