@@ -53,7 +53,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let cfg = UNetConfig::tiny();
+    fixture_for(UNetConfig::tiny())
+}
+
+fn fixture_for(cfg: UNetConfig) -> Fixture {
     let weights = unet_weights(&cfg, 7).unwrap().into_iter().collect();
     Fixture {
         latent: randn(&[2, 4, 8, 8], 1),
@@ -91,6 +94,36 @@ fn matches_candle_transformers_unet_on_tiny_config() {
         let err = rel_l2(&a, &b);
         assert!(err <= 1e-5, "t={t}: relative L2 {err:e}");
     }
+    // SD 2.x style: linear projections and per-level head counts.
+    let mut sd2 = UNetConfig::tiny();
+    sd2.use_linear_projection = true;
+    sd2.blocks[0].heads = 1;
+    sd2.blocks[1].heads = 2;
+    let g = fixture_for(sd2);
+    assert!(
+        g.weights["down_blocks.0.attentions.0.proj_in.weight"]
+            .dims()
+            .len()
+            == 2
+    );
+    let ours2 = g.unet(DType::F32, Numerics::CANDLE, AttentionImpl::Full);
+    let vb = VarBuilder::from_tensors(g.weights.clone(), DType::F32, &Device::Cpu);
+    let theirs2 =
+        candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel::new(
+            vb,
+            4,
+            4,
+            false,
+            g.cfg.to_candle(),
+        )
+        .unwrap();
+    let err = rel_l2(
+        &ours2
+            .forward(&g.latent, 250.0, &g.context, &Probe::disabled())
+            .unwrap(),
+        &theirs2.forward(&g.latent, 250.0, &g.context).unwrap(),
+    );
+    assert!(err <= 1e-5, "linear projection: relative L2 {err:e}");
     // PyTorch numerics (erf GELU) are a different function: measurably, slightly different.
     let erf = f
         .unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full)
