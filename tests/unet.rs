@@ -392,6 +392,33 @@ fn synthetic_model_folder_loads_and_is_deterministic() {
         )
         .unwrap();
     assert_eq!(out.dims(), &[1, 4, 8, 8]);
+    // The VAE decodes an 8×8 latent to a 64×64 image with finite, non-trivial values.
+    let vae_cfg = sdtrace::model::synth::vae_config(SynthSize::Tiny);
+    let vae_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("vae/config.json")).unwrap()).unwrap();
+    assert_eq!(vae_json["scaling_factor"], 0.18215);
+    // SAFETY: a test file that nothing else touches.
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[a.join("vae/diffusion_pytorch_model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .unwrap();
+    let vae =
+        candle_transformers::models::stable_diffusion::vae::AutoEncoderKL::new(vb, 3, 3, vae_cfg)
+            .unwrap();
+    let image = vae
+        .decode(&(randn(&[1, 4, 8, 8], 6) / 0.18215).unwrap())
+        .unwrap();
+    assert_eq!(image.dims(), &[1, 3, 64, 64]);
+    let v: Vec<f32> = image.flatten_all().unwrap().to_vec1().unwrap();
+    let std = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+    assert!(
+        v.iter().all(|x| x.is_finite()) && std > 1e-3 && std < 1e3,
+        "decoded image std {std}"
+    );
     // A different seed gives different weights.
     write_model(&b, SynthSize::Tiny, 4).unwrap();
     assert_ne!(

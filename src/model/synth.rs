@@ -12,6 +12,7 @@ use super::{ModelError, Result};
 use crate::model::attention::{AttentionImpl, Numerics};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder, var_builder::SimpleBackend};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -139,18 +140,63 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
-/// Random UNet weights for `config`, by weight name (f32, on the CPU).
-pub fn unet_weights(config: &UNetConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+/// The weights `build` asks for, made up by [`RandomWeights`] (f32, on the CPU), by name.
+pub fn random_weights(
+    seed: u64,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> Result<BTreeMap<String, Tensor>> {
     let backend = std::sync::Arc::new(RandomWeights::new(seed));
-    let vb = VarBuilder::from_backend(
+    build(VarBuilder::from_backend(
         Box::new(ArcBackend(backend.clone())),
         DType::F32,
         Device::Cpu,
-    );
-    UNet::new(vb, config, Numerics::PYTORCH, AttentionImpl::Full, "unet")?;
+    ))?;
     let backend = std::sync::Arc::try_unwrap(backend)
         .map_err(|_| candle_core::Error::Msg("weights still shared".into()))?;
     Ok(backend.into_tensors())
+}
+
+/// Random UNet weights for `config`, by weight name (f32, on the CPU).
+pub fn unet_weights(config: &UNetConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    random_weights(seed, |vb| {
+        UNet::new(vb, config, Numerics::PYTORCH, AttentionImpl::Full, "unet").map(drop)
+    })
+}
+
+/// The VAE of a synthetic model: SD's AutoencoderKL structure (4 levels, so latents are 1/8 of
+/// the image side), at SD 1.5's widths or tiny ones.
+pub fn vae_config(size: SynthSize) -> AutoEncoderKLConfig {
+    let (channels, layers) = match size {
+        SynthSize::Tiny => (vec![32; 4], 1),
+        SynthSize::Sd15 => (vec![128, 256, 512, 512], 2),
+    };
+    AutoEncoderKLConfig {
+        block_out_channels: channels,
+        layers_per_block: layers,
+        latent_channels: 4,
+        norm_num_groups: 32,
+        use_quant_conv: true,
+        use_post_quant_conv: true,
+    }
+}
+
+/// diffusers' `vae/config.json` for `cfg`.
+pub fn vae_config_json(cfg: &AutoEncoderKLConfig, sample_size: usize) -> serde_json::Value {
+    let n = cfg.block_out_channels.len();
+    serde_json::json!({
+        "_class_name": "AutoencoderKL", "_diffusers_version": "0.21.0", "act_fn": "silu",
+        "block_out_channels": cfg.block_out_channels, "down_block_types": vec!["DownEncoderBlock2D"; n],
+        "up_block_types": vec!["UpDecoderBlock2D"; n], "in_channels": 3, "out_channels": 3,
+        "latent_channels": cfg.latent_channels, "layers_per_block": cfg.layers_per_block,
+        "norm_num_groups": cfg.norm_num_groups, "sample_size": sample_size, "scaling_factor": 0.18215,
+    })
+}
+
+/// Random VAE weights, by weight name.
+pub fn vae_weights(cfg: &AutoEncoderKLConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    random_weights(seed, |vb| {
+        AutoEncoderKL::new(vb, 3, 3, cfg.clone()).map(drop)
+    })
 }
 
 struct ArcBackend(std::sync::Arc<RandomWeights>);
@@ -183,16 +229,32 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     })
 }
 
+/// Save `weights` as safetensors at `path`, through a temporary file (never half-written).
+fn save(path: &Path, weights: BTreeMap<String, Tensor>) -> Result<()> {
+    let tmp = path.with_extension("safetensors.partial");
+    candle_core::safetensors::save(&weights.into_iter().collect(), &tmp).map_err(|source| {
+        ModelError::Weights {
+            file: tmp.clone(),
+            source,
+        }
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        op: "cannot create",
+        source,
+    })
+}
+
 /// Write a synthetic model to `dir` in the diffusers layout: `model_index.json`,
-/// `unet/config.json`, `unet/diffusion_pytorch_model.safetensors`,
-/// `scheduler/scheduler_config.json`.
+/// `unet/config.json` + weights, `vae/config.json` + weights, `scheduler/scheduler_config.json`.
+/// (The text encoder and tokenizer come with the pipeline.)
 pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
     let io = |path: &Path, source| ModelError::Io {
         path: path.to_path_buf(),
         op: "cannot create",
         source,
     };
-    for sub in ["unet", "scheduler"] {
+    for sub in ["unet", "vae", "scheduler"] {
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
     }
@@ -211,18 +273,22 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
         &serde_json::json!({
             "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.21.0",
             "_sdtrace_synthetic": {"size": format!("{size:?}").to_lowercase(), "seed": seed},
-            "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "PNDMScheduler"],
+            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "scheduler": ["diffusers", "PNDMScheduler"],
         }),
     )?;
-    let weights = unet_weights(&cfg, seed)?;
-    let path = dir.join("unet/diffusion_pytorch_model.safetensors");
-    let tmp = path.with_extension("safetensors.partial");
-    candle_core::safetensors::save(&weights.into_iter().collect(), &tmp).map_err(|source| {
-        ModelError::Weights {
-            file: tmp.clone(),
-            source,
-        }
-    })?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    save(
+        &dir.join("unet/diffusion_pytorch_model.safetensors"),
+        unet_weights(&cfg, seed)?,
+    )?;
+    let vae = vae_config(size);
+    write_json(
+        &dir.join("vae/config.json"),
+        &vae_config_json(&vae, cfg.sample_size * 8),
+    )?;
+    save(
+        &dir.join("vae/diffusion_pytorch_model.safetensors"),
+        vae_weights(&vae, seed ^ 0x5641_45)?,
+    )?;
     Ok(())
 }
