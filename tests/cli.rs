@@ -245,6 +245,8 @@ fn synth_writes_a_diffusers_folder() {
         "model_index.json",
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
         "scheduler/scheduler_config.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
