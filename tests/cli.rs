@@ -247,6 +247,10 @@ fn synth_writes_a_diffusers_folder() {
         "unet/diffusion_pytorch_model.safetensors",
         "vae/config.json",
         "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
         "scheduler/scheduler_config.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");

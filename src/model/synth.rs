@@ -6,6 +6,7 @@
 //! small; other weights are N(0, 1/fan_in), which keeps activations of the UNet finite and
 //! non-trivial through a full sampling run.
 
+use super::clip::{ClipConfig, ClipTextModel};
 use super::config::UNetConfig;
 use super::unet::UNet;
 use super::{ModelError, Result};
@@ -192,6 +193,54 @@ pub fn vae_config_json(cfg: &AutoEncoderKLConfig, sample_size: usize) -> serde_j
     })
 }
 
+/// The text encoder of a synthetic model.
+pub fn clip_config(size: SynthSize) -> ClipConfig {
+    match size {
+        SynthSize::Tiny => ClipConfig::tiny(),
+        SynthSize::Sd15 => ClipConfig::sd15(),
+    }
+}
+
+/// Random text-encoder weights, by weight name (HF layout, under `text_model.`).
+pub fn clip_weights(cfg: &ClipConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    random_weights(seed, |vb| {
+        ClipTextModel::new(vb, cfg, "text_encoder").map(drop)
+    })
+}
+
+/// GPT-2/CLIP's byte ↔ unicode table: the printable bytes map to themselves, the others to
+/// code points from 256 up. Returns the unicode character of each byte value, in vocabulary
+/// order (CLIP's first 256 token ids).
+pub fn bytes_to_unicode() -> Vec<(u8, char)> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut out: Vec<(u8, char)> = (0..=255u32)
+        .filter(|&b| printable(b))
+        .map(|b| (b as u8, char::from_u32(b).unwrap_or('?')))
+        .collect();
+    let mut n = 0;
+    for b in (0..=255u32).filter(|&b| !printable(b)) {
+        out.push((b as u8, char::from_u32(256 + n).unwrap_or('?')));
+        n += 1;
+    }
+    out
+}
+
+/// A byte-level CLIP BPE vocabulary without merges: the 256 byte tokens, their `</w>` forms
+/// (ids 0–511, the same ids as in OpenAI's CLIP vocabulary) and the two special tokens at
+/// OpenAI's ids 49406/49407. Every prompt tokenizes, one token per byte.
+pub fn byte_level_vocab() -> serde_json::Value {
+    let chars = bytes_to_unicode();
+    let mut vocab = serde_json::Map::new();
+    for (i, (_, c)) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), i.into());
+        vocab.insert(format!("{c}</w>"), (i + 256).into());
+    }
+    vocab.insert("<|startoftext|>".into(), 49406.into());
+    vocab.insert("<|endoftext|>".into(), 49407.into());
+    serde_json::Value::Object(vocab)
+}
+
 /// Random VAE weights, by weight name.
 pub fn vae_weights(cfg: &AutoEncoderKLConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
     random_weights(seed, |vb| {
@@ -246,15 +295,15 @@ fn save(path: &Path, weights: BTreeMap<String, Tensor>) -> Result<()> {
 }
 
 /// Write a synthetic model to `dir` in the diffusers layout: `model_index.json`,
-/// `unet/config.json` + weights, `vae/config.json` + weights, `scheduler/scheduler_config.json`.
-/// (The text encoder and tokenizer come with the pipeline.)
+/// `unet/`, `vae/`, `text_encoder/` (config and weights each), `tokenizer/` (a byte-level CLIP
+/// BPE vocabulary, see [`byte_level_vocab`]) and `scheduler/scheduler_config.json`.
 pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
     let io = |path: &Path, source| ModelError::Io {
         path: path.to_path_buf(),
         op: "cannot create",
         source,
     };
-    for sub in ["unet", "vae", "scheduler"] {
+    for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
     }
@@ -274,6 +323,7 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
             "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.21.0",
             "_sdtrace_synthetic": {"size": format!("{size:?}").to_lowercase(), "seed": seed},
             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
             "scheduler": ["diffusers", "PNDMScheduler"],
         }),
     )?;
@@ -289,6 +339,27 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
     save(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
         vae_weights(&vae, seed ^ 0x5641_45)?,
+    )?;
+    let clip = clip_config(size);
+    write_json(&dir.join("text_encoder/config.json"), &clip.to_hf_json())?;
+    save(
+        &dir.join("text_encoder/model.safetensors"),
+        clip_weights(&clip, seed ^ 0x434c_4950)?,
+    )?;
+    write_json(&dir.join("tokenizer/vocab.json"), &byte_level_vocab())?;
+    let merges = dir.join("tokenizer/merges.txt");
+    crate::export::write_atomic(&merges, b"#version: 0.2\n").map_err(|e| ModelError::Io {
+        path: merges.clone(),
+        op: "cannot write",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    write_json(
+        &dir.join("tokenizer/tokenizer_config.json"),
+        &serde_json::json!({
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": true,
+            "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        }),
     )?;
     Ok(())
 }
