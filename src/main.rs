@@ -60,6 +60,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a deterministic random-weight model in the diffusers folder layout (tests, demos,
+    /// benchmarks; no download)
+    #[command(after_help = EXIT_CODES)]
+    Synth {
+        /// Output folder (created; existing files in it are replaced)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32)
+        #[arg(long, default_value = "tiny", value_name = "SIZE")]
+        size: sdtrace::model::synth::SynthSize,
+        /// Seed of the weights
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Write one record's tensor to .npy or .safetensors (chosen by the output's extension)
     #[command(after_help = EXIT_CODES)]
     Export {
@@ -190,6 +204,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 render_ls(&rows)
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth { out, size, seed } => {
+            sdtrace::model::synth::write_model(&out, size, seed)?;
+            eprintln!("wrote a synthetic {size:?} model to {}", out.display());
+            Ok(())
         }
         Command::Export {
             trace,

@@ -231,3 +231,34 @@ fn help_documents_exit_codes() {
         assert!(stdout(sdtrace().args([cmd, "--help"])).contains("Exit codes"));
     }
 }
+
+#[test]
+fn synth_writes_a_diffusers_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny");
+    sdtrace()
+        .args(["synth", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    for f in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let e = fails(
+        sdtrace()
+            .args(["synth", "--size", "huge", "--out"])
+            .arg(&out),
+    );
+    assert!(e.contains("expected tiny or sd15"), "{e}");
+}

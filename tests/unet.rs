@@ -53,7 +53,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let cfg = UNetConfig::tiny();
+    fixture_for(UNetConfig::tiny())
+}
+
+fn fixture_for(cfg: UNetConfig) -> Fixture {
     let weights = unet_weights(&cfg, 7).unwrap().into_iter().collect();
     Fixture {
         latent: randn(&[2, 4, 8, 8], 1),
@@ -91,6 +94,36 @@ fn matches_candle_transformers_unet_on_tiny_config() {
         let err = rel_l2(&a, &b);
         assert!(err <= 1e-5, "t={t}: relative L2 {err:e}");
     }
+    // SD 2.x style: linear projections and per-level head counts.
+    let mut sd2 = UNetConfig::tiny();
+    sd2.use_linear_projection = true;
+    sd2.blocks[0].heads = 1;
+    sd2.blocks[1].heads = 2;
+    let g = fixture_for(sd2);
+    assert!(
+        g.weights["down_blocks.0.attentions.0.proj_in.weight"]
+            .dims()
+            .len()
+            == 2
+    );
+    let ours2 = g.unet(DType::F32, Numerics::CANDLE, AttentionImpl::Full);
+    let vb = VarBuilder::from_tensors(g.weights.clone(), DType::F32, &Device::Cpu);
+    let theirs2 =
+        candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel::new(
+            vb,
+            4,
+            4,
+            false,
+            g.cfg.to_candle(),
+        )
+        .unwrap();
+    let err = rel_l2(
+        &ours2
+            .forward(&g.latent, 250.0, &g.context, &Probe::disabled())
+            .unwrap(),
+        &theirs2.forward(&g.latent, 250.0, &g.context).unwrap(),
+    );
+    assert!(err <= 1e-5, "linear projection: relative L2 {err:e}");
     // PyTorch numerics (erf GELU) are a different function: measurably, slightly different.
     let erf = f
         .unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full)
@@ -325,4 +358,108 @@ fn bad_weights_name_the_key_shapes_and_file() {
     .unwrap();
     unet.forward(&f.latent, 10.0, &f.context, &Probe::disabled())
         .unwrap();
+}
+
+#[test]
+fn synthetic_model_folder_loads_and_is_deterministic() {
+    use sdtrace::model::synth::{SynthSize, write_model};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_model(&a, SynthSize::Tiny, 3).unwrap();
+    write_model(&b, SynthSize::Tiny, 3).unwrap();
+    let weights = "unet/diffusion_pytorch_model.safetensors";
+    assert_eq!(
+        std::fs::read(a.join(weights)).unwrap(),
+        std::fs::read(b.join(weights)).unwrap()
+    );
+    let cfg = UNetConfig::from_diffusers_file(&a.join("unet/config.json")).unwrap();
+    assert_eq!(cfg, UNetConfig::tiny());
+    let unet = UNet::load(
+        &a.join(weights),
+        &cfg,
+        DType::F32,
+        &Device::Cpu,
+        Numerics::PYTORCH,
+        AttentionImpl::Full,
+    )
+    .unwrap();
+    let out = unet
+        .forward(
+            &randn(&[1, 4, 8, 8], 4),
+            250.0,
+            &randn(&[1, 77, 32], 5),
+            &Probe::disabled(),
+        )
+        .unwrap();
+    assert_eq!(out.dims(), &[1, 4, 8, 8]);
+    // The VAE decodes an 8×8 latent to a 64×64 image with finite, non-trivial values.
+    let vae_cfg = sdtrace::model::synth::vae_config(SynthSize::Tiny);
+    let vae_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("vae/config.json")).unwrap()).unwrap();
+    assert_eq!(vae_json["scaling_factor"], 0.18215);
+    // SAFETY: a test file that nothing else touches.
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[a.join("vae/diffusion_pytorch_model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .unwrap();
+    let vae =
+        candle_transformers::models::stable_diffusion::vae::AutoEncoderKL::new(vb, 3, 3, vae_cfg)
+            .unwrap();
+    let image = vae
+        .decode(&(randn(&[1, 4, 8, 8], 6) / 0.18215).unwrap())
+        .unwrap();
+    assert_eq!(image.dims(), &[1, 3, 64, 64]);
+    let v: Vec<f32> = image.flatten_all().unwrap().to_vec1().unwrap();
+    let std = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+    assert!(
+        v.iter().all(|x| x.is_finite()) && std > 1e-3 && std < 1e3,
+        "decoded image std {std}"
+    );
+    // A different seed gives different weights.
+    write_model(&b, SynthSize::Tiny, 4).unwrap();
+    assert_ne!(
+        std::fs::read(a.join(weights)).unwrap(),
+        std::fs::read(b.join(weights)).unwrap()
+    );
+}
+
+#[test]
+fn attention_plan_matches_what_runs() {
+    let f = fixture();
+    let budget = AttentionImpl::parse("split:40KiB", None).unwrap();
+    let unet = f.unet(DType::F32, Numerics::PYTORCH, budget);
+    let plan = unet.attention_plan(2, 8, 8, 77).unwrap();
+    // 2 down levels × 2 attentions + mid + 2 up levels × 3 attentions, each with attn1 and attn2.
+    assert_eq!(plan.len(), (2 * 2 + 1 + 2 * 3) * 2);
+    let (key, c) = &plan[0];
+    assert_eq!(
+        key,
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    );
+    // 2·2 heads × 64 × 64 × 4 B × 2.5 = 160 KiB needed against 40 KiB: 4 query slices.
+    assert_eq!((c.rows, c.queries, c.keys), (4, 16, 64));
+    let mid = plan
+        .iter()
+        .find(|(k, _)| k == "unet.mid_block.attentions.0.transformer_blocks.0.attn2")
+        .unwrap();
+    assert_eq!(mid.1.keys, 77);
+    // Impossible chunking is an error naming the layer, before anything runs.
+    let e = f
+        .unet(
+            DType::F32,
+            Numerics::PYTORCH,
+            AttentionImpl::parse("split:100", None).unwrap(),
+        )
+        .attention_plan(2, 8, 8, 77)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1")
+            && e.contains("not enough memory"),
+        "{e}"
+    );
 }

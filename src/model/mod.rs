@@ -10,6 +10,7 @@
 //! / 2.x / tiny configurations, [`synth`] deterministic random-weight models.
 
 pub mod attention;
+pub mod clip;
 pub mod config;
 pub mod observe;
 pub mod synth;

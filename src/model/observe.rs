@@ -2,7 +2,7 @@
 
 use super::Result;
 use crate::dtype::DType;
-use crate::probe::{OwnedTensor, Probe};
+use crate::probe::{OwnedTensor, Probe, TensorView};
 use candle_core::{Device, Tensor};
 
 /// Our dtype for a candle dtype (all that a trace can store).
@@ -69,13 +69,41 @@ pub fn from_host(t: &OwnedTensor, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_raw_buffer(&t.data, dtype, &t.shape, device)?)
 }
 
+/// Run `f` on a little-endian byte view of `t`. A contiguous CPU tensor is viewed in place
+/// (no copy); anything else is copied to the host first.
+fn with_host_view<R>(t: &Tensor, f: impl FnOnce(TensorView<'_>) -> Result<R>) -> Result<R> {
+    #[cfg(target_endian = "little")]
+    if t.device().is_cpu() {
+        use candle_core::{CpuStorage, Storage};
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            let bytes: Option<(DType, &[u8])> = match cpu {
+                CpuStorage::F32(v) => Some((DType::F32, bytemuck::cast_slice(&v[start..end]))),
+                CpuStorage::F16(v) => Some((DType::F16, bytemuck::cast_slice(&v[start..end]))),
+                CpuStorage::BF16(v) => Some((DType::BF16, bytemuck::cast_slice(&v[start..end]))),
+                CpuStorage::F64(v) => Some((DType::F64, bytemuck::cast_slice(&v[start..end]))),
+                CpuStorage::I64(v) => Some((DType::I64, bytemuck::cast_slice(&v[start..end]))),
+                CpuStorage::U8(v) => Some((DType::U8, &v[start..end])),
+                _ => None,
+            };
+            if let Some((dtype, data)) = bytes {
+                let view = TensorView::new(dtype, t.dims(), data)
+                    .map_err(|e| candle_core::Error::Msg(e))?;
+                return f(view);
+            }
+        }
+    }
+    let owned = host_copy(t)?;
+    f(owned.view().map_err(candle_core::Error::Msg)?)
+}
+
 /// Observe `t` under `key`. Returns `t` itself unless an intervention replaced it (then the
 /// replacement, on `t`'s device, checked to have `t`'s shape and dtype).
 pub fn observe(probe: &Probe, key: &str, t: &Tensor) -> Result<Tensor> {
     if probe.plan(key).is_noop() {
         return Ok(t.clone());
     }
-    match probe.tensor_owned(key, host_copy(t)?)? {
+    match with_host_view(t, |view| Ok(probe.tensor(key, view)?))? {
         None => Ok(t.clone()),
         Some(r) => {
             let r = from_host(&r, t.device())?;

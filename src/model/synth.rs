@@ -6,12 +6,14 @@
 //! small; other weights are N(0, 1/fan_in), which keeps activations of the UNet finite and
 //! non-trivial through a full sampling run.
 
+use super::clip::{ClipConfig, ClipTextModel};
 use super::config::UNetConfig;
 use super::unet::UNet;
 use super::{ModelError, Result};
 use crate::model::attention::{AttentionImpl, Numerics};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder, var_builder::SimpleBackend};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -139,18 +141,111 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
-/// Random UNet weights for `config`, by weight name (f32, on the CPU).
-pub fn unet_weights(config: &UNetConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+/// The weights `build` asks for, made up by [`RandomWeights`] (f32, on the CPU), by name.
+pub fn random_weights(
+    seed: u64,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> Result<BTreeMap<String, Tensor>> {
     let backend = std::sync::Arc::new(RandomWeights::new(seed));
-    let vb = VarBuilder::from_backend(
+    build(VarBuilder::from_backend(
         Box::new(ArcBackend(backend.clone())),
         DType::F32,
         Device::Cpu,
-    );
-    UNet::new(vb, config, Numerics::PYTORCH, AttentionImpl::Full, "unet")?;
+    ))?;
     let backend = std::sync::Arc::try_unwrap(backend)
         .map_err(|_| candle_core::Error::Msg("weights still shared".into()))?;
     Ok(backend.into_tensors())
+}
+
+/// Random UNet weights for `config`, by weight name (f32, on the CPU).
+pub fn unet_weights(config: &UNetConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    random_weights(seed, |vb| {
+        UNet::new(vb, config, Numerics::PYTORCH, AttentionImpl::Full, "unet").map(drop)
+    })
+}
+
+/// The VAE of a synthetic model: SD's AutoencoderKL structure (4 levels, so latents are 1/8 of
+/// the image side), at SD 1.5's widths or tiny ones.
+pub fn vae_config(size: SynthSize) -> AutoEncoderKLConfig {
+    let (channels, layers) = match size {
+        SynthSize::Tiny => (vec![32; 4], 1),
+        SynthSize::Sd15 => (vec![128, 256, 512, 512], 2),
+    };
+    AutoEncoderKLConfig {
+        block_out_channels: channels,
+        layers_per_block: layers,
+        latent_channels: 4,
+        norm_num_groups: 32,
+        use_quant_conv: true,
+        use_post_quant_conv: true,
+    }
+}
+
+/// diffusers' `vae/config.json` for `cfg`.
+pub fn vae_config_json(cfg: &AutoEncoderKLConfig, sample_size: usize) -> serde_json::Value {
+    let n = cfg.block_out_channels.len();
+    serde_json::json!({
+        "_class_name": "AutoencoderKL", "_diffusers_version": "0.21.0", "act_fn": "silu",
+        "block_out_channels": cfg.block_out_channels, "down_block_types": vec!["DownEncoderBlock2D"; n],
+        "up_block_types": vec!["UpDecoderBlock2D"; n], "in_channels": 3, "out_channels": 3,
+        "latent_channels": cfg.latent_channels, "layers_per_block": cfg.layers_per_block,
+        "norm_num_groups": cfg.norm_num_groups, "sample_size": sample_size, "scaling_factor": 0.18215,
+    })
+}
+
+/// The text encoder of a synthetic model.
+pub fn clip_config(size: SynthSize) -> ClipConfig {
+    match size {
+        SynthSize::Tiny => ClipConfig::tiny(),
+        SynthSize::Sd15 => ClipConfig::sd15(),
+    }
+}
+
+/// Random text-encoder weights, by weight name (HF layout, under `text_model.`).
+pub fn clip_weights(cfg: &ClipConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    random_weights(seed, |vb| {
+        ClipTextModel::new(vb, cfg, "text_encoder").map(drop)
+    })
+}
+
+/// GPT-2/CLIP's byte ↔ unicode table: the printable bytes map to themselves, the others to
+/// code points from 256 up. Returns the unicode character of each byte value, in vocabulary
+/// order (CLIP's first 256 token ids).
+pub fn bytes_to_unicode() -> Vec<(u8, char)> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut out: Vec<(u8, char)> = (0..=255u32)
+        .filter(|&b| printable(b))
+        .map(|b| (b as u8, char::from_u32(b).unwrap_or('?')))
+        .collect();
+    let mut n = 0;
+    for b in (0..=255u32).filter(|&b| !printable(b)) {
+        out.push((b as u8, char::from_u32(256 + n).unwrap_or('?')));
+        n += 1;
+    }
+    out
+}
+
+/// A byte-level CLIP BPE vocabulary without merges: the 256 byte tokens, their `</w>` forms
+/// (ids 0–511, the same ids as in OpenAI's CLIP vocabulary) and the two special tokens at
+/// OpenAI's ids 49406/49407. Every prompt tokenizes, one token per byte.
+pub fn byte_level_vocab() -> serde_json::Value {
+    let chars = bytes_to_unicode();
+    let mut vocab = serde_json::Map::new();
+    for (i, (_, c)) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), i.into());
+        vocab.insert(format!("{c}</w>"), (i + 256).into());
+    }
+    vocab.insert("<|startoftext|>".into(), 49406.into());
+    vocab.insert("<|endoftext|>".into(), 49407.into());
+    serde_json::Value::Object(vocab)
+}
+
+/// Random VAE weights, by weight name.
+pub fn vae_weights(cfg: &AutoEncoderKLConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    random_weights(seed, |vb| {
+        AutoEncoderKL::new(vb, 3, 3, cfg.clone()).map(drop)
+    })
 }
 
 struct ArcBackend(std::sync::Arc<RandomWeights>);
@@ -183,16 +278,32 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     })
 }
 
+/// Save `weights` as safetensors at `path`, through a temporary file (never half-written).
+fn save(path: &Path, weights: BTreeMap<String, Tensor>) -> Result<()> {
+    let tmp = path.with_extension("safetensors.partial");
+    candle_core::safetensors::save(&weights.into_iter().collect(), &tmp).map_err(|source| {
+        ModelError::Weights {
+            file: tmp.clone(),
+            source,
+        }
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        op: "cannot create",
+        source,
+    })
+}
+
 /// Write a synthetic model to `dir` in the diffusers layout: `model_index.json`,
-/// `unet/config.json`, `unet/diffusion_pytorch_model.safetensors`,
-/// `scheduler/scheduler_config.json`.
+/// `unet/`, `vae/`, `text_encoder/` (config and weights each), `tokenizer/` (a byte-level CLIP
+/// BPE vocabulary, see [`byte_level_vocab`]) and `scheduler/scheduler_config.json`.
 pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
     let io = |path: &Path, source| ModelError::Io {
         path: path.to_path_buf(),
         op: "cannot create",
         source,
     };
-    for sub in ["unet", "scheduler"] {
+    for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
     }
@@ -211,18 +322,44 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
         &serde_json::json!({
             "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.21.0",
             "_sdtrace_synthetic": {"size": format!("{size:?}").to_lowercase(), "seed": seed},
-            "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "PNDMScheduler"],
+            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "PNDMScheduler"],
         }),
     )?;
-    let weights = unet_weights(&cfg, seed)?;
-    let path = dir.join("unet/diffusion_pytorch_model.safetensors");
-    let tmp = path.with_extension("safetensors.partial");
-    candle_core::safetensors::save(&weights.into_iter().collect(), &tmp).map_err(|source| {
-        ModelError::Weights {
-            file: tmp.clone(),
-            source,
-        }
+    save(
+        &dir.join("unet/diffusion_pytorch_model.safetensors"),
+        unet_weights(&cfg, seed)?,
+    )?;
+    let vae = vae_config(size);
+    write_json(
+        &dir.join("vae/config.json"),
+        &vae_config_json(&vae, cfg.sample_size * 8),
+    )?;
+    save(
+        &dir.join("vae/diffusion_pytorch_model.safetensors"),
+        vae_weights(&vae, seed ^ 0x5641_45)?,
+    )?;
+    let clip = clip_config(size);
+    write_json(&dir.join("text_encoder/config.json"), &clip.to_hf_json())?;
+    save(
+        &dir.join("text_encoder/model.safetensors"),
+        clip_weights(&clip, seed ^ 0x434c_4950)?,
+    )?;
+    write_json(&dir.join("tokenizer/vocab.json"), &byte_level_vocab())?;
+    let merges = dir.join("tokenizer/merges.txt");
+    crate::export::write_atomic(&merges, b"#version: 0.2\n").map_err(|e| ModelError::Io {
+        path: merges.clone(),
+        op: "cannot write",
+        source: std::io::Error::other(e.to_string()),
     })?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    write_json(
+        &dir.join("tokenizer/tokenizer_config.json"),
+        &serde_json::json!({
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": true,
+            "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        }),
+    )?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! exist only where a capture rule names them: `…attnN.to_q`, `to_k`, `to_v` and, for the `full`
 //! attention implementation, `…attnN.probs`.
 
-use super::attention::{AttentionImpl, Gelu, Numerics, attend};
+use super::attention::{AttentionImpl, Chunking, Gelu, Numerics, attend};
 use super::config::UNetConfig;
 use super::observe::observe;
 use super::{ModelError, Result};
@@ -611,6 +611,55 @@ impl UNet {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// How every attention call of a forward pass on a `batch`×`height`×`width` latent with
+    /// `context_tokens` text tokens is chunked, by probe key (`…attn1`, `…attn2`). A pure
+    /// function of the shapes, so it can go into the trace header before the run; an error
+    /// names the first layer whose chunking is impossible (A1111's "not enough memory").
+    pub fn attention_plan(
+        &self,
+        batch: usize,
+        height: usize,
+        width: usize,
+        context_tokens: usize,
+    ) -> Result<Vec<(String, Chunking)>> {
+        let elem = if self.numerics.upcast_attention {
+            4
+        } else {
+            self.dtype.size_in_bytes()
+        };
+        let n = self.down.len();
+        // Side of each level: the stride-2 downsamplers round up.
+        let mut sides = vec![(height, width)];
+        for _ in 1..n {
+            let (h, w) = sides[sides.len() - 1];
+            sides.push((h.div_ceil(2), w.div_ceil(2)));
+        }
+        let levels = self
+            .down
+            .iter()
+            .zip(sides.clone())
+            .chain(std::iter::once((&self.mid, sides[n - 1])))
+            .chain(self.up.iter().zip(sides.iter().rev().copied()));
+        let mut plan = Vec::new();
+        for (level, (h, w)) in levels {
+            for t in &level.attentions {
+                for block in &t.blocks {
+                    for (a, nk) in [(&block.attn1, h * w), (&block.attn2, context_tokens)] {
+                        let c =
+                            a.imp
+                                .chunking(batch * a.heads, h * w, nk, elem)
+                                .map_err(|what| ModelError::Attention {
+                                    key: a.key.clone(),
+                                    what,
+                                })?;
+                        plan.push((a.key.clone(), c));
+                    }
+                }
+            }
+        }
+        Ok(plan)
     }
 
     /// Sinusoidal timestep features, computed in f32 and cast to the model dtype (diffusers'
