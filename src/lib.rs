@@ -12,6 +12,7 @@ pub mod host;
 pub mod inspect;
 pub mod model;
 pub mod probe;
+pub mod sampling;
 pub mod stats;
 pub mod trace;
 
