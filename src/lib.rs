@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod model;
 pub mod probe;
 pub mod report;
+pub mod sampling;
 pub mod stats;
 pub mod trace;
 
