@@ -208,7 +208,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Synth { out, size, seed } => {
             sdtrace::model::synth::write_model(&out, size, seed)?;
             eprintln!("wrote a synthetic {size:?} model to {}", out.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Export {
             trace,
