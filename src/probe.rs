@@ -230,6 +230,9 @@ impl fmt::Display for Rule {
     }
 }
 
+/// A record computed from a tensor, waiting for its payload (when `full`) and the writer.
+type PendingRecord = (RecordInput, Codec);
+
 /// Key patterns of the fine probe points, off in every preset.
 pub const FINE_POINTS: [&str; 4] = ["*.to_q", "*.to_k", "*.to_v", "*.probs"];
 
@@ -437,7 +440,7 @@ impl Probe {
         &self,
         key: &str,
         tensor: TensorView<'_>,
-    ) -> Result<(Option<OwnedTensor>, Option<(RecordInput, Codec)>), ProbeError> {
+    ) -> Result<(Option<OwnedTensor>, Option<PendingRecord>), ProbeError> {
         let Some(s) = &self.state else {
             return Ok((None, None));
         };

@@ -15,6 +15,7 @@
 //! - outside the loop: `noise.*` and `text.*` are roots (input error 0); records after the loop
 //!   (VAE, `image`) take the previous record in execution order; other records before the loop
 //!   take the previous record with the same first key component (`text_encoder.…`).
+//!
 //! Records whose error is unknown are skipped over. gain = error / input error (∞ when the
 //! input is identical). A record *creates* error when it differs and its input error is 0 or
 //! its gain is at least [`CREATE_GAIN`]; otherwise it *carries* error. The source is the first
@@ -249,7 +250,9 @@ fn status_of(r: &PairRecord, tol: Tol) -> (Status, Option<Required>, Option<Stri
     match required {
         Some(q) => {
             // `!(x <= t)` so that a NaN statistic fails.
-            if !(q.rel <= tol.rel) && !(q.abs <= tol.abs) {
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            let fails = !(q.rel <= tol.rel) && !(q.abs <= tol.abs);
+            if fails {
                 (Status::Fail, Some(q), None)
             } else {
                 (Status::Pass, None, None)

@@ -188,7 +188,10 @@ impl PairAccumulator {
     /// Returns false (and ignores the input) when they do not.
     pub fn update(&mut self, a: &[u8], b: &[u8]) -> bool {
         let (sa, sb) = (self.da.size(), self.db.size());
-        if a.len() % sa != 0 || b.len() % sb != 0 || a.len() / sa != b.len() / sb {
+        if !a.len().is_multiple_of(sa)
+            || !b.len().is_multiple_of(sb)
+            || a.len() / sa != b.len() / sb
+        {
             return false;
         }
         let same = self.da == self.db;

@@ -67,7 +67,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         _ => return None,
     };
-    (v.is_finite() && v >= 0.0).then(|| (v * mult) as u64)
+    (v.is_finite() && v >= 0.0).then_some((v * mult) as u64)
 }
 
 impl AttentionImpl {

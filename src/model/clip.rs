@@ -110,7 +110,7 @@ impl ClipConfig {
             intermediate_size: n("intermediate_size")?,
             activation,
         };
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(err(
                 "num_attention_heads",
                 format!(

@@ -87,8 +87,8 @@ fn with_host_view<R>(t: &Tensor, f: impl FnOnce(TensorView<'_>) -> Result<R>) ->
                 _ => None,
             };
             if let Some((dtype, data)) = bytes {
-                let view = TensorView::new(dtype, t.dims(), data)
-                    .map_err(|e| candle_core::Error::Msg(e))?;
+                let view =
+                    TensorView::new(dtype, t.dims(), data).map_err(candle_core::Error::Msg)?;
                 return f(view);
             }
         }

@@ -218,10 +218,8 @@ pub fn bytes_to_unicode() -> Vec<(u8, char)> {
         .filter(|&b| printable(b))
         .map(|b| (b as u8, char::from_u32(b).unwrap_or('?')))
         .collect();
-    let mut n = 0;
-    for b in (0..=255u32).filter(|&b| !printable(b)) {
-        out.push((b as u8, char::from_u32(256 + n).unwrap_or('?')));
-        n += 1;
+    for (n, b) in (0..=255u32).filter(|&b| !printable(b)).enumerate() {
+        out.push((b as u8, char::from_u32(256 + n as u32).unwrap_or('?')));
     }
     out
 }
@@ -338,7 +336,7 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
     )?;
     save(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
-        vae_weights(&vae, seed ^ 0x5641_45)?,
+        vae_weights(&vae, seed ^ 0x0056_4145)?,
     )?;
     let clip = clip_config(size);
     write_json(&dir.join("text_encoder/config.json"), &clip.to_hf_json())?;

@@ -119,8 +119,11 @@ fn heatmap(c: &Comparison, j: &Judgement) -> String {
     s
 }
 
+/// One error curve: label, colour, (step, value) points.
+type Curve<'a> = (&'a str, &'a str, Vec<(u32, f64)>);
+
 /// Log-scale line chart of one or more series of (step, error).
-fn curves(series: &[(&str, &str, Vec<(u32, f64)>)]) -> String {
+fn curves(series: &[Curve]) -> String {
     let pts: Vec<(u32, f64)> = series
         .iter()
         .flat_map(|(_, _, v)| v.iter().copied())

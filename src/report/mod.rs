@@ -156,7 +156,7 @@ pub fn failing(j: &Judgement) -> Vec<usize> {
 pub fn sci(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
-        Some(x) if x == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(x) if x.is_infinite() => if x > 0.0 { "inf" } else { "-inf" }.into(),
         Some(x) if x.is_nan() => "nan".into(),
         Some(x) => format!("{x:.2e}"),
