@@ -16,7 +16,7 @@ use candle_nn::{Init, VarBuilder, var_builder::SimpleBackend};
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Synthetic model sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,25 +65,14 @@ impl SplitMix {
     }
 }
 
-/// A `VarBuilder` backend that makes up every tensor deterministically and remembers them.
+/// A `VarBuilder` backend that makes up every tensor deterministically and remembers them in a
+/// map shared with whoever built it.
 pub struct RandomWeights {
     seed: u64,
-    made: Mutex<BTreeMap<String, Tensor>>,
+    made: Arc<Mutex<BTreeMap<String, Tensor>>>,
 }
 
 impl RandomWeights {
-    pub fn new(seed: u64) -> Self {
-        RandomWeights {
-            seed,
-            made: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// The tensors handed out so far, by name.
-    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
-        self.made.into_inner().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn values(&self, shape: &Shape, name: &str, hint: Init) -> Vec<f32> {
         let n = shape.elem_count();
         let mut rng = SplitMix(self.seed ^ xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
@@ -146,15 +135,18 @@ pub fn random_weights(
     seed: u64,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
 ) -> Result<BTreeMap<String, Tensor>> {
-    let backend = std::sync::Arc::new(RandomWeights::new(seed));
+    let made = Arc::new(Mutex::new(BTreeMap::new()));
+    let backend = RandomWeights {
+        seed,
+        made: made.clone(),
+    };
     build(VarBuilder::from_backend(
-        Box::new(ArcBackend(backend.clone())),
+        Box::new(backend),
         DType::F32,
         Device::Cpu,
     ))?;
-    let backend = std::sync::Arc::try_unwrap(backend)
-        .map_err(|_| candle_core::Error::Msg("weights still shared".into()))?;
-    Ok(backend.into_tensors())
+    let tensors = std::mem::take(&mut *made.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(tensors)
 }
 
 /// Random UNet weights for `config`, by weight name (f32, on the CPU).
@@ -244,27 +236,6 @@ pub fn vae_weights(cfg: &AutoEncoderKLConfig, seed: u64) -> Result<BTreeMap<Stri
     random_weights(seed, |vb| {
         AutoEncoderKL::new(vb, 3, 3, cfg.clone()).map(drop)
     })
-}
-
-struct ArcBackend(std::sync::Arc<RandomWeights>);
-
-impl SimpleBackend for ArcBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0.get(s, name, h, dtype, dev)
-    }
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.get_unchecked(name, dtype, dev)
-    }
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains_tensor(name)
-    }
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
