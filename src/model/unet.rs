@@ -10,7 +10,7 @@
 //! attention implementation, `…attnN.probs`.
 
 use super::attention::{AttentionImpl, Chunking, Gelu, Numerics, attend};
-use super::config::UNetConfig;
+use super::config::{BlockConfig, UNetConfig};
 use super::observe::observe;
 use super::{ModelError, Result};
 use crate::probe::Probe;
@@ -375,6 +375,45 @@ impl Level {
     }
 }
 
+/// A level's layers: resnet `j` takes `in_channels[j]` to the level's channels and, at levels
+/// with cross-attention, is followed by a Transformer2DModel.
+fn level_layers(
+    prefix: &str,
+    vb: &VarBuilder,
+    b: &BlockConfig,
+    in_channels: &[usize],
+    cfg: &UNetConfig,
+    attention: AttentionImpl,
+    numerics: Numerics,
+) -> candle_core::Result<(Vec<ResnetBlock>, Vec<Transformer2D>)> {
+    let mut resnets = Vec::with_capacity(in_channels.len());
+    let mut attentions = Vec::new();
+    for (j, &rin) in in_channels.iter().enumerate() {
+        let j = j.to_string();
+        resnets.push(ResnetBlock::new(
+            prefix,
+            vb.pp("resnets").pp(&j),
+            rin,
+            b.out_channels,
+            cfg,
+            1.0,
+        )?);
+        if let Some(depth) = b.cross_attention {
+            attentions.push(Transformer2D::new(
+                prefix,
+                vb.pp("attentions").pp(&j),
+                b.out_channels,
+                b.heads,
+                depth,
+                cfg,
+                attention,
+                numerics,
+            )?);
+        }
+    }
+    Ok((resnets, attentions))
+}
+
 /// The UNet. Build it with [`UNet::new`] or [`UNet::load`]; run it with [`UNet::forward`].
 pub struct UNet {
     config: UNetConfig,
@@ -415,31 +454,11 @@ impl UNet {
             } else {
                 cfg.blocks[i - 1].out_channels
             };
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..cfg.layers_per_block {
-                let rin = if j == 0 { in_c } else { b.out_channels };
-                resnets.push(ResnetBlock::new(
-                    prefix,
-                    vb.pp("resnets").pp(j.to_string()),
-                    rin,
-                    b.out_channels,
-                    cfg,
-                    1.0,
-                )?);
-                if let Some(depth) = b.cross_attention {
-                    attentions.push(Transformer2D::new(
-                        prefix,
-                        vb.pp("attentions").pp(j.to_string()),
-                        b.out_channels,
-                        b.heads,
-                        depth,
-                        cfg,
-                        attention,
-                        numerics,
-                    )?);
-                }
-            }
+            let ins: Vec<usize> = (0..cfg.layers_per_block)
+                .map(|j| if j == 0 { in_c } else { b.out_channels })
+                .collect();
+            let (resnets, attentions) =
+                level_layers(prefix, &vb, b, &ins, cfg, attention, numerics)?;
             let resample = if i + 1 < n {
                 let vbr = vb.pp("downsamplers.0");
                 let key = key_of(prefix, &vbr);
@@ -504,36 +523,20 @@ impl UNet {
                 cfg.blocks[n - i].out_channels
             };
             let skip_in = cfg.blocks[if i == n - 1 { 0 } else { n - i - 2 }].out_channels;
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..=cfg.layers_per_block {
-                let res_skip = if j == cfg.layers_per_block {
-                    skip_in
-                } else {
-                    b.out_channels
-                };
-                let rin = if j == 0 { prev_out } else { b.out_channels };
-                resnets.push(ResnetBlock::new(
-                    prefix,
-                    vb.pp("resnets").pp(j.to_string()),
-                    rin + res_skip,
-                    b.out_channels,
-                    cfg,
-                    1.0,
-                )?);
-                if let Some(depth) = b.cross_attention {
-                    attentions.push(Transformer2D::new(
-                        prefix,
-                        vb.pp("attentions").pp(j.to_string()),
-                        b.out_channels,
-                        b.heads,
-                        depth,
-                        cfg,
-                        attention,
-                        numerics,
-                    )?);
-                }
-            }
+            // Each resnet takes the previous output concatenated with a skip connection.
+            let ins: Vec<usize> = (0..=cfg.layers_per_block)
+                .map(|j| {
+                    let res_skip = if j == cfg.layers_per_block {
+                        skip_in
+                    } else {
+                        b.out_channels
+                    };
+                    let rin = if j == 0 { prev_out } else { b.out_channels };
+                    rin + res_skip
+                })
+                .collect();
+            let (resnets, attentions) =
+                level_layers(prefix, &vb, &b, &ins, cfg, attention, numerics)?;
             let resample = if i + 1 < n {
                 let vbr = vb.pp("upsamplers.0");
                 Some(Resample {
