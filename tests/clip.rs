@@ -1,6 +1,8 @@
 //! Our CLIP text encoder against candle-transformers' on SD 1.5's config, clip skip, probe keys,
 //! and the synthetic tokenizer vocabulary.
 
+mod common;
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use sdtrace::model::clip::{ClipActivation, ClipConfig, ClipTextModel};
@@ -20,25 +22,6 @@ fn ids(n_batch: usize) -> Tensor {
     Tensor::from_vec(v, (n_batch, 77), &Device::Cpu).unwrap()
 }
 
-fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    let d = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    let n = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    (d / n).sqrt()
-}
-
 #[test]
 fn matches_candle_transformers_clip_and_clip_skip() {
     use candle_transformers::models::stable_diffusion::clip;
@@ -52,7 +35,7 @@ fn matches_candle_transformers_clip_and_clip_skip() {
     let x = ids(1);
     let a = ours.forward(&x, 1, &Probe::disabled()).unwrap();
     let b = theirs.forward(&x).unwrap();
-    let err = rel_l2(&a, &b);
+    let err = common::rel_l2(&a, &b);
     assert!(err < 1e-5, "relative L2 {err:e}");
     // Clip skip 2 = the penultimate layer + final layer norm, as candle computes it.
     let (_, penultimate) = theirs
@@ -62,7 +45,7 @@ fn matches_candle_transformers_clip_and_clip_skip() {
         candle_nn::layer_norm(768, 1e-5, vb().pp("text_model.final_layer_norm")).unwrap();
     let penultimate = final_norm.forward(&penultimate).unwrap();
     let skip2 = ours.forward(&x, 2, &Probe::disabled()).unwrap();
-    let err = rel_l2(&skip2, &penultimate);
+    let err = common::rel_l2(&skip2, &penultimate);
     assert!(err < 1e-5, "clip skip 2: relative L2 {err:e}");
     assert!(ours.forward(&x, 0, &Probe::disabled()).is_err());
     assert!(ours.forward(&x, 13, &Probe::disabled()).is_err());
@@ -114,7 +97,7 @@ fn probes_every_layer_and_the_final_norm() {
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
-    assert!(rel_l2(&h, &plain) < 1e-2);
+    assert!(common::rel_l2(&h, &plain) < 1e-2);
 }
 
 #[test]

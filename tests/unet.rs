@@ -20,27 +20,6 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let n = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (d / n).sqrt()
-}
-
 fn bytes(t: &Tensor) -> Vec<u8> {
     sdtrace::model::observe::host_copy(t).unwrap().data
 }
@@ -91,7 +70,7 @@ fn matches_candle_transformers_unet_on_tiny_config() {
             .forward(&f.latent, t, &f.context, &Probe::disabled())
             .unwrap();
         let b = theirs.forward(&f.latent, t, &f.context).unwrap();
-        let err = rel_l2(&a, &b);
+        let err = common::rel_l2(&a, &b);
         assert!(err <= 1e-5, "t={t}: relative L2 {err:e}");
     }
     // SD 2.x style: linear projections and per-level head counts.
@@ -117,7 +96,7 @@ fn matches_candle_transformers_unet_on_tiny_config() {
             g.cfg.to_candle(),
         )
         .unwrap();
-    let err = rel_l2(
+    let err = common::rel_l2(
         &ours2
             .forward(&g.latent, 250.0, &g.context, &Probe::disabled())
             .unwrap(),
@@ -132,7 +111,7 @@ fn matches_candle_transformers_unet_on_tiny_config() {
     let tanh = ours
         .forward(&f.latent, 500.0, &f.context, &Probe::disabled())
         .unwrap();
-    let err = rel_l2(&erf, &tanh);
+    let err = common::rel_l2(&erf, &tanh);
     assert!(err > 1e-7 && err < 1e-2, "erf vs tanh GELU: {err:e}");
 }
 
@@ -212,7 +191,7 @@ fn attention_implementations_agree_with_full() {
             .unet(DType::F32, Numerics::PYTORCH, imp)
             .forward(&f.latent, 700.0, &f.context, &Probe::disabled())
             .unwrap();
-        let err = rel_l2(&out, &full);
+        let err = common::rel_l2(&out, &full);
         assert!(err < 1e-5, "{text}: relative L2 {err:e}");
     }
     let tiny_budget = AttentionImpl::parse("split:1KiB", None).unwrap();
@@ -240,7 +219,7 @@ fn f16_runs_close_to_f32() {
         .forward(&f.latent, 400.0, &f.context, &Probe::disabled())
         .unwrap();
     assert_eq!(b.dtype(), DType::F16);
-    let err = rel_l2(&b.to_dtype(DType::F32).unwrap(), &a);
+    let err = common::rel_l2(&b.to_dtype(DType::F32).unwrap(), &a);
     assert!(err > 0.0 && err < 1e-2, "f16 vs f32: {err:e}");
 }
 

@@ -193,3 +193,25 @@ pub fn write_mini_run(path: &Path, steps: u32, seed: u64) -> u64 {
     );
     probe.finish().unwrap().unwrap().records
 }
+
+/// Relative L2 distance ‖a − b‖ / ‖b‖ of two candle tensors, computed in f64.
+pub fn rel_l2(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    let a = a.to_dtype(candle_core::DType::F64).unwrap();
+    let b = b.to_dtype(candle_core::DType::F64).unwrap();
+    let d = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let n = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    (d / n).sqrt()
+}
