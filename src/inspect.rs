@@ -5,7 +5,7 @@ use crate::dtype::DType;
 use crate::glob;
 use crate::stats::Summary;
 use crate::trace::{
-    Codec, Fidelity, Integrity, RecordEntry, RunHeader, TraceReader, format_unix_ms,
+    Codec, Fidelity, Integrity, RecordEntry, RunEnd, RunHeader, TraceReader, format_unix_ms,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -18,6 +18,7 @@ pub struct TraceInfo {
     pub file_len: u64,
     pub version: (u16, u16),
     pub integrity: Integrity,
+    pub run_end: Option<RunEnd>,
     pub header: RunHeader,
     pub records: usize,
     /// Distinct sampler steps, in order.
@@ -53,6 +54,7 @@ pub fn trace_info(r: &TraceReader) -> TraceInfo {
         file_len: r.file_len(),
         version: r.version(),
         integrity: r.integrity().clone(),
+        run_end: r.run_end().cloned(),
         header: r.header().clone(),
         records: r.entries().len(),
         unstepped: r.entries().iter().filter(|e| e.step.is_none()).count(),
@@ -118,6 +120,17 @@ pub fn render_info(i: &TraceInfo) -> String {
                 s,
                 "          {} complete records survived in the first {valid_len} of {file_len} bytes",
                 i.records
+            );
+        }
+    }
+    if let Some(end) = &i.run_end {
+        let _ = writeln!(s, "run       {}", end.describe());
+        for n in end.nonfinite.iter().take(5) {
+            let step = n.step.map_or("-".to_string(), |s| s.to_string());
+            let _ = writeln!(
+                s,
+                "          non-finite: {} step {step}: {} NaN, {} +Inf, {} -Inf",
+                n.key, n.nan, n.pos_inf, n.neg_inf
             );
         }
     }
@@ -276,6 +289,7 @@ pub fn info_json(i: &TraceInfo) -> Value {
         "file_len": i.file_len,
         "format_version": [i.version.0, i.version.1],
         "integrity": integrity,
+        "run_end": i.run_end,
         "verified_records": i.verified,
         "header": i.header,
         "records": i.records,

@@ -13,7 +13,10 @@
 use crate::dtype::{DType, byte_len};
 use crate::glob;
 use crate::stats::{SummaryBuilder, sketch::DEFAULT_K, sketch::SketchBuilder, thumbnail};
-use crate::trace::{Codec, Fidelity, RecordId, RecordInput, TraceError, TraceWriter, WrittenTrace};
+use crate::trace::{
+    Codec, Fidelity, NonFinite, RecordId, RecordInput, RunEnd, TraceError, TraceWriter,
+    WrittenTrace,
+};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
@@ -328,7 +331,13 @@ struct State {
     eval: u32,
     /// Policy decisions for the current step, by key.
     cache: HashMap<String, Action>,
+    /// Captured records that held NaN/Inf: the first [`MAX_NONFINITE_KEPT`], and how many.
+    nonfinite: Vec<NonFinite>,
+    nonfinite_total: u64,
 }
+
+/// Non-finite records a probe keeps the details of (the count goes on).
+pub const MAX_NONFINITE_KEPT: usize = 1000;
 
 /// The recording seam. `Probe::disabled()` costs one branch per call.
 pub struct Probe {
@@ -360,6 +369,8 @@ impl Probe {
                 step: None,
                 eval: 0,
                 cache: HashMap::new(),
+                nonfinite: Vec::new(),
+                nonfinite_total: 0,
             })),
         }
     }
@@ -369,6 +380,23 @@ impl Probe {
         if let Some(s) = &self.state {
             lock(s).interventions.push(i);
         }
+    }
+
+    /// Captured records that held NaN/Inf so far: the first [`MAX_NONFINITE_KEPT`] in
+    /// execution order, and the total count.
+    pub fn nonfinite(&self) -> (Vec<NonFinite>, u64) {
+        match &self.state {
+            None => (Vec::new(), 0),
+            Some(s) => {
+                let s = lock(s);
+                (s.nonfinite.clone(), s.nonfinite_total)
+            }
+        }
+    }
+
+    /// How many captured records held NaN/Inf so far (cheap; for polling during a run).
+    pub fn nonfinite_count(&self) -> u64 {
+        self.state.as_ref().map_or(0, |s| lock(s).nonfinite_total)
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -471,6 +499,23 @@ impl Probe {
                 codec,
             )
         });
+        if let Some((rec, _)) = &pending {
+            let sum = &rec.summary;
+            if sum.nan + sum.pos_inf + sum.neg_inf > 0 {
+                let st = &mut *s;
+                st.nonfinite_total += 1;
+                if st.nonfinite.len() < MAX_NONFINITE_KEPT {
+                    st.nonfinite.push(NonFinite {
+                        key: key.to_string(),
+                        step: st.step,
+                        eval: st.eval,
+                        nan: sum.nan,
+                        pos_inf: sum.pos_inf,
+                        neg_inf: sum.neg_inf,
+                    });
+                }
+            }
+        }
         Ok((replacement, pending))
     }
 
@@ -493,9 +538,22 @@ impl Probe {
 
     /// Finish the trace (index and footer). `Ok(None)` when there was no trace.
     pub fn finish(self) -> Result<Option<WrittenTrace>, ProbeError> {
+        self.close(None)
+    }
+
+    /// Finish the trace saying how the run ended (see [`RunEnd`]).
+    pub fn finish_with(self, end: RunEnd) -> Result<Option<WrittenTrace>, ProbeError> {
+        self.close(Some(end))
+    }
+
+    fn close(self, end: Option<RunEnd>) -> Result<Option<WrittenTrace>, ProbeError> {
         let Some(s) = self.state else { return Ok(None) };
         let s = s.into_inner().unwrap_or_else(|e| e.into_inner());
-        Ok(s.writer.map(TraceWriter::finish).transpose()?)
+        let Some(w) = s.writer else { return Ok(None) };
+        Ok(Some(match end {
+            Some(end) => w.finish_with(end)?,
+            None => w.finish()?,
+        }))
     }
 }
 

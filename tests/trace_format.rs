@@ -9,7 +9,8 @@ use sdtrace::DType;
 use sdtrace::probe::{TensorView, capture};
 use sdtrace::stats::summarize;
 use sdtrace::trace::{
-    Codec, Fidelity, Integrity, TraceError, TraceReader, TraceWriter, WriterOptions,
+    Codec, Fidelity, Integrity, NonFinite, RunEnd, RunStatus, TraceError, TraceReader, TraceWriter,
+    WriterOptions,
 };
 use std::path::Path;
 
@@ -229,6 +230,72 @@ fn dropped_writer_leaves_readable_truncated_trace() {
         }
         i => panic!("{i:?}"),
     }
+}
+
+/// A run stopped early closes cleanly: the file is complete, the run-end frame says the run
+/// was not, through the footer and (with the footer cut off) through the recovery scan.
+#[test]
+fn run_end_frame_marks_an_interrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stopped.sdt");
+    let mut w =
+        TraceWriter::create(&path, &fixed_header("stopped"), WriterOptions::default()).unwrap();
+    let data = encode(DType::F32, &[1.0, f64::NAN, 3.0]);
+    for i in 0..3 {
+        let view = TensorView::new(DType::F32, &[3], &data).unwrap();
+        w.write(capture(
+            "k",
+            Some(i),
+            0,
+            view,
+            Fidelity::Full,
+            Codec::Raw,
+            16,
+        ))
+        .unwrap();
+    }
+    let end = RunEnd {
+        status: RunStatus::Interrupted,
+        reason: Some("interrupted (Ctrl-C)".into()),
+        steps_completed: Some(3),
+        steps_planned: Some(20),
+        elapsed_ms: Some(1234),
+        nonfinite: vec![NonFinite {
+            key: "k".into(),
+            step: Some(0),
+            eval: 0,
+            nan: 1,
+            pos_inf: 0,
+            neg_inf: 0,
+        }],
+        ..RunEnd::default()
+    };
+    w.finish_with(end.clone()).unwrap();
+    let r = TraceReader::open(&path).unwrap();
+    assert!(r.integrity().is_complete());
+    assert_eq!(r.run_end(), Some(&end));
+    assert_eq!(r.version(), (1, 1));
+    assert_eq!(read_all(&path).unwrap(), 3);
+    assert!(
+        end.describe().contains("interrupted, 3 of 20 steps"),
+        "{}",
+        end.describe()
+    );
+
+    // Without its footer the scan still finds the frame.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.sdt");
+    std::fs::write(&cut, &bytes[..bytes.len() - 24]).unwrap();
+    let r = TraceReader::open(&cut).unwrap();
+    assert!(!r.integrity().is_complete());
+    assert_eq!(r.run_end(), Some(&end));
+    assert_eq!(r.entries().len(), 3);
+
+    // A plain finish writes no run-end frame.
+    let plain = dir.path().join("plain.sdt");
+    let w = TraceWriter::create(&plain, &fixed_header("plain"), WriterOptions::default()).unwrap();
+    w.finish().unwrap();
+    assert_eq!(TraceReader::open(&plain).unwrap().run_end(), None);
 }
 
 #[test]

@@ -16,7 +16,9 @@ use super::metrics::{
 use super::tolerance::TolConfig;
 use super::{AnalysisError, jf64};
 use crate::dtype::DType;
-use crate::trace::{RecordEntry, RecordMeta, RunHeader, TraceError, TraceReader};
+use crate::trace::{
+    RecordEntry, RecordMeta, RunEnd, RunHeader, RunStatus, TraceError, TraceReader,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,17 +50,37 @@ pub enum Basis {
 pub struct TraceSide {
     pub path: String,
     pub records: u64,
+    /// The file is whole and the run did all its steps.
     pub complete: bool,
     pub header: RunHeader,
+    /// How the run ended, when the trace says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_end: Option<RunEnd>,
 }
 
 impl TraceSide {
     fn of(r: &TraceReader) -> Self {
+        let run_end = r.run_end().cloned();
+        let finished = run_end
+            .as_ref()
+            .is_none_or(|e| e.status == RunStatus::Complete);
         TraceSide {
             path: r.path().display().to_string(),
             records: r.entries().len() as u64,
-            complete: r.integrity().is_complete(),
+            complete: r.integrity().is_complete() && finished,
             header: r.header().clone(),
+            run_end,
+        }
+    }
+
+    /// `""`, or why the trace is not a whole run (for report headers).
+    pub fn incomplete_note(&self) -> String {
+        match (&self.run_end, self.complete) {
+            (_, true) => String::new(),
+            (Some(e), false) if e.status != RunStatus::Complete => {
+                format!(" (incomplete run: {})", e.describe())
+            }
+            _ => " (truncated file: only the records before the damage)".into(),
         }
     }
 }

@@ -24,8 +24,18 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
     let _ = writeln!(s, "## sdtrace report: {mark} ({})\n", v.class.name());
     let _ = writeln!(s, "{}\n", cell(&v.summary));
     let _ = writeln!(s, "| | |\n|---|---|");
-    let _ = writeln!(s, "| A | `{}` |", cell(&c.a.path));
-    let _ = writeln!(s, "| B | `{}` |", cell(&c.b.path));
+    let _ = writeln!(
+        s,
+        "| A | `{}`{} |",
+        cell(&c.a.path),
+        cell(&c.a.incomplete_note())
+    );
+    let _ = writeln!(
+        s,
+        "| B | `{}`{} |",
+        cell(&c.b.path),
+        cell(&c.b.incomplete_note())
+    );
     let k = &j.counts;
     let _ = writeln!(
         s,

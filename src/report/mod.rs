@@ -202,7 +202,7 @@ pub fn report_json(c: &Comparison, j: &Judgement) -> Value {
             })
         })
         .collect();
-    let side = |s: &crate::analysis::TraceSide| json!({"path": s.path, "records": s.records, "complete": s.complete, "header": s.header});
+    let side = |s: &crate::analysis::TraceSide| json!({"path": s.path, "records": s.records, "complete": s.complete, "run_end": s.run_end, "header": s.header});
     json!({
         "schema": REPORT_SCHEMA,
         "verdict": j.verdict,
@@ -317,6 +317,7 @@ pub(crate) mod fixture {
             path: p.into(),
             records: 10,
             complete: true,
+            run_end: None,
             header: RunHeader::default(),
         };
         Comparison {

@@ -35,7 +35,14 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
         1 => "DIVERGES",
         _ => "NOT COMPARABLE",
     };
-    let _ = writeln!(s, "sdtrace report: A = {}  B = {}", c.a.path, c.b.path);
+    let _ = writeln!(
+        s,
+        "sdtrace report: A = {}{}  B = {}{}",
+        c.a.path,
+        c.a.incomplete_note(),
+        c.b.path,
+        c.b.incomplete_note()
+    );
     let _ = writeln!(
         s,
         "verdict: {} — {outcome} (exit {})",

@@ -9,7 +9,7 @@ pub const FOOTER_MAGIC: &[u8; 8] = b"SDTRIDX\0";
 /// Format major version: readers refuse other majors.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version: additions old readers can ignore.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 
 pub const FILE_HEADER_LEN: u64 = 16;
 pub const FRAME_HEADER_LEN: u64 = 16;
@@ -31,6 +31,8 @@ pub enum FrameKind {
     Payload,
     /// The index of all records, postcard.
     Index,
+    /// How the run ended, UTF-8 JSON (format 1.1); just before the index.
+    RunEnd,
     /// A kind this reader does not know; skipped.
     Unknown(u8),
 }
@@ -42,6 +44,7 @@ impl FrameKind {
             FrameKind::Record => 2,
             FrameKind::Payload => 3,
             FrameKind::Index => 4,
+            FrameKind::RunEnd => 5,
             FrameKind::Unknown(c) => c,
         }
     }
@@ -52,6 +55,7 @@ impl FrameKind {
             2 => FrameKind::Record,
             3 => FrameKind::Payload,
             4 => FrameKind::Index,
+            5 => FrameKind::RunEnd,
             c => FrameKind::Unknown(c),
         }
     }
@@ -138,21 +142,24 @@ pub fn write_frame_header(out: &mut impl Write, hdr: &FrameHeader) -> std::io::R
     out.write_all(&b)
 }
 
-/// The 24-byte footer pointing at the index frame.
-pub fn footer(index_offset: u64) -> [u8; 24] {
+/// The 24-byte footer pointing at the index frame; `run_end_len` is the total length of the
+/// run-end frame that ends right before the index (0: none).
+pub fn footer(index_offset: u64, run_end_len: u32) -> [u8; 24] {
     let mut f = [0u8; 24];
     f[..8].copy_from_slice(&index_offset.to_le_bytes());
     f[8..12].copy_from_slice(&crc32fast::hash(&index_offset.to_le_bytes()).to_le_bytes());
+    f[12..16].copy_from_slice(&run_end_len.to_le_bytes());
     f[16..].copy_from_slice(FOOTER_MAGIC);
     f
 }
 
-/// The index offset of a valid footer, or `None`.
-pub fn parse_footer(f: &[u8; 24]) -> Option<u64> {
+/// The index offset and run-end frame length of a valid footer, or `None`.
+pub fn parse_footer(f: &[u8; 24]) -> Option<(u64, u32)> {
     if &f[16..] != FOOTER_MAGIC {
         return None;
     }
     let off: [u8; 8] = f[..8].try_into().ok()?;
     let crc = u32::from_le_bytes(f[8..12].try_into().ok()?);
-    (crc32fast::hash(&off) == crc).then(|| u64::from_le_bytes(off))
+    let run_end = u32::from_le_bytes(f[12..16].try_into().ok()?);
+    (crc32fast::hash(&off) == crc).then(|| (u64::from_le_bytes(off), run_end))
 }

@@ -129,6 +129,90 @@ impl RunHeader {
     }
 }
 
+/// How a recording ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every planned step ran.
+    #[default]
+    Complete,
+    /// Stopped on request (Ctrl-C, `--stop-on-nan`).
+    Interrupted,
+    /// Stopped by an error.
+    Failed,
+}
+
+impl RunStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Complete => "complete",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A probed tensor that held NaN or infinite values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NonFinite {
+    pub key: String,
+    pub step: Option<u32>,
+    pub eval: u32,
+    pub nan: u64,
+    pub pos_inf: u64,
+    pub neg_inf: u64,
+}
+
+/// The run-end frame (format 1.1): written when a recording stops, finished or not, so a
+/// reader can tell a complete run from one that was stopped but closed cleanly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunEnd {
+    pub status: RunStatus,
+    /// Why the run stopped early (the error message, "interrupted (Ctrl-C)", ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_completed: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_planned: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
+    /// Probed tensors with NaN/Inf, in execution order (the first 1000).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nonfinite: Vec<NonFinite>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl RunEnd {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    /// One line for people: `complete, 20 of 20 steps in 12.3 s`.
+    pub fn describe(&self) -> String {
+        let mut s = self.status.name().to_string();
+        if let Some(done) = self.steps_completed {
+            match self.steps_planned {
+                Some(n) => s += &format!(", {done} of {n} steps"),
+                None => s += &format!(", {done} steps"),
+            }
+        }
+        if let Some(ms) = self.elapsed_ms {
+            s += &format!(" in {:.1} s", ms as f64 / 1000.0);
+        }
+        if let Some(r) = &self.reason {
+            s += &format!(" ({r})");
+        }
+        if !self.nonfinite.is_empty() {
+            s += &format!("; {} probed tensors held NaN/Inf", self.nonfinite.len());
+        }
+        s
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS UTC` for milliseconds since the Unix epoch.
 pub fn format_unix_ms(ms: u64) -> String {
     let secs = ms / 1000;

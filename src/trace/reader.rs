@@ -11,7 +11,7 @@ use super::format::{
     FILE_HEADER_LEN, FILE_MAGIC, FOOTER_LEN, FORMAT_MAJOR, FRAME_HEADER_LEN, FrameHeader,
     FrameKind, MAX_HEADER_BODY, MAX_INDEX_BODY, MAX_RECORD_BODY, parse_footer,
 };
-use super::header::RunHeader;
+use super::header::{RunEnd, RunHeader};
 use super::record::{Fidelity, IndexBody, RecordId, RecordMeta};
 use super::{Result, TraceError};
 use crate::dtype::{DType, byte_len};
@@ -82,6 +82,7 @@ pub struct TraceReader {
     header: RunHeader,
     entries: Vec<RecordEntry>,
     integrity: Integrity,
+    run_end: Option<RunEnd>,
 }
 
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -131,6 +132,7 @@ impl TraceReader {
             header: RunHeader::default(),
             entries: Vec::new(),
             integrity: Integrity::Complete,
+            run_end: None,
         };
         r.read_file_header()?;
         let data_start = r.read_run_header()?;
@@ -165,6 +167,12 @@ impl TraceReader {
 
     pub fn integrity(&self) -> &Integrity {
         &self.integrity
+    }
+
+    /// How the run ended, when the writer recorded it (format 1.1; `None` for traces written
+    /// without a run-end frame, and for runs killed before they could close the file).
+    pub fn run_end(&self) -> Option<&RunEnd> {
+        self.run_end.as_ref()
     }
 
     /// The record with this identity, if recorded.
@@ -294,7 +302,7 @@ impl TraceReader {
         let footer_at = self.file_len - FOOTER_LEN;
         let mut f = [0u8; 24];
         read_at(&self.file, &mut f, footer_at).map_err(|e| e.to_string())?;
-        let index_at = parse_footer(&f).ok_or(
+        let (index_at, run_end_len) = parse_footer(&f).ok_or(
             "no valid footer: the recording did not finish (killed, crashed, or out of disk)",
         )?;
         if index_at < data_start || index_at % 8 != 0 {
@@ -308,6 +316,16 @@ impl TraceReader {
                 "footer does not point at an index frame (byte offset {index_at})"
             ));
         }
+        let run_end_at = index_at.checked_sub(u64::from(run_end_len));
+        let run_end = match run_end_at {
+            _ if run_end_len == 0 => None,
+            Some(at) if at >= data_start && at % 8 == 0 => Some(self.read_run_end(at, index_at)?),
+            _ => {
+                return Err(format!(
+                    "footer names a run-end frame of {run_end_len} bytes that does not fit before the index"
+                ));
+            }
+        };
         let body = self.frame_body(index_at, &h, MAX_INDEX_BODY)?;
         let (index, _rest): (IndexBody, _) = postcard::take_from_bytes(&body)
             .map_err(|e| format!("index at byte offset {index_at} does not decode: {e}"))?;
@@ -339,9 +357,28 @@ impl TraceReader {
                 payload_len: row.payload_len,
             });
         }
+        if let (Some(at), Some(_)) = (run_end_at, &run_end)
+            && prev_end > at
+        {
+            return Err("the run-end frame overlaps the last record".into());
+        }
         self.entries = entries;
         self.integrity = Integrity::Complete;
+        self.run_end = run_end;
         Ok(())
+    }
+
+    /// The run-end frame at `at`, which must end exactly at `end`.
+    fn read_run_end(&self, at: u64, end: u64) -> Result<RunEnd, String> {
+        let h = self.frame_header(at, end)?;
+        if h.kind != FrameKind::RunEnd || at + h.total_len().unwrap_or(0) != end {
+            return Err(format!(
+                "footer does not point at a run-end frame (byte offset {at})"
+            ));
+        }
+        let body = self.frame_body(at, &h, MAX_HEADER_BODY)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("run-end frame at byte offset {at} is not valid JSON: {e}"))
     }
 
     /// Rebuild the record list by walking frames from `data_start` up to the first damage.
@@ -409,6 +446,10 @@ impl TraceReader {
                 FrameKind::Header => {
                     break Some(format!("a second run header at byte offset {at}"));
                 }
+                FrameKind::RunEnd => match self.read_run_end(at, at + total) {
+                    Ok(end) => self.run_end = Some(end),
+                    Err(e) => break Some(e),
+                },
                 FrameKind::Unknown(_) => {
                     if let Err(e) = self.check_crc_streaming(at, &h) {
                         break Some(e);

@@ -9,7 +9,7 @@
 
 use super::codec::{Codec, encode_shuffle_zstd};
 use super::format::{FrameKind, file_header, footer, write_frame};
-use super::header::RunHeader;
+use super::header::{RunEnd, RunHeader};
 use super::record::{Fidelity, IndexBody, IndexRow, PayloadRef, RecordMeta};
 use super::{Result, TraceError};
 use crate::dtype::{DType, byte_len};
@@ -63,8 +63,8 @@ pub struct WrittenTrace {
 enum Job {
     Record(u64, Box<RecordInput>),
     Flush,
-    /// Write the index and footer, then stop.
-    Finish,
+    /// Write the run-end frame (if any), the index and the footer, then stop.
+    Finish(Option<Box<RunEnd>>),
     /// Flush what was written and stop without an index (the file reads as truncated).
     Abort,
 }
@@ -179,7 +179,14 @@ impl TraceWriter {
 
     /// Write the index and footer, flush everything to the OS, and stop the I/O thread.
     pub fn finish(mut self) -> Result<WrittenTrace> {
-        self.push(Job::Finish)?;
+        self.push(Job::Finish(None))?;
+        self.join()
+    }
+
+    /// Like [`finish`](Self::finish), recording how the run ended first (a run-end frame), so
+    /// a run stopped early still gives a valid file that says it is incomplete.
+    pub fn finish_with(mut self, end: RunEnd) -> Result<WrittenTrace> {
+        self.push(Job::Finish(Some(Box::new(end))))?;
         self.join()
     }
 
@@ -290,13 +297,13 @@ impl IoThread {
                     self.out.flush().map_err(|e| self.err("cannot write", e))
                 }
                 Job::Flush => Ok(()),
-                Job::Finish => {
+                Job::Finish(end) => {
                     let r = match failed {
                         Some(message) => Err(TraceError::WriterFailed {
                             path: self.path.clone(),
                             message,
                         }),
-                        None => self.finish(),
+                        None => self.finish(end.as_deref()),
                     };
                     if let Err(e) = &r {
                         shared.lock().error.get_or_insert_with(|| e.to_string());
@@ -394,7 +401,18 @@ impl IoThread {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<WrittenTrace> {
+    fn finish(&mut self, end: Option<&RunEnd>) -> Result<WrittenTrace> {
+        let run_end_len = match end {
+            Some(end) => {
+                let before = self.offset;
+                self.frame(FrameKind::RunEnd, &end.to_json())?;
+                u32::try_from(self.offset - before).map_err(|_| TraceError::WriterFailed {
+                    path: self.path.clone(),
+                    message: "the run-end record is over 4 GiB".into(),
+                })?
+            }
+            None => 0,
+        };
         let index = IndexBody {
             keys: std::mem::take(&mut self.keys),
             rows: std::mem::take(&mut self.rows),
@@ -405,7 +423,7 @@ impl IoThread {
         })?;
         let at = self.frame(FrameKind::Index, &body)?;
         self.out
-            .write_all(&footer(at))
+            .write_all(&footer(at, run_end_len))
             .map_err(|e| self.err("cannot write", e))?;
         self.offset += 24;
         self.out.flush().map_err(|e| self.err("cannot write", e))?;
