@@ -440,7 +440,11 @@ impl Probe {
     ) -> Result<Option<OwnedTensor>, ProbeError> {
         let (replacement, pending) = self.observe(key, tensor)?;
         if let Some((rec, codec)) = pending {
-            self.commit(rec, || (tensor.data.to_vec(), codec))?;
+            let data = || match &replacement {
+                Some(r) => (r.data.clone(), codec),
+                None => (tensor.data.to_vec(), codec),
+            };
+            self.commit(rec, data)?;
         }
         Ok(replacement)
     }
@@ -458,12 +462,17 @@ impl Probe {
         })?;
         let (replacement, pending) = self.observe(key, view)?;
         if let Some((rec, codec)) = pending {
-            self.commit(rec, || (tensor.data, codec))?;
+            let data = || match &replacement {
+                Some(r) => (r.data.clone(), codec),
+                None => (tensor.data, codec),
+            };
+            self.commit(rec, data)?;
         }
         Ok(replacement)
     }
 
-    /// Interventions (they see the original tensor), then the record without its payload.
+    /// Interventions (they see the original tensor), then the record without its payload. The
+    /// record describes the tensor used onwards: the replacement when an intervention made one.
     fn observe(
         &self,
         key: &str,
@@ -493,9 +502,16 @@ impl Probe {
                 }
             }
         }
+        let recorded = match &replacement {
+            Some(r) => r.view().map_err(|what| TraceError::InvalidTensor {
+                key: key.to_string(),
+                what,
+            })?,
+            None => tensor,
+        };
         let pending = plan.capture.map(|(fidelity, codec)| {
             (
-                summarize_tensor(key, s.step, s.eval, tensor, fidelity, s.policy.sketch_k),
+                summarize_tensor(key, s.step, s.eval, recorded, fidelity, s.policy.sketch_k),
                 codec,
             )
         });

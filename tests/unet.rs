@@ -442,3 +442,47 @@ fn attention_plan_matches_what_runs() {
         "{e}"
     );
 }
+
+/// `probe_points` lists exactly the records a forward pass makes with every point captured,
+/// in order and with their shapes, also for odd latent sides and both downsample paddings.
+#[test]
+fn probe_points_match_a_real_forward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cfg, (h, w)) in [
+        (UNetConfig::tiny(), (8, 8)),
+        (UNetConfig::tiny(), (5, 7)),
+        (
+            UNetConfig {
+                downsample_padding: 0,
+                ..UNetConfig::tiny()
+            },
+            (7, 6),
+        ),
+    ] {
+        let f = fixture_for(cfg);
+        let unet = f.unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full);
+        let path = dir.path().join("all.sdt");
+        let mut policy = Policy::preset("stats").unwrap();
+        policy.push("*=stats".parse().unwrap());
+        let probe = Probe::new(
+            TraceWriter::create(&path, &RunHeader::default(), WriterOptions::default()).unwrap(),
+            policy,
+        );
+        probe.set_step(Some(0), 0).unwrap();
+        let latent = randn(&[2, 4, h, w], 3);
+        unet.forward(&latent, 500.0, &f.context, &probe).unwrap();
+        probe.finish().unwrap();
+        let r = TraceReader::open(&path).unwrap();
+        let recorded: Vec<(String, Vec<usize>)> = r
+            .entries()
+            .iter()
+            .map(|e| {
+                (
+                    e.key.to_string(),
+                    e.shape.iter().map(|&d| d as usize).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(unet.probe_points(2, h, w, 77), recorded, "latent {h}x{w}");
+    }
+}

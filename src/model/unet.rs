@@ -665,6 +665,102 @@ impl UNet {
         Ok(plan)
     }
 
+    /// Every probe point of one forward pass on a `batch`×`height`×`width` latent with
+    /// `context_tokens` text tokens: key and output shape, in execution order, including the
+    /// fine points (`to_q`/`to_k`/`to_v`, and `probs` where the attention implementation can
+    /// produce them). A pure function of the shapes: what a capture will cost is known before
+    /// the run (tests check it against a real forward pass).
+    pub fn probe_points(
+        &self,
+        batch: usize,
+        height: usize,
+        width: usize,
+        context_tokens: usize,
+    ) -> Vec<(String, Vec<usize>)> {
+        let cfg = &self.config;
+        let n = self.down.len();
+        let mut sides = vec![(height, width)];
+        for level in &self.down[..n - 1] {
+            let (pad, p) = match &level.resample {
+                Some(r) if r.pad => (1, 0),
+                _ => (0, cfg.downsample_padding),
+            };
+            let out = |s: usize| (s + pad + 2 * p).saturating_sub(3) / 2 + 1;
+            let (h, w) = sides[sides.len() - 1];
+            sides.push((out(h), out(w)));
+        }
+        let mut pts = vec![
+            (self.keys[1].clone(), vec![batch, cfg.time_embed_dim()]),
+            (
+                self.keys[0].clone(),
+                vec![batch, cfg.blocks[0].out_channels, height, width],
+            ),
+        ];
+        let map = |c: usize, (h, w): (usize, usize)| vec![batch, c, h, w];
+        let layer = |pts: &mut Vec<(String, Vec<usize>)>, level: &Level, j: usize, c, hw| {
+            pts.push((level.resnets[j].key.clone(), map(c, hw)));
+            if let Some(t) = level.attentions.get(j) {
+                let (h, w) = hw;
+                let tokens = vec![batch, h * w, c];
+                for block in &t.blocks {
+                    for (a, nk) in [(&block.attn1, h * w), (&block.attn2, context_tokens)] {
+                        let kv = vec![batch, nk, c];
+                        pts.push((a.fine_keys[0].clone(), tokens.clone()));
+                        pts.push((a.fine_keys[1].clone(), kv.clone()));
+                        pts.push((a.fine_keys[2].clone(), kv));
+                        if a.imp == AttentionImpl::Full {
+                            pts.push((a.fine_keys[3].clone(), vec![batch * a.heads, h * w, nk]));
+                        }
+                        pts.push((a.key.clone(), tokens.clone()));
+                    }
+                    pts.push((block.ff.key.clone(), tokens.clone()));
+                }
+                pts.push((t.key.clone(), map(c, hw)));
+            }
+        };
+        for (i, level) in self.down.iter().enumerate() {
+            let c = cfg.blocks[i].out_channels;
+            for j in 0..level.resnets.len() {
+                layer(&mut pts, level, j, c, sides[i]);
+            }
+            let out = match &level.resample {
+                Some(r) => {
+                    pts.push((r.key.clone(), map(c, sides[i + 1])));
+                    sides[i + 1]
+                }
+                None => sides[i],
+            };
+            pts.push((level.key.clone(), map(c, out)));
+        }
+        let c = cfg.blocks[n - 1].out_channels;
+        let last = sides[n - 1];
+        layer(&mut pts, &self.mid, 0, c, last);
+        pts.push((self.mid.resnets[1].key.clone(), map(c, last)));
+        pts.push((self.mid.key.clone(), map(c, last)));
+        for (i, level) in self.up.iter().enumerate() {
+            let c = cfg.blocks[n - 1 - i].out_channels;
+            let here = sides[n - 1 - i];
+            for j in 0..level.resnets.len() {
+                layer(&mut pts, level, j, c, here);
+            }
+            let out = match &level.resample {
+                Some(r) => {
+                    let to = sides[n - 2 - i];
+                    pts.push((r.key.clone(), map(c, to)));
+                    to
+                }
+                None => here,
+            };
+            pts.push((level.key.clone(), map(c, out)));
+        }
+        pts.push((
+            self.keys[2].clone(),
+            map(cfg.blocks[0].out_channels, (height, width)),
+        ));
+        pts.push((self.keys[3].clone(), map(cfg.out_channels, (height, width))));
+        pts
+    }
+
     /// Sinusoidal timestep features, computed in f32 and cast to the model dtype (diffusers'
     /// `Timesteps` + `t_emb.to(dtype)`).
     fn time_features(&self, batch: usize, timestep: f64, device: &Device) -> Result<Tensor> {

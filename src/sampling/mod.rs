@@ -42,6 +42,9 @@ pub enum SamplingError {
     BadShape(Vec<usize>),
     #[error("conditioning: {0}")]
     BadConditioning(String),
+    /// The step callback asked to stop (Ctrl-C, NaN with `--stop-on-nan`).
+    #[error("stopped after step {step}: {reason}")]
+    Stopped { step: u32, reason: String },
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]

@@ -245,6 +245,19 @@ impl Sampler {
         rng: &mut dyn NoiseSource,
         probe: &Probe,
     ) -> Result<Tensor> {
+        self.sample_with(model, noise, rng, probe, &mut |_| Ok(()))
+    }
+
+    /// [`Sampler::sample`], calling `after_step(i)` when step i (0-based) is done; an error
+    /// from it (e.g. [`SamplingError::Stopped`]) ends the loop and is returned.
+    pub fn sample_with(
+        &self,
+        model: &mut dyn Denoiser,
+        noise: &Tensor,
+        rng: &mut dyn NoiseSource,
+        probe: &Probe,
+        after_step: &mut dyn FnMut(u32) -> Result<()>,
+    ) -> Result<Tensor> {
         let n = self.timesteps.len();
         let mut x = (noise * self.sigmas[0] as f64)?;
         let mut old: Option<Tensor> = None;
@@ -273,6 +286,7 @@ impl Sampler {
                     x
                 }
             };
+            after_step(i as u32)?;
         }
         probe.set_step(Some(n as u32), 0)?;
         let x = observe(probe, "sampler.x", &x)?;
