@@ -11,6 +11,7 @@ pub mod glob;
 pub mod host;
 pub mod inspect;
 pub mod model;
+pub mod pipeline;
 pub mod probe;
 pub mod report;
 pub mod sampling;

@@ -17,6 +17,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cli;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success (report: the traces agree within tolerance)
@@ -60,6 +62,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
+    #[command(after_help = cli::record::RECORD_HELP)]
+    Record(cli::record::RecordArgs),
     /// Write a deterministic random-weight model in the diffusers folder layout (tests, demos,
     /// benchmarks; no download)
     #[command(after_help = EXIT_CODES)]
@@ -150,6 +155,9 @@ Exit codes:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Record(args) = &cli.command {
+        cli::record::configure_threads(args);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -173,6 +181,7 @@ fn json_text(v: &serde_json::Value) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Record(args) => cli::record::run(args),
         Command::Info {
             trace,
             verify,

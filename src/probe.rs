@@ -28,7 +28,9 @@ pub enum ProbeError {
         "capture rule '{rule}': {what}. Rules look like GLOB[@STEPS]=LEVEL[:CODEC], e.g. 'unet.*@0-4=full:zstd' (LEVEL: off, stats, sketch, full; CODEC: raw, zstd; STEPS: N, N-M, N-, -M)"
     )]
     BadRule { rule: String, what: String },
-    #[error("unknown capture preset '{0}' (expected one of: default, stats, sketch, full, off)")]
+    #[error(
+        "unknown capture preset '{0}' (expected one of: light (= default), full, stats, sketch, off, or rules GLOB[@STEPS]=LEVEL)"
+    )]
     BadPreset(String),
     #[error(transparent)]
     Trace(#[from] TraceError),
@@ -286,6 +288,29 @@ impl Policy {
             rules,
             sketch_k: DEFAULT_K,
         })
+    }
+
+    /// Parse a capture setting: a preset (`light` = `default`, `full`, `stats`, `sketch`,
+    /// `off`), rules (`GLOB[@STEPS]=LEVEL[:CODEC]`, separated by commas or spaces) added to
+    /// `light`, or a preset followed by rules (`full,*.probs=off`).
+    pub fn from_spec(text: &str) -> Result<Self, ProbeError> {
+        let mut parts = text
+            .split([',', ' ', '\n'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .peekable();
+        let base = match parts.peek() {
+            Some(&p) if !p.contains('=') => {
+                parts.next();
+                if p == "light" { "default" } else { p }
+            }
+            _ => "default",
+        };
+        let mut policy = Policy::preset(base)?;
+        for p in parts {
+            policy.push(p.parse()?);
+        }
+        Ok(policy)
     }
 
     /// Append a rule (it overrides earlier ones where both match).

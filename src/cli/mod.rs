@@ -1,0 +1,3 @@
+//! Subcommands too large for `main.rs`: flags, terminal output and exit codes at the edge.
+
+pub mod record;

@@ -1,0 +1,81 @@
+//! Text conditioning: prompt → token chunks ([`crate::text`]) → CLIP per chunk → A1111
+//! emphasis → one `[1, 77·k, dim]` tensor.
+//!
+//! Each 77-token chunk is encoded on its own, as A1111 does; with A1111 prompt syntax the
+//! token multipliers are applied to the encoder output z and the original mean restored
+//! (z ← z·w; z ← z·(mean₀ / mean₁), A1111's "Original" emphasis), in z's dtype with f32
+//! multipliers. The chunks are concatenated on the token axis. Every encoder call is a separate
+//! probe evaluation (eval 0, 1, …: the negative prompt's chunks first, as A1111 encodes the
+//! unconditional prompt first), so `text_encoder.*` records never collide.
+
+use super::{PipelineError, Result};
+use crate::model::clip::ClipTextModel;
+use crate::probe::Probe;
+use crate::text::{Chunk, PromptTokens};
+use candle_core::{Device, Tensor};
+
+/// Encode `chunks` (one prompt) with `clip`, applying emphasis when `weighted`. `first_eval`
+/// numbers the encoder calls; returns the conditioning and the next free eval number.
+pub fn encode(
+    clip: &ClipTextModel,
+    chunks: &[Chunk],
+    weighted: bool,
+    clip_skip: usize,
+    probe: &Probe,
+    first_eval: u32,
+    device: &Device,
+) -> Result<(Tensor, u32)> {
+    let mut parts = Vec::with_capacity(chunks.len());
+    let mut eval = first_eval;
+    for chunk in chunks {
+        probe.set_step(None, eval)?;
+        eval += 1;
+        let ids = Tensor::new(chunk.ids.as_slice(), device)?.unsqueeze(0)?;
+        let z = clip.forward(&ids, clip_skip, probe)?;
+        parts.push(if weighted {
+            emphasis(&z, &chunk.weights)?
+        } else {
+            z
+        });
+    }
+    probe.set_step(None, 0)?;
+    Ok((Tensor::cat(&parts, 1)?, eval))
+}
+
+/// A1111's "Original" emphasis on one chunk's output `z` [1, tokens, dim].
+fn emphasis(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
+    if weights.iter().all(|&w| w == 1.0) {
+        return Ok(z.clone());
+    }
+    let (_, n, _) = z.dims3()?;
+    if weights.len() != n {
+        return Err(PipelineError::Conditioning(format!(
+            "{} token weights for {n} tokens",
+            weights.len()
+        )));
+    }
+    let dtype = z.dtype();
+    let mean0 = z.to_dtype(candle_core::DType::F32)?.mean_all()?;
+    let w = Tensor::new(weights, z.device())?
+        .reshape((1, n, 1))?
+        .to_dtype(dtype)?;
+    let zw = z.broadcast_mul(&w)?;
+    let mean1 = zw.to_dtype(candle_core::DType::F32)?.mean_all()?;
+    let ratio = (mean0 / mean1)?.to_dtype(dtype)?;
+    Ok(zw.broadcast_mul(&ratio)?)
+}
+
+/// Pad the shorter of two chunk lists with copies of `empty` (the empty prompt's chunk), so
+/// uncond and cond have equal token counts and run in one batch (A1111's `pad_cond_uncond`).
+/// Returns how many chunks were added to each side.
+pub fn pad_chunks(
+    uncond: &mut PromptTokens,
+    cond: &mut PromptTokens,
+    empty: &Chunk,
+) -> (usize, usize) {
+    let (u, c) = (uncond.chunks.len(), cond.chunks.len());
+    let n = u.max(c);
+    uncond.chunks.resize(n, empty.clone());
+    cond.chunks.resize(n, empty.clone());
+    (n - u, n - c)
+}

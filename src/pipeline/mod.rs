@@ -1,0 +1,847 @@
+//! The text-to-image pipeline behind `sdtrace record`: load a diffusers model folder, encode the
+//! prompts, draw the initial noise, sample, decode, and record all of it into one trace.
+//!
+//! [`record`] owns the run's life cycle: it checks every setting and file before it creates
+//! the trace, computes what will be captured and its size ([`estimate`]) and refuses to start
+//! when that exceeds the limit or the free disk, writes the run header (every
+//! determinism-relevant setting: seeds, RNG, dtype, attention and its chunking plan, thread
+//! count, device facts, model file hashes, sigmas and timesteps), then runs. Whatever happens
+//! after the trace exists — success, a stop request between steps (Ctrl-C, NaN with
+//! `stop_on_nan`), or an error — the trace is closed with a run-end frame saying how the run
+//! ended, so it is always a valid file. I/O to the terminal is the caller's: progress comes
+//! through the [`Monitor`] callbacks. Candle types stay in this module and `model/`.
+
+pub mod conditioning;
+pub mod estimate;
+pub mod perturb;
+
+use crate::host::host_facts;
+use crate::model::ModelError;
+use crate::model::attention::{AttentionImpl, Numerics};
+use crate::model::clip::{ClipConfig, ClipTextModel};
+use crate::model::config::UNetConfig;
+use crate::model::observe::{observe, trace_dtype};
+use crate::model::unet::UNet;
+use crate::model::vae::Vae;
+use crate::probe::{Policy, Probe, ProbeError};
+use crate::sampling::noise::randn;
+use crate::sampling::{
+    AlphasPrecision, DiscreteSchedule, NoiseSource, Sampler, SamplerKind, SamplerSpec,
+    SamplingError, SdtraceNoise, UNetDenoiser,
+};
+use crate::text::{ClipTokenizer, PromptSyntax, TextError, tokenize_prompt};
+use crate::trace::{
+    NonFinite, RunEnd, RunHeader, RunStatus, Settings, TraceError, TraceWriter, WriterOptions,
+    WrittenTrace,
+};
+use candle_core::{DType, Device, Tensor};
+use estimate::{Estimate, PlannedRecord};
+use perturb::{Perturb, Perturbation};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Errors of a recording. Those before the trace exists leave no file behind; [`Run`] means
+/// the trace was written and closed, marked failed.
+///
+/// [`Run`]: PipelineError::Run
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Setting(String),
+    #[error("model folder {dir}: {what}")]
+    ModelFolder { dir: PathBuf, what: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("conditioning: {0}")]
+    Conditioning(String),
+    #[error(
+        "the trace would be about {} but --max-trace-size is {}: capture less (--capture light, or rules such as 'unet.*=stats'), fewer steps or a smaller size, or raise --max-trace-size",
+        human(*estimate), human(*limit)
+    )]
+    TooLarge { estimate: u64, limit: u64 },
+    #[error(
+        "the trace would be about {} but only {} are free on the disk of {}: free space, capture less, or write elsewhere with -o",
+        human(*estimate), human(*free), path.display()
+    )]
+    DiskFull {
+        estimate: u64,
+        free: u64,
+        path: PathBuf,
+    },
+    #[error("{source} (the trace {} was closed and marked failed)", trace.display())]
+    Run {
+        trace: PathBuf,
+        #[source]
+        source: Box<PipelineError>,
+    },
+}
+
+impl From<candle_core::Error> for PipelineError {
+    fn from(e: candle_core::Error) -> Self {
+        PipelineError::Model(e.into())
+    }
+}
+
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+/// `1.5 GiB` style.
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
+        _ => format!("{:.2} GiB", b / 1_073_741_824.0),
+    }
+}
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, idx) = s.split_once(':').unwrap_or((s, "0"));
+        let idx: usize = idx
+            .parse()
+            .map_err(|_| format!("'{s}': the device index must be a number (cuda:0)"))?;
+        match name {
+            "cpu" if !s.contains(':') => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(idx)),
+            "metal" => Ok(DeviceChoice::Metal(idx)),
+            _ => Err(format!("'{s}': expected cpu, cuda, cuda:N or metal")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceChoice::Metal(i) => write!(f, "metal:{i}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Open the device; a build without the backend says how to get one.
+    pub fn open(self) -> Result<Device> {
+        let feature = match self {
+            DeviceChoice::Cpu => return Ok(Device::Cpu),
+            DeviceChoice::Cuda(i) if cfg!(feature = "cuda") => {
+                return Device::new_cuda(i).map_err(|e| {
+                    PipelineError::Setting(format!("--device {self}: cannot open the GPU: {e}"))
+                });
+            }
+            DeviceChoice::Metal(i) if cfg!(feature = "metal") => {
+                return Device::new_metal(i).map_err(|e| {
+                    PipelineError::Setting(format!("--device {self}: cannot open the GPU: {e}"))
+                });
+            }
+            DeviceChoice::Cuda(_) => "cuda",
+            DeviceChoice::Metal(_) => "metal",
+        };
+        Err(PipelineError::Setting(format!(
+            "--device {self}: this sdtrace was built without {feature} support; rebuild with `cargo build --release --features {feature}`"
+        )))
+    }
+}
+
+/// The model's compute dtype (candle's).
+pub type ModelDType = DType;
+
+/// Compute threads candle's CPU kernels use (set `RAYON_NUM_THREADS` before the first use).
+pub fn compute_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Parse `--dtype`.
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" | "fp32" | "float32" => Ok(DType::F32),
+        "f16" | "fp16" | "half" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => Err(format!("'{s}': expected f32, f16 or bf16")),
+    }
+}
+
+/// Parse `--size WxH` (multiples of 8, at least 8).
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{s}': expected WIDTHxHEIGHT, e.g. 512x512"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("'{s}': expected WIDTHxHEIGHT, e.g. 512x512"))
+    };
+    let (w, h) = (num(w)?, num(h)?);
+    for (name, v) in [("width", w), ("height", h)] {
+        if v == 0 || v % 8 != 0 || v > 16384 {
+            let (lo, hi) = ((v / 8).max(1) * 8, (v / 8 + 1) * 8);
+            return Err(format!(
+                "'{s}': the {name} {v} must be a multiple of 8 between 8 and 16384 (the VAE works on 8x8 pixel blocks); try {lo} or {hi}"
+            ));
+        }
+    }
+    Ok((w, h))
+}
+
+/// Everything a recording is made from.
+#[derive(Clone, Debug)]
+pub struct RecordSpec {
+    /// A diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
+    pub model: PathBuf,
+    pub prompt: String,
+    pub negative: String,
+    pub syntax: PromptSyntax,
+    pub steps: u32,
+    pub sampler: SamplerKind,
+    pub cfg_scale: f64,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    /// A1111's "Clip skip": 1 = the last layer.
+    pub clip_skip: u32,
+    pub device: DeviceChoice,
+    pub dtype: DType,
+    /// `full`, `sliced:N`, `split:auto|BUDGET`, `subquad:Q,KV`.
+    pub attention: String,
+    /// Compute threads in effect (recorded; the caller configures the thread pool).
+    pub threads: Option<u32>,
+    /// The capture rules and how they were given (`light`, `full`, or the rules text).
+    pub policy: Policy,
+    pub capture: String,
+    pub perturb: Vec<Perturbation>,
+    pub stop_on_nan: bool,
+    /// Refuse to start when the estimated trace is larger.
+    pub max_trace_size: u64,
+}
+
+/// What the run will do, as told to the [`Monitor`] before it starts.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    pub header: RunHeader,
+    pub estimate: Estimate,
+    /// Probe points offered per sampler step.
+    pub points_per_step: usize,
+    pub free_disk: Option<u64>,
+}
+
+/// Progress and control of a run. Every method has a do-nothing default.
+pub trait Monitor {
+    /// The plan, after every check and before the trace is created.
+    fn plan(&mut self, _plan: &RunPlan) {}
+    /// A stage begins: `loading`, `text`, `sampling`, `decoding`.
+    fn stage(&mut self, _name: &str) {}
+    /// Sampler step `step` (0-based) of `steps` is done; it took `took`.
+    fn step(&mut self, _step: u32, _steps: u32, _took: Duration) {}
+    /// A probed tensor held NaN/Inf.
+    fn nonfinite(&mut self, _n: &NonFinite) {}
+    /// Polled between steps and stages: `Some(reason)` stops the run cleanly.
+    fn stop_requested(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// A monitor that reports nothing and never stops.
+pub struct Quiet;
+impl Monitor for Quiet {}
+
+/// A finished recording (complete or stopped early).
+#[derive(Clone, Debug)]
+pub struct Recording {
+    pub trace: WrittenTrace,
+    pub end: RunEnd,
+    pub header: RunHeader,
+    /// The decoded image as f32 [B, 3, H, W] in [0, 1], row-major (complete runs).
+    pub image: Option<(Vec<usize>, Vec<f32>)>,
+}
+
+/// The model files of a diffusers folder.
+struct ModelFiles {
+    unet_config: UNetConfig,
+    unet_weights: PathBuf,
+    clip_config: ClipConfig,
+    clip_weights: PathBuf,
+    vae_dir: PathBuf,
+    tokenizer_dir: PathBuf,
+}
+
+fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
+    names
+        .iter()
+        .map(|n| dir.join(sub).join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| PipelineError::ModelFolder {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "no {sub}/{} (a diffusers folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/; `sdtrace synth --out DIR` writes one)",
+                names.join(" or ")
+            ),
+        })
+}
+
+impl ModelFiles {
+    fn find(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(PipelineError::ModelFolder {
+                dir: dir.to_path_buf(),
+                what: "not a folder (single-file checkpoints are not supported yet; give a diffusers folder)".into(),
+            });
+        }
+        let unet_cfg = first_existing(dir, "unet", &["config.json"])?;
+        let clip_cfg = first_existing(dir, "text_encoder", &["config.json"])?;
+        let clip_json: serde_json::Value = std::fs::read(&clip_cfg)
+            .map_err(|e| ModelError::Io {
+                path: clip_cfg.clone(),
+                op: "cannot read",
+                source: e,
+            })
+            .and_then(|b| {
+                serde_json::from_slice(&b).map_err(|e| ModelError::Config {
+                    file: clip_cfg.clone(),
+                    field: "(file)".into(),
+                    what: format!("is not valid JSON: {e}"),
+                })
+            })?;
+        first_existing(dir, "vae", &["config.json"])?;
+        Ok(ModelFiles {
+            unet_config: UNetConfig::from_diffusers_file(&unet_cfg)?,
+            unet_weights: first_existing(
+                dir,
+                "unet",
+                &[
+                    "diffusion_pytorch_model.safetensors",
+                    "diffusion_pytorch_model.fp16.safetensors",
+                ],
+            )?,
+            clip_config: ClipConfig::from_hf_json(&clip_json, &clip_cfg)?,
+            clip_weights: first_existing(
+                dir,
+                "text_encoder",
+                &["model.safetensors", "model.fp16.safetensors"],
+            )?,
+            vae_dir: dir.join("vae"),
+            tokenizer_dir: dir.join("tokenizer"),
+        })
+    }
+}
+
+/// XXH3-64 of a file, streamed.
+fn file_hash(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let io = |e| ModelError::Io {
+        path: path.to_path_buf(),
+        op: "cannot read",
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:016x}", h.digest()))
+}
+
+/// Free bytes on the file system holding `path` (its folder), when the OS tells.
+pub fn free_disk(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-buffer
+        // that statvfs fills completely when it returns 0.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so the buffer is initialised.
+        let st = unsafe { st.assume_init() };
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// The run header's generation settings for `spec` (the sampler fills its own part).
+fn settings(spec: &RecordSpec, files: &ModelFiles, attention: &AttentionImpl) -> Result<Settings> {
+    let mut s = Settings {
+        model: spec
+            .model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        prompt: Some(spec.prompt.clone()),
+        negative_prompt: Some(spec.negative.clone()),
+        seed: Some(spec.seed),
+        width: Some(spec.width),
+        height: Some(spec.height),
+        batch_size: Some(1),
+        dtype: Some(dtype_name(spec.dtype).into()),
+        attention: Some(attention_name(attention)),
+        capture: Some(format!("{} = {}", spec.capture, spec.policy.describe())),
+        ..Settings::default()
+    };
+    for (name, file) in [
+        ("unet_xxh3", &files.unet_weights),
+        ("text_encoder_xxh3", &files.clip_weights),
+    ] {
+        s.model_hashes.insert(name.into(), file_hash(file)?);
+    }
+    s.extra.insert("clip_skip".into(), json!(spec.clip_skip));
+    s.extra.insert(
+        "prompt_syntax".into(),
+        json!(match spec.syntax {
+            PromptSyntax::A1111 => "a1111",
+            PromptSyntax::Plain => "plain",
+        }),
+    );
+    s.extra.insert("model_path".into(), json!(spec.model.display().to_string()));
+    s.extra.insert(
+        "perturb".into(),
+        json!(spec.perturb.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+    );
+    s.extra.insert(
+        "numerics".into(),
+        json!({"gelu": "erf", "attention_dtype": "model dtype, f32 softmax accumulation for 16-bit", "emphasis": "a1111 original (mean restored)", "cond_uncond": "one batch [uncond; cond]; chunk counts padded with empty-prompt chunks"}),
+    );
+    Ok(s)
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        _ => "f32",
+    }
+}
+
+fn attention_name(a: &AttentionImpl) -> String {
+    match a {
+        AttentionImpl::Full => "full".into(),
+        AttentionImpl::Sliced(n) => format!("sliced:{n}"),
+        AttentionImpl::Split { budget: Some(b) } => format!("split:{b}"),
+        AttentionImpl::Split { budget: None } => "split:unlimited".into(),
+        AttentionImpl::SubQuad { q_chunk, kv_chunk } => format!("subquad:{q_chunk},{kv_chunk}"),
+    }
+}
+
+/// Every record the run will offer the probe, in order.
+fn planned_records(
+    unet: &UNet,
+    sampler: &Sampler,
+    spec: &RecordSpec,
+    clip: &ClipConfig,
+    text_calls: usize,
+    tokens: usize,
+) -> (Vec<PlannedRecord>, usize) {
+    let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
+    let latent = vec![1, 4, lh, lw];
+    let f32r = |key: &str, step, shape: Vec<usize>| PlannedRecord {
+        key: key.into(),
+        step,
+        shape,
+        dtype: crate::DType::F32,
+    };
+    let model_dtype = trace_dtype(spec.dtype).unwrap_or(crate::DType::F32);
+    let mut out = Vec::new();
+    for _ in 0..text_calls {
+        let skip = spec.clip_skip.max(1) as usize;
+        for l in 0..clip.num_hidden_layers.saturating_sub(skip - 1) {
+            out.push(PlannedRecord {
+                key: format!("text_encoder.encoder.layers.{l}"),
+                step: None,
+                shape: vec![1, 77, clip.hidden_size],
+                dtype: model_dtype,
+            });
+        }
+        out.push(PlannedRecord {
+            key: "text_encoder.final_layer_norm".into(),
+            step: None,
+            shape: vec![1, 77, clip.hidden_size],
+            dtype: model_dtype,
+        });
+    }
+    for key in ["text.uncond", "text.cond"] {
+        out.push(PlannedRecord {
+            key: key.into(),
+            step: None,
+            shape: vec![1, tokens, clip.hidden_size],
+            dtype: model_dtype,
+        });
+    }
+    out.push(f32r("noise.initial", None, latent.clone()));
+    let points: Vec<PlannedRecord> = unet
+        .probe_points(2, lh, lw, tokens)
+        .into_iter()
+        .map(|(key, shape)| PlannedRecord {
+            key,
+            step: None,
+            shape,
+            dtype: model_dtype,
+        })
+        .collect();
+    let n = sampler.timesteps().len() as u32;
+    let mut per_step = 0;
+    for i in 0..n {
+        let before = out.len();
+        out.push(f32r("sampler.x", Some(i), latent.clone()));
+        out.extend(points.iter().map(|p| PlannedRecord {
+            step: Some(i),
+            ..p.clone()
+        }));
+        for key in ["sampler.eps.uncond", "sampler.eps.cond", "sampler.denoised"] {
+            out.push(f32r(key, Some(i), latent.clone()));
+        }
+        if spec.sampler == SamplerKind::EulerA && sampler.sigmas()[i as usize + 1] > 0.0 {
+            out.push(f32r("sampler.noise", Some(i), latent.clone()));
+        }
+        per_step = out.len() - before;
+    }
+    out.push(f32r("sampler.x", Some(n), latent.clone()));
+    let image = vec![1, 3, spec.height as usize, spec.width as usize];
+    out.push(PlannedRecord {
+        key: "vae.decoder".into(),
+        step: None,
+        shape: image.clone(),
+        dtype: model_dtype,
+    });
+    out.push(f32r("image", None, image));
+    (out, per_step)
+}
+
+/// Record one text-to-image run of `spec` into `out`.
+pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Result<Recording> {
+    let started = Instant::now();
+    monitor.stage("loading");
+    if spec.clip_skip == 0 {
+        return Err(PipelineError::Setting(
+            "--clip-skip must be at least 1 (1 = the last layer, A1111's default)".into(),
+        ));
+    }
+    let device = spec.device.open()?;
+    if spec.dtype == DType::BF16 && device.is_cpu() {
+        return Err(PipelineError::Setting(
+            "--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into(),
+        ));
+    }
+    let files = ModelFiles::find(&spec.model)?;
+    let attention = AttentionImpl::parse(&spec.attention, None)?;
+    let tokenizer = ClipTokenizer::from_dir(&files.tokenizer_dir)?;
+    if spec.clip_skip as usize > files.clip_config.num_hidden_layers {
+        return Err(PipelineError::Setting(format!(
+            "--clip-skip {} exceeds the {} layers of the text encoder",
+            spec.clip_skip, files.clip_config.num_hidden_layers
+        )));
+    }
+    let mut uncond_tokens = tokenize_prompt(&tokenizer, &spec.negative, spec.syntax)?;
+    let mut cond_tokens = tokenize_prompt(&tokenizer, &spec.prompt, spec.syntax)?;
+    let empty = tokenize_prompt(&tokenizer, "", spec.syntax)?;
+    let empty_chunk = empty.chunks.first().cloned().ok_or_else(|| {
+        PipelineError::Conditioning("the empty prompt gave no token chunk".into())
+    })?;
+    let (pad_u, pad_c) = conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk);
+    let tokens = 77 * cond_tokens.chunks.len();
+
+    let unet = UNet::load(
+        &files.unet_weights,
+        &files.unet_config,
+        spec.dtype,
+        &device,
+        Numerics::PYTORCH,
+        attention,
+    )?;
+    let clip = ClipTextModel::load(&files.clip_weights, &files.clip_config, spec.dtype, &device)?;
+    let vae = Vae::load(&files.vae_dir, spec.dtype, &device)?;
+    let mut sampler_spec = SamplerSpec::new(spec.sampler, spec.steps, spec.cfg_scale);
+    sampler_spec.prediction = files.unet_config.prediction;
+    let sampler = Sampler::new(sampler_spec, &DiscreteSchedule::sd(AlphasPrecision::F32))?;
+    let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
+    let attention_plan = unet.attention_plan(2, lh, lw, tokens)?;
+
+    // Header.
+    let mut settings = settings(spec, &files, &attention)?;
+    let mut rng = SdtraceNoise::new(spec.seed);
+    sampler.fill_settings(&mut settings, &rng);
+    settings.extra.insert(
+        "tokens".into(),
+        json!({
+            "cond": {"chunks": cond_tokens.chunks.len(), "tokens": cond_tokens.token_count, "truncated": cond_tokens.truncated, "padding_chunks": pad_c},
+            "uncond": {"chunks": uncond_tokens.chunks.len(), "tokens": uncond_tokens.token_count, "truncated": uncond_tokens.truncated, "padding_chunks": pad_u},
+        }),
+    );
+    settings.extra.insert(
+        "attention_plan".into(),
+        json!(
+            attention_plan
+                .iter()
+                .map(|(k, c)| (k.clone(), json!({"rows": c.rows, "queries": c.queries, "keys": c.keys})))
+                .collect::<serde_json::Map<_, _>>()
+        ),
+    );
+    let mut facts = host_facts(spec.threads);
+    facts.device = Some(spec.device.to_string());
+    let mut header = RunHeader::new(settings, facts);
+    header.candle_version = Some(CANDLE_VERSION.into());
+
+    // What will be captured, and whether it fits.
+    let text_calls = uncond_tokens.chunks.len() + cond_tokens.chunks.len();
+    let (records, points_per_step) = planned_records(
+        &unet,
+        &sampler,
+        spec,
+        &files.clip_config,
+        text_calls,
+        tokens,
+    );
+    let est = estimate::estimate(&records, &spec.policy);
+    let free = free_disk(out);
+    monitor.plan(&RunPlan {
+        header: header.clone(),
+        estimate: est.clone(),
+        points_per_step,
+        free_disk: free,
+    });
+    if est.bytes > spec.max_trace_size {
+        return Err(PipelineError::TooLarge {
+            estimate: est.bytes,
+            limit: spec.max_trace_size,
+        });
+    }
+    if let Some(free) = free
+        && est.bytes > free
+    {
+        return Err(PipelineError::DiskFull {
+            estimate: est.bytes,
+            free,
+            path: out.to_path_buf(),
+        });
+    }
+
+    // From here on the trace exists and is always closed with a run-end frame.
+    let writer = TraceWriter::create(out, &header, WriterOptions::default())?;
+    let mut probe = Probe::new(writer, spec.policy.clone());
+    for p in &spec.perturb {
+        probe.add_intervention(Box::new(Perturb::new(p.clone(), spec.seed)));
+    }
+    let mut steps_done = 0u32;
+    let mut reported = 0usize;
+    let result = run(
+        spec,
+        Models {
+            unet: &unet,
+            clip: &clip,
+            vae: &vae,
+            device: &device,
+        },
+        (&uncond_tokens, &cond_tokens),
+        &sampler,
+        &mut rng,
+        &probe,
+        monitor,
+        &mut steps_done,
+        &mut reported,
+    );
+    let (nonfinite, _) = probe.nonfinite();
+    let mut end = RunEnd {
+        steps_completed: Some(steps_done),
+        steps_planned: Some(spec.steps),
+        elapsed_ms: Some(started.elapsed().as_millis() as u64),
+        nonfinite,
+        ..RunEnd::default()
+    };
+    let image = match result {
+        Ok(image) => Some(image),
+        Err(PipelineError::Sampling(SamplingError::Stopped { reason, .. })) => {
+            end.status = RunStatus::Interrupted;
+            end.reason = Some(reason);
+            None
+        }
+        Err(e) => {
+            end.status = RunStatus::Failed;
+            end.reason = Some(e.to_string());
+            let closed = probe.finish_with(end);
+            return Err(PipelineError::Run {
+                trace: out.to_path_buf(),
+                source: Box::new(match closed {
+                    Ok(_) => e,
+                    Err(close) => PipelineError::Conditioning(format!("{e}; closing the trace also failed: {close}")),
+                }),
+            });
+        }
+    };
+    let trace = probe
+        .finish_with(end.clone())?
+        .ok_or_else(|| PipelineError::Setting("the probe had no trace to finish".into()))?;
+    Ok(Recording {
+        trace,
+        end,
+        header,
+        image,
+    })
+}
+
+/// The candle version this build links (for the header).
+pub const CANDLE_VERSION: &str = "0.11";
+
+struct Models<'a> {
+    unet: &'a UNet,
+    clip: &'a ClipTextModel,
+    vae: &'a Vae,
+    device: &'a Device,
+}
+
+/// The part of a run that writes records: text, noise, sampling, decoding.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    spec: &RecordSpec,
+    m: Models<'_>,
+    (uncond_tokens, cond_tokens): (&crate::text::PromptTokens, &crate::text::PromptTokens),
+    sampler: &Sampler,
+    rng: &mut SdtraceNoise,
+    probe: &Probe,
+    monitor: &mut dyn Monitor,
+    steps_done: &mut u32,
+    reported: &mut usize,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let check_stop = |monitor: &mut dyn Monitor, step: u32| -> Result<()> {
+        match monitor.stop_requested() {
+            Some(reason) => Err(SamplingError::Stopped { step, reason }.into()),
+            None => Ok(()),
+        }
+    };
+    // Report NaN/Inf records not yet reported; `Some(reason)` when the run must stop for them.
+    let mut report_nonfinite = |monitor: &mut dyn Monitor| -> Option<String> {
+        if probe.nonfinite_count() as usize == *reported {
+            return None;
+        }
+        let (list, total) = probe.nonfinite();
+        for n in list.iter().skip(*reported) {
+            monitor.nonfinite(n);
+        }
+        let first = list.get(*reported).cloned();
+        *reported = total as usize;
+        match (spec.stop_on_nan, first) {
+            (true, Some(n)) => Some(format!(
+                "--stop-on-nan: NaN/Inf in {} at step {}",
+                n.key,
+                n.step.map_or("-".into(), |s| s.to_string())
+            )),
+            _ => None,
+        }
+    };
+
+    monitor.stage("text");
+    check_stop(monitor, 0)?;
+    let weighted = spec.syntax == PromptSyntax::A1111;
+    let skip = spec.clip_skip as usize;
+    let (uncond, next) = conditioning::encode(
+        m.clip,
+        &uncond_tokens.chunks,
+        weighted,
+        skip,
+        probe,
+        0,
+        m.device,
+    )?;
+    let (cond, _) =
+        conditioning::encode(m.clip, &cond_tokens.chunks, weighted, skip, probe, next, m.device)?;
+    let uncond = observe(probe, "text.uncond", &uncond)?;
+    let cond = observe(probe, "text.cond", &cond)?;
+
+    let shape = [1, 4, spec.height as usize / 8, spec.width as usize / 8];
+    let noise = observe(probe, "noise.initial", &randn(rng, &shape, m.device)?)?;
+    if let Some(reason) = report_nonfinite(monitor) {
+        return Err(SamplingError::Stopped { step: 0, reason }.into());
+    }
+
+    monitor.stage("sampling");
+    let mut denoiser = UNetDenoiser::new(m.unet, &uncond, &cond, probe)?;
+    let n = sampler.timesteps().len() as u32;
+    let mut t0 = Instant::now();
+    let latent = sampler.sample_with(&mut denoiser, &noise, rng, probe, &mut |i| {
+        *steps_done = i + 1;
+        monitor.step(i, n, t0.elapsed());
+        t0 = Instant::now();
+        if let Some(reason) = report_nonfinite(monitor) {
+            return Err(SamplingError::Stopped { step: i, reason });
+        }
+        if i + 1 < n
+            && let Some(reason) = monitor.stop_requested()
+        {
+            return Err(SamplingError::Stopped { step: i, reason });
+        }
+        Ok(())
+    })?;
+
+    monitor.stage("decoding");
+    check_stop(monitor, n)?;
+    let image = m.vae.decode(&latent.to_dtype(spec.dtype)?, probe)?;
+    if let Some(reason) = report_nonfinite(monitor) {
+        monitor.stage(&format!("warning: {reason}"));
+    }
+    let dims = image.dims().to_vec();
+    let data = image
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f32>()?;
+    Ok((dims, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_with_clear_errors() {
+        assert_eq!(parse_size("512x768"), Ok((512, 768)));
+        let e = parse_size("500x512").unwrap_err();
+        assert!(e.contains("multiple of 8") && e.contains("496 or 504"), "{e}");
+        assert!(parse_size("512").unwrap_err().contains("WIDTHxHEIGHT"));
+        assert!(parse_size("0x8").is_err());
+        assert_eq!("cuda:1".parse(), Ok(DeviceChoice::Cuda(1)));
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+        assert_eq!(parse_dtype("fp16"), Ok(DType::F16));
+        assert!(parse_dtype("int8").is_err());
+        assert_eq!(human(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn gpu_devices_need_their_feature() {
+        if !cfg!(feature = "cuda") {
+            let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}
