@@ -15,6 +15,7 @@ pub mod probe;
 pub mod report;
 pub mod sampling;
 pub mod stats;
+pub mod text;
 pub mod trace;
 
 pub use dtype::DType;
