@@ -9,6 +9,7 @@ pub mod dtype;
 pub mod export;
 pub mod glob;
 pub mod host;
+pub mod image;
 pub mod inspect;
 pub mod model;
 pub mod probe;
