@@ -265,11 +265,22 @@ fn section(
     }
 }
 
+/// A header value on one line; long ones are cut (`info --json` has them whole).
 fn compact(v: &Value) -> String {
-    match v {
+    let s = match v {
         Value::String(s) => s.clone(),
         v => v.to_string(),
+    };
+    if s.chars().count() <= 160 {
+        return s;
     }
+    let head: String = s.chars().take(120).collect();
+    let what = match v {
+        Value::Object(m) => format!("{} entries", m.len()),
+        Value::Array(a) => format!("{} items", a.len()),
+        _ => format!("{} characters", s.chars().count()),
+    };
+    format!("{head}… ({what}; info --json shows all)")
 }
 
 /// `sdtrace info --json`.

@@ -9,6 +9,7 @@ pub mod dtype;
 pub mod export;
 pub mod glob;
 pub mod host;
+pub mod image;
 pub mod inspect;
 pub mod model;
 pub mod pipeline;
@@ -16,6 +17,7 @@ pub mod probe;
 pub mod report;
 pub mod sampling;
 pub mod stats;
+pub mod text;
 pub mod trace;
 
 pub use dtype::DType;

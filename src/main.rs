@@ -63,7 +63,7 @@ enum Command {
         json: bool,
     },
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
-    #[command(after_help = cli::record::RECORD_HELP)]
+    #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]
     Record(cli::record::RecordArgs),
     /// Write a deterministic random-weight model in the diffusers folder layout (tests, demos,
     /// benchmarks; no download)

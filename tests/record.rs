@@ -94,7 +94,7 @@ fn a_recording_holds_the_whole_run() {
     let text = sdtrace::image::png_text(&png).unwrap();
     let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
     assert!(
-        params.starts_with("a (red:1.2) house, [sky]\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 64x64"),
+        params.starts_with("a (red:1.2) house, [sky]\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 42, Size: 64x64, Model: record-test-model"),
         "{params}"
     );
 }

@@ -371,35 +371,16 @@ fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// The A1111 infotext of a run header.
-pub fn infotext_of(h: &RunHeader) -> String {
-    let s = &h.settings;
-    infotext(&InfotextParams {
-        prompt: s.prompt.clone().unwrap_or_default(),
-        negative_prompt: s.negative_prompt.clone().unwrap_or_default(),
-        steps: s.steps.unwrap_or(0),
-        sampler: s.sampler.clone().unwrap_or_default(),
-        cfg_scale: s.cfg_scale.unwrap_or(0.0),
-        seed: s.seed.unwrap_or(0),
-        width: s.width.unwrap_or(0),
-        height: s.height.unwrap_or(0),
-        model_hash: s.model_hashes.get("sha256").map(|h| h[..h.len().min(10)].to_string()),
-        model_name: s.model.clone(),
-        clip_skip: s
-            .extra
-            .get("clip_skip")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as u32),
-        extra: vec![("Recorded by".into(), format!("sdtrace {}", env!("CARGO_PKG_VERSION")))],
-    })
-}
-
 fn write_png(path: &Path, shape: &[usize], data: &[f32], header: &RunHeader) -> Result<()> {
     let images = rgb8_from_chw(shape, data).context("the decoded image")?;
     let Some((w, h, rgb)) = images.into_iter().next() else {
         bail!("the decoded image is empty");
     };
-    let text = infotext_of(header);
+    let mut params = InfotextParams::from_settings(&header.settings, w, h)?;
+    params
+        .extra
+        .push(("Recorded by".into(), format!("sdtrace {}", env!("CARGO_PKG_VERSION"))));
+    let text = infotext(&params);
     let png = encode_png(w, h, &rgb, &[("parameters", text.as_str())])
         .with_context(|| format!("encoding {}", path.display()))?;
     sdtrace::export::write_atomic(path, &png).with_context(|| format!("--png {}", path.display()))

@@ -15,6 +15,7 @@ pub mod config;
 pub mod observe;
 pub mod synth;
 pub mod unet;
+pub mod vae;
 
 use std::path::PathBuf;
 

@@ -200,21 +200,8 @@ pub fn clip_weights(cfg: &ClipConfig, seed: u64) -> Result<BTreeMap<String, Tens
     })
 }
 
-/// GPT-2/CLIP's byte ↔ unicode table: the printable bytes map to themselves, the others to
-/// code points from 256 up. Returns the unicode character of each byte value, in vocabulary
-/// order (CLIP's first 256 token ids).
-pub fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let printable =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-    let mut out: Vec<(u8, char)> = (0..=255u32)
-        .filter(|&b| printable(b))
-        .map(|b| (b as u8, char::from_u32(b).unwrap_or('?')))
-        .collect();
-    for (n, b) in (0..=255u32).filter(|&b| !printable(b)).enumerate() {
-        out.push((b as u8, char::from_u32(256 + n as u32).unwrap_or('?')));
-    }
-    out
-}
+/// GPT-2/CLIP's byte ↔ unicode table; the tokenizer owns it.
+pub use crate::text::bytes_to_unicode;
 
 /// A byte-level CLIP BPE vocabulary without merges: the 256 byte tokens, their `</w>` forms
 /// (ids 0–511, the same ids as in OpenAI's CLIP vocabulary) and the two special tokens at

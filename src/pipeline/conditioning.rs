@@ -3,8 +3,8 @@
 //!
 //! Each 77-token chunk is encoded on its own, as A1111 does; with A1111 prompt syntax the
 //! token multipliers are applied to the encoder output z and the original mean restored
-//! (z ← z·w; z ← z·(mean₀ / mean₁), A1111's "Original" emphasis), in z's dtype with f32
-//! multipliers. The chunks are concatenated on the token axis. Every encoder call is a separate
+//! (z ← z·w; z ← z·(mean₀ / mean₁), A1111's "Original" emphasis) with f32 multipliers, so
+//! the conditioning is f32 as in the webui. The chunks are concatenated on the token axis. Every encoder call is a separate
 //! probe evaluation (eval 0, 1, …: the negative prompt's chunks first, as A1111 encodes the
 //! unconditional prompt first), so `text_encoder.*` records never collide.
 
@@ -42,11 +42,11 @@ pub fn encode(
     Ok((Tensor::cat(&parts, 1)?, eval))
 }
 
-/// A1111's "Original" emphasis on one chunk's output `z` [1, tokens, dim].
+/// A1111's "Original" emphasis on one chunk's output `z` [1, tokens, dim], as the webui's
+/// `sd_emphasis.EmphasisOriginal`: mean₀ = mean(z) (in z's dtype), z·w with f32 multipliers
+/// (a 16-bit z is promoted to f32 by the product), then z·(mean₀ / mean(z·w)). The result is
+/// f32 whatever z's dtype; with all weights 1 it equals z.
 fn emphasis(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
-    if weights.iter().all(|&w| w == 1.0) {
-        return Ok(z.clone());
-    }
     let (_, n, _) = z.dims3()?;
     if weights.len() != n {
         return Err(PipelineError::Conditioning(format!(
@@ -54,14 +54,11 @@ fn emphasis(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
             weights.len()
         )));
     }
-    let dtype = z.dtype();
-    let mean0 = z.to_dtype(candle_core::DType::F32)?.mean_all()?;
-    let w = Tensor::new(weights, z.device())?
-        .reshape((1, n, 1))?
-        .to_dtype(dtype)?;
-    let zw = z.broadcast_mul(&w)?;
-    let mean1 = zw.to_dtype(candle_core::DType::F32)?.mean_all()?;
-    let ratio = (mean0 / mean1)?.to_dtype(dtype)?;
+    let f32 = candle_core::DType::F32;
+    let mean0 = z.to_dtype(f32)?.mean_all()?.to_dtype(z.dtype())?.to_dtype(f32)?;
+    let w = Tensor::new(weights, z.device())?.reshape((1, n, 1))?;
+    let zw = z.to_dtype(f32)?.broadcast_mul(&w)?;
+    let ratio = (mean0 / zw.mean_all()?)?;
     Ok(zw.broadcast_mul(&ratio)?)
 }
 

@@ -26,7 +26,7 @@ use crate::model::vae::Vae;
 use crate::probe::{Policy, Probe, ProbeError};
 use crate::sampling::noise::randn;
 use crate::sampling::{
-    AlphasPrecision, DiscreteSchedule, NoiseSource, Sampler, SamplerKind, SamplerSpec,
+    AlphasPrecision, DiscreteSchedule, Sampler, SamplerKind, SamplerSpec,
     SamplingError, SdtraceNoise, UNetDenoiser,
 };
 use crate::text::{ClipTokenizer, PromptSyntax, TextError, tokenize_prompt};
@@ -34,7 +34,7 @@ use crate::trace::{
     NonFinite, RunEnd, RunHeader, RunStatus, Settings, TraceError, TraceWriter, WriterOptions,
     WrittenTrace,
 };
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use estimate::{Estimate, PlannedRecord};
 use perturb::{Perturb, Perturbation};
 use serde_json::json;
@@ -279,6 +279,7 @@ struct ModelFiles {
     unet_weights: PathBuf,
     clip_config: ClipConfig,
     clip_weights: PathBuf,
+    vae_weights: PathBuf,
     vae_dir: PathBuf,
     tokenizer_dir: PathBuf,
 }
@@ -321,6 +322,14 @@ impl ModelFiles {
                 })
             })?;
         first_existing(dir, "vae", &["config.json"])?;
+        let vae_weights = first_existing(
+            dir,
+            "vae",
+            &[
+                "diffusion_pytorch_model.safetensors",
+                "diffusion_pytorch_model.fp16.safetensors",
+            ],
+        )?;
         Ok(ModelFiles {
             unet_config: UNetConfig::from_diffusers_file(&unet_cfg)?,
             unet_weights: first_existing(
@@ -337,6 +346,7 @@ impl ModelFiles {
                 "text_encoder",
                 &["model.safetensors", "model.fp16.safetensors"],
             )?,
+            vae_weights,
             vae_dir: dir.join("vae"),
             tokenizer_dir: dir.join("tokenizer"),
         })
@@ -413,6 +423,7 @@ fn settings(spec: &RecordSpec, files: &ModelFiles, attention: &AttentionImpl) ->
     for (name, file) in [
         ("unet_xxh3", &files.unet_weights),
         ("text_encoder_xxh3", &files.clip_weights),
+        ("vae_xxh3", &files.vae_weights),
     ] {
         s.model_hashes.insert(name.into(), file_hash(file)?);
     }
