@@ -18,8 +18,9 @@
 //! tokenizer apply before everything else; it changes only damaged or unusual text — curly
 //! quotes and ordinary accents pass through), the HTML5 named entities beyond the five above,
 //! and HF's fallback `BasicTokenizer` path taken when ftfy is not installed. HF's tokenizer
-//! unescapes HTML only through ftfy (once, and not when the text has a `<`); OpenAI's, which
-//! A1111 uses for SD 2.x, unescapes twice as here. The Python character-class details (which
+//! (A1111 on SD 1.x, diffusers) has no `html.unescape` of its own and relies on ftfy's
+//! conditional entity decoding; OpenAI's (A1111 on SD 2.x, through open_clip) unescapes twice,
+//! as here. The Python character-class details (which
 //! characters are whitespace, letters, case variants) were checked against the Python code on
 //! random prompts.
 
