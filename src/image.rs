@@ -67,9 +67,7 @@ pub enum ImageError {
     Damaged { offset: usize, what: String },
     #[error("infotext field '{field}': {what}")]
     Infotext { field: String, what: String },
-    #[error(
-        "the trace header lacks {missing} needed for the A1111 parameters; record with a newer sdtrace or export to .npy"
-    )]
+    #[error("the trace header lacks {missing}, needed for A1111's generation parameters")]
     MissingSettings { missing: String },
 }
 

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use sdtrace::analysis::{
     CompareOptions, Comparison, FailOn, KeyMap, TolConfig, TolSpec, compare_paths, judge,
 };
-use sdtrace::export::{ExportFormat, to_npy, to_safetensors, write_atomic};
+use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
 use sdtrace::report::{Format, render};
 use sdtrace::trace::TraceReader;
@@ -74,22 +74,33 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Write one record's tensor to .npy or .safetensors (chosen by the output's extension)
+    /// Write one record's tensor to .npy or .safetensors, or an image record to .png with A1111's
+    /// generation parameters (chosen by the output's extension)
     #[command(after_help = EXIT_CODES)]
     Export {
         /// Trace file (.sdt)
         trace: PathBuf,
-        /// Probe key, e.g. noise.initial or sampler.x
+        /// Probe key, e.g. noise.initial, sampler.x or image
         key: String,
+        /// Output file: NAME.npy, NAME.safetensors or NAME.png (or give it with -o)
+        #[arg(
+            value_name = "OUT",
+            required_unless_present = "output",
+            conflicts_with = "output"
+        )]
+        out: Option<PathBuf>,
         /// Sampler step (leave out for records outside the sampling loop)
         #[arg(long, value_name = "N")]
         step: Option<u32>,
         /// Model evaluation within the step
         #[arg(long, value_name = "E", default_value_t = 0)]
         eval: u32,
-        /// Output file: NAME.npy or NAME.safetensors
+        /// Output file: NAME.npy, NAME.safetensors or NAME.png
         #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
+        /// Batch item to write to a .png
+        #[arg(long, value_name = "I", default_value_t = 0)]
+        index: usize,
     },
     /// Compare two traces: where the runs part, where the error grows, and why
     #[command(after_help = REPORT_HELP)]
@@ -213,11 +224,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export {
             trace,
             key,
+            out,
             step,
             eval,
             output,
+            index,
         } => {
-            export(&trace, &key, step, eval, &output)?;
+            let Some(output) = out.or(output) else {
+                bail!("export needs an output file: sdtrace export TRACE KEY OUT");
+            };
+            export(&trace, &key, step, eval, &output, index)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report {
@@ -291,8 +307,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn export(trace: &Path, key: &str, step: Option<u32>, eval: u32, output: &Path) -> Result<()> {
+fn export(
+    trace: &Path,
+    key: &str,
+    step: Option<u32>,
+    eval: u32,
+    output: &Path,
+    index: usize,
+) -> Result<()> {
     let format = ExportFormat::from_path(output)?;
+    if index != 0 && format != ExportFormat::Png {
+        bail!(
+            "--index {index}: only a .png export picks one batch item; .npy and .safetensors hold the whole tensor"
+        );
+    }
     let r = TraceReader::open(trace)?;
     let Some(entry) = r.find(key, step, eval) else {
         let steps: Vec<String> = r
@@ -342,6 +370,34 @@ fn export(trace: &Path, key: &str, step: Option<u32>, eval: u32, output: &Path) 
                 md.push(("sdtrace.step".to_string(), s.to_string()));
             }
             to_safetensors(key, meta.dtype, &meta.shape, &data, &md)?
+        }
+        ExportFormat::Png => {
+            let png = to_png(
+                key,
+                meta.dtype,
+                &meta.shape,
+                &data,
+                index,
+                &r.header().settings,
+            )
+            .with_context(|| format!("{}: record '{}'", trace.display(), meta.id()))?;
+            write_atomic(output, &png.bytes)?;
+            for note in &png.notes {
+                eprintln!("note: {note}");
+            }
+            eprintln!(
+                "wrote {} ({}×{} RGB, batch item {index}{}, {} bytes)",
+                output.display(),
+                png.width,
+                png.height,
+                if png.parameters.is_some() {
+                    ", with A1111 parameters"
+                } else {
+                    ""
+                },
+                png.bytes.len()
+            );
+            return Ok(());
         }
     };
     write_atomic(output, &bytes)?;
