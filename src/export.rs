@@ -9,10 +9,7 @@
 //! `parameters` text chunk (see [`crate::image`]).
 
 use crate::dtype::DType;
-use crate::image::{
-    ImageError, InfotextParams, PARAMETERS_KEY, encode_png, infotext, rgb8_from_chw,
-    rgb8_from_chw_u8,
-};
+use crate::image::{ImageError, ImageTensor, InfotextParams, PARAMETERS_KEY, encode_png, infotext};
 use crate::trace::Settings;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -133,29 +130,6 @@ pub fn to_safetensors(
     safetensors::serialize([(key, view)], meta).map_err(|e| ExportError::Safetensors(e.to_string()))
 }
 
-/// Little-endian floats of `dtype` as f32 (`None` for integer dtypes).
-fn floats(dtype: DType, data: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        DType::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        DType::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-        DType::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        DType::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        DType::I64 | DType::I32 | DType::U8 => return None,
-    })
-}
-
 /// A PNG and what the caller should tell the user about it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PngExport {
@@ -179,55 +153,26 @@ pub fn to_png(
     index: usize,
     settings: &Settings,
 ) -> Result<PngExport, ExportError> {
-    let not_image = |what: String| ExportError::NotImage {
-        key: key.to_string(),
-        what,
-    };
-    let dims: Vec<usize> = shape
-        .iter()
-        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
-        .collect();
-    if !matches!(dims.as_slice(), [3, _, _] | [_, 3, _, _]) {
-        return Err(not_image(format!(
-            "its shape is {shape:?}; an image is [B, 3, H, W] or [3, H, W]"
-        )));
-    }
+    let img = ImageTensor::from_record(dtype, shape, data).map_err(|e| match e {
+        ImageError::NotImage { what } => ExportError::NotImage {
+            key: key.to_string(),
+            what,
+        },
+        e => e.into(),
+    })?;
     let mut notes = Vec::new();
-    let images = if dtype == DType::U8 {
-        rgb8_from_chw_u8(&dims, data)?
-    } else {
-        let Some(values) = floats(dtype, data) else {
-            return Err(not_image(format!(
-                "it holds {dtype} values; an image holds floats in [0, 1] or u8"
-            )));
-        };
-        let (mut lo, mut hi, mut nan) = (f32::INFINITY, f32::NEG_INFINITY, 0usize);
-        for &v in &values {
-            if v.is_nan() {
-                nan += 1;
-            } else {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-        }
-        if lo < 0.0 || hi > 1.0 {
-            return Err(not_image(format!(
-                "its values span [{lo}, {hi}], outside [0, 1] (the decoded image is the 'image' record; export other tensors to .npy)"
-            )));
-        }
-        if nan > 0 {
-            notes.push(format!("{nan} NaN values written as 0, as A1111 does"));
-        }
-        rgb8_from_chw(&dims, &values)?
-    };
-    let batch = images.len();
-    let Some((width, height, rgb)) = images.into_iter().nth(index) else {
+    let nan = img.nan_count();
+    if nan > 0 {
+        notes.push(format!("{nan} NaN values written as 0, as A1111 does"));
+    }
+    let Some(rgb) = img.rgb8(index) else {
         return Err(ExportError::BadIndex {
             key: key.to_string(),
             index,
-            batch,
+            batch: img.batch,
         });
     };
+    let (width, height) = (img.width, img.height);
     let parameters = match InfotextParams::from_settings(settings, width, height) {
         Ok(mut p) => {
             p.seed = p.seed.wrapping_add(index as u64);
