@@ -10,8 +10,9 @@ use sdtrace::analysis::{
     CompareOptions, Comparison, FailOn, KeyMap, TolConfig, TolSpec, compare_paths, judge,
 };
 use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
+use sdtrace::image::ImageTensor;
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
-use sdtrace::report::{Format, render};
+use sdtrace::report::{Format, ReportImages, render};
 use sdtrace::trace::TraceReader;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -262,7 +263,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for t in &tol_key {
                 tols.push_key_override(t)?;
             }
-            let comparison = match (&from, a, b) {
+            let comparison = match (&from, &a, &b) {
                 (Some(f), _, _) => Comparison::load(f)?,
                 (None, Some(a), Some(b)) => {
                     let opts = CompareOptions {
@@ -274,7 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         tol: tols.clone(),
                         threads,
                     };
-                    compare_paths(&a, &b, noise_floor.as_deref(), &opts)?
+                    compare_paths(a, b, noise_floor.as_deref(), &opts)?
                 }
                 _ => bail!("report needs two traces (A B) or --from FILE"),
             };
@@ -283,7 +284,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("--save {}", path.display()))?;
             }
             let judgement = judge(&comparison, &tols, fail_on);
-            let text = render(format, &comparison, &judgement);
+            let images = match (format, &from, &a, &b) {
+                (Format::Html, None, Some(a), Some(b)) => report_images(a, b),
+                _ => None,
+            };
+            let text = render(format, &comparison, &judgement, images.as_ref());
             match &output {
                 Some(path) => {
                     write_atomic(path, text.as_bytes())
@@ -305,6 +310,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(judgement.verdict.exit_code))
         }
     }
+}
+
+/// Largest image payload the HTML report reads per trace.
+const REPORT_IMAGE_LIMIT: u64 = 64 << 20;
+
+/// The last `image` record of a trace, when it was kept in full.
+fn final_image(path: &Path) -> Result<Option<ImageTensor>> {
+    let r = TraceReader::open(path)?;
+    let Some(entry) = r.entries().iter().rev().find(|e| &*e.key == "image") else {
+        return Ok(None);
+    };
+    let meta = r.read_meta(entry)?;
+    match meta.payload {
+        None => return Ok(None),
+        Some(p) if p.raw_len > REPORT_IMAGE_LIMIT => {
+            bail!(
+                "{}: the image is {} bytes, over the report's {REPORT_IMAGE_LIMIT}",
+                path.display(),
+                p.raw_len
+            )
+        }
+        Some(_) => {}
+    }
+    let Some(data) = r.read_payload(&meta)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        ImageTensor::from_record(meta.dtype, &meta.shape, &data)
+            .with_context(|| format!("{}: record 'image'", path.display()))?,
+    ))
+}
+
+/// Both traces' final images for the HTML report; a problem is a note, not an error.
+fn report_images(a: &Path, b: &Path) -> Option<ReportImages> {
+    let result = (|| -> Result<Option<ReportImages>> {
+        let (Some(ia), Some(ib)) = (final_image(a)?, final_image(b)?) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            ReportImages::from_records(&ia, &ib).map_err(anyhow::Error::msg)?,
+        ))
+    })();
+    result.unwrap_or_else(|e| {
+        eprintln!("note: the report shows no final images: {e:#}");
+        None
+    })
 }
 
 fn export(

@@ -1,5 +1,6 @@
-//! `sdtrace export … OUT.png` as a user runs it: pixels, A1111 parameters, batch items, errors;
-//! and the path from the VAE's `image` record to a PNG.
+//! Final images as a user sees them: `sdtrace export … OUT.png` (pixels, A1111 parameters,
+//! batch items, errors), the path from the VAE's `image` record to a PNG, and the final images
+//! in `sdtrace report --format html`.
 
 mod common;
 
@@ -196,4 +197,70 @@ fn vae_image_record_exports_to_png() {
         err.contains("'vae.decoder' is not an image") && err.contains("outside [0, 1]"),
         "{err}"
     );
+}
+
+#[test]
+fn html_report_shows_both_final_images_and_their_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a.sdt"),
+        dir.path().join("b.sdt"),
+        dir.path().join("c.sdt"),
+    );
+    // Mini runs: u8 images, equal for the same data seed (the image does not depend on it).
+    common::write_mini_run(&a, 2, 11);
+    common::write_mini_run(&b, 2, 12);
+    let html = dir.path().join("r.html");
+    let report = |x: &Path, y: &Path, extra: &[&str]| {
+        let out = sdtrace()
+            .args(["report", "--format", "html", "-o"])
+            .arg(&html)
+            .args(extra)
+            .arg(x)
+            .arg(y)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            std::fs::read_to_string(&html).unwrap_or_default(),
+        )
+    };
+    let (err, h) = report(&a, &b, &[]);
+    assert!(h.contains("<h2>Final images</h2>"), "{err}");
+    assert!(h.contains("The images are equal"));
+    assert_eq!(h.matches("data:image/png;base64,").count(), 3);
+    // f32 images that differ: the scale is stated.
+    write_image_trace(&a, 1);
+    write_image_trace(&c, 1);
+    let mut header = common::fixed_header("/models/v1-5-pruned-emaonly.safetensors");
+    header.settings.sampler = Some("dpmpp-2m-karras".into());
+    header.settings.steps = Some(20);
+    header.settings.width = Some(8);
+    header.settings.height = Some(8);
+    let probe = Probe::new(
+        TraceWriter::create(&b, &header, WriterOptions::default()).unwrap(),
+        Policy::preset("default").unwrap(),
+    );
+    let mut vals: Vec<f64> = (0..192).map(|i| (i % 97) as f64 / 96.0).collect();
+    vals[5] -= 0.004;
+    common::observe(&probe, "sampler.x", DType::F32, &[1, 4, 1, 1], &[0.5; 4]);
+    common::observe(&probe, "image", DType::F32, &[1, 3, 8, 8], &vals);
+    probe.finish().unwrap();
+    let (err, h) = report(&c, &b, &["--tol", "rel=1,abs=1"]);
+    assert!(h.contains("<h2>Final images</h2>"), "{err}");
+    assert!(h.contains("Difference: |A − B| × 250.0 per channel"), "{h}");
+    assert!(h.contains("4.00e-3 on the [0, 1] scale"), "{h}");
+    // Images of different sizes: a note, the report is still written.
+    let (err, h) = report(&a, &common_mini(&dir), &[]);
+    assert!(
+        err.contains("no final images") && err.contains("differ in size"),
+        "{err}"
+    );
+    assert!(h.contains("<!DOCTYPE html>") && !h.contains("Final images"));
+}
+
+fn common_mini(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let p = dir.path().join("mini.sdt");
+    common::write_mini_run(&p, 2, 11);
+    p
 }
