@@ -1,17 +1,35 @@
-//! Export of recorded payloads to `.npy` and `.safetensors`, for numpy and PyTorch.
+//! Export of recorded payloads to `.npy` and `.safetensors`, for numpy and PyTorch, and of
+//! image records to `.png`, as AUTOMATIC1111's webui saves them.
 //!
-//! Rendering is pure ([`to_npy`], [`to_safetensors`] return bytes); [`write_atomic`] puts bytes
-//! on disk through a temporary file in the same directory and a rename, so an interrupted export
-//! never leaves a half-written file under the requested name.
+//! Rendering is pure ([`to_npy`], [`to_safetensors`], [`to_png`] return bytes); [`write_atomic`]
+//! puts bytes on disk through a temporary file in the same directory and a rename, so an
+//! interrupted export never leaves a half-written file under the requested name. A PNG holds one
+//! batch item of an image tensor (`[B, 3, H, W]` or `[3, H, W]`: floats in [0, 1] or 8-bit
+//! values), converted with A1111's pixel rule, and the run's generation parameters as A1111's
+//! `parameters` text chunk (see [`crate::image`]).
 
 use crate::dtype::DType;
+use crate::image::{ImageError, ImageTensor, InfotextParams, PARAMETERS_KEY, encode_png, infotext};
+use crate::trace::Settings;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{path}: unsupported output extension; use .npy or .safetensors")]
+    #[error(
+        "{path}: unsupported output extension; use .npy or .safetensors (any tensor) or .png (an image record)"
+    )]
     UnknownExtension { path: PathBuf },
+    #[error("'{key}' is not an image: {what}")]
+    NotImage { key: String, what: String },
+    #[error("--index {index}: '{key}' holds {batch} image(s); use --index 0 to {last}", last = batch.saturating_sub(1))]
+    BadIndex {
+        key: String,
+        index: usize,
+        batch: usize,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error(".npy has no bfloat16 type; export '{key}' to .safetensors instead")]
     NpyBf16 { key: String },
     #[error("{path}: {op}: {source}")]
@@ -30,6 +48,7 @@ pub enum ExportError {
 pub enum ExportFormat {
     Npy,
     Safetensors,
+    Png,
 }
 
 impl ExportFormat {
@@ -43,6 +62,7 @@ impl ExportFormat {
         {
             Some("npy") => Ok(ExportFormat::Npy),
             Some("safetensors") => Ok(ExportFormat::Safetensors),
+            Some("png") => Ok(ExportFormat::Png),
             _ => Err(ExportError::UnknownExtension {
                 path: path.to_path_buf(),
             }),
@@ -108,6 +128,74 @@ pub fn to_safetensors(
         .map_err(|e| ExportError::Safetensors(e.to_string()))?;
     let meta = (!metadata.is_empty()).then(|| metadata.iter().cloned().collect());
     safetensors::serialize([(key, view)], meta).map_err(|e| ExportError::Safetensors(e.to_string()))
+}
+
+/// A PNG and what the caller should tell the user about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PngExport {
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    /// The `parameters` text written, if the header had the settings for it.
+    pub parameters: Option<String>,
+    /// Notes for the user (missing settings, NaN pixels written as 0).
+    pub notes: Vec<String>,
+}
+
+/// A PNG of batch item `index` of the image record `key` (float values in [0, 1] or u8), with
+/// A1111's `parameters` chunk built from the trace header's `settings`; the seed written is
+/// `seed + index`, A1111's seed of that batch item. Any other record is refused with the reason.
+pub fn to_png(
+    key: &str,
+    dtype: DType,
+    shape: &[u64],
+    data: &[u8],
+    index: usize,
+    settings: &Settings,
+) -> Result<PngExport, ExportError> {
+    let img = ImageTensor::from_record(dtype, shape, data).map_err(|e| match e {
+        ImageError::NotImage { what } => ExportError::NotImage {
+            key: key.to_string(),
+            what,
+        },
+        e => e.into(),
+    })?;
+    let mut notes = Vec::new();
+    let nan = img.nan_count();
+    if nan > 0 {
+        notes.push(format!("{nan} NaN values written as 0, as A1111 does"));
+    }
+    let Some(rgb) = img.rgb8(index) else {
+        return Err(ExportError::BadIndex {
+            key: key.to_string(),
+            index,
+            batch: img.batch,
+        });
+    };
+    let (width, height) = (img.width, img.height);
+    let parameters = match InfotextParams::from_settings(settings, width, height) {
+        Ok(mut p) => {
+            p.seed = p.seed.wrapping_add(index as u64);
+            Some(infotext(&p))
+        }
+        Err(e) => {
+            notes.push(format!("no A1111 parameters written: {e}"));
+            None
+        }
+    };
+    let text: Vec<(&str, &str)> = parameters
+        .as_deref()
+        .map(|p| (PARAMETERS_KEY, p))
+        .into_iter()
+        .collect();
+    let bytes = encode_png(width, height, &rgb, &text)?;
+    Ok(PngExport {
+        bytes,
+        width,
+        height,
+        parameters,
+        notes,
+    })
 }
 
 /// Write `bytes` to `path` atomically (temporary file + rename in the same directory).
@@ -191,6 +279,67 @@ mod tests {
     }
 
     #[test]
+    fn png_of_float_and_u8_images() {
+        let settings = Settings {
+            prompt: Some("p".into()),
+            sampler: Some("euler".into()),
+            steps: Some(4),
+            cfg_scale: Some(7.0),
+            seed: Some(10),
+            ..Default::default()
+        };
+        // f16 [3, 2, 2] with a NaN: written as 0, with a note; size from the image.
+        let vals = [
+            0.0f32,
+            0.25,
+            0.5,
+            1.0,
+            f32::NAN,
+            0.1,
+            0.2,
+            0.3,
+            0.4,
+            0.6,
+            0.7,
+            0.8,
+        ];
+        let data: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let png = to_png("image", DType::F16, &[3, 2, 2], &data, 0, &settings).unwrap();
+        assert_eq!((png.width, png.height), (2, 2));
+        assert_eq!(png.notes, vec!["1 NaN values written as 0, as A1111 does"]);
+        let text = png.parameters.unwrap();
+        assert!(text.ends_with("Seed: 10, Size: 2x2"), "{text}");
+        assert_eq!(
+            crate::image::png_text(&png.bytes).unwrap()[0],
+            (PARAMETERS_KEY.to_string(), text)
+        );
+        // Refusals: an integer tensor, values outside [0, 1], a batch index past the end.
+        let e = to_png("t", DType::I64, &[3, 1, 1], &[0; 24], 0, &settings).unwrap_err();
+        assert!(e.to_string().contains("i64 values"), "{e}");
+        let data: Vec<u8> = [-1.0f32, 0.0, 1.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = to_png("vae.decoder", DType::F32, &[3, 1, 1], &data, 0, &settings).unwrap_err();
+        assert!(e.to_string().contains("span [-1, 1.5]"), "{e}");
+        let e = to_png("image", DType::U8, &[2, 3, 1, 1], &[0; 6], 2, &settings).unwrap_err();
+        assert!(e.to_string().contains("use --index 0 to 1"), "{e}");
+        let ok = to_png(
+            "image",
+            DType::U8,
+            &[2, 3, 1, 1],
+            &[1, 2, 3, 4, 5, 6],
+            1,
+            &Settings::default(),
+        )
+        .unwrap();
+        assert!(ok.parameters.is_none() && ok.notes[0].contains("settings.steps"));
+    }
+
+    #[test]
     fn formats_by_extension() {
         assert_eq!(
             ExportFormat::from_path(Path::new("a.NPY")).unwrap(),
@@ -199,6 +348,10 @@ mod tests {
         assert_eq!(
             ExportFormat::from_path(Path::new("a.safetensors")).unwrap(),
             ExportFormat::Safetensors
+        );
+        assert_eq!(
+            ExportFormat::from_path(Path::new("a.png")).unwrap(),
+            ExportFormat::Png
         );
         assert!(ExportFormat::from_path(Path::new("a.pt")).is_err());
     }

@@ -33,6 +33,7 @@
 //! Invariants: nothing here touches a tensor library; no input makes these functions panic; the
 //! PNG reader checks every chunk length against the input and bounds decompressed text.
 
+use crate::dtype::DType;
 use crate::trace::Settings;
 use std::fmt::Write as _;
 
@@ -65,11 +66,11 @@ pub enum ImageError {
     NotPng,
     #[error("damaged PNG at byte offset {offset}: {what}")]
     Damaged { offset: usize, what: String },
+    #[error("not an image: {what}")]
+    NotImage { what: String },
     #[error("infotext field '{field}': {what}")]
     Infotext { field: String, what: String },
-    #[error(
-        "the trace header lacks {missing} needed for the A1111 parameters; record with a newer sdtrace or export to .npy"
-    )]
+    #[error("the trace header lacks {missing}, needed for A1111's generation parameters")]
     MissingSettings { missing: String },
 }
 
@@ -151,6 +152,131 @@ pub fn rgb8_from_chw(shape: &[usize], data: &[f32]) -> Result<Vec<(u32, u32, Vec
 /// As [`rgb8_from_chw`] for an image tensor already in 8-bit values.
 pub fn rgb8_from_chw_u8(shape: &[usize], data: &[u8]) -> Result<Vec<(u32, u32, Vec<u8>)>> {
     interleave(shape, data, |v| v)
+}
+
+/// An image record's values, channels first.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Planes {
+    U8(Vec<u8>),
+    /// In [0, 1], or NaN.
+    Float(Vec<f32>),
+}
+
+/// A recorded image tensor (`[B, 3, H, W]` or `[3, H, W]`; floats in [0, 1] or u8), checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageTensor {
+    pub batch: usize,
+    pub width: u32,
+    pub height: u32,
+    pub planes: Planes,
+}
+
+/// Little-endian floats of `dtype` as f32 (`None` for integer dtypes).
+fn floats(dtype: DType, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        DType::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        DType::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        DType::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::I64 | DType::I32 | DType::U8 => return None,
+    })
+}
+
+impl ImageTensor {
+    /// Check and decode a record's payload (little-endian `dtype` values of `shape`). Refuses
+    /// other ranks or channel counts, integer dtypes other than u8, and finite float values
+    /// outside [0, 1].
+    pub fn from_record(dtype: DType, shape: &[u64], data: &[u8]) -> Result<Self> {
+        let not_image = |what: String| ImageError::NotImage { what };
+        let dims: Vec<usize> = shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect();
+        if !matches!(dims.as_slice(), [3, _, _] | [_, 3, _, _]) {
+            return Err(not_image(format!(
+                "its shape is {shape:?}; an image is [B, 3, H, W] or [3, H, W]"
+            )));
+        }
+        let planes = if dtype == DType::U8 {
+            Planes::U8(data.to_vec())
+        } else {
+            let Some(values) = floats(dtype, data) else {
+                return Err(not_image(format!(
+                    "it holds {dtype} values; an image holds floats in [0, 1] or u8"
+                )));
+            };
+            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+            for &v in values.iter().filter(|v| !v.is_nan()) {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+            if lo < 0.0 || hi > 1.0 {
+                return Err(not_image(format!(
+                    "its values span [{lo}, {hi}], outside [0, 1] (the decoded image is the 'image' record; export other tensors to .npy)"
+                )));
+            }
+            Planes::Float(values)
+        };
+        let len = match &planes {
+            Planes::U8(v) => v.len(),
+            Planes::Float(v) => v.len(),
+        };
+        let (w, h, batch) = chw_layout(&dims, len)?;
+        Ok(ImageTensor {
+            batch,
+            width: w as u32,
+            height: h as u32,
+            planes,
+        })
+    }
+
+    fn item_len(&self) -> usize {
+        3 * self.width as usize * self.height as usize
+    }
+
+    fn item_shape(&self) -> [usize; 3] {
+        [3, self.height as usize, self.width as usize]
+    }
+
+    /// NaN values (written as 0 in 8-bit form).
+    pub fn nan_count(&self) -> usize {
+        match &self.planes {
+            Planes::U8(_) => 0,
+            Planes::Float(v) => v.iter().filter(|x| x.is_nan()).count(),
+        }
+    }
+
+    /// Interleaved 8-bit RGB of batch item `index` (A1111's conversion for floats).
+    pub fn rgb8(&self, index: usize) -> Option<Vec<u8>> {
+        let range = index * self.item_len()..(index + 1) * self.item_len();
+        let shape = self.item_shape();
+        let mut items = match &self.planes {
+            Planes::U8(v) => rgb8_from_chw_u8(&shape, v.get(range)?).ok()?,
+            Planes::Float(v) => rgb8_from_chw(&shape, v.get(range)?).ok()?,
+        };
+        items.pop().map(|(_, _, rgb)| rgb)
+    }
+
+    /// Values of batch item `index` on the [0, 1] scale (u8 divided by 255), channels first.
+    pub fn values(&self, index: usize) -> Option<Vec<f32>> {
+        let range = index * self.item_len()..(index + 1) * self.item_len();
+        Some(match &self.planes {
+            Planes::U8(v) => v.get(range)?.iter().map(|&b| b as f32 / 255.0).collect(),
+            Planes::Float(v) => v.get(range)?.to_vec(),
+        })
+    }
 }
 
 fn is_latin1(s: &str) -> bool {

@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand};
 use sdtrace::analysis::{
     CompareOptions, Comparison, FailOn, KeyMap, TolConfig, TolSpec, compare_paths, judge,
 };
-use sdtrace::export::{ExportFormat, to_npy, to_safetensors, write_atomic};
+use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
+use sdtrace::image::ImageTensor;
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
-use sdtrace::report::{Format, render};
+use sdtrace::report::{Format, ReportImages, render};
 use sdtrace::trace::TraceReader;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,22 +80,33 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Write one record's tensor to .npy or .safetensors (chosen by the output's extension)
+    /// Write one record's tensor to .npy or .safetensors, or an image record to .png with A1111's
+    /// generation parameters (chosen by the output's extension)
     #[command(after_help = EXIT_CODES)]
     Export {
         /// Trace file (.sdt)
         trace: PathBuf,
-        /// Probe key, e.g. noise.initial or sampler.x
+        /// Probe key, e.g. noise.initial, sampler.x or image
         key: String,
+        /// Output file: NAME.npy, NAME.safetensors or NAME.png (or give it with -o)
+        #[arg(
+            value_name = "OUT",
+            required_unless_present = "output",
+            conflicts_with = "output"
+        )]
+        out: Option<PathBuf>,
         /// Sampler step (leave out for records outside the sampling loop)
         #[arg(long, value_name = "N")]
         step: Option<u32>,
         /// Model evaluation within the step
         #[arg(long, value_name = "E", default_value_t = 0)]
         eval: u32,
-        /// Output file: NAME.npy or NAME.safetensors
+        /// Output file: NAME.npy, NAME.safetensors or NAME.png
         #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
+        /// Batch item to write to a .png
+        #[arg(long, value_name = "I", default_value_t = 0)]
+        index: usize,
     },
     /// Compare two traces: where the runs part, where the error grows, and why
     #[command(after_help = REPORT_HELP)]
@@ -222,11 +234,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export {
             trace,
             key,
+            out,
             step,
             eval,
             output,
+            index,
         } => {
-            export(&trace, &key, step, eval, &output)?;
+            let Some(output) = out.or(output) else {
+                bail!("export needs an output file: sdtrace export TRACE KEY OUT");
+            };
+            export(&trace, &key, step, eval, &output, index)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report {
@@ -255,7 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for t in &tol_key {
                 tols.push_key_override(t)?;
             }
-            let comparison = match (&from, a, b) {
+            let comparison = match (&from, &a, &b) {
                 (Some(f), _, _) => Comparison::load(f)?,
                 (None, Some(a), Some(b)) => {
                     let opts = CompareOptions {
@@ -267,7 +284,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         tol: tols.clone(),
                         threads,
                     };
-                    compare_paths(&a, &b, noise_floor.as_deref(), &opts)?
+                    compare_paths(a, b, noise_floor.as_deref(), &opts)?
                 }
                 _ => bail!("report needs two traces (A B) or --from FILE"),
             };
@@ -276,7 +293,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("--save {}", path.display()))?;
             }
             let judgement = judge(&comparison, &tols, fail_on);
-            let text = render(format, &comparison, &judgement);
+            let images = match (format, &from, &a, &b) {
+                (Format::Html, None, Some(a), Some(b)) => report_images(a, b),
+                _ => None,
+            };
+            let text = render(format, &comparison, &judgement, images.as_ref());
             match &output {
                 Some(path) => {
                     write_atomic(path, text.as_bytes())
@@ -300,8 +321,66 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn export(trace: &Path, key: &str, step: Option<u32>, eval: u32, output: &Path) -> Result<()> {
+/// Largest image payload the HTML report reads per trace.
+const REPORT_IMAGE_LIMIT: u64 = 64 << 20;
+
+/// The last `image` record of a trace, when it was kept in full.
+fn final_image(path: &Path) -> Result<Option<ImageTensor>> {
+    let r = TraceReader::open(path)?;
+    let Some(entry) = r.entries().iter().rev().find(|e| &*e.key == "image") else {
+        return Ok(None);
+    };
+    let meta = r.read_meta(entry)?;
+    match meta.payload {
+        None => return Ok(None),
+        Some(p) if p.raw_len > REPORT_IMAGE_LIMIT => {
+            bail!(
+                "{}: the image is {} bytes, over the report's {REPORT_IMAGE_LIMIT}",
+                path.display(),
+                p.raw_len
+            )
+        }
+        Some(_) => {}
+    }
+    let Some(data) = r.read_payload(&meta)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        ImageTensor::from_record(meta.dtype, &meta.shape, &data)
+            .with_context(|| format!("{}: record 'image'", path.display()))?,
+    ))
+}
+
+/// Both traces' final images for the HTML report; a problem is a note, not an error.
+fn report_images(a: &Path, b: &Path) -> Option<ReportImages> {
+    let result = (|| -> Result<Option<ReportImages>> {
+        let (Some(ia), Some(ib)) = (final_image(a)?, final_image(b)?) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            ReportImages::from_records(&ia, &ib).map_err(anyhow::Error::msg)?,
+        ))
+    })();
+    result.unwrap_or_else(|e| {
+        eprintln!("note: the report shows no final images: {e:#}");
+        None
+    })
+}
+
+fn export(
+    trace: &Path,
+    key: &str,
+    step: Option<u32>,
+    eval: u32,
+    output: &Path,
+    index: usize,
+) -> Result<()> {
     let format = ExportFormat::from_path(output)?;
+    if index != 0 && format != ExportFormat::Png {
+        bail!(
+            "--index {index}: only a .png export picks one batch item; .npy and .safetensors hold the whole tensor"
+        );
+    }
     let r = TraceReader::open(trace)?;
     let Some(entry) = r.find(key, step, eval) else {
         let steps: Vec<String> = r
@@ -351,6 +430,34 @@ fn export(trace: &Path, key: &str, step: Option<u32>, eval: u32, output: &Path) 
                 md.push(("sdtrace.step".to_string(), s.to_string()));
             }
             to_safetensors(key, meta.dtype, &meta.shape, &data, &md)?
+        }
+        ExportFormat::Png => {
+            let png = to_png(
+                key,
+                meta.dtype,
+                &meta.shape,
+                &data,
+                index,
+                &r.header().settings,
+            )
+            .with_context(|| format!("{}: record '{}'", trace.display(), meta.id()))?;
+            write_atomic(output, &png.bytes)?;
+            for note in &png.notes {
+                eprintln!("note: {note}");
+            }
+            eprintln!(
+                "wrote {} ({}×{} RGB, batch item {index}{}, {} bytes)",
+                output.display(),
+                png.width,
+                png.height,
+                if png.parameters.is_some() {
+                    ", with A1111 parameters"
+                } else {
+                    ""
+                },
+                png.bytes.len()
+            );
+            return Ok(());
         }
     };
     write_atomic(output, &bytes)?;

@@ -62,6 +62,10 @@ fn parser_weights_follow_python_float_order() {
     assert_eq!(parsed("(a : 1.5 )"), pieces(&[("a ", 1.5)]));
     assert_eq!(parsed("(a:\t-.5)"), pieces(&[("a", -0.5)]));
     assert_eq!(parsed("(a:+2.)"), pieces(&[("a", 2.0)]));
+    // Python's float() takes decimal digits of any script.
+    assert_eq!(parsed("(a:\u{663}.5)"), pieces(&[("a", 3.5)]));
+    // A zero weight makes the marker -0.0, equal to its neighbours: all merge into text.
+    assert_eq!(parsed("(BREAK:0)"), pieces(&[("BREAK", 0.0)]));
     // Unclosed: round brackets first, then square ones, each from its opening position.
     assert_eq!(
         parsed("[a (b"),
@@ -219,6 +223,8 @@ fn byte_level_vocabulary_gives_one_token_per_byte() {
     // Multi-byte characters: one token per UTF-8 byte, </w> on the last.
     assert_eq!(tok.encode("café"), byte_ids(&["café"]));
     assert_eq!(tok.encode("日本"), byte_ids(&["日本"]));
+    // U+0345 is neither a letter nor "other" to Python's case-insensitive pattern: skipped.
+    assert_eq!(tok.encode("the\u{345}the"), byte_ids(&["the", "the"]));
     assert_eq!(tok.vocab_len(), 514);
     assert_eq!(tok.comma_id(), Some(byte_id(b',', true)));
     assert_eq!((tok.bos(), tok.eos(), tok.pad()), (49406, 49407, 49407));
@@ -246,6 +252,8 @@ fn normalisation_unescapes_collapses_and_lowercases() {
     // Twice: &amp;lt; → &lt; → <.
     assert_eq!(normalize("&amp;lt;b&amp;gt;"), "<b>");
     assert_eq!(normalize("&amp;amp;amp;"), "&amp;");
+    // U+001C–U+001F: stripped at the ends (str.strip) but not whitespace inside (regex's \s).
+    assert_eq!(normalize("\u{1c}a\u{1f} \t b\u{1c}"), "a\u{1f} b");
     let tok = byte_level();
     assert_eq!(tok.encode("A  PHOTO"), tok.encode("a photo"));
     assert_eq!(tok.encode("&quot;x&quot;"), tok.encode("\"x\""));

@@ -7,7 +7,8 @@
 //! goes through [`observe::observe`], which asks the [`crate::probe::Probe`] before copying a
 //! tensor to the host, so a disabled probe costs a branch per module and recording never changes
 //! a value. [`attention`] holds the selectable attention implementations, [`config`] the SD 1.x
-//! / 2.x / tiny configurations, [`synth`] deterministic random-weight models.
+//! / 2.x / tiny configurations, [`synth`] deterministic random-weight models, [`vae`] the VAE
+//! decoder that turns latents into the `image` record.
 
 pub mod attention;
 pub mod clip;

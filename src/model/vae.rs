@@ -8,10 +8,11 @@
 //! `vae.post_quant_conv` (the 1×1 convolution in front of the decoder, applied here from the
 //! same weights so that it can be observed), `vae.decoder` (the decoder's output, model dtype)
 //! and `image`: A1111's `torch.clamp((x + 1.0) / 2.0, min=0.0, max=1.0)` computed in f32 after
-//! the cast to float, shape `[B, 3, H, W]`. The latents are first multiplied by
-//! `1 / scaling_factor` in f32 (what both LDM's `1. / scale_factor * z` and PyTorch's
-//! half-precision kernels do) and cast back to the model dtype. Every observed tensor may be
-//! replaced by an intervention; the rest of the decode uses the replacement.
+//! the cast to float, shape `[B, 3, H, W]`. The latents are first cast to the model dtype (as
+//! A1111 does before `decode_first_stage`), multiplied by `1 / scaling_factor` in f32 (LDM's
+//! `1. / scale_factor * z`, which PyTorch's half-precision kernels compute in f32) and cast
+//! back. Every observed tensor may be replaced by an intervention; the rest of the decode uses
+//! the replacement.
 
 use super::observe::observe;
 use super::{ModelError, Result};
@@ -359,7 +360,10 @@ impl Vae {
             ))
             .into());
         }
+        // A1111 casts to the VAE's dtype first, then LDM multiplies by 1 / scale_factor (a
+        // PyTorch half kernel computes that product in f32).
         let z = latents
+            .to_dtype(self.dtype)?
             .to_dtype(DType::F32)?
             .affine(1.0 / self.config.scaling_factor, 0.0)?
             .to_dtype(self.dtype)?;

@@ -1,10 +1,12 @@
 //! The HTML report: one self-contained file (inline CSS and SVG, no script, no network) with
 //! the verdict, a step × layer heatmap of log10 relative error (first exceedance, source and
-//! amplification onset marked), the latent error curve and the per-step worst error, the key
-//! table and the failing records.
+//! amplification onset marked), the latent error curve and the per-step worst error, the final
+//! images of both runs side by side with their amplified difference (PNG data URIs, when the
+//! caller passes [`ReportImages`]), the key table and the failing records.
 
-use super::{failing, key_rows, sci, xml_escape as esc};
+use super::{ReportImages, failing, key_rows, sci, xml_escape as esc};
 use crate::analysis::{Comparison, Judgement, Status};
+use crate::image::encode_png;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -185,7 +187,89 @@ fn curves(series: &[Curve]) -> String {
     s
 }
 
-pub fn render_html(c: &Comparison, j: &Judgement) -> String {
+/// Standard base64 (RFC 4648, with padding).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// An `<img>` of 8-bit RGB pixels as a PNG data URI; small images are shown enlarged.
+fn img_tag(width: u32, height: u32, rgb: &[u8], alt: &str) -> String {
+    let Ok(png) = encode_png(width, height, rgb, &[]) else {
+        return format!("<p>({} could not be encoded)</p>", esc(alt));
+    };
+    let scale = (256 / width.max(height).max(1)).max(1);
+    format!(
+        "<img src=\"data:image/png;base64,{}\" width=\"{}\" height=\"{}\" alt=\"{}\" style=\"image-rendering:pixelated\">",
+        base64(&png),
+        width * scale,
+        height * scale,
+        esc(alt)
+    )
+}
+
+/// A gain with three or four significant digits.
+fn gain_text(g: f64) -> String {
+    if g >= 1000.0 {
+        format!("{g:.0}")
+    } else if g >= 10.0 {
+        format!("{g:.1}")
+    } else {
+        format!("{g:.2}")
+    }
+}
+
+fn images_section(im: &ReportImages) -> String {
+    let mut s = String::from("<h2>Final images</h2>\n<p>");
+    if im.batch > 1 {
+        let _ = write!(s, "Batch item {} of {}. ", im.index, im.batch);
+    }
+    if im.max_abs == 0.0 {
+        s.push_str("The images are equal (8-bit and unquantised values alike); the difference is black.</p>\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "Difference: |A − B| × {} per channel, so that the largest difference ({} on the [0, 1] scale, {:.2} of 255 levels) is white.</p>",
+            gain_text(im.gain),
+            sci(Some(im.max_abs)),
+            im.max_abs * 255.0
+        );
+    }
+    s.push_str("<div style=\"display:flex;gap:1em;flex-wrap:wrap\">\n");
+    for (rgb, label) in [
+        (&im.a, "A".to_string()),
+        (&im.b, "B".to_string()),
+        (&im.diff, format!("|A − B| × {}", gain_text(im.gain))),
+    ] {
+        let _ = writeln!(
+            s,
+            "<figure style=\"margin:0\">{}<figcaption>{}</figcaption></figure>",
+            img_tag(im.width, im.height, rgb, &label),
+            esc(&label)
+        );
+    }
+    s.push_str("</div>\n");
+    s
+}
+
+/// The HTML report; `images`, when given, adds the final images section.
+pub fn render_html(c: &Comparison, j: &Judgement, images: Option<&ReportImages>) -> String {
     let v = &j.verdict;
     let mut s = String::new();
     let (mark, cls) = match v.exit_code {
@@ -259,6 +343,9 @@ pub fn render_html(c: &Comparison, j: &Judgement) -> String {
             }
         );
     }
+    if let Some(im) = images {
+        s.push_str(&images_section(im));
+    }
     s.push_str("<h2>Keys</h2><table><tr><th>key</th><th>records</th><th>fail</th><th>worst rel L2</th><th>at</th><th>status</th></tr>\n");
     for r in key_rows(c, j) {
         let (w, at) = r.worst.map_or(("-".into(), "-".into()), |(e, i)| {
@@ -308,7 +395,7 @@ mod tests {
     #[test]
     fn html_is_self_contained_and_marks_the_source() {
         let (c, j) = fixture::judged();
-        let h = render_html(&c, &j);
+        let h = render_html(&c, &j, None);
         assert!(h.starts_with("<!DOCTYPE html>"));
         assert!(h.ends_with("</body></html>\n"));
         assert!(
@@ -326,5 +413,84 @@ mod tests {
         assert_eq!(h.matches("<polyline").count(), 2);
         assert_eq!(colour(1e-8), "#1e3c8c");
         assert_eq!(colour(1.0), "#ff1e14");
+        assert!(!h.contains("Final images"));
+    }
+
+    #[test]
+    fn base64_rfc4648_vectors() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), enc);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn final_images_side_by_side_with_the_amplified_difference() {
+        use crate::DType;
+        use crate::image::{ImageTensor, png_text};
+        let (c, j) = fixture::judged();
+        // 2 items of 3×1×2 floats; B differs from A by 0.01 in one value of item 0.
+        let a: Vec<f32> = (0..12).map(|i| i as f32 / 12.0).collect();
+        let mut b = a.clone();
+        b[3] += 0.01;
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let ta = ImageTensor::from_record(DType::F32, &[2, 3, 1, 2], &bytes(&a)).unwrap();
+        let tb = ImageTensor::from_record(DType::F32, &[2, 3, 1, 2], &bytes(&b)).unwrap();
+        let im = ReportImages::from_records(&ta, &tb).unwrap();
+        assert!((im.max_abs - 0.01).abs() < 1e-6 && (im.gain - 100.0).abs() < 1e-2);
+        // Value 3 is channel 1 (G) of pixel 1: white there, black elsewhere.
+        assert_eq!(im.diff, vec![0, 0, 0, 0, 255, 0]);
+        let h = render_html(&c, &j, Some(&im));
+        assert!(h.contains("<h2>Final images</h2>"));
+        assert!(h.contains("Batch item 0 of 2."));
+        assert!(
+            h.contains("<figcaption>|A − B| × 100.0</figcaption>"),
+            "{h}"
+        );
+        assert_eq!(h.matches("src=\"data:image/png;base64,").count(), 3);
+        assert!(!h.contains("<script"));
+        // The data URIs hold PNGs of the right size (enlarged on display).
+        let start = h.find("base64,").unwrap() + 7;
+        let end = start + h[start..].find('"').unwrap();
+        let png = decode_base64(&h[start..end]);
+        assert!(png_text(&png).unwrap().is_empty());
+        assert_eq!(&png[16..24], &[0, 0, 0, 2, 0, 0, 0, 1]);
+        assert!(h.contains("width=\"256\" height=\"128\""));
+        let same = ReportImages::from_records(&ta, &ta).unwrap();
+        assert_eq!((same.max_abs, same.gain), (0.0, 1.0));
+        assert!(render_html(&c, &j, Some(&same)).contains("The images are equal"));
+        let other = ImageTensor::from_record(DType::F32, &[3, 1, 2], &bytes(&a[..6])).unwrap();
+        assert!(
+            ReportImages::from_records(&ta, &other)
+                .unwrap_err()
+                .contains("differ in size")
+        );
+    }
+
+    fn decode_base64(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let mut out = Vec::new();
+        for q in s.as_bytes().chunks(4) {
+            let n = q.iter().enumerate().fold(0u32, |n, (i, &c)| {
+                n | ((if c == b'=' { 0 } else { val(c) } as u32) << (18 - 6 * i))
+            });
+            let keep = q.iter().filter(|&&c| c != b'=').count() - 1;
+            out.extend_from_slice(&n.to_be_bytes()[1..1 + keep]);
+        }
+        out
     }
 }

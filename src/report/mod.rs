@@ -4,7 +4,9 @@
 //! Every renderer is a pure function from data to a `String`: no I/O, no clock, no environment,
 //! so the same inputs always give the same bytes (tests compare them directly). Shared tables
 //! (per-key rows, failing records) are computed here once. The JSON schema is versioned
-//! ([`REPORT_SCHEMA`]) and documented in `docs/REPORT.md`.
+//! ([`REPORT_SCHEMA`]) and documented in `docs/REPORT.md`. Data a [`Comparison`] does not hold
+//! (the final images, for the HTML report) is read by the caller and passed in as plain data
+//! ([`ReportImages`]).
 
 mod html;
 mod junit;
@@ -17,6 +19,7 @@ pub use markdown::render_markdown;
 pub use text::render_text;
 
 use crate::analysis::{Comparison, Judgement, Required, Status};
+use crate::image::ImageTensor;
 use serde_json::{Value, json};
 
 /// Schema tag of the JSON report.
@@ -48,14 +51,88 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// Render in `format`.
-pub fn render(format: Format, c: &Comparison, j: &Judgement) -> String {
+/// Render in `format`; `images` (the two final images) are shown by the HTML report only.
+pub fn render(
+    format: Format,
+    c: &Comparison,
+    j: &Judgement,
+    images: Option<&ReportImages>,
+) -> String {
     match format {
         Format::Text => render_text(c, j),
         Format::Json => serde_json::to_string_pretty(&report_json(c, j)).unwrap_or_default() + "\n",
         Format::Markdown => render_markdown(c, j),
         Format::Junit => render_junit(c, j),
-        Format::Html => render_html(c, j),
+        Format::Html => render_html(c, j, images),
+    }
+}
+
+/// One batch item of both traces' final `image` records, as 8-bit RGB, and their amplified
+/// difference: |A − B| per channel on the [0, 1] scale (u8 images divided by 255; a NaN
+/// against a number counts as 1, NaN against NaN as 0), multiplied by `gain` so that the
+/// largest difference is white.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportImages {
+    pub width: u32,
+    pub height: u32,
+    /// The batch item shown and the batch size.
+    pub index: usize,
+    pub batch: usize,
+    pub a: Vec<u8>,
+    pub b: Vec<u8>,
+    pub diff: Vec<u8>,
+    /// Largest |A − B| on the [0, 1] scale.
+    pub max_abs: f64,
+    /// Factor applied to |A − B| in `diff` (1 when the images are equal).
+    pub gain: f64,
+}
+
+impl ReportImages {
+    /// Batch item 0 of two image tensors of the same shape.
+    pub fn from_records(a: &ImageTensor, b: &ImageTensor) -> Result<Self, String> {
+        if (a.batch, a.width, a.height) != (b.batch, b.width, b.height) {
+            return Err(format!(
+                "the images differ in size ({} × {}×{} vs {} × {}×{})",
+                a.batch, a.width, a.height, b.batch, b.width, b.height
+            ));
+        }
+        let index = 0;
+        let (Some(ra), Some(rb), Some(va), Some(vb)) = (
+            a.rgb8(index),
+            b.rgb8(index),
+            a.values(index),
+            b.values(index),
+        ) else {
+            return Err("the image records hold no batch item".into());
+        };
+        let abs: Vec<f64> = va
+            .iter()
+            .zip(&vb)
+            .map(|(&x, &y)| match (x.is_nan(), y.is_nan()) {
+                (false, false) => (x as f64 - y as f64).abs(),
+                (true, true) => 0.0,
+                _ => 1.0,
+            })
+            .collect();
+        let max_abs = abs.iter().fold(0.0f64, |m, &d| m.max(d));
+        let gain = if max_abs > 0.0 { 1.0 / max_abs } else { 1.0 };
+        let plane = a.width as usize * a.height as usize;
+        let level = |d: f64| (d * gain * 255.0).round().clamp(0.0, 255.0) as u8;
+        let diff = (0..plane)
+            .flat_map(|p| [abs[p], abs[plane + p], abs[2 * plane + p]])
+            .map(level)
+            .collect();
+        Ok(ReportImages {
+            width: a.width,
+            height: a.height,
+            index,
+            batch: a.batch,
+            a: ra,
+            b: rb,
+            diff,
+            max_abs,
+            gain,
+        })
     }
 }
 

@@ -9,7 +9,7 @@
 //! `<|endoftext|>` (case-sensitive, as HF's added-token split does), then per remaining segment
 //! HTML-unescape twice (the named entities `&amp; &lt; &gt; &quot; &apos;`, with Python's
 //! `html.unescape` rules for legacy names without `;`, and numeric `&#NNN;` / `&#xHH;`
-//! references with its replacement tables), collapse whitespace runs to one space, strip,
+//! references with its replacement tables), strip, collapse whitespace runs to one space,
 //! lowercase (Unicode, with final sigma); cut with CLIP's pre-tokenisation pattern; map each
 //! piece's UTF-8 bytes through the byte table; run BPE (the last symbol carries `</w>`; each
 //! round merges every left-to-right occurrence of the lowest-ranked pair).
@@ -17,7 +17,12 @@
 //! Not reproduced: `ftfy.fix_text` (mojibake repair, which A1111's environment and OpenAI's
 //! tokenizer apply before everything else; it changes only damaged or unusual text — curly
 //! quotes and ordinary accents pass through), the HTML5 named entities beyond the five above,
-//! and HF's fallback `BasicTokenizer` path taken when ftfy is not installed.
+//! and HF's fallback `BasicTokenizer` path taken when ftfy is not installed. HF's tokenizer
+//! (A1111 on SD 1.x, diffusers) has no `html.unescape` of its own and relies on ftfy's
+//! conditional entity decoding; OpenAI's (A1111 on SD 2.x, through open_clip) unescapes twice,
+//! as here. The Python character-class details (which
+//! characters are whitespace, letters, case variants) were checked against the Python code on
+//! random prompts.
 
 use super::TextError;
 use super::prompt::py_space;
@@ -38,8 +43,13 @@ pub const END_OF_WORD: &str = "</w>";
 /// (`49152 - 256 - 2`; CLIP's file has exactly that many).
 pub const MAX_MERGES_TXT: usize = 49152 - 256 - 2;
 
-/// CLIP's pre-tokenisation pattern.
-const PRETOKENIZE: &str = r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+/// CLIP's pre-tokenisation pattern, `<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|
+/// [\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+` compiled case-insensitively by Python's `regex` module.
+/// That module folds case in the literals and in the negated class but matches the positive
+/// property classes as they are; the regex crate would fold those too (U+0345, a combining
+/// mark whose case variants are letters, would become a letter), so `(?i)` is scoped to match:
+/// U+0345 then matches no alternative and is skipped, as in Python.
+const PRETOKENIZE: &str = r"(?i:<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}]+|[\p{N}]|(?i:[^\s\p{L}\p{N}])+";
 
 /// Token → id.
 pub type Vocab = HashMap<String, u32>;
@@ -194,17 +204,18 @@ fn numeric_charref(n: u32) -> String {
     }
 }
 
-/// CLIP's text normalisation (without ftfy): HTML-unescape twice, collapse whitespace runs to
-/// one space, strip, lowercase.
+/// CLIP's text normalisation (without ftfy): HTML-unescape twice, strip, collapse whitespace
+/// runs to one space, strip, lowercase. As in the Python (`str.strip` but the `regex`
+/// module's `\s`), U+001C–U+001F are stripped at the ends but are not whitespace inside.
 pub fn normalize(text: &str) -> String {
     let text = html_unescape(&html_unescape(text));
     let mut out = String::with_capacity(text.len());
     let mut in_space = false;
-    for c in text.chars() {
-        if py_space(c) {
+    for c in text.trim_matches(py_space).chars() {
+        if c.is_whitespace() {
             in_space = true;
         } else {
-            if in_space && !out.is_empty() {
+            if in_space {
                 out.push(' ');
             }
             in_space = false;
@@ -295,10 +306,7 @@ pub fn parse_merges_txt(text: &str, path: &Path) -> Result<Vec<(String, String)>
 
 /// The vocabulary and merges of an HF `tokenizer.json` (`model.vocab`, `model.merges` as
 /// `"a b"` strings or `["a", "b"]` pairs; `added_tokens` fill ids the vocabulary lacks).
-pub fn parse_tokenizer_json(
-    json: &Value,
-    path: &Path,
-) -> Result<(Vocab, Merges), TextError> {
+pub fn parse_tokenizer_json(json: &Value, path: &Path) -> Result<(Vocab, Merges), TextError> {
     let model = json
         .get("model")
         .ok_or_else(|| format_error(path, "model", "is missing; is this an HF tokenizers file?"))?;
