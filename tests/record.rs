@@ -31,7 +31,12 @@ fn run(args: &[&str], out: &Path) -> (i32, String) {
         .arg("--model")
         .arg(model())
         .args(["--size", "64x64", "--seed", "42", "--steps", "4"])
-        .args(["--prompt", "a (red:1.2) house, [sky]", "--negative", "blurry"])
+        .args([
+            "--prompt",
+            "a (red:1.2) house, [sky]",
+            "--negative",
+            "blurry",
+        ])
         .args(args)
         .arg("-o")
         .arg(out)
@@ -66,7 +71,12 @@ fn a_recording_holds_the_whole_run() {
     assert_eq!(full("text.cond", None), [1, 77, 32]);
     assert_eq!(full("text.uncond", None), [1, 77, 32]);
     for s in 0..4 {
-        for key in ["sampler.x", "sampler.eps.uncond", "sampler.eps.cond", "sampler.denoised"] {
+        for key in [
+            "sampler.x",
+            "sampler.eps.uncond",
+            "sampler.eps.cond",
+            "sampler.denoised",
+        ] {
             assert_eq!(full(key, Some(s)), [1, 4, 8, 8]);
         }
         let unet = r.find("unet.mid_block", Some(s), 0).unwrap();
@@ -84,7 +94,14 @@ fn a_recording_holds_the_whole_run() {
     assert_eq!(s.seed, Some(42));
     assert_eq!(s.sampler.as_deref(), Some("euler-a"));
     assert_eq!(s.prompt.as_deref(), Some("a (red:1.2) house, [sky]"));
-    for k in ["sigmas", "timesteps", "attention_plan", "rng_params", "clip_skip", "tokens"] {
+    for k in [
+        "sigmas",
+        "timesteps",
+        "attention_plan",
+        "rng_params",
+        "clip_skip",
+        "tokens",
+    ] {
         assert!(s.extra.contains_key(k), "header lacks {k}");
     }
     assert!(s.model_hashes.contains_key("unet_xxh3"));
@@ -107,7 +124,10 @@ fn same_settings_give_bit_identical_traces_and_the_estimate_holds() {
         let (c, err) = run(&["--no-png"], p);
         assert_eq!(c, 0, "{err}");
     }
-    let (ra, rb) = (TraceReader::open(&a).unwrap(), TraceReader::open(&b).unwrap());
+    let (ra, rb) = (
+        TraceReader::open(&a).unwrap(),
+        TraceReader::open(&b).unwrap(),
+    );
     assert_eq!(ra.entries().len(), rb.entries().len());
     for (x, y) in ra.entries().iter().zip(rb.entries()) {
         assert_eq!(x.id(), y.id());
@@ -129,7 +149,10 @@ fn same_settings_give_bit_identical_traces_and_the_estimate_holds() {
         u => panic!("{u}"),
     };
     let est = num.parse::<f64>().unwrap() * mult;
-    assert!((est / actual - 1.0).abs() < 0.25, "estimate {est} vs {actual}");
+    assert!(
+        (est / actual - 1.0).abs() < 0.25,
+        "estimate {est} vs {actual}"
+    );
 }
 
 #[test]
@@ -183,11 +206,20 @@ fn report_localises_a_perturbation() {
         .arg(&b)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let loc = &v["localisation"];
     assert_eq!(loc["first_non_identical"], format!("step 2 {key}"), "{loc}");
-    assert_eq!(loc["first_over_tolerance"], format!("step 2 {key}"), "{loc}");
+    assert_eq!(
+        loc["first_over_tolerance"],
+        format!("step 2 {key}"),
+        "{loc}"
+    );
 }
 
 #[test]
@@ -197,7 +229,10 @@ fn nan_is_flagged_and_can_stop_the_run() {
     let blowup = ["--perturb", "unet.mid_block@1=1e39"];
     let (c, err) = run(&[&["--no-png"][..], &blowup].concat(), &out);
     assert_eq!(c, 0, "{err}");
-    assert!(err.contains("warning: non-finite values in unet.mid_block at step 1"), "{err}");
+    assert!(
+        err.contains("warning: non-finite values in unet.mid_block at step 1"),
+        "{err}"
+    );
     let (c, err) = run(&[&["--stop-on-nan"][..], &blowup].concat(), &out);
     assert_eq!(c, 4, "{err}");
     let r = TraceReader::open(&out).unwrap();
@@ -220,7 +255,9 @@ fn ctrl_c_closes_the_trace_marked_interrupted() {
         .arg("record")
         .arg("--model")
         .arg(model())
-        .args(["--size", "64x64", "--seed", "1", "--steps", "200", "--no-png", "-o"])
+        .args([
+            "--size", "64x64", "--seed", "1", "--steps", "200", "--no-png", "-o",
+        ])
         .arg(&out)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -259,7 +296,38 @@ fn tiny_twenty_steps_is_fast() {
         .arg(dir.path().join("t.sdt"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let s = t.elapsed().as_secs_f64();
     assert!(s < 60.0, "{s} s");
+}
+
+/// A prompt over 75 tokens takes two chunks; the negative prompt is padded to match; f16 runs
+/// on the CPU with f32 conditioning (A1111's emphasis promotes it).
+#[test]
+fn long_prompts_chunk_and_f16_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("long.sdt");
+    let long = "a very long prompt about a house on a hill, ".repeat(3);
+    let (c, err) = run(&["--no-png", "--dtype", "f16", "--prompt", &long], &out);
+    assert_eq!(c, 0, "{err}");
+    let r = TraceReader::open(&out).unwrap();
+    for key in ["text.cond", "text.uncond"] {
+        let e = r.find(key, None, 0).unwrap();
+        assert_eq!(e.shape, [1, 154, 32], "{key}");
+        assert_eq!(e.dtype, sdtrace::DType::F32, "{key}");
+    }
+    let tokens = &r.header().settings.extra["tokens"];
+    assert_eq!(tokens["cond"]["chunks"], 2);
+    assert_eq!(tokens["uncond"]["padding_chunks"], 1);
+    assert_eq!(
+        r.find("unet.mid_block", Some(0), 0).unwrap().dtype,
+        sdtrace::DType::F16
+    );
+    // Four encoder calls: the negative prompt's two chunks, then the prompt's.
+    assert!(r.find("text_encoder.final_layer_norm", None, 3).is_some());
 }

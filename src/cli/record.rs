@@ -257,7 +257,9 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
                 "\nstopping after the current step; the trace will be closed and marked interrupted (Ctrl-C again to quit at once)"
             );
         } else {
-            eprintln!("\nquitting now; the trace is left unfinished (readable up to the last step)");
+            eprintln!(
+                "\nquitting now; the trace is left unfinished (readable up to the last step)"
+            );
             std::process::exit(130);
         }
     });
@@ -377,9 +379,10 @@ fn write_png(path: &Path, shape: &[usize], data: &[f32], header: &RunHeader) -> 
         bail!("the decoded image is empty");
     };
     let mut params = InfotextParams::from_settings(&header.settings, w, h)?;
-    params
-        .extra
-        .push(("Recorded by".into(), format!("sdtrace {}", env!("CARGO_PKG_VERSION"))));
+    params.extra.push((
+        "Recorded by".into(),
+        format!("sdtrace {}", env!("CARGO_PKG_VERSION")),
+    ));
     let text = infotext(&params);
     let png = encode_png(w, h, &rgb, &[("parameters", text.as_str())])
         .with_context(|| format!("encoding {}", path.display()))?;

@@ -55,7 +55,11 @@ fn emphasis(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
         )));
     }
     let f32 = candle_core::DType::F32;
-    let mean0 = z.to_dtype(f32)?.mean_all()?.to_dtype(z.dtype())?.to_dtype(f32)?;
+    let mean0 = z
+        .to_dtype(f32)?
+        .mean_all()?
+        .to_dtype(z.dtype())?
+        .to_dtype(f32)?;
     let w = Tensor::new(weights, z.device())?.reshape((1, n, 1))?;
     let zw = z.to_dtype(f32)?.broadcast_mul(&w)?;
     let ratio = (mean0 / zw.mean_all()?)?;

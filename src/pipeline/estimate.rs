@@ -48,10 +48,8 @@ pub struct Estimate {
 /// Bytes one record of `r` takes at `fidelity`.
 pub fn record_bytes(r: &PlannedRecord, fidelity: Fidelity, sketch_k: usize) -> u64 {
     let numel: u64 = r.shape.iter().map(|&d| d as u64).product();
-    let mut b = STATS_RECORD_BYTES
-        + INDEX_ROW_BYTES
-        + r.key.len() as u64
-        + 8 * r.shape.len() as u64;
+    let mut b =
+        STATS_RECORD_BYTES + INDEX_ROW_BYTES + r.key.len() as u64 + 8 * r.shape.len() as u64;
     if fidelity >= Fidelity::Sketch {
         b += 8 * sketch_k as u64 + 8;
         if let &[n, _, h, w] = r.shape.as_slice() {
@@ -108,7 +106,11 @@ mod tests {
         let recs = [
             rec("noise.initial", None, &[1, 4, 64, 64]),
             rec("unet.conv_in", Some(0), &[2, 320, 64, 64]),
-            rec("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.probs", Some(0), &[16, 4096, 4096]),
+            rec(
+                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.probs",
+                Some(0),
+                &[16, 4096, 4096],
+            ),
         ];
         let e = estimate(&recs, &Policy::preset("default").unwrap());
         assert_eq!((e.records, e.skipped), (2, 1));

@@ -26,8 +26,8 @@ use crate::model::vae::Vae;
 use crate::probe::{Policy, Probe, ProbeError};
 use crate::sampling::noise::randn;
 use crate::sampling::{
-    AlphasPrecision, DiscreteSchedule, Sampler, SamplerKind, SamplerSpec,
-    SamplingError, SdtraceNoise, UNetDenoiser,
+    AlphasPrecision, DiscreteSchedule, Sampler, SamplerKind, SamplerSpec, SamplingError,
+    SdtraceNoise, UNetDenoiser,
 };
 use crate::text::{ClipTokenizer, PromptSyntax, TextError, tokenize_prompt};
 use crate::trace::{
@@ -435,10 +435,16 @@ fn settings(spec: &RecordSpec, files: &ModelFiles, attention: &AttentionImpl) ->
             PromptSyntax::Plain => "plain",
         }),
     );
-    s.extra.insert("model_path".into(), json!(spec.model.display().to_string()));
+    s.extra
+        .insert("model_path".into(), json!(spec.model.display().to_string()));
     s.extra.insert(
         "perturb".into(),
-        json!(spec.perturb.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+        json!(
+            spec.perturb
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        ),
     );
     s.extra.insert(
         "numerics".into(),
@@ -580,7 +586,8 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     let empty_chunk = empty.chunks.first().cloned().ok_or_else(|| {
         PipelineError::Conditioning("the empty prompt gave no token chunk".into())
     })?;
-    let (pad_u, pad_c) = conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk);
+    let (pad_u, pad_c) =
+        conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk);
     let tokens = 77 * cond_tokens.chunks.len();
 
     let unet = UNet::load(
@@ -615,7 +622,10 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         json!(
             attention_plan
                 .iter()
-                .map(|(k, c)| (k.clone(), json!({"rows": c.rows, "queries": c.queries, "keys": c.keys})))
+                .map(|(k, c)| (
+                    k.clone(),
+                    json!({"rows": c.rows, "queries": c.queries, "keys": c.keys})
+                ))
                 .collect::<serde_json::Map<_, _>>()
         ),
     );
@@ -705,7 +715,9 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
                 trace: out.to_path_buf(),
                 source: Box::new(match closed {
                     Ok(_) => e,
-                    Err(close) => PipelineError::Conditioning(format!("{e}; closing the trace also failed: {close}")),
+                    Err(close) => PipelineError::Conditioning(format!(
+                        "{e}; closing the trace also failed: {close}"
+                    )),
                 }),
             });
         }
@@ -784,8 +796,15 @@ fn run(
         0,
         m.device,
     )?;
-    let (cond, _) =
-        conditioning::encode(m.clip, &cond_tokens.chunks, weighted, skip, probe, next, m.device)?;
+    let (cond, _) = conditioning::encode(
+        m.clip,
+        &cond_tokens.chunks,
+        weighted,
+        skip,
+        probe,
+        next,
+        m.device,
+    )?;
     let uncond = observe(probe, "text.uncond", &uncond)?;
     let cond = observe(probe, "text.cond", &cond)?;
 
@@ -837,7 +856,10 @@ mod tests {
     fn settings_parse_with_clear_errors() {
         assert_eq!(parse_size("512x768"), Ok((512, 768)));
         let e = parse_size("500x512").unwrap_err();
-        assert!(e.contains("multiple of 8") && e.contains("496 or 504"), "{e}");
+        assert!(
+            e.contains("multiple of 8") && e.contains("496 or 504"),
+            "{e}"
+        );
         assert!(parse_size("512").unwrap_err().contains("WIDTHxHEIGHT"));
         assert!(parse_size("0x8").is_err());
         assert_eq!("cuda:1".parse(), Ok(DeviceChoice::Cuda(1)));

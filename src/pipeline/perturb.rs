@@ -109,7 +109,11 @@ impl Intervention for Perturb {
             .randn(t.shape())
             .map_err(|e| e.to_string())?;
         let scale = self.p.eps * rms;
-        let y: Vec<f64> = x.iter().zip(&z).map(|(v, z)| v + scale * *z as f64).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .zip(&z)
+            .map(|(v, z)| v + scale * *z as f64)
+            .collect();
         self.applied
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(OwnedTensor {
