@@ -1,8 +1,9 @@
 //! The `sdtrace` command line: clap parsing, output at the edge, exit codes.
 //!
 //! Exit codes are an API: 0 success (for `report`: within tolerance), 1 divergence found,
-//! 2 bad usage or unreadable input, 3 traces not comparable. Nothing below `main` calls
-//! `process::exit`.
+//! 2 bad usage or unreadable input, 3 traces not comparable, 4 a recording stopped early,
+//! 5 a recording failed mid-run. Nothing below `main` calls `process::exit`, except the
+//! second Ctrl-C of a recording, which quits at once with 130.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -25,7 +26,10 @@ Exit codes:
   0  success (report: the traces agree within tolerance)
   1  the traces diverge beyond tolerance (report; what counts is chosen by --fail-on)
   2  bad usage, or an input file that cannot be read or is damaged
-  3  the traces are not comparable: different model, size, sampler, steps or shapes (report)";
+  3  the traces are not comparable: different model, size, sampler, steps or shapes (report)
+  4  a recording stopped early (Ctrl-C, --stop-on-nan); the trace is valid and marked so
+  5  an error during a recording; the trace is valid and marked failed
+  130 a second Ctrl-C during a recording: quit at once (the trace is readable up to the last step)";
 
 #[derive(Parser)]
 #[command(name = "sdtrace", version, about = "Tensor-trace differential debugger for Stable Diffusion", after_help = EXIT_CODES)]

@@ -31,7 +31,8 @@ Exit codes:
   0  the run completed; trace and PNG written
   2  bad usage or model files, or the trace would not fit (nothing written)
   4  stopped early by Ctrl-C or --stop-on-nan: the trace is valid and marked interrupted
-  5  an error during the run: the trace is valid and marked failed";
+  5  an error during the run: the trace is valid and marked failed
+  130 a second Ctrl-C: quit at once (the trace is readable up to the last step)";
 
 /// Flags of `sdtrace record`.
 #[derive(Args, Debug)]

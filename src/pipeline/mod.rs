@@ -393,7 +393,8 @@ pub fn free_disk(path: &Path) -> Option<u64> {
         }
         // SAFETY: statvfs returned 0, so the buffer is initialised.
         let st = unsafe { st.assume_init() };
-        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        #[allow(clippy::useless_conversion)] // the field types differ between platforms
+        Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
     }
     #[cfg(not(unix))]
     {

@@ -1,0 +1,119 @@
+//! End-to-end `record` benchmarks (issue #4), in process through `sdtrace::pipeline::record`:
+//! - tiny synthetic model, 20 steps, 64×64, light capture: wall time (target < 30 s);
+//! - SD 1.5 shapes (random weights) at 512×512, 1 step, f32 CPU: light capture vs capture off,
+//!   runs interleaved (target ratio ≤ 1.10).
+//!
+//! A plain harness (one SD 1.5 run takes about a minute on 2 cores); each variant runs
+//! `SDTRACE_BENCH_RUNS` times (default 3 tiny / 2 SD 1.5) and the median is reported. The SD 1.5
+//! model (3.4 GB) is written once to `target/bench-models/sd15`. Run: `cargo bench --bench
+//! record`; `SDTRACE_BENCH_SIZE=tiny` runs the tiny part only.
+
+use sdtrace::model::synth::{SynthSize, write_model};
+use sdtrace::pipeline::{DeviceChoice, ModelDType, Quiet, RecordSpec, record};
+use sdtrace::probe::Policy;
+use sdtrace::sampling::SamplerKind;
+use sdtrace::text::PromptSyntax;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
+    RecordSpec {
+        model: model.to_path_buf(),
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative: "blurry".into(),
+        syntax: PromptSyntax::A1111,
+        steps,
+        sampler: SamplerKind::DpmPp2mKarras,
+        cfg_scale: 7.0,
+        seed: 1,
+        width: side,
+        height: side,
+        clip_skip: 1,
+        device: DeviceChoice::Cpu,
+        dtype: ModelDType::F32,
+        attention: "full".into(),
+        threads: None,
+        policy: Policy::from_spec(capture).unwrap(),
+        capture: capture.into(),
+        perturb: Vec::new(),
+        stop_on_nan: false,
+        max_trace_size: u64::MAX,
+    }
+}
+
+fn time(spec: &RecordSpec, out: &Path) -> (f64, u64) {
+    let t = Instant::now();
+    let rec = record(spec, out, &mut Quiet).unwrap();
+    (t.elapsed().as_secs_f64(), rec.trace.bytes)
+}
+
+fn model_dir(size: SynthSize, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench-models")
+        .join(name);
+    if !dir.join("unet/diffusion_pytorch_model.safetensors").exists() {
+        eprintln!("writing the {name} model to {} ...", dir.display());
+        write_model(&dir, size, 1).unwrap();
+    }
+    dir
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let tiny_only = std::env::var("SDTRACE_BENCH_SIZE").is_ok_and(|s| s == "tiny");
+    let runs = |default: usize| {
+        std::env::var("SDTRACE_BENCH_RUNS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("bench.sdt");
+
+    let tiny = model_dir(SynthSize::Tiny, "tiny");
+    let s = spec(&tiny, 20, 64, "light");
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..runs(3) {
+        let (t, b) = time(&s, &out);
+        times.push(t);
+        bytes = b;
+    }
+    println!(
+        "record tiny 64x64, 20 steps, light capture: {:.3} s median of {} ({} KiB trace)",
+        median(times),
+        runs(3),
+        bytes / 1024
+    );
+    if tiny_only {
+        return;
+    }
+
+    let sd15 = model_dir(SynthSize::Sd15, "sd15");
+    let (light, off) = (spec(&sd15, 1, 512, "light"), spec(&sd15, 1, 512, "off"));
+    // One untimed run warms the page cache for the 3.4 GB of weights.
+    time(&off, &out);
+    let (mut t_light, mut t_off) = (Vec::new(), Vec::new());
+    let mut light_bytes = 0;
+    for i in 0..runs(2) {
+        let (t, _) = time(&off, &out);
+        t_off.push(t);
+        let (t, b) = time(&light, &out);
+        t_light.push(t);
+        light_bytes = b;
+        eprintln!("run {i}: off {:.2} s, light {t:.2} s", t_off[i]);
+    }
+    let (l, o) = (median(t_light), median(t_off));
+    println!(
+        "record SD 1.5 shapes 512x512, 1 step, f32 CPU: capture off {o:.2} s, light {l:.2} s ({} MiB trace): ratio {:.3} (target <= 1.10)",
+        light_bytes >> 20,
+        l / o
+    );
+}
