@@ -111,5 +111,72 @@ fn payload(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sketch_only, payload);
+/// Peak resident memory of a comparison of two large traces (24 × 64 MiB f32 records and a
+/// 2048×2048 RGB f32 `image`, so PSNR/SSIM run too) with the most workers (16): the target is
+/// under 256 MiB whatever the trace size. Linux only (peak reset through /proc/self/clear_refs).
+fn memory(_: &mut Criterion) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (pa, pb) = (dir.path().join("a.sdt"), dir.path().join("b.sdt"));
+    for (p, seed) in [(&pa, 2), (&pb, 3)] {
+        write(p, "*=full", 1, 24, (64 << 20) / 4, seed);
+        // Append the image to a second trace-sized run: one more record per trace.
+        let w = TraceWriter::create(
+            p.with_extension("img.sdt"),
+            &RunHeader::default(),
+            WriterOptions::default(),
+        )
+        .unwrap();
+        let probe = Probe::new(w, Policy::preset("full").unwrap());
+        let shape = [1usize, 3, 2048, 2048];
+        let data: Vec<u8> = values(seed, 3 * 2048 * 2048)
+            .chunks_exact(4)
+            .flat_map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) / 8.0 + 0.5).to_le_bytes())
+            .collect();
+        probe
+            .tensor("image", TensorView::new(DType::F32, &shape, &data).unwrap())
+            .unwrap();
+        probe.finish().unwrap();
+    }
+    let peak = |what: &str| -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = status
+            .lines()
+            .find(|l| l.starts_with(what))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        kib * 1024
+    };
+    let opts = CompareOptions {
+        threads: 64,
+        ..Default::default()
+    };
+    for (name, a, b) in [
+        ("24 x 64 MiB records", pa.clone(), pb.clone()),
+        (
+            "2048x2048 f32 image",
+            pa.with_extension("img.sdt"),
+            pb.with_extension("img.sdt"),
+        ),
+    ] {
+        if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+            eprintln!("memory: cannot reset the peak RSS here; skipped");
+            return;
+        }
+        let before = peak("VmRSS:");
+        let ra = TraceReader::open(&a).unwrap();
+        let rb = TraceReader::open(&b).unwrap();
+        let cmp = compare(&ra, &rb, None, &opts).unwrap();
+        black_box(&cmp);
+        let hwm = peak("VmHWM:");
+        println!(
+            "memory/{name}: peak RSS {} MiB ({} MiB above the {} MiB before; target < 256 MiB)",
+            hwm >> 20,
+            hwm.saturating_sub(before) >> 20,
+            before >> 20
+        );
+    }
+}
+
+criterion_group!(benches, sketch_only, payload, memory);
 criterion_main!(benches);

@@ -56,7 +56,10 @@ fn model_dir(size: SynthSize, name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench-models")
         .join(name);
-    if !dir.join("unet/diffusion_pytorch_model.safetensors").exists() {
+    if !dir
+        .join("unet/diffusion_pytorch_model.safetensors")
+        .exists()
+    {
         eprintln!("writing the {name} model to {} ...", dir.display());
         write_model(&dir, size, 1).unwrap();
     }

@@ -185,41 +185,74 @@ fn refusals_are_clear_and_leave_nothing() {
     assert!(err.contains("/nonexistent/model"), "{err}");
 }
 
-/// A perturbation at one probe point: `report` finds exactly that record as the first
-/// divergence, on real recorded traces.
+/// Planted divergences on real recorded traces: for perturbations at several keys and steps,
+/// `report` names exactly the perturbed record as the first non-identical, the first over
+/// tolerance and the source; the amplification onset, when one is found, is not before it; the
+/// verdict class fits the place.
 #[test]
-fn report_localises_a_perturbation() {
+fn report_localises_planted_perturbations() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a.sdt"), dir.path().join("b.sdt"));
+    let a = dir.path().join("a.sdt");
     let (c, err) = run(&["--no-png"], &a);
     assert_eq!(c, 0, "{err}");
-    let key = "unet.down_blocks.1.attentions.0";
-    let (c, err) = run(&["--no-png", "--perturb", &format!("{key}@2=1e-2")], &b);
-    assert_eq!(c, 0, "{err}");
-    assert_eq!(
-        TraceReader::open(&b).unwrap().header().settings.extra["perturb"][0],
-        format!("{key}@2=0.01")
-    );
-    let o = sdtrace()
-        .args(["report", "--format", "json"])
-        .arg(&a)
-        .arg(&b)
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let loc = &v["localisation"];
-    assert_eq!(loc["first_non_identical"], format!("step 2 {key}"), "{loc}");
-    assert_eq!(
-        loc["first_over_tolerance"],
-        format!("step 2 {key}"),
-        "{loc}"
-    );
+    let cases = [
+        (
+            "unet.down_blocks.1.attentions.0",
+            Some(2),
+            "1e-2",
+            "numeric-drift",
+        ),
+        ("unet.mid_block", Some(1), "1e-3", "numeric-drift"),
+        (
+            "unet.up_blocks.1.resnets.0",
+            Some(3),
+            "1e-2",
+            "numeric-drift",
+        ),
+        ("unet.conv_in", Some(0), "1e-4", "numeric-drift"),
+        ("sampler.denoised", Some(2), "1e-3", "numeric-drift"),
+        ("text.cond", None, "1e-3", "conditioning"),
+        ("noise.initial", None, "1e-3", "noise-rng"),
+    ];
+    for (key, step, eps, class) in cases {
+        let b = dir.path().join("b.sdt");
+        let spec = match step {
+            Some(s) => format!("{key}@{s}={eps}"),
+            None => format!("{key}={eps}"),
+        };
+        let (c, err) = run(&["--no-png", "--perturb", &spec], &b);
+        assert_eq!(c, 0, "{err}");
+        let header = TraceReader::open(&b).unwrap().header().clone();
+        assert_eq!(
+            header.settings.extra["perturb"][0],
+            spec.replace(eps, &eps.parse::<f64>().unwrap().to_string())
+        );
+        let o = sdtrace()
+            .args(["report", "--format", "json"])
+            .arg(&a)
+            .arg(&b)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{spec}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let loc = &v["localisation"];
+        let label = match step {
+            Some(s) => format!("step {s} {key}"),
+            None => key.to_string(),
+        };
+        assert_eq!(loc["first_non_identical"], label, "{spec}: {loc}");
+        assert_eq!(loc["first_over_tolerance"], label, "{spec}: {loc}");
+        assert_eq!(loc["source"]["label"], label, "{spec}: {loc}");
+        if let Some(onset) = loc["amplification"]["onset_step"].as_u64() {
+            assert!(onset >= u64::from(step.unwrap_or(0)), "{spec}: {loc}");
+        }
+        assert_eq!(v["verdict"]["class"], class, "{spec}");
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
 use super::metrics::{
-    ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, decode_all, image_metrics,
+    ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics_bytes,
 };
 use super::tolerance::TolConfig;
 use super::{AnalysisError, jf64};
@@ -31,8 +31,11 @@ pub const COMPARISON_SCHEMA: &str = "sdtrace.comparison/1";
 /// A payloads up to this size are read whole; larger ones are streamed piecewise.
 const WHOLE_LIMIT: u64 = 4 << 20;
 
-/// Images larger than this (per side) get no PSNR/SSIM.
-const IMAGE_LIMIT: u64 = 64 << 20;
+/// Images larger than this (per side) get no PSNR/SSIM (48 MiB: 2048×2048 RGB in f32).
+const IMAGE_LIMIT: u64 = 48 << 20;
+
+/// Most payload-comparison workers.
+const MAX_WORKERS: usize = 16;
 
 /// What the metrics of a pair were computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,7 +209,7 @@ pub struct CompareOptions {
     pub map: KeyMap,
     /// Used only for the `beyond` count of payload metrics.
     pub tol: TolConfig,
-    /// Worker threads; 0 = one per available core (at most 16).
+    /// Worker threads; 0 = one per available core (never more than 16).
     pub threads: usize,
 }
 
@@ -316,12 +319,14 @@ fn measure_all(
     pairs: &[(usize, usize)],
     opts: &CompareOptions,
 ) -> Result<Vec<PairRecord>, AnalysisError> {
+    // At most MAX_WORKERS, whatever was asked: each holds up to WHOLE_LIMIT plus stream
+    // buffers, and one may hold two images (IMAGE_LIMIT each), which keeps the whole
+    // comparison under 256 MiB.
     let threads = match opts.threads {
-        0 => std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(16),
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
+    .min(MAX_WORKERS)
     .min(pairs.len().max(1));
     // Largest first, so one big tensor does not start last.
     let mut todo: Vec<usize> = (0..pairs.len()).collect();
@@ -436,12 +441,7 @@ fn measure(
                 let (Some(pa), Some(pb)) = (ra.read_payload(&ma)?, rb.read_payload(&mb)?) else {
                     return Ok(rec);
                 };
-                rec.image = image_metrics(
-                    mb.dtype,
-                    &mb.shape,
-                    &decode_all(ma.dtype, &pa),
-                    &decode_all(mb.dtype, &pb),
-                );
+                rec.image = image_metrics_bytes(ma.dtype, mb.dtype, &mb.shape, &pa, &pb);
             } else {
                 rec.note = Some(format!(
                     "image of {size} bytes is over {IMAGE_LIMIT} bytes: no PSNR/SSIM"

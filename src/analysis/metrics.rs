@@ -507,23 +507,104 @@ pub struct ImageMetrics {
 /// PSNR and SSIM of two images of the same shape, given as f64 values in NCHW (rank 4) or CHW
 /// (rank 3) order; `None` for other ranks or mismatched lengths. Non-finite values count as 0.
 pub fn image_metrics(dtype: DType, shape: &[u64], a: &[f64], b: &[f64]) -> Option<ImageMetrics> {
+    let (planes, h, w) = image_dims(shape)?;
+    if a.len() != b.len() || planes.checked_mul(h * w)? != a.len() {
+        return None;
+    }
+    let row_a = |i: usize, out: &mut [f64]| out.copy_from_slice(&a[i * w..][..w]);
+    let row_b = |i: usize, out: &mut [f64]| out.copy_from_slice(&b[i * w..][..w]);
+    image_metrics_rows(dtype, planes, h, w, row_a, row_b)
+}
+
+/// [`image_metrics`] straight from two payloads' little-endian bytes (dtypes may differ),
+/// decoding one row at a time: memory beyond the payloads is a few rows.
+pub fn image_metrics_bytes(
+    dtype_a: DType,
+    dtype_b: DType,
+    shape: &[u64],
+    a: &[u8],
+    b: &[u8],
+) -> Option<ImageMetrics> {
+    let (planes, h, w) = image_dims(shape)?;
+    let n = planes.checked_mul(h * w)?;
+    if a.len() != n * dtype_a.size() || b.len() != n * dtype_b.size() {
+        return None;
+    }
+    let (mut ra, mut rb) = (
+        RowDecoder::new(dtype_a, a, w),
+        RowDecoder::new(dtype_b, b, w),
+    );
+    image_metrics_rows(
+        dtype_b,
+        planes,
+        h,
+        w,
+        |i, out| ra.row(i, out),
+        |i, out| rb.row(i, out),
+    )
+}
+
+/// Decodes row `i` (of `w` values) of a little-endian tensor.
+struct RowDecoder<'a> {
+    dtype: DType,
+    bytes: &'a [u8],
+    w: usize,
+    vals: Box<[f64; BATCH]>,
+    ords: Box<[i64; BATCH]>,
+}
+
+impl<'a> RowDecoder<'a> {
+    fn new(dtype: DType, bytes: &'a [u8], w: usize) -> Self {
+        RowDecoder {
+            dtype,
+            bytes,
+            w,
+            vals: Box::new([0.0; BATCH]),
+            ords: Box::new([0; BATCH]),
+        }
+    }
+
+    fn row(&mut self, i: usize, out: &mut [f64]) {
+        let size = self.dtype.size();
+        let row = &self.bytes[i * self.w * size..][..self.w * size];
+        for (piece, dst) in row.chunks(BATCH * size).zip(out.chunks_mut(BATCH)) {
+            let k = decode(self.dtype, piece, &mut self.vals, &mut self.ords);
+            dst.copy_from_slice(&self.vals[..k]);
+        }
+    }
+}
+
+fn image_dims(shape: &[u64]) -> Option<(usize, usize, usize)> {
     let (planes, h, w) = match *shape {
-        [n, c, h, w] => ((n * c) as usize, h as usize, w as usize),
+        [n, c, h, w] => (n.checked_mul(c)? as usize, h as usize, w as usize),
         [c, h, w] => (c as usize, h as usize, w as usize),
         _ => return None,
     };
-    let size = h.checked_mul(w)?;
-    if a.len() != b.len() || planes.checked_mul(size)? != a.len() || size == 0 {
-        return None;
-    }
+    (h > 0 && w > 0 && planes > 0).then_some((planes, h, w))
+}
+
+/// PSNR and mean SSIM over 7×7 windows, reading row `i` (of `planes × h` rows of `w` values)
+/// through `row_a`/`row_b`. Two passes over B (data range, then the metrics); the SSIM windows
+/// slide over per-column sums of the last 7 rows, so memory is O(w).
+fn image_metrics_rows(
+    dtype_b: DType,
+    planes: usize,
+    h: usize,
+    w: usize,
+    mut row_a: impl FnMut(usize, &mut [f64]),
+    mut row_b: impl FnMut(usize, &mut [f64]),
+) -> Option<ImageMetrics> {
     let fin = |x: f64| if x.is_finite() { x } else { 0.0 };
-    let data_range = if dtype.is_float() {
-        let (lo, hi) = b
-            .iter()
-            .map(|&x| fin(x))
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-                (lo.min(x), hi.max(x))
-            });
+    let (mut ra, mut rb) = (vec![0.0; w], vec![0.0; w]);
+    let data_range = if dtype_b.is_float() {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for i in 0..planes * h {
+            row_b(i, &mut rb);
+            for &x in &rb {
+                lo = lo.min(fin(x));
+                hi = hi.max(fin(x));
+            }
+        }
         if lo >= 0.0 && hi <= 1.0 {
             1.0
         } else if lo >= -1.0 && hi <= 1.0 {
@@ -534,50 +615,39 @@ pub fn image_metrics(dtype: DType, shape: &[u64], a: &[f64], b: &[f64]) -> Optio
     } else {
         255.0
     };
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (fin(x) - fin(y)).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    let psnr_db = if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (data_range * data_range / mse).log10()
-    };
     let win = 7.min(h).min(w);
     let c1 = (0.01 * data_range).powi(2);
     let c2 = (0.03 * data_range).powi(2);
-    let mut total = 0.0;
-    let mut windows = 0u64;
-    // Integral images of x, y, x², y², xy over one plane at a time.
-    let stride = w + 1;
-    let mut ii = vec![[0.0f64; 5]; (h + 1) * stride];
+    let n = (win * win) as f64;
+    let (mut sq_err, mut total, mut windows) = (0.0f64, 0.0f64, 0u64);
+    // Per column: x, y, x², y², xy of each of the last `win` rows, and their sums.
+    let mut ring = vec![[0.0f64; 5]; win * w];
+    let mut cols = vec![[0.0f64; 5]; w];
     for p in 0..planes {
-        let pa = &a[p * size..(p + 1) * size];
-        let pb = &b[p * size..(p + 1) * size];
+        cols.iter_mut().for_each(|c| *c = [0.0; 5]);
         for y in 0..h {
-            let mut row = [0.0f64; 5];
+            row_a(p * h + y, &mut ra);
+            row_b(p * h + y, &mut rb);
+            let slot = &mut ring[(y % win) * w..][..w];
             for x in 0..w {
-                let (u, v) = (fin(pa[y * w + x]), fin(pb[y * w + x]));
-                for (r, t) in row.iter_mut().zip([u, v, u * u, v * v, u * v]) {
-                    *r += t;
-                }
-                let above = ii[y * stride + x + 1];
-                let cell = &mut ii[(y + 1) * stride + x + 1];
+                let (u, v) = (fin(ra[x]), fin(rb[x]));
+                sq_err += (u - v) * (u - v);
+                let new = [u, v, u * u, v * v, u * v];
                 for k in 0..5 {
-                    cell[k] = above[k] + row[k];
+                    cols[x][k] += new[k] - if y >= win { slot[x][k] } else { 0.0 };
                 }
+                slot[x] = new;
             }
-        }
-        let n = (win * win) as f64;
-        for y in 0..=h - win {
-            for x in 0..=w - win {
-                let (y1, x1) = (y + win, x + win);
-                let mut s = [0.0; 5];
-                for (k, sk) in s.iter_mut().enumerate() {
-                    *sk = ii[y1 * stride + x1][k] - ii[y * stride + x1][k] - ii[y1 * stride + x][k]
-                        + ii[y * stride + x][k];
+            if y + 1 < win {
+                continue;
+            }
+            let mut s = [0.0f64; 5];
+            for x in 0..w {
+                for k in 0..5 {
+                    s[k] += cols[x][k] - if x >= win { cols[x - win][k] } else { 0.0 };
+                }
+                if x + 1 < win {
+                    continue;
                 }
                 let (mx, my) = (s[0] / n, s[1] / n);
                 let vx = (s[2] / n - mx * mx).max(0.0);
@@ -589,6 +659,12 @@ pub fn image_metrics(dtype: DType, shape: &[u64], a: &[f64], b: &[f64]) -> Optio
             }
         }
     }
+    let mse = sq_err / (planes * h * w) as f64;
+    let psnr_db = if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (data_range * data_range / mse).log10()
+    };
     Some(ImageMetrics {
         psnr_db,
         ssim: if windows == 0 {
@@ -598,18 +674,6 @@ pub fn image_metrics(dtype: DType, shape: &[u64], a: &[f64], b: &[f64]) -> Optio
         },
         data_range,
     })
-}
-
-/// Decode a whole tensor's bytes to f64 (for images, which are small).
-pub(crate) fn decode_all(dtype: DType, bytes: &[u8]) -> Vec<f64> {
-    let mut out = Vec::with_capacity(bytes.len() / dtype.size());
-    let mut vals = Box::new([0.0; BATCH]);
-    let mut ords = Box::new([0i64; BATCH]);
-    for piece in bytes.chunks(BATCH * dtype.size()) {
-        let n = decode(dtype, piece, &mut vals, &mut ords);
-        out.extend_from_slice(&vals[..n]);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -718,5 +782,66 @@ mod tests {
         // Pixel (1,1) lies in windows starting at (0|1, 0|1): 4 of the 4 windows.
         assert!((m.ssim - w).abs() < 1e-12, "{} vs {w}", m.ssim);
         assert!(image_metrics(DType::U8, &[64], &a, &b).is_none());
+    }
+
+    /// The sliding-window SSIM equals a direct sum over every window, and the byte path equals
+    /// the f64 path, on a random 3-plane 13×17 image.
+    #[test]
+    fn streaming_ssim_matches_direct_windows() {
+        let (planes, h, w) = (3usize, 13usize, 17usize);
+        let mut s = 7u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let a: Vec<f64> = (0..planes * h * w).map(|_| rnd()).collect();
+        let b: Vec<f64> = a.iter().map(|&x| (x + 0.1 * rnd()).min(1.0)).collect();
+        let m = image_metrics(DType::F32, &[1, 3, 13, 17], &a, &b).unwrap();
+        let (c1, c2, n) = (0.01f64.powi(2), 0.03f64.powi(2), 49.0);
+        let (mut total, mut count) = (0.0, 0);
+        for p in 0..planes {
+            for y in 0..=h - 7 {
+                for x in 0..=w - 7 {
+                    let mut t = [0.0f64; 5];
+                    for dy in 0..7 {
+                        for dx in 0..7 {
+                            let i = p * h * w + (y + dy) * w + x + dx;
+                            let (u, v) = (a[i], b[i]);
+                            for (k, q) in [u, v, u * u, v * v, u * v].into_iter().enumerate() {
+                                t[k] += q;
+                            }
+                        }
+                    }
+                    let (mx, my) = (t[0] / n, t[1] / n);
+                    let (vx, vy, cxy) =
+                        (t[2] / n - mx * mx, t[3] / n - my * my, t[4] / n - mx * my);
+                    total += ((2.0 * mx * my + c1) * (2.0 * cxy + c2))
+                        / ((mx * mx + my * my + c1) * (vx + vy + c2));
+                    count += 1;
+                }
+            }
+        }
+        assert!((m.ssim - total / count as f64).abs() < 1e-12);
+        let f32s = |v: &[f64]| {
+            v.iter()
+                .flat_map(|&x| (x as f32).to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let a32: Vec<f64> = a.iter().map(|&x| x as f32 as f64).collect();
+        let b32: Vec<f64> = b.iter().map(|&x| x as f32 as f64).collect();
+        let by_bytes = image_metrics_bytes(
+            DType::F32,
+            DType::F32,
+            &[1, 3, 13, 17],
+            &f32s(&a),
+            &f32s(&b),
+        )
+        .unwrap();
+        assert_eq!(
+            by_bytes,
+            image_metrics(DType::F32, &[1, 3, 13, 17], &a32, &b32).unwrap()
+        );
     }
 }
