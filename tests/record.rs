@@ -249,7 +249,7 @@ fn report_localises_planted_perturbations() {
         assert_eq!(loc["first_over_tolerance"], label, "{spec}: {loc}");
         assert_eq!(loc["source"]["label"], label, "{spec}: {loc}");
         if let Some(onset) = loc["amplification"]["onset_step"].as_u64() {
-            assert!(onset >= u64::from(step.unwrap_or(0)), "{spec}: {loc}");
+            assert!(onset >= u64::from(step.unwrap_or(0u32)), "{spec}: {loc}");
         }
         assert_eq!(v["verdict"]["class"], class, "{spec}");
     }
