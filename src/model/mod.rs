@@ -11,8 +11,11 @@
 //! decoder that turns latents into the `image` record.
 
 pub mod attention;
+pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod hash;
+pub mod ldm;
 pub mod observe;
 pub mod synth;
 pub mod unet;
@@ -52,6 +55,8 @@ pub enum ModelError {
     BadAttention { text: String, what: String },
     #[error(transparent)]
     Probe(#[from] crate::probe::ProbeError),
+    #[error(transparent)]
+    Checkpoint(#[from] ldm::CheckpointError),
 }
 
 /// candle errors carry a backtrace in their text when RUST_BACKTRACE is set; keep the message.

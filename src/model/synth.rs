@@ -319,3 +319,82 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The single-file layout of a synthetic model: SD 1.x's (OpenAI CLIP text tower), with the
+/// head counts and sample size its shapes cannot tell in the file's metadata for the tiny size.
+pub fn ldm_layout(size: SynthSize) -> super::ldm::LdmLayout {
+    use super::ldm::{Family, LdmLayout, OPENAI_CLIP_PREFIX, TextTower};
+    let vae = vae_config(size);
+    LdmLayout {
+        family: match size {
+            SynthSize::Tiny => Family::Other,
+            SynthSize::Sd15 => Family::Sd1,
+        },
+        unet: size.unet_config(),
+        vae: super::vae::VaeConfig {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vae.block_out_channels.clone(),
+            layers_per_block: vae.layers_per_block,
+            latent_channels: vae.latent_channels,
+            norm_num_groups: vae.norm_num_groups,
+            use_quant_conv: vae.use_quant_conv,
+            use_post_quant_conv: vae.use_post_quant_conv,
+            scaling_factor: super::vae::SD_SCALING_FACTOR,
+        },
+        clip: clip_config(size),
+        tower: TextTower::OpenAi {
+            prefix: OPENAI_CLIP_PREFIX,
+        },
+        prediction_given: false,
+        from_metadata: match size {
+            SynthSize::Tiny => vec![
+                super::ldm::META_UNET_HEADS,
+                super::ldm::META_CLIP_HEADS,
+                super::ldm::META_UNET_SAMPLE_SIZE,
+            ],
+            SynthSize::Sd15 => vec![],
+        },
+    }
+}
+
+/// Write the same model as [`write_model`] (same `size` and `seed`, so the same weights) as one
+/// LDM/CompVis checkpoint file, `dtype` f32 or f16, by the key rules of [`super::ldm`].
+pub fn write_checkpoint_file(path: &Path, size: SynthSize, seed: u64, dtype: DType) -> Result<()> {
+    use super::checkpoint::{Component, write_checkpoint};
+    let layout = ldm_layout(size);
+    let unet = unet_weights(&layout.unet, seed)?;
+    let vae = vae_weights(&vae_config(size), seed ^ 0x0056_4145)?;
+    let clip = clip_weights(&layout.clip, seed ^ 0x434c_4950)?;
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "sdtrace.synthetic".to_string(),
+        format!("{{\"size\": \"{size:?}\", \"seed\": {seed}}}").to_lowercase(),
+    );
+    if size == SynthSize::Tiny {
+        let heads: Vec<usize> = layout.unet.blocks.iter().map(|b| b.heads).collect();
+        meta.insert(
+            super::ldm::META_UNET_HEADS.into(),
+            serde_json::to_string(&heads).unwrap_or_default(),
+        );
+        meta.insert(
+            super::ldm::META_CLIP_HEADS.into(),
+            layout.clip.num_attention_heads.to_string(),
+        );
+        meta.insert(
+            super::ldm::META_UNET_SAMPLE_SIZE.into(),
+            layout.unet.sample_size.to_string(),
+        );
+    }
+    write_checkpoint(
+        path,
+        &layout,
+        &[
+            (Component::Unet, &unet),
+            (Component::TextEncoder, &clip),
+            (Component::Vae, &vae),
+        ],
+        dtype,
+        meta,
+    )
+}

@@ -1,0 +1,996 @@
+//! The LDM/CompVis single-file checkpoint layout (what A1111 loads: `model.diffusion_model.*`,
+//! `first_stage_model.*`, `cond_stage_model.*`) and its correspondence with our diffusers-named
+//! modules, without any tensor library.
+//!
+//! [`LdmLayout::infer`] reads the model's configuration off tensor shapes: the UNet's levels,
+//! channels, layers per level, transformer depth, context width and projection kind; the VAE's
+//! levels and channels; the text encoder's width, depth and MLP size, and which tower it is
+//! (OpenAI CLIP under `cond_stage_model.transformer`, SD 1.x; OpenCLIP under
+//! `cond_stage_model.model`, SD 2.x). What shapes cannot tell is fixed by the SD conventions —
+//! 8 heads per UNet level with a 768-wide context (SD 1.x), otherwise 64 channels per head;
+//! 64 channels per text-encoder head; 32 norm groups; VAE scaling 0.18215 — unless the file's
+//! safetensors metadata says otherwise ([`META_UNET_HEADS`], [`META_CLIP_HEADS`],
+//! [`META_UNET_SAMPLE_SIZE`]; our synthetic writer sets them). The prediction type cannot be
+//! read off the weights: SD 1.x-shaped files default to ε-prediction, SD 2.x-shaped ones need
+//! it said ([`CheckpointError::NeedPrediction`]).
+//!
+//! The `*_source` methods map a diffusers weight name (as our modules ask for it) to where it
+//! lives in the file ([`Source`]): the key, a row range (OpenCLIP's fused `in_proj` holds q, k
+//! and v) and whether a 1×1 convolution weight `[C, C, 1, 1]` is read as a linear `[C, C]`
+//! (the VAE's attention). The rules (documented in `research/domain-facts.md` §5.1):
+//! `down_blocks.b.{resnets|attentions}.l` ↔ `input_blocks.(1 + (L+1)b + l).{0|1}`,
+//! `down_blocks.b.downsamplers.0.conv` ↔ `input_blocks.((L+1)(b+1)).0.op`, `mid_block` ↔
+//! `middle_block.{0,1,2}`, `up_blocks.b.{resnets|attentions}.l` ↔
+//! `output_blocks.((L+1)b + l).{0|1}`, the up-sampler in the level's last output block after
+//! its attention (`.2.conv`) or resnet (`.1.conv`), L = layers per level (2 in SD); the VAE's
+//! decoder levels are numbered the other way (`decoder.up_blocks.i` ↔ `decoder.up.(n−1−i)`).
+//! [`LdmLayout::is_ignored`] names what a checkpoint may hold besides the model: EMA copies
+//! (`model_ema.*`), the DDPM schedule buffers, CLIP's `position_ids`, OpenCLIP's projection,
+//! logit scale and the last transformer layer SD 2.x does not use.
+
+use super::clip::{ClipActivation, ClipConfig};
+use super::config::{BlockConfig, Prediction, UNetConfig};
+use super::vae::{SD_SCALING_FACTOR, VaeConfig};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Where the UNet lives in an LDM checkpoint.
+pub const UNET_PREFIX: &str = "model.diffusion_model.";
+/// Where the VAE lives.
+pub const VAE_PREFIX: &str = "first_stage_model.";
+/// SD 1.x's text encoder (HF `CLIPTextModel` names inside).
+pub const OPENAI_CLIP_PREFIX: &str = "cond_stage_model.transformer.text_model.";
+/// The same before transformers 4.x added the `text_model` level.
+pub const OPENAI_CLIP_OLD_PREFIX: &str = "cond_stage_model.transformer.";
+/// SD 2.x's text encoder (OpenCLIP names inside).
+pub const OPENCLIP_PREFIX: &str = "cond_stage_model.model.";
+/// EMA copies of the UNet weights (ignored).
+pub const EMA_PREFIX: &str = "model_ema.";
+/// Metadata: the UNet's heads per level, a JSON list (`[8, 8, 8, 8]`).
+pub const META_UNET_HEADS: &str = "sdtrace.unet_attention_heads";
+/// Metadata: the text encoder's heads, a number.
+pub const META_CLIP_HEADS: &str = "sdtrace.text_encoder_attention_heads";
+/// Metadata: the UNet's `sample_size` (latent side it was trained at).
+pub const META_UNET_SAMPLE_SIZE: &str = "sdtrace.unet_sample_size";
+
+/// The buffers of LDM's `DDPM` module saved with the weights; sdtrace computes its own schedule.
+pub const DDPM_BUFFERS: [&str; 13] = [
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+];
+
+/// Tensor shapes by key, as a checkpoint's header lists them.
+pub type Shapes = BTreeMap<String, Vec<usize>>;
+
+/// Errors of single-file checkpoints. Each names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(
+        "{}: {kind} checkpoints are Python pickles, and loading a pickle can run arbitrary code, so sdtrace refuses them; convert the file to .safetensors (for example with the webui's checkpoint merger, 'Checkpoint format: safetensors') or use a .safetensors download of the same model",
+        path.display()
+    )]
+    Pickle { path: PathBuf, kind: &'static str },
+    #[error("{}: not a safetensors file: {what}", path.display())]
+    NotSafetensors { path: PathBuf, what: String },
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a Stable Diffusion 1.x/2.x LDM checkpoint: {what}", path.display())]
+    Layout { path: PathBuf, what: String },
+    #[error(
+        "{}: an SD 2.x checkpoint, and whether it predicts v (768-v models such as SD 2.0/2.1 at 768x768) or ε (the 512 'base' models) cannot be read off its weights; say which with --prediction v or --prediction epsilon",
+        path.display()
+    )]
+    NeedPrediction { path: PathBuf },
+    #[error("{}: tensor '{key}' has dtype {dtype}; supported: F16, BF16, F32", path.display())]
+    Dtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
+    #[error("{}: the weights do not fit the {family} model read off their shapes: {summary}", path.display())]
+    Keys {
+        path: PathBuf,
+        family: String,
+        summary: String,
+        keys: Box<KeyProblems>,
+    },
+    #[error(
+        "{}: its hash is {actual} ({what}), not the expected {expected}; this is another file (check --expect-hash, or the model path)",
+        path.display()
+    )]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        what: &'static str,
+    },
+    #[error(
+        "--expect-hash '{given}': expected A1111's 8-hex old hash (e.g. 2700c435), a 10-hex short SHA-256 (e.g. 6ce0161689) or a full 64-hex SHA-256"
+    )]
+    BadExpectedHash { given: String },
+}
+
+pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+/// The keys behind [`CheckpointError::Keys`], in full.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyProblems {
+    /// LDM keys our modules need that the file lacks.
+    pub missing: Vec<String>,
+    /// `key is [..], expected [..]` lines.
+    pub misshapen: Vec<String>,
+    /// Keys nothing reads.
+    pub unknown: Vec<String>,
+}
+
+/// Which model a checkpoint's shapes describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// SD 1.x: OpenAI CLIP ViT-L/14, 768-wide context, 320/640/1280/1280 channels.
+    Sd1,
+    /// SD 2.x: OpenCLIP ViT-H/14, 1024-wide context.
+    Sd2,
+    /// Another SD-structured model (e.g. sdtrace's tiny synthetic one).
+    Other,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Sd1 => "SD 1.x",
+            Family::Sd2 => "SD 2.x",
+            Family::Other => "SD-structured (non-standard sizes)",
+        }
+    }
+}
+
+/// Which text encoder a checkpoint holds, and under which prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextTower {
+    /// OpenAI CLIP in HF `CLIPTextModel` names under this prefix (SD 1.x).
+    OpenAi { prefix: &'static str },
+    /// OpenCLIP (SD 2.x): fused attention projections, `resblocks`, and one more layer than
+    /// SD uses (it takes the penultimate layer's output).
+    OpenClip,
+}
+
+/// Where one weight our modules ask for is stored in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub key: String,
+    /// Only these rows of the first dimension (OpenCLIP's fused q/k/v projection).
+    pub rows: Option<Range<usize>>,
+    /// Stored as a 1×1 convolution `[a, b, 1, 1]`, read as a linear weight `[a, b]`.
+    pub squeeze_1x1: bool,
+}
+
+impl Source {
+    fn plain(key: String) -> Self {
+        Source {
+            key,
+            rows: None,
+            squeeze_1x1: false,
+        }
+    }
+
+    /// The shape our module gets from a stored tensor of shape `stored`, or why it does not fit.
+    pub fn shape_from(&self, stored: &[usize]) -> std::result::Result<Vec<usize>, String> {
+        let mut shape = stored.to_vec();
+        if let Some(r) = &self.rows {
+            match shape.first_mut() {
+                Some(d) if r.start < r.end && r.end <= *d => *d = r.end - r.start,
+                _ => {
+                    return Err(format!(
+                        "rows {}..{} of a tensor of shape {stored:?}",
+                        r.start, r.end
+                    ));
+                }
+            }
+        }
+        if self.squeeze_1x1 {
+            match shape.as_slice() {
+                [a, b, 1, 1] => shape = vec![*a, *b],
+                [_, _] => {}
+                _ => return Err(format!("a 1x1 convolution weight, not {stored:?}")),
+            }
+        }
+        Ok(shape)
+    }
+}
+
+/// A checkpoint's model: configurations read off its shapes and the key correspondence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LdmLayout {
+    pub family: Family,
+    pub unet: UNetConfig,
+    pub vae: VaeConfig,
+    pub clip: ClipConfig,
+    pub tower: TextTower,
+    /// Whether the prediction type was given (else: the SD 1.x default, ε).
+    pub prediction_given: bool,
+    /// What was taken from the file's metadata rather than conventions.
+    pub from_metadata: Vec<&'static str>,
+}
+
+/// `"3.rest"` → (3, `"rest"`).
+fn split_index(s: &str) -> Option<(usize, &str)> {
+    let (i, rest) = s.split_once('.')?;
+    Some((i.parse().ok()?, rest))
+}
+
+/// Distinct values of the index right after `prefix` among `keys`.
+fn indices(shapes: &Shapes, prefix: &str) -> BTreeSet<usize> {
+    shapes
+        .range(prefix.to_string()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter_map(|(k, _)| split_index(&k[prefix.len()..]).map(|(i, _)| i))
+        .collect()
+}
+
+impl LdmLayout {
+    /// Read the model's configuration off `shapes` (`file` names it in errors; `metadata` is the
+    /// safetensors `__metadata__`). `prediction` is required for SD 2.x-shaped files.
+    pub fn infer(
+        shapes: &Shapes,
+        metadata: &BTreeMap<String, String>,
+        prediction: Option<Prediction>,
+        file: &Path,
+    ) -> Result<Self> {
+        let err = |what: String| CheckpointError::Layout {
+            path: file.to_path_buf(),
+            what,
+        };
+        let mut from_metadata = Vec::new();
+        let unet_heads = match metadata.get(META_UNET_HEADS) {
+            Some(v) => {
+                from_metadata.push(META_UNET_HEADS);
+                Some(serde_json::from_str::<Vec<usize>>(v).map_err(|_| {
+                    err(format!(
+                        "metadata {META_UNET_HEADS} '{v}' is not a list of head counts"
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        let clip_heads = match metadata.get(META_CLIP_HEADS) {
+            Some(v) => {
+                from_metadata.push(META_CLIP_HEADS);
+                Some(v.trim().parse::<usize>().map_err(|_| {
+                    err(format!(
+                        "metadata {META_CLIP_HEADS} '{v}' is not a head count"
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        let sample_size = match metadata.get(META_UNET_SAMPLE_SIZE) {
+            Some(v) => {
+                from_metadata.push(META_UNET_SAMPLE_SIZE);
+                Some(v.trim().parse::<usize>().map_err(|_| {
+                    err(format!(
+                        "metadata {META_UNET_SAMPLE_SIZE} '{v}' is not a size"
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        let (clip, tower) = infer_clip(shapes, clip_heads).map_err(err)?;
+        let mut unet = infer_unet(shapes, unet_heads).map_err(err)?;
+        let vae = infer_vae(shapes).map_err(err)?;
+        let sd1_channels = unet
+            .blocks
+            .iter()
+            .map(|b| b.out_channels)
+            .eq([320, 640, 1280, 1280]);
+        let family = match tower {
+            TextTower::OpenAi { .. } if sd1_channels && unet.cross_attention_dim == 768 => {
+                Family::Sd1
+            }
+            TextTower::OpenClip if sd1_channels && unet.cross_attention_dim == 1024 => Family::Sd2,
+            _ => Family::Other,
+        };
+        if unet.cross_attention_dim != clip.hidden_size {
+            return Err(err(format!(
+                "the UNet's cross-attention expects {}-wide text embeddings but the text encoder makes {}-wide ones",
+                unet.cross_attention_dim, clip.hidden_size
+            )));
+        }
+        unet.sample_size = sample_size.unwrap_or(match family {
+            Family::Sd2 if prediction == Some(Prediction::VPrediction) => 96,
+            _ => 64,
+        });
+        unet.prediction = match (prediction, family) {
+            (Some(p), _) => p,
+            (None, Family::Sd2) => {
+                return Err(CheckpointError::NeedPrediction {
+                    path: file.to_path_buf(),
+                });
+            }
+            (None, _) => Prediction::Epsilon,
+        };
+        unet.validate(file).map_err(|e| err(e.to_string()))?;
+        Ok(LdmLayout {
+            family,
+            unet,
+            vae,
+            clip,
+            tower,
+            prediction_given: prediction.is_some(),
+            from_metadata,
+        })
+    }
+
+    /// The UNet weight `name` (diffusers naming, no `unet.` prefix).
+    pub fn unet_source(&self, name: &str) -> Option<Source> {
+        unet_key(name, &self.unet).map(|k| Source::plain(format!("{UNET_PREFIX}{k}")))
+    }
+
+    /// The VAE weight `name` (diffusers naming).
+    pub fn vae_source(&self, name: &str) -> Option<Source> {
+        let (key, squeeze) = vae_key(name, self.vae.block_out_channels.len())?;
+        Some(Source {
+            key: format!("{VAE_PREFIX}{key}"),
+            rows: None,
+            squeeze_1x1: squeeze,
+        })
+    }
+
+    /// The text-encoder weight `name` (HF naming, `text_model.…`).
+    pub fn clip_source(&self, name: &str) -> Option<Source> {
+        let rest = name.strip_prefix("text_model.")?;
+        match self.tower {
+            TextTower::OpenAi { prefix } => Some(Source::plain(format!("{prefix}{rest}"))),
+            TextTower::OpenClip => openclip_source(rest, self.clip.hidden_size),
+        }
+    }
+
+    /// Whether `key` is something a checkpoint holds besides the model (see the module doc).
+    pub fn is_ignored(&self, key: &str) -> bool {
+        if key.starts_with(EMA_PREFIX) || DDPM_BUFFERS.contains(&key) {
+            return true;
+        }
+        match self.tower {
+            TextTower::OpenAi { prefix } => key == format!("{prefix}embeddings.position_ids"),
+            TextTower::OpenClip => {
+                let Some(rest) = key.strip_prefix(OPENCLIP_PREFIX) else {
+                    return false;
+                };
+                matches!(rest, "text_projection" | "logit_scale" | "attn_mask")
+                    || rest.starts_with(&format!(
+                        "transformer.resblocks.{}.",
+                        self.clip.num_hidden_layers
+                    ))
+            }
+        }
+    }
+}
+
+fn infer_unet(s: &Shapes, heads: Option<Vec<usize>>) -> std::result::Result<UNetConfig, String> {
+    let get = |k: &str| s.get(&format!("{UNET_PREFIX}{k}")).map(Vec::as_slice);
+    let need = |k: &str| get(k).ok_or_else(|| format!("it has no {UNET_PREFIX}{k}"));
+    if get("label_emb.0.0.weight").is_some() {
+        return Err(
+            "its UNet has a label embedding (SDXL or a class-conditioned model), which sdtrace does not support"
+                .into(),
+        );
+    }
+    let conv_in = need("input_blocks.0.0.weight")?;
+    let [c0, in_channels, 3, 3] = *conv_in else {
+        return Err(format!(
+            "{UNET_PREFIX}input_blocks.0.0.weight has shape {conv_in:?}, not [channels, in, 3, 3]"
+        ));
+    };
+    let out_channels = *need("out.2.weight")?.first().unwrap_or(&0);
+    if in_channels != out_channels {
+        return Err(format!(
+            "its UNet takes {in_channels} input channels and makes {out_channels} (an inpainting or depth model?); only text-to-image UNets are supported"
+        ));
+    }
+    let inputs = indices(s, &format!("{UNET_PREFIX}input_blocks."));
+    let last = *inputs.last().unwrap_or(&0);
+    let per = (1..=last)
+        .find(|i| get(&format!("input_blocks.{i}.0.op.weight")).is_some())
+        .unwrap_or(last + 1);
+    if per < 2 || !(last + 1).is_multiple_of(per) {
+        return Err(format!(
+            "its UNet input blocks 0..={last} do not form levels of equal size (the first down-sampler is input block {per})"
+        ));
+    }
+    let levels = (last + 1) / per;
+    let mut blocks = Vec::with_capacity(levels);
+    let mut context = None;
+    let mut linear = None;
+    for b in 0..levels {
+        let first = 1 + per * b;
+        let conv2 = need(&format!("input_blocks.{first}.0.out_layers.3.weight"))?;
+        let out = *conv2.first().unwrap_or(&0);
+        let attn = format!("input_blocks.{first}.1.");
+        let cross = match get(&format!("{attn}proj_in.weight")) {
+            Some(p) => {
+                linear.get_or_insert(p.len() == 2);
+                let k = need(&format!("{attn}transformer_blocks.0.attn2.to_k.weight"))?;
+                context.get_or_insert(*k.get(1).unwrap_or(&0));
+                let depth = indices(s, &format!("{UNET_PREFIX}{attn}transformer_blocks.")).len();
+                Some(depth.max(1))
+            }
+            None => None,
+        };
+        blocks.push(BlockConfig {
+            out_channels: out,
+            cross_attention: cross,
+            heads: 0,
+        });
+    }
+    if blocks.first().map(|b| b.out_channels) != Some(c0) {
+        return Err(format!(
+            "its UNet's first level has {:?} channels but conv_in makes {c0}",
+            blocks.first().map(|b| b.out_channels)
+        ));
+    }
+    if get("middle_block.1.proj_in.weight").is_none() {
+        return Err(format!(
+            "it has no {UNET_PREFIX}middle_block.1 (the middle block's cross-attention)"
+        ));
+    }
+    let context = context.ok_or("its UNet has no cross-attention layers")?;
+    let heads = match heads {
+        Some(h) if h.len() == levels => h,
+        Some(h) => {
+            return Err(format!(
+                "metadata {META_UNET_HEADS} lists {} head counts for {levels} levels",
+                h.len()
+            ));
+        }
+        // SD 1.x: 8 heads everywhere; SD 2.x and others: 64 channels per head.
+        None if context == 768 => vec![8; levels],
+        None => blocks
+            .iter()
+            .map(|b| (b.out_channels / 64).max(1))
+            .collect(),
+    };
+    for (b, h) in blocks.iter_mut().zip(heads) {
+        b.heads = h;
+    }
+    Ok(UNetConfig {
+        in_channels,
+        out_channels,
+        blocks,
+        layers_per_block: per - 1,
+        norm_num_groups: 32,
+        norm_eps: 1e-5,
+        cross_attention_dim: context,
+        use_linear_projection: linear.unwrap_or(false),
+        flip_sin_to_cos: true,
+        freq_shift: 0.0,
+        downsample_padding: 1,
+        mid_block_scale_factor: 1.0,
+        center_input_sample: false,
+        prediction: Prediction::Epsilon,
+        sample_size: 64,
+    })
+}
+
+fn infer_vae(s: &Shapes) -> std::result::Result<VaeConfig, String> {
+    let get = |k: &str| s.get(&format!("{VAE_PREFIX}{k}")).map(Vec::as_slice);
+    let need = |k: &str| get(k).ok_or_else(|| format!("it has no {VAE_PREFIX}{k} (the VAE)"));
+    let levels = indices(s, &format!("{VAE_PREFIX}decoder.up.")).len();
+    if levels == 0 {
+        return Err(format!(
+            "it has no {VAE_PREFIX}decoder.up.* (the VAE decoder)"
+        ));
+    }
+    let channels = (0..levels)
+        .map(|i| {
+            need(&format!("decoder.up.{i}.block.0.conv2.weight")).map(|s| *s.first().unwrap_or(&0))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let layers = indices(s, &format!("{VAE_PREFIX}encoder.down.0.block.")).len();
+    let dim = |k: &str, i: usize| need(k).map(|s| *s.get(i).unwrap_or(&0));
+    Ok(VaeConfig {
+        in_channels: dim("encoder.conv_in.weight", 1)?,
+        out_channels: dim("decoder.conv_out.weight", 0)?,
+        block_out_channels: channels,
+        layers_per_block: layers.max(1),
+        latent_channels: dim("decoder.conv_in.weight", 1)?,
+        norm_num_groups: 32,
+        use_quant_conv: get("quant_conv.weight").is_some(),
+        use_post_quant_conv: get("post_quant_conv.weight").is_some(),
+        scaling_factor: SD_SCALING_FACTOR,
+    })
+}
+
+fn infer_clip(
+    s: &Shapes,
+    heads: Option<usize>,
+) -> std::result::Result<(ClipConfig, TextTower), String> {
+    let two = |k: &str| -> std::result::Result<(usize, usize), String> {
+        match s.get(k).map(Vec::as_slice) {
+            Some([a, b]) => Ok((*a, *b)),
+            Some(x) => Err(format!("{k} has shape {x:?}, expected two dimensions")),
+            None => Err(format!("it has no {k}")),
+        }
+    };
+    let tower = [OPENAI_CLIP_PREFIX, OPENAI_CLIP_OLD_PREFIX]
+        .into_iter()
+        .find(|p| s.contains_key(&format!("{p}embeddings.token_embedding.weight")))
+        .map(|prefix| TextTower::OpenAi { prefix })
+        .or_else(|| {
+            s.contains_key(&format!("{OPENCLIP_PREFIX}token_embedding.weight"))
+                .then_some(TextTower::OpenClip)
+        })
+        .ok_or_else(|| {
+            format!(
+                "it has no text encoder: expected {OPENAI_CLIP_PREFIX}* (SD 1.x) or {OPENCLIP_PREFIX}* (SD 2.x)"
+            )
+        })?;
+    let (vocab, hidden, positions, layers, inter, activation) = match tower {
+        TextTower::OpenAi { prefix } => {
+            let (vocab, hidden) = two(&format!("{prefix}embeddings.token_embedding.weight"))?;
+            let (positions, _) = two(&format!("{prefix}embeddings.position_embedding.weight"))?;
+            let layers = indices(s, &format!("{prefix}encoder.layers.")).len();
+            let (inter, _) = two(&format!("{prefix}encoder.layers.0.mlp.fc1.weight"))?;
+            (
+                vocab,
+                hidden,
+                positions,
+                layers,
+                inter,
+                ClipActivation::QuickGelu,
+            )
+        }
+        TextTower::OpenClip => {
+            let p = OPENCLIP_PREFIX;
+            let (vocab, hidden) = two(&format!("{p}token_embedding.weight"))?;
+            let (positions, _) = two(&format!("{p}positional_embedding"))?;
+            let blocks = indices(s, &format!("{p}transformer.resblocks.")).len();
+            if blocks < 2 {
+                return Err(format!(
+                    "its OpenCLIP text encoder has {blocks} layers; SD 2.x uses the penultimate one, so at least 2 are needed"
+                ));
+            }
+            let (inter, _) = two(&format!("{p}transformer.resblocks.0.mlp.c_fc.weight"))?;
+            (
+                vocab,
+                hidden,
+                positions,
+                blocks - 1,
+                inter,
+                ClipActivation::GeluErf,
+            )
+        }
+    };
+    let heads = heads.unwrap_or((hidden / 64).max(1));
+    if heads == 0 || hidden % heads != 0 {
+        return Err(format!(
+            "the text encoder's width {hidden} is not divisible into {heads} heads (set metadata {META_CLIP_HEADS})"
+        ));
+    }
+    Ok((
+        ClipConfig {
+            vocab_size: vocab,
+            max_position_embeddings: positions,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: inter,
+            activation,
+        },
+        tower,
+    ))
+}
+
+/// A resnet's inner names: diffusers → LDM UNet.
+fn unet_resnet(r: &str) -> Option<String> {
+    const MAP: [(&str, &str); 6] = [
+        ("norm1.", "in_layers.0."),
+        ("conv1.", "in_layers.2."),
+        ("time_emb_proj.", "emb_layers.1."),
+        ("norm2.", "out_layers.0."),
+        ("conv2.", "out_layers.3."),
+        ("conv_shortcut.", "skip_connection."),
+    ];
+    MAP.iter()
+        .find_map(|(d, l)| r.strip_prefix(d).map(|rest| format!("{l}{rest}")))
+}
+
+/// A UNet weight's LDM key (without `model.diffusion_model.`).
+fn unet_key(name: &str, cfg: &UNetConfig) -> Option<String> {
+    let per = cfg.layers_per_block + 1;
+    let n = cfg.blocks.len();
+    for (d, l) in [
+        ("conv_in.", "input_blocks.0.0."),
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("conv_norm_out.", "out.0."),
+        ("conv_out.", "out.2."),
+    ] {
+        if let Some(rest) = name.strip_prefix(d) {
+            return Some(format!("{l}{rest}"));
+        }
+    }
+    if let Some(rest) = name.strip_prefix("down_blocks.") {
+        let (b, rest) = split_index(rest)?;
+        if let Some(r) = rest.strip_prefix("resnets.") {
+            let (l, r) = split_index(r)?;
+            return Some(format!(
+                "input_blocks.{}.0.{}",
+                1 + per * b + l,
+                unet_resnet(r)?
+            ));
+        }
+        if let Some(r) = rest.strip_prefix("attentions.") {
+            let (l, r) = split_index(r)?;
+            return Some(format!("input_blocks.{}.1.{r}", 1 + per * b + l));
+        }
+        let r = rest.strip_prefix("downsamplers.0.conv.")?;
+        return Some(format!("input_blocks.{}.0.op.{r}", per * (b + 1)));
+    }
+    if let Some(rest) = name.strip_prefix("mid_block.") {
+        if let Some(r) = rest.strip_prefix("resnets.") {
+            let (k, r) = split_index(r)?;
+            return Some(format!("middle_block.{}.{}", 2 * k, unet_resnet(r)?));
+        }
+        let r = rest.strip_prefix("attentions.0.")?;
+        return Some(format!("middle_block.1.{r}"));
+    }
+    let rest = name.strip_prefix("up_blocks.")?;
+    let (b, rest) = split_index(rest)?;
+    if let Some(r) = rest.strip_prefix("resnets.") {
+        let (l, r) = split_index(r)?;
+        return Some(format!(
+            "output_blocks.{}.0.{}",
+            per * b + l,
+            unet_resnet(r)?
+        ));
+    }
+    if let Some(r) = rest.strip_prefix("attentions.") {
+        let (l, r) = split_index(r)?;
+        return Some(format!("output_blocks.{}.1.{r}", per * b + l));
+    }
+    let r = rest.strip_prefix("upsamplers.0.conv.")?;
+    let has_attention = cfg
+        .blocks
+        .get(n.checked_sub(1 + b)?)?
+        .cross_attention
+        .is_some();
+    Some(format!(
+        "output_blocks.{}.{}.conv.{r}",
+        per * b + per - 1,
+        if has_attention { 2 } else { 1 }
+    ))
+}
+
+/// A VAE weight's LDM key (without `first_stage_model.`) and whether it is stored as a 1×1
+/// convolution; `levels` = number of resolution levels.
+fn vae_key(name: &str, levels: usize) -> Option<(String, bool)> {
+    if name.starts_with("quant_conv.") || name.starts_with("post_quant_conv.") {
+        return Some((name.to_string(), false));
+    }
+    let (side, rest) = name.split_once('.')?;
+    if side != "encoder" && side != "decoder" {
+        return None;
+    }
+    let resnet = |r: &str| match r.strip_prefix("conv_shortcut.") {
+        Some(x) => format!("nin_shortcut.{x}"),
+        None => r.to_string(),
+    };
+    let (inner, squeeze) = if let Some(r) = rest.strip_prefix("conv_norm_out.") {
+        (format!("norm_out.{r}"), false)
+    } else if rest.starts_with("conv_in.") || rest.starts_with("conv_out.") {
+        (rest.to_string(), false)
+    } else if let Some(r) = rest.strip_prefix("mid_block.resnets.") {
+        let (k, r) = split_index(r)?;
+        (format!("mid.block_{}.{}", k + 1, resnet(r)), false)
+    } else if let Some(r) = rest.strip_prefix("mid_block.attentions.0.") {
+        const MAP: [(&str, &str); 9] = [
+            ("group_norm.", "norm."),
+            ("to_q.", "q."),
+            ("query.", "q."),
+            ("to_k.", "k."),
+            ("key.", "k."),
+            ("to_v.", "v."),
+            ("value.", "v."),
+            ("to_out.0.", "proj_out."),
+            ("proj_attn.", "proj_out."),
+        ];
+        let (l, x) = MAP
+            .iter()
+            .find_map(|(d, l)| r.strip_prefix(d).map(|x| (*l, x)))?;
+        (format!("mid.attn_1.{l}{x}"), l != "norm." && x == "weight")
+    } else if side == "encoder" {
+        let r = rest.strip_prefix("down_blocks.")?;
+        let (i, r) = split_index(r)?;
+        if let Some(r) = r.strip_prefix("resnets.") {
+            let (j, r) = split_index(r)?;
+            (format!("down.{i}.block.{j}.{}", resnet(r)), false)
+        } else {
+            let r = r.strip_prefix("downsamplers.0.conv.")?;
+            (format!("down.{i}.downsample.conv.{r}"), false)
+        }
+    } else {
+        let r = rest.strip_prefix("up_blocks.")?;
+        let (i, r) = split_index(r)?;
+        let level = levels.checked_sub(1 + i)?;
+        if let Some(r) = r.strip_prefix("resnets.") {
+            let (j, r) = split_index(r)?;
+            (format!("up.{level}.block.{j}.{}", resnet(r)), false)
+        } else {
+            let r = r.strip_prefix("upsamplers.0.conv.")?;
+            (format!("up.{level}.upsample.conv.{r}"), false)
+        }
+    };
+    Some((format!("{side}.{inner}"), squeeze))
+}
+
+/// An HF CLIP text weight (after `text_model.`) in OpenCLIP's layout of width `d`.
+fn openclip_source(rest: &str, d: usize) -> Option<Source> {
+    let p = OPENCLIP_PREFIX;
+    let plain = |k: String| Some(Source::plain(format!("{p}{k}")));
+    match rest {
+        "embeddings.token_embedding.weight" => return plain("token_embedding.weight".into()),
+        "embeddings.position_embedding.weight" => return plain("positional_embedding".into()),
+        _ => {}
+    }
+    if let Some(x) = rest.strip_prefix("final_layer_norm.") {
+        return plain(format!("ln_final.{x}"));
+    }
+    let (n, r) = split_index(rest.strip_prefix("encoder.layers.")?)?;
+    let block = format!("transformer.resblocks.{n}.");
+    for (i, q) in ["q_proj.", "k_proj.", "v_proj."].iter().enumerate() {
+        if let Some(x) = r.strip_prefix("self_attn.").and_then(|r| r.strip_prefix(q)) {
+            let fused = match x {
+                "weight" => "in_proj_weight",
+                "bias" => "in_proj_bias",
+                _ => return None,
+            };
+            return Some(Source {
+                key: format!("{p}{block}attn.{fused}"),
+                rows: Some(i * d..(i + 1) * d),
+                squeeze_1x1: false,
+            });
+        }
+    }
+    const MAP: [(&str, &str); 5] = [
+        ("layer_norm1.", "ln_1."),
+        ("layer_norm2.", "ln_2."),
+        ("self_attn.out_proj.", "attn.out_proj."),
+        ("mlp.fc1.", "mlp.c_fc."),
+        ("mlp.fc2.", "mlp.c_proj."),
+    ];
+    MAP.iter()
+        .find_map(|(h, o)| r.strip_prefix(h).map(|x| format!("{block}{o}{x}")))
+        .and_then(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd15_layout() -> LdmLayout {
+        LdmLayout {
+            family: Family::Sd1,
+            unet: UNetConfig::sd15(),
+            vae: VaeConfig {
+                in_channels: 3,
+                out_channels: 3,
+                block_out_channels: vec![128, 256, 512, 512],
+                layers_per_block: 2,
+                latent_channels: 4,
+                norm_num_groups: 32,
+                use_quant_conv: true,
+                use_post_quant_conv: true,
+                scaling_factor: SD_SCALING_FACTOR,
+            },
+            clip: ClipConfig::sd15(),
+            tower: TextTower::OpenAi {
+                prefix: OPENAI_CLIP_PREFIX,
+            },
+            prediction_given: false,
+            from_metadata: vec![],
+        }
+    }
+
+    /// Key pairs as published (research/domain-facts.md §5.1 and the A1111/diffusers
+    /// conversion tables).
+    #[test]
+    fn sd15_keys_follow_the_documented_rules() {
+        let l = sd15_layout();
+        let u = |d: &str| l.unet_source(d).map(|s| s.key);
+        for (d, ldm) in [
+            (
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+                "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+            ),
+            (
+                "down_blocks.0.resnets.1.conv1.weight",
+                "input_blocks.2.0.in_layers.2.weight",
+            ),
+            (
+                "down_blocks.1.resnets.0.conv_shortcut.weight",
+                "input_blocks.4.0.skip_connection.weight",
+            ),
+            (
+                "down_blocks.2.downsamplers.0.conv.bias",
+                "input_blocks.9.0.op.bias",
+            ),
+            (
+                "down_blocks.3.resnets.1.time_emb_proj.weight",
+                "input_blocks.11.0.emb_layers.1.weight",
+            ),
+            (
+                "mid_block.resnets.1.norm2.weight",
+                "middle_block.2.out_layers.0.weight",
+            ),
+            (
+                "mid_block.attentions.0.proj_out.weight",
+                "middle_block.1.proj_out.weight",
+            ),
+            (
+                "up_blocks.0.resnets.2.conv2.weight",
+                "output_blocks.2.0.out_layers.3.weight",
+            ),
+            (
+                "up_blocks.0.upsamplers.0.conv.weight",
+                "output_blocks.2.1.conv.weight",
+            ),
+            (
+                "up_blocks.1.upsamplers.0.conv.weight",
+                "output_blocks.5.2.conv.weight",
+            ),
+            (
+                "up_blocks.2.upsamplers.0.conv.bias",
+                "output_blocks.8.2.conv.bias",
+            ),
+            (
+                "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.0.proj.weight",
+                "output_blocks.11.1.transformer_blocks.0.ff.net.0.proj.weight",
+            ),
+            ("conv_in.weight", "input_blocks.0.0.weight"),
+            ("time_embedding.linear_2.bias", "time_embed.2.bias"),
+            ("conv_norm_out.weight", "out.0.weight"),
+            ("conv_out.bias", "out.2.bias"),
+        ] {
+            assert_eq!(u(d), Some(format!("{UNET_PREFIX}{ldm}")), "{d}");
+        }
+        let v = |d: &str| l.vae_source(d).map(|s| (s.key, s.squeeze_1x1));
+        for (d, ldm, sq) in [
+            (
+                "decoder.up_blocks.0.resnets.2.norm2.bias",
+                "decoder.up.3.block.2.norm2.bias",
+                false,
+            ),
+            (
+                "decoder.up_blocks.0.upsamplers.0.conv.weight",
+                "decoder.up.3.upsample.conv.weight",
+                false,
+            ),
+            (
+                "decoder.up_blocks.2.resnets.0.conv_shortcut.weight",
+                "decoder.up.1.block.0.nin_shortcut.weight",
+                false,
+            ),
+            (
+                "decoder.mid_block.attentions.0.to_q.weight",
+                "decoder.mid.attn_1.q.weight",
+                true,
+            ),
+            (
+                "decoder.mid_block.attentions.0.to_out.0.weight",
+                "decoder.mid.attn_1.proj_out.weight",
+                true,
+            ),
+            (
+                "decoder.mid_block.attentions.0.to_out.0.bias",
+                "decoder.mid.attn_1.proj_out.bias",
+                false,
+            ),
+            (
+                "encoder.mid_block.attentions.0.group_norm.weight",
+                "encoder.mid.attn_1.norm.weight",
+                false,
+            ),
+            (
+                "encoder.mid_block.resnets.1.conv1.weight",
+                "encoder.mid.block_2.conv1.weight",
+                false,
+            ),
+            (
+                "encoder.down_blocks.0.downsamplers.0.conv.weight",
+                "encoder.down.0.downsample.conv.weight",
+                false,
+            ),
+            ("encoder.conv_norm_out.bias", "encoder.norm_out.bias", false),
+            ("post_quant_conv.weight", "post_quant_conv.weight", false),
+        ] {
+            assert_eq!(v(d), Some((format!("{VAE_PREFIX}{ldm}"), sq)), "{d}");
+        }
+        assert_eq!(
+            l.clip_source("text_model.encoder.layers.11.mlp.fc2.bias")
+                .map(|s| s.key),
+            Some(format!(
+                "{OPENAI_CLIP_PREFIX}encoder.layers.11.mlp.fc2.bias"
+            ))
+        );
+        assert!(l.unet_source("down_blocks.0.nonsense.weight").is_none());
+        assert!(l.is_ignored("model_ema.decay"));
+        assert!(l.is_ignored("alphas_cumprod"));
+        assert!(l.is_ignored(&format!("{OPENAI_CLIP_PREFIX}embeddings.position_ids")));
+        assert!(!l.is_ignored("model.diffusion_model.foo"));
+    }
+
+    #[test]
+    fn openclip_fused_projections_are_row_ranges() {
+        let mut l = sd15_layout();
+        l.tower = TextTower::OpenClip;
+        l.clip = ClipConfig::sd21();
+        let k = l
+            .clip_source("text_model.encoder.layers.3.self_attn.k_proj.weight")
+            .unwrap();
+        assert_eq!(
+            k.key,
+            format!("{OPENCLIP_PREFIX}transformer.resblocks.3.attn.in_proj_weight")
+        );
+        assert_eq!(k.rows, Some(1024..2048));
+        assert_eq!(k.shape_from(&[3072, 1024]), Ok(vec![1024, 1024]));
+        assert!(k.shape_from(&[1024, 1024]).is_err());
+        let v = l
+            .clip_source("text_model.encoder.layers.0.self_attn.v_proj.bias")
+            .unwrap();
+        assert_eq!(v.rows, Some(2048..3072));
+        assert_eq!(
+            l.clip_source("text_model.final_layer_norm.weight")
+                .unwrap()
+                .key,
+            format!("{OPENCLIP_PREFIX}ln_final.weight")
+        );
+        assert_eq!(
+            l.clip_source("text_model.embeddings.position_embedding.weight")
+                .unwrap()
+                .key,
+            format!("{OPENCLIP_PREFIX}positional_embedding")
+        );
+        assert_eq!(
+            l.clip_source("text_model.encoder.layers.22.mlp.fc1.weight")
+                .unwrap()
+                .key,
+            format!("{OPENCLIP_PREFIX}transformer.resblocks.22.mlp.c_fc.weight")
+        );
+        // 23 layers used; the file's 24th (index 23) is not.
+        assert!(l.is_ignored(&format!(
+            "{OPENCLIP_PREFIX}transformer.resblocks.23.ln_1.weight"
+        )));
+        assert!(!l.is_ignored(&format!(
+            "{OPENCLIP_PREFIX}transformer.resblocks.22.ln_1.weight"
+        )));
+        assert!(l.is_ignored(&format!("{OPENCLIP_PREFIX}text_projection")));
+    }
+
+    #[test]
+    fn squeezed_shapes() {
+        let s = Source {
+            key: "k".into(),
+            rows: None,
+            squeeze_1x1: true,
+        };
+        assert_eq!(s.shape_from(&[512, 512, 1, 1]), Ok(vec![512, 512]));
+        assert_eq!(s.shape_from(&[512, 512]), Ok(vec![512, 512]));
+        assert!(s.shape_from(&[512, 512, 3, 3]).is_err());
+    }
+}
