@@ -660,3 +660,32 @@ fn a1111_bad_weight_is_an_error() {
     let e = tokenize_prompt(&byte_level(), "(a:..)", PromptSyntax::A1111).unwrap_err();
     assert!(e.to_string().contains(":..)"), "{e}");
 }
+
+// ---------------------------------------------------------------- built-in vocabulary
+
+/// The built-in vocabulary gives OpenAI CLIP's ids: expected ids from OpenAI's SimpleTokenizer
+/// (open_clip's copy; `tests/data/gen_clip_token_ids.py` wrote them).
+#[test]
+fn builtin_vocabulary_matches_openai_clip() {
+    let tok = ClipTokenizer::openai().unwrap();
+    assert_eq!(tok.vocab_len(), 49_408);
+    assert_eq!((tok.bos(), tok.eos(), tok.pad()), (49_406, 49_407, 49_407));
+    assert_eq!(tok.token_id("!"), Some(0));
+    assert_eq!(tok.comma_id(), Some(267));
+    let data: serde_json::Value =
+        serde_json::from_str(include_str!("data/clip_openai_token_ids.json")).unwrap();
+    let cases = data["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text), want, "{text:?}");
+    }
+    // SD 2.x pads with '!'.
+    assert_eq!(tok.with_pad_token("!").unwrap().pad(), 0);
+}

@@ -64,6 +64,10 @@ pub enum TextError {
     Weight { text: String },
     #[error("internal error: CLIP's pre-tokenisation pattern did not compile: {message}")]
     Pattern { message: String },
+    #[error(
+        "internal error: the built-in CLIP vocabulary is damaged ({what}); rebuild sdtrace, or give the model's tokenizer/ folder with --tokenizer"
+    )]
+    BuiltinVocab { what: String },
 }
 
 /// Token slots of a chunk between BOS and EOS.

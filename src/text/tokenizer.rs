@@ -396,7 +396,58 @@ fn pad_token_of(json: &Value, path: &Path) -> Result<Option<String>, TextError> 
     }
 }
 
+/// OpenAI CLIP's BPE merges as published (`bpe_simple_vocab_16e6.txt.gz` of OpenAI's CLIP
+/// repository, taken from the `open_clip_torch` 3.3.0 wheel, SHA-256 924691ac288e5440…;
+/// MIT License, Copyright (c) 2021 OpenAI: `src/text/BPE_VOCAB_LICENSE`). SD 1.x and 2.x both
+/// use this vocabulary.
+const OPENAI_BPE_GZ: &[u8] = include_bytes!("bpe_simple_vocab_16e6.txt.gz");
+/// Merges OpenAI's `SimpleTokenizer` reads: the file's lines 1 to 48 894 (49 152 − 256 − 2).
+pub const OPENAI_MERGES: usize = 49_152 - 256 - 2;
+
 impl ClipTokenizer {
+    /// OpenAI CLIP's tokenizer from the built-in vocabulary, built as `SimpleTokenizer` builds
+    /// it: the 256 byte symbols, their `</w>` forms, one symbol per merge (the pair joined), then
+    /// `<|startoftext|>` and `<|endoftext|>` — 49 408 ids, the same as HF's
+    /// `openai/clip-vit-large-patch14` vocabulary. Pad = EOS (SD 1.x); SD 2.x pads with `!`
+    /// ([`ClipTokenizer::with_pad_token`]).
+    pub fn openai() -> Result<Self, TextError> {
+        use std::io::Read;
+        let damaged = |what: String| TextError::BuiltinVocab { what };
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(OPENAI_BPE_GZ)
+            .read_to_string(&mut text)
+            .map_err(|e| damaged(e.to_string()))?;
+        let merges: Merges = text
+            .split('\n')
+            .skip(1)
+            .take(OPENAI_MERGES)
+            .enumerate()
+            .map(|(i, line)| {
+                let mut parts = line.split_whitespace();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(a), Some(b), None) => Ok((a.to_string(), b.to_string())),
+                    _ => Err(damaged(format!("merge line {} is '{line}'", i + 2))),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        if merges.len() != OPENAI_MERGES {
+            return Err(damaged(format!("{} merges", merges.len())));
+        }
+        let mut symbols: Vec<String> = Vec::with_capacity(2 * 256 + merges.len() + 2);
+        let bytes = bytes_to_unicode();
+        symbols.extend(bytes.iter().map(|(_, c)| c.to_string()));
+        symbols.extend(bytes.iter().map(|(_, c)| format!("{c}{END_OF_WORD}")));
+        symbols.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+        symbols.push(BOS_TOKEN.into());
+        symbols.push(EOS_TOKEN.into());
+        let vocab: Vocab = symbols
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (s, i as u32))
+            .collect();
+        Self::build(vocab, merges, "the built-in OpenAI CLIP vocabulary")
+    }
+
     /// Load a diffusers `tokenizer/` folder: `vocab.json` + `merges.txt`, or else
     /// `tokenizer.json`. The pad token comes from `special_tokens_map.json`, else
     /// `tokenizer_config.json` (`pad_token`), else it is `<|endoftext|>`.
