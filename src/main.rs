@@ -70,11 +70,11 @@ enum Command {
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
     #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]
     Record(cli::record::RecordArgs),
-    /// Write a deterministic random-weight model in the diffusers folder layout (tests, demos,
-    /// benchmarks; no download)
+    /// Write a deterministic random-weight model in the diffusers folder layout, or as one
+    /// single-file LDM checkpoint (tests, demos, benchmarks; no download)
     #[command(after_help = EXIT_CODES)]
     Synth {
-        /// Output folder (created; existing files in it are replaced)
+        /// Output folder (created; existing files in it are replaced), or file with --format ldm
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32)
@@ -83,6 +83,13 @@ enum Command {
         /// Seed of the weights
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Layout: diffusers (a folder) or ldm (one .safetensors file as A1111 loads, written by
+        /// the documented key mapping; the same weights as the folder)
+        #[arg(long, default_value = "diffusers", value_name = "FORMAT", value_parser = ["diffusers", "ldm"])]
+        format: String,
+        /// Weight dtype of an ldm file: f32 or f16
+        #[arg(long, default_value = "f32", value_parser = sdtrace::pipeline::parse_dtype)]
+        dtype: sdtrace::pipeline::ModelDType,
     },
     /// Write one record's tensor to .npy or .safetensors, or an image record to .png with A1111's
     /// generation parameters (chosen by the output's extension)
@@ -230,8 +237,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Synth { out, size, seed } => {
-            sdtrace::model::synth::write_model(&out, size, seed)?;
+        Command::Synth {
+            out,
+            size,
+            seed,
+            format,
+            dtype,
+        } => {
+            if format == "ldm" {
+                sdtrace::model::synth::write_checkpoint_file(&out, size, seed, dtype)?;
+            } else {
+                sdtrace::model::synth::write_model(&out, size, seed)?;
+            }
             eprintln!("wrote a synthetic {size:?} model to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -37,8 +37,9 @@ Exit codes:
 /// Flags of `sdtrace record`.
 #[derive(Args, Debug)]
 pub struct RecordArgs {
-    /// Model: a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
-    #[arg(long, value_name = "DIR")]
+    /// Model: a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a
+    /// single-file LDM checkpoint (.safetensors, as A1111 loads; .ckpt pickles are refused)
+    #[arg(long, value_name = "DIR|FILE")]
     model: PathBuf,
     /// Prompt (A1111 syntax: (word), [word], (word:1.2), BREAK)
     #[arg(long, default_value = "")]
@@ -103,6 +104,21 @@ pub struct RecordArgs {
     /// No progress output
     #[arg(short, long)]
     quiet: bool,
+    /// What the UNet predicts: epsilon or v (SD 2.x 768-v models); single-file SD 1.x
+    /// checkpoints default to epsilon, SD 2.x ones need it said
+    #[arg(long, value_name = "KIND", value_parser = sdtrace::pipeline::model::parse_prediction)]
+    prediction: Option<sdtrace::model::config::Prediction>,
+    /// Refuse a single-file checkpoint whose hash differs: A1111's old 8-hex hash, the 10-hex
+    /// short SHA-256 of the infotext's "Model hash", or the full SHA-256
+    #[arg(long, value_name = "HASH")]
+    expect_hash: Option<String>,
+    /// A diffusers tokenizer/ folder to use instead of the model's own (single files: instead of
+    /// the built-in OpenAI CLIP vocabulary)
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
+    /// Load a single-file checkpoint that holds tensors nothing reads (listed in the header)
+    #[arg(long)]
+    ignore_unknown_keys: bool,
 }
 
 fn parse_syntax(s: &str) -> Result<PromptSyntax, String> {
@@ -302,6 +318,12 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         perturb: args.perturb.clone(),
         stop_on_nan: args.stop_on_nan,
         max_trace_size: args.max_trace_size,
+        model_options: sdtrace::pipeline::model::ModelOptions {
+            prediction: args.prediction,
+            expect_hash: args.expect_hash.clone(),
+            tokenizer: args.tokenizer.clone(),
+            ignore_unknown_keys: args.ignore_unknown_keys,
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrl_c(stop.clone());

@@ -13,6 +13,7 @@
 
 pub mod conditioning;
 pub mod estimate;
+pub mod model;
 pub mod perturb;
 
 use crate::host::host_facts;
@@ -29,7 +30,7 @@ use crate::sampling::{
     AlphasPrecision, DiscreteSchedule, Sampler, SamplerKind, SamplerSpec, SamplingError,
     SdtraceNoise, UNetDenoiser,
 };
-use crate::text::{ClipTokenizer, PromptSyntax, TextError, tokenize_prompt};
+use crate::text::{PromptSyntax, TextError, tokenize_prompt};
 use crate::trace::{
     NonFinite, RunEnd, RunHeader, RunStatus, Settings, TraceError, TraceWriter, WriterOptions,
     WrittenTrace,
@@ -205,7 +206,8 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
 /// Everything a recording is made from.
 #[derive(Clone, Debug)]
 pub struct RecordSpec {
-    /// A diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
+    /// A diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`) or a
+    /// single-file LDM checkpoint (`.safetensors`).
     pub model: PathBuf,
     pub prompt: String,
     pub negative: String,
@@ -231,6 +233,8 @@ pub struct RecordSpec {
     pub stop_on_nan: bool,
     /// Refuse to start when the estimated trace is larger.
     pub max_trace_size: u64,
+    /// Single-file checkpoints: prediction type, expected hash, tokenizer, unknown keys.
+    pub model_options: model::ModelOptions,
 }
 
 /// What the run will do, as told to the [`Monitor`] before it starts.
@@ -303,7 +307,7 @@ impl ModelFiles {
         if !dir.is_dir() {
             return Err(PipelineError::ModelFolder {
                 dir: dir.to_path_buf(),
-                what: "not a folder (single-file checkpoints are not supported yet; give a diffusers folder)".into(),
+                what: "not a folder".into(),
             });
         }
         let unet_cfg = first_existing(dir, "unet", &["config.json"])?;
@@ -404,7 +408,12 @@ pub fn free_disk(path: &Path) -> Option<u64> {
 }
 
 /// The run header's generation settings for `spec` (the sampler fills its own part).
-fn settings(spec: &RecordSpec, files: &ModelFiles, attention: &AttentionImpl) -> Result<Settings> {
+fn settings(
+    spec: &RecordSpec,
+    model: &model::ModelSource,
+    tokenizer: &str,
+    attention: &AttentionImpl,
+) -> Result<Settings> {
     let mut s = Settings {
         model: spec
             .model
@@ -421,13 +430,7 @@ fn settings(spec: &RecordSpec, files: &ModelFiles, attention: &AttentionImpl) ->
         capture: Some(format!("{} = {}", spec.capture, spec.policy.describe())),
         ..Settings::default()
     };
-    for (name, file) in [
-        ("unet_xxh3", &files.unet_weights),
-        ("text_encoder_xxh3", &files.clip_weights),
-        ("vae_xxh3", &files.vae_weights),
-    ] {
-        s.model_hashes.insert(name.into(), file_hash(file)?);
-    }
+    model.describe(&mut s, tokenizer)?;
     s.extra.insert("clip_skip".into(), json!(spec.clip_skip));
     s.extra.insert(
         "prompt_syntax".into(),
@@ -572,13 +575,14 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
             "--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into(),
         ));
     }
-    let files = ModelFiles::find(&spec.model)?;
     let attention = AttentionImpl::parse(&spec.attention, None)?;
-    let tokenizer = ClipTokenizer::from_dir(&files.tokenizer_dir)?;
-    if spec.clip_skip as usize > files.clip_config.num_hidden_layers {
+    let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
+    let (tokenizer, tokenizer_origin) = files.tokenizer(&spec.model_options)?;
+    if spec.clip_skip as usize > files.clip_config().num_hidden_layers {
         return Err(PipelineError::Setting(format!(
             "--clip-skip {} exceeds the {} layers of the text encoder",
-            spec.clip_skip, files.clip_config.num_hidden_layers
+            spec.clip_skip,
+            files.clip_config().num_hidden_layers
         )));
     }
     let mut uncond_tokens = tokenize_prompt(&tokenizer, &spec.negative, spec.syntax)?;
@@ -591,24 +595,15 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk);
     let tokens = 77 * cond_tokens.chunks.len();
 
-    let unet = UNet::load(
-        &files.unet_weights,
-        &files.unet_config,
-        spec.dtype,
-        &device,
-        Numerics::PYTORCH,
-        attention,
-    )?;
-    let clip = ClipTextModel::load(&files.clip_weights, &files.clip_config, spec.dtype, &device)?;
-    let vae = Vae::load(&files.vae_dir, spec.dtype, &device)?;
+    let (unet, clip, vae) = files.load(spec.dtype, &device, Numerics::PYTORCH, attention)?;
     let mut sampler_spec = SamplerSpec::new(spec.sampler, spec.steps, spec.cfg_scale);
-    sampler_spec.prediction = files.unet_config.prediction;
+    sampler_spec.prediction = files.unet_config().prediction;
     let sampler = Sampler::new(sampler_spec, &DiscreteSchedule::sd(AlphasPrecision::F32))?;
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
     let attention_plan = unet.attention_plan(2, lh, lw, tokens)?;
 
     // Header.
-    let mut settings = settings(spec, &files, &attention)?;
+    let mut settings = settings(spec, &files, &tokenizer_origin, &attention)?;
     let mut rng = SdtraceNoise::new(spec.seed);
     sampler.fill_settings(&mut settings, &rng);
     settings.extra.insert(
@@ -641,7 +636,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         &unet,
         &sampler,
         spec,
-        &files.clip_config,
+        files.clip_config(),
         text_calls,
         tokens,
     );
