@@ -44,6 +44,7 @@ fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
         stop_on_nan: false,
         max_trace_size: u64::MAX,
         model_options: Default::default(),
+        a1111: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod host;
 pub mod image;
 pub mod inspect;
 pub mod model;
+pub mod params;
 pub mod pipeline;
 pub mod probe;
 pub mod report;

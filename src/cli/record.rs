@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sdtrace::image::{InfotextParams, encode_png, infotext, rgb8_from_chw};
+use sdtrace::params::InfotextSettings;
 use sdtrace::pipeline::perturb::Perturbation;
 use sdtrace::pipeline::{
     DeviceChoice, ModelDType, Monitor, PipelineError, RecordSpec, Recording, RunPlan, human,
@@ -41,33 +42,33 @@ pub struct RecordArgs {
     /// single-file LDM checkpoint (.safetensors, as A1111 loads; .ckpt pickles are refused)
     #[arg(long, value_name = "DIR|FILE")]
     model: PathBuf,
-    /// Prompt (A1111 syntax: (word), [word], (word:1.2), BREAK)
-    #[arg(long, default_value = "")]
-    prompt: String,
-    /// Negative prompt
-    #[arg(long, default_value = "")]
-    negative: String,
+    /// Prompt (A1111 syntax: (word), [word], (word:1.2), BREAK) [default: empty]
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Negative prompt [default: empty]
+    #[arg(long)]
+    negative: Option<String>,
     /// Prompt syntax: a1111 (weights, BREAK, 75-token chunks) or plain (diffusers: one chunk)
     #[arg(long, value_name = "SYNTAX", default_value = "a1111", value_parser = parse_syntax)]
     prompt_syntax: PromptSyntax,
-    /// Sampler steps
-    #[arg(long, default_value_t = 20)]
-    steps: u32,
-    /// Sampler: dpmpp-2m-karras, dpmpp-2m, euler, euler-a, ddim
-    #[arg(long, default_value = "dpmpp-2m-karras", value_parser = parse_sampler)]
-    sampler: SamplerKind,
-    /// Classifier-free guidance scale
-    #[arg(long, default_value_t = 7.0)]
-    cfg: f64,
-    /// Seed (-1: a random one, printed and recorded)
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    seed: i64,
-    /// Image size WIDTHxHEIGHT, multiples of 8
-    #[arg(long, default_value = "512x512", value_parser = parse_size)]
-    size: (u32, u32),
-    /// A1111's Clip skip (1 = the last layer)
-    #[arg(long, default_value_t = 1)]
-    clip_skip: u32,
+    /// Sampler steps [default: 20]
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Sampler: dpmpp-2m-karras, dpmpp-2m, euler, euler-a, ddim [default: dpmpp-2m-karras]
+    #[arg(long, value_parser = parse_sampler)]
+    sampler: Option<SamplerKind>,
+    /// Classifier-free guidance scale [default: 7]
+    #[arg(long)]
+    cfg: Option<f64>,
+    /// Seed (-1: a random one, printed and recorded) [default: -1]
+    #[arg(long, allow_negative_numbers = true)]
+    seed: Option<i64>,
+    /// Image size WIDTHxHEIGHT, multiples of 8 [default: 512x512]
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    /// A1111's Clip skip (1 = the last layer) [default: 1]
+    #[arg(long)]
+    clip_skip: Option<u32>,
     /// Device: cpu, cuda, cuda:N, metal
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -109,7 +110,8 @@ pub struct RecordArgs {
     #[arg(long, value_name = "KIND", value_parser = sdtrace::pipeline::model::parse_prediction)]
     prediction: Option<sdtrace::model::config::Prediction>,
     /// Refuse a single-file checkpoint whose hash differs: A1111's old 8-hex hash, the 10-hex
-    /// short SHA-256 of the infotext's "Model hash", or the full SHA-256
+    /// short SHA-256 of the infotext's "Model hash", or the full SHA-256 ('off': do not check
+    /// the infotext's Model hash)
     #[arg(long, value_name = "HASH")]
     expect_hash: Option<String>,
     /// A diffusers tokenizer/ folder to use instead of the model's own (single files: instead of
@@ -119,6 +121,71 @@ pub struct RecordArgs {
     /// Load a single-file checkpoint that holds tensors nothing reads (listed in the header)
     #[arg(long)]
     ignore_unknown_keys: bool,
+    /// Settings from A1111 generation parameters ("infotext": prompt, Negative prompt:, Steps,
+    /// Sampler, CFG scale, Seed, Size, Model hash, Clip skip…); flags given here win
+    #[arg(long, value_name = "TEXT", group = "infotext")]
+    params: Option<String>,
+    /// The same, read from a text file
+    #[arg(long, value_name = "FILE", group = "infotext")]
+    params_file: Option<PathBuf>,
+    /// The same, from the 'parameters' text of a PNG the webui saved
+    #[arg(long, value_name = "IMAGE.png", group = "infotext")]
+    from_png: Option<PathBuf>,
+    /// A1111 before 1.8: alphas_cumprod in fp16 (shifts every σ)
+    #[arg(long)]
+    a1111_alphas_fp16: bool,
+    /// A1111 before 2023-01-05: Karras σ bounds (0.1, 10) instead of the model's
+    #[arg(long)]
+    a1111_old_karras: bool,
+    /// A1111's emphasis mode: original (weights, then the mean restored) or no-norm
+    #[arg(long, value_name = "MODE", default_value = "original")]
+    emphasis: sdtrace::pipeline::conditioning::Emphasis,
+    /// Free VRAM that --attention split:auto plans for, as a card of that size would (e.g. 5GiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes_arg)]
+    vram_budget: Option<u64>,
+}
+
+/// Longest --params-file read.
+const MAX_PARAMS_FILE: u64 = 1 << 20;
+/// Largest --from-png read.
+const MAX_PNG: u64 = 256 << 20;
+
+/// Read `path` whole, refusing files above `limit` bytes.
+fn read_limited(path: &Path, limit: u64, flag: &str) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("{flag} {}", path.display()))?
+        .len();
+    if len > limit {
+        bail!(
+            "{flag} {}: {} is larger than the {} this flag reads; is it the right file?",
+            path.display(),
+            human(len),
+            human(limit)
+        );
+    }
+    std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+}
+
+/// The infotext of --params / --params-file / --from-png, typed, with where it came from.
+fn infotext_of(args: &RecordArgs) -> Result<Option<(String, String, InfotextSettings)>> {
+    let (source, text) = if let Some(t) = &args.params {
+        ("--params".to_string(), t.clone())
+    } else if let Some(p) = &args.params_file {
+        let bytes = read_limited(p, MAX_PARAMS_FILE, "--params-file")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("--params-file {}: not UTF-8 text", p.display()))?;
+        (format!("--params-file {}", p.display()), text)
+    } else if let Some(p) = &args.from_png {
+        let bytes = read_limited(p, MAX_PNG, "--from-png")?;
+        let text = sdtrace::params::parameters_of_png(&bytes)
+            .with_context(|| format!("--from-png {}", p.display()))?;
+        (format!("--from-png {}", p.display()), text)
+    } else {
+        return Ok(None);
+    };
+    let parsed =
+        InfotextSettings::parse(&text).with_context(|| format!("{source}: A1111 infotext"))?;
+    Ok(Some((source, text, parsed)))
 }
 
 fn parse_syntax(s: &str) -> Result<PromptSyntax, String> {
@@ -200,6 +267,22 @@ impl Monitor for Terminal {
         }
         for (g, (n, b)) in &e.by_group {
             text += &format!("\n  {g:<13} {n:>7} records {:>11}", human(*b));
+        }
+        if s.attention
+            .as_deref()
+            .is_some_and(|a| a.starts_with("split"))
+            && let Some(plan) = s.extra.get("attention_plan").and_then(|p| p.as_object())
+        {
+            text += &format!(
+                "\nattention {}: query slices per layer (Doggettx split)",
+                s.attention.as_deref().unwrap_or("?")
+            );
+            for (key, c) in plan {
+                text += &format!(
+                    "\n  {key:<64} {:>3} × {} queries",
+                    c["query_slices"], c["queries"]
+                );
+            }
         }
         self.line(&text);
     }
@@ -295,20 +378,101 @@ fn seed_of(seed: i64) -> Result<u64> {
 
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let policy = Policy::from_spec(&args.capture).context("--capture")?;
-    let seed = seed_of(args.seed)?;
-    let (width, height) = args.size;
+    let mut info = infotext_of(&args)?;
+    if let Some((_, _, parsed)) = &mut info {
+        for (given, key, flag) in [
+            (args.prompt.is_some(), "Prompt", "--prompt"),
+            (args.negative.is_some(), "Negative prompt", "--negative"),
+            (args.steps.is_some(), "Steps", "--steps"),
+            (args.sampler.is_some(), "Sampler", "--sampler"),
+            (args.cfg.is_some(), "CFG scale", "--cfg"),
+            (args.seed.is_some(), "Seed", "--seed"),
+            (args.size.is_some(), "Size", "--size"),
+            (args.clip_skip.is_some(), "Clip skip", "--clip-skip"),
+            (args.expect_hash.is_some(), "Model hash", "--expect-hash"),
+        ] {
+            if given {
+                parsed.overridden(key, flag);
+            }
+        }
+        if args.model.is_dir()
+            && args.expect_hash.is_none()
+            && parsed.model_hash.is_some()
+            && let Some(i) = parsed.applied.iter().position(|f| f.key == "Model hash")
+        {
+            let mut f = parsed.applied.remove(i);
+            f.note = format!(
+                "not checked: {} is a diffusers folder, the webui's hashes are of single files",
+                args.model.display()
+            );
+            parsed.not_applied.push(f);
+        }
+    }
+    let from = info.as_ref().map(|(_, _, s)| s);
+    let sampler = match (
+        args.sampler,
+        from.and_then(|s| s.sampler),
+        from.and_then(|s| s.unsupported_sampler.as_deref()),
+    ) {
+        (Some(s), _, _) | (None, Some(s), _) => s,
+        (None, None, Some(theirs)) => bail!(
+            "the infotext's sampler '{theirs}' has no sdtrace equivalent; give --sampler (one of {})",
+            SamplerKind::ALL.map(|k| k.name()).join(", ")
+        ),
+        (None, None, None) => SamplerKind::DpmPp2mKarras,
+    };
+    let seed = match (args.seed, from.and_then(|s| s.seed)) {
+        (Some(s), _) => seed_of(s)?,
+        (None, Some(s)) => s,
+        (None, None) => seed_of(-1)?,
+    };
+    let (width, height) = args
+        .size
+        .or(from.and_then(|s| s.size))
+        .unwrap_or((512, 512));
+    let mut expect_hash = args.expect_hash.clone();
+    if expect_hash.is_none() && !args.model.is_dir() {
+        expect_hash = from.and_then(|s| s.model_hash.clone());
+    }
+    if expect_hash.as_deref() == Some("off") {
+        expect_hash = None;
+    }
+    let mut infotext_json = None;
+    if let Some((source, text, parsed)) = &info {
+        if !args.quiet {
+            eprintln!("infotext from {source}:");
+            for line in parsed.describe() {
+                eprintln!("  {line}");
+            }
+        }
+        let mut j = parsed.to_json();
+        j["source"] = serde_json::json!(source);
+        j["text"] = serde_json::json!(text);
+        infotext_json = Some(j);
+    }
     let spec = RecordSpec {
         model: args.model.clone(),
-        prompt: args.prompt.clone(),
-        negative: args.negative.clone(),
+        prompt: args
+            .prompt
+            .clone()
+            .or(from.and_then(|s| s.prompt.clone()))
+            .unwrap_or_default(),
+        negative: args
+            .negative
+            .clone()
+            .or(from.and_then(|s| s.negative.clone()))
+            .unwrap_or_default(),
         syntax: args.prompt_syntax,
-        steps: args.steps,
-        sampler: args.sampler,
-        cfg_scale: args.cfg,
+        steps: args.steps.or(from.and_then(|s| s.steps)).unwrap_or(20),
+        sampler,
+        cfg_scale: args.cfg.or(from.and_then(|s| s.cfg_scale)).unwrap_or(7.0),
         seed,
         width,
         height,
-        clip_skip: args.clip_skip,
+        clip_skip: args
+            .clip_skip
+            .or(from.and_then(|s| s.clip_skip))
+            .unwrap_or(1),
         device: args.device,
         dtype: args.dtype,
         attention: args.attention.clone(),
@@ -320,9 +484,16 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         max_trace_size: args.max_trace_size,
         model_options: sdtrace::pipeline::model::ModelOptions {
             prediction: args.prediction,
-            expect_hash: args.expect_hash.clone(),
+            expect_hash,
             tokenizer: args.tokenizer.clone(),
             ignore_unknown_keys: args.ignore_unknown_keys,
+        },
+        a1111: sdtrace::pipeline::A1111Options {
+            alphas_fp16: args.a1111_alphas_fp16,
+            old_karras: args.a1111_old_karras,
+            emphasis: args.emphasis,
+            vram_budget: args.vram_budget,
+            infotext: infotext_json,
         },
     };
     let stop = Arc::new(AtomicBool::new(false));

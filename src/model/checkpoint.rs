@@ -519,6 +519,19 @@ impl SimpleBackend for ShapeOnly {
     }
 }
 
+/// A UNet of `config` whose weights are one-element broadcast tensors: nothing allocated, good
+/// for shape questions such as [`UNet::attention_plan`] or [`UNet::probe_points`], not for
+/// running.
+pub fn unet_without_weights(
+    config: &super::config::UNetConfig,
+    dtype: DType,
+    attention: AttentionImpl,
+) -> super::Result<UNet> {
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let vb = VarBuilder::from_backend(Box::new(ShapeOnly(seen)), dtype, Device::Cpu);
+    Ok(UNet::new(vb, config, Numerics::PYTORCH, attention, "unet")?)
+}
+
 /// The weights (diffusers names and shapes) our `component` module asks for under `layout`.
 pub fn required_weights(layout: &LdmLayout, c: Component) -> Result<BTreeMap<String, Vec<usize>>> {
     let seen = Arc::new(Mutex::new(BTreeMap::new()));
@@ -691,6 +704,50 @@ mod tests {
         l.tower = TextTower::OpenClip;
         l.prediction_given = true;
         l
+    }
+
+    /// Doggettx query slices on a card with 5 GiB free, SD 1.5 in fp16, cond+uncond batch of 2
+    /// (the original report's sizes): only the first level's self-attention splits, from
+    /// 704x704 up (it needs 16·N²·2 bytes × 3 with N = (side/8)²: 5.36 GiB at 704).
+    #[test]
+    fn sd15_split_attention_slices_for_a_5gib_card() {
+        let budget = crate::model::attention::parse_bytes("5GiB");
+        let unet = unet_without_weights(
+            &UNetConfig::sd15(),
+            DType::F16,
+            AttentionImpl::Split { budget },
+        )
+        .unwrap();
+        for (side, first_level) in [
+            (512, 1),
+            (576, 1),
+            (640, 1),
+            (704, 2),
+            (768, 2),
+            (832, 4),
+            (1024, 8),
+        ] {
+            let plan = unet.attention_plan(2, side / 8, side / 8, 77).unwrap();
+            assert_eq!(plan.len(), 32);
+            let slices = |key: &str| {
+                let (_, c) = plan.iter().find(|(k, _)| k == key).unwrap();
+                (side / 8 * side / 8).div_ceil(c.queries)
+            };
+            let first = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1";
+            assert_eq!(slices(first), first_level, "{side}");
+            assert_eq!(
+                slices("unet.up_blocks.3.attentions.2.transformer_blocks.0.attn1"),
+                first_level,
+                "{side}"
+            );
+            for (k, c) in &plan {
+                let n = (side / 8 * side / 8).div_ceil(c.queries);
+                assert!(
+                    n == 1 || k.contains("blocks.0.") || k.contains("up_blocks.3."),
+                    "{side} {k} {n}"
+                );
+            }
+        }
     }
 
     #[test]

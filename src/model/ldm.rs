@@ -112,7 +112,7 @@ pub enum CheckpointError {
         keys: Box<KeyProblems>,
     },
     #[error(
-        "{}: its hash is {actual} ({what}), not the expected {expected}; this is another file (check --expect-hash, or the model path)",
+        "{}: its hash is {actual} ({what}), not the expected {expected}: this is another file; check the model path, or pass --expect-hash off to record with it anyway (the infotext's Model hash is checked unless a flag says otherwise)",
         path.display()
     )]
     HashMismatch {

@@ -14,12 +14,43 @@ use crate::probe::Probe;
 use crate::text::{Chunk, PromptTokens};
 use candle_core::{Device, Tensor};
 
-/// Encode `chunks` (one prompt) with `clip`, applying emphasis when `weighted`. `first_eval`
-/// numbers the encoder calls; returns the conditioning and the next free eval number.
+/// How token weights are applied to the encoder output (the webui's "Emphasis mode").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Emphasis {
+    /// z·w, then the original mean restored (the webui's default, "Original").
+    #[default]
+    Original,
+    /// z·w only ("No norm").
+    NoNorm,
+}
+
+impl Emphasis {
+    pub fn name(self) -> &'static str {
+        match self {
+            Emphasis::Original => "original",
+            Emphasis::NoNorm => "no-norm",
+        }
+    }
+}
+
+impl std::str::FromStr for Emphasis {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "original" | "Original" => Ok(Emphasis::Original),
+            "no-norm" | "No norm" | "nonorm" => Ok(Emphasis::NoNorm),
+            _ => Err(format!("'{s}': expected original or no-norm")),
+        }
+    }
+}
+
+/// Encode `chunks` (one prompt) with `clip`, applying `emphasis` to the token weights (`None`:
+/// unweighted, diffusers' plain prompts). `first_eval` numbers the encoder calls; returns the
+/// conditioning and the next free eval number.
 pub fn encode(
     clip: &ClipTextModel,
     chunks: &[Chunk],
-    weighted: bool,
+    emphasis: Option<Emphasis>,
     clip_skip: usize,
     probe: &Probe,
     first_eval: u32,
@@ -32,21 +63,21 @@ pub fn encode(
         eval += 1;
         let ids = Tensor::new(chunk.ids.as_slice(), device)?.unsqueeze(0)?;
         let z = clip.forward(&ids, clip_skip, probe)?;
-        parts.push(if weighted {
-            emphasis(&z, &chunk.weights)?
-        } else {
-            z
+        parts.push(match emphasis {
+            Some(mode) => emphasize(&z, &chunk.weights, mode)?,
+            None => z,
         });
     }
     probe.set_step(None, 0)?;
     Ok((Tensor::cat(&parts, 1)?, eval))
 }
 
-/// A1111's "Original" emphasis on one chunk's output `z` [1, tokens, dim], as the webui's
+/// A1111's emphasis on one chunk's output `z` [1, tokens, dim], as the webui's
 /// `sd_emphasis.EmphasisOriginal`: mean₀ = mean(z) (in z's dtype), z·w with f32 multipliers
-/// (a 16-bit z is promoted to f32 by the product), then z·(mean₀ / mean(z·w)). The result is
-/// f32 whatever z's dtype; with all weights 1 it equals z.
-fn emphasis(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
+/// (a 16-bit z is promoted to f32 by the product), then z·(mean₀ / mean(z·w)); "No norm"
+/// (`EmphasisOriginalNoNorm`) stops after the product. The result is f32 whatever z's dtype;
+/// with all weights 1 it equals z.
+fn emphasize(z: &Tensor, weights: &[f32], mode: Emphasis) -> Result<Tensor> {
     let (_, n, _) = z.dims3()?;
     if weights.len() != n {
         return Err(PipelineError::Conditioning(format!(
@@ -62,6 +93,9 @@ fn emphasis(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
         .to_dtype(f32)?;
     let w = Tensor::new(weights, z.device())?.reshape((1, n, 1))?;
     let zw = z.to_dtype(f32)?.broadcast_mul(&w)?;
+    if mode == Emphasis::NoNorm {
+        return Ok(zw);
+    }
     let ratio = (mean0 / zw.mean_all()?)?;
     Ok(zw.broadcast_mul(&ratio)?)
 }

@@ -27,8 +27,8 @@ use crate::model::vae::Vae;
 use crate::probe::{Policy, Probe, ProbeError};
 use crate::sampling::noise::randn;
 use crate::sampling::{
-    AlphasPrecision, DiscreteSchedule, Sampler, SamplerKind, SamplerSpec, SamplingError,
-    SdtraceNoise, UNetDenoiser,
+    AlphasPrecision, DiscreteSchedule, KarrasBounds, Sampler, SamplerKind, SamplerSpec,
+    SamplingError, SdtraceNoise, UNetDenoiser,
 };
 use crate::text::{PromptSyntax, TextError, tokenize_prompt};
 use crate::trace::{
@@ -235,6 +235,25 @@ pub struct RecordSpec {
     pub max_trace_size: u64,
     /// Single-file checkpoints: prediction type, expected hash, tokenizer, unknown keys.
     pub model_options: model::ModelOptions,
+    /// What the webui did differently (recorded in the header), and the VRAM budget
+    /// `split:auto` plans for.
+    pub a1111: A1111Options,
+}
+
+/// AUTOMATIC1111 compatibility switches.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct A1111Options {
+    /// ᾱ stored in fp16, as the webui did before 1.8 (σ_min/σ_max and every σ shift).
+    pub alphas_fp16: bool,
+    /// Karras σ bounds (0.1, 10), as the webui used before 2023-01-05.
+    pub old_karras: bool,
+    /// How token weights are applied (the webui's "Emphasis mode").
+    pub emphasis: conditioning::Emphasis,
+    /// Free VRAM `--attention split:auto` plans for (Doggettx's query slices).
+    pub vram_budget: Option<u64>,
+    /// The A1111 infotext the settings came from and its account (applied / not applied /
+    /// unknown fields), for the header.
+    pub infotext: Option<serde_json::Value>,
 }
 
 /// What the run will do, as told to the [`Monitor`] before it starts.
@@ -452,8 +471,24 @@ fn settings(
     );
     s.extra.insert(
         "numerics".into(),
-        json!({"gelu": "erf", "attention_dtype": "model dtype, f32 softmax accumulation for 16-bit", "emphasis": "a1111 original (mean restored)", "cond_uncond": "one batch [uncond; cond]; chunk counts padded with empty-prompt chunks"}),
+        json!({"gelu": "erf", "attention_dtype": "model dtype, f32 softmax accumulation for 16-bit", "emphasis": match (spec.syntax, spec.a1111.emphasis) {
+            (PromptSyntax::Plain, _) => "none (plain prompt syntax)",
+            (_, conditioning::Emphasis::Original) => "a1111 original (mean restored)",
+            (_, conditioning::Emphasis::NoNorm) => "a1111 no-norm (no mean restoration)",
+        }, "cond_uncond": "one batch [uncond; cond]; chunk counts padded with empty-prompt chunks"}),
     );
+    s.extra.insert(
+        "a1111".into(),
+        json!({
+            "alphas_cumprod": if spec.a1111.alphas_fp16 { "fp16 (webui before 1.8)" } else { "fp32" },
+            "karras_bounds": if spec.a1111.old_karras { "old (0.1, 10): webui before 2023-01-05" } else { "the model's" },
+            "emphasis": spec.a1111.emphasis.name(),
+            "vram_budget_bytes": spec.a1111.vram_budget,
+        }),
+    );
+    if let Some(info) = &spec.a1111.infotext {
+        s.extra.insert("infotext".into(), info.clone());
+    }
     Ok(s)
 }
 
@@ -575,7 +610,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
             "--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into(),
         ));
     }
-    let attention = AttentionImpl::parse(&spec.attention, None)?;
+    let attention = AttentionImpl::parse(&spec.attention, spec.a1111.vram_budget)?;
     let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
     let (tokenizer, tokenizer_origin) = files.tokenizer(&spec.model_options)?;
     if spec.clip_skip as usize > files.clip_config().num_hidden_layers {
@@ -598,7 +633,15 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     let (unet, clip, vae) = files.load(spec.dtype, &device, Numerics::PYTORCH, attention)?;
     let mut sampler_spec = SamplerSpec::new(spec.sampler, spec.steps, spec.cfg_scale);
     sampler_spec.prediction = files.unet_config().prediction;
-    let sampler = Sampler::new(sampler_spec, &DiscreteSchedule::sd(AlphasPrecision::F32))?;
+    if spec.a1111.old_karras {
+        sampler_spec.karras = KarrasBounds::Old;
+    }
+    let precision = if spec.a1111.alphas_fp16 {
+        AlphasPrecision::F16
+    } else {
+        AlphasPrecision::F32
+    };
+    let sampler = Sampler::new(sampler_spec, &DiscreteSchedule::sd(precision))?;
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
     let attention_plan = unet.attention_plan(2, lh, lw, tokens)?;
 
@@ -618,10 +661,19 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         json!(
             attention_plan
                 .iter()
-                .map(|(k, c)| (
-                    k.clone(),
-                    json!({"rows": c.rows, "queries": c.queries, "keys": c.keys})
-                ))
+                .map(|(k, c)| {
+                    // Queries per call: self-attention's keys are its queries.
+                    let self_key = k.replace(".attn2", ".attn1");
+                    let queries = attention_plan
+                        .iter()
+                        .find(|(k2, _)| *k2 == self_key)
+                        .map_or(c.queries, |(_, a)| a.keys);
+                    (
+                        k.clone(),
+                        json!({"rows": c.rows, "queries": c.queries, "keys": c.keys,
+                               "query_slices": queries.div_ceil(c.queries.max(1))}),
+                    )
+                })
                 .collect::<serde_json::Map<_, _>>()
         ),
     );
@@ -781,7 +833,7 @@ fn run(
 
     monitor.stage("text");
     check_stop(monitor, 0)?;
-    let weighted = spec.syntax == PromptSyntax::A1111;
+    let weighted = (spec.syntax == PromptSyntax::A1111).then_some(spec.a1111.emphasis);
     let skip = spec.clip_skip as usize;
     let (uncond, next) = conditioning::encode(
         m.clip,
