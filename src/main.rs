@@ -70,6 +70,10 @@ enum Command {
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
     #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]
     Record(cli::record::RecordArgs),
+    /// Record the same generation at a series of sizes, one trace per size in one folder (the
+    /// original report's experiment; compare two folders with report --matrix)
+    #[command(after_help = cli::sweep::SWEEP_HELP, args_override_self = true)]
+    Sweep(cli::sweep::SweepArgs),
     /// Write a deterministic random-weight model in the diffusers folder layout, or as one
     /// single-file LDM checkpoint (tests, demos, benchmarks; no download)
     #[command(after_help = EXIT_CODES)]
@@ -161,6 +165,10 @@ enum Command {
         /// Worker threads for payload comparison (0: one per core)
         #[arg(long, value_name = "N", default_value_t = 0)]
         threads: usize,
+        /// A and B are folders of traces (sdtrace sweep -o DIR): compare them size by size and
+        /// print the size × verdict table (text, json or markdown)
+        #[arg(long, conflicts_with_all = ["from", "save", "noise_floor"])]
+        matrix: bool,
     },
 }
 
@@ -180,6 +188,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Record(args) = &cli.command {
         cli::record::configure_threads(args);
+    }
+    if let Command::Sweep(args) = &cli.command {
+        cli::record::configure_threads(args.record());
     }
     match run(cli) {
         Ok(code) => code,
@@ -205,6 +216,7 @@ fn json_text(v: &serde_json::Value) -> String {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Record(args) => cli::record::run(args),
+        Command::Sweep(args) => cli::sweep::run(args),
         Command::Info {
             trace,
             verify,
@@ -281,6 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             save,
             from,
             threads,
+            matrix,
         } => {
             let mut tols = TolConfig {
                 global: tol.map(|t| TolSpec::parse(&t, "--tol")).transpose()?,
@@ -292,6 +305,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             for t in &tol_key {
                 tols.push_key_override(t)?;
+            }
+            if matrix {
+                let (Some(a), Some(b)) = (&a, &b) else {
+                    bail!("report --matrix needs two folders: DIR_A DIR_B");
+                };
+                let opts = CompareOptions {
+                    map: map
+                        .as_deref()
+                        .map(KeyMap::load)
+                        .transpose()?
+                        .unwrap_or_default(),
+                    tol: tols.clone(),
+                    threads,
+                };
+                let m = sdtrace::report::matrix::matrix(a, b, &opts, &tols, fail_on)?;
+                let text = match format {
+                    Format::Text => sdtrace::report::matrix::render_matrix_text(&m),
+                    Format::Json => sdtrace::report::matrix::render_matrix_json(&m),
+                    Format::Markdown => sdtrace::report::matrix::render_matrix_markdown(&m),
+                    _ => bail!("report --matrix writes text, json or markdown"),
+                };
+                match &output {
+                    Some(path) => write_atomic(path, text.as_bytes())
+                        .with_context(|| format!("-o {}", path.display()))?,
+                    None => emit(&text)?,
+                }
+                return Ok(ExitCode::from(m.exit_code));
             }
             let comparison = match (&from, &a, &b) {
                 (Some(f), _, _) => Comparison::load(f)?,

@@ -36,7 +36,7 @@ Exit codes:
   130 a second Ctrl-C: quit at once (the trace is readable up to the last step)";
 
 /// Flags of `sdtrace record`.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct RecordArgs {
     /// Model: a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a
     /// single-file LDM checkpoint (.safetensors, as A1111 loads; .ckpt pickles are refused)
@@ -346,6 +346,18 @@ impl Monitor for Terminal {
     }
 }
 
+/// The process's stop flag, set by the first Ctrl-C. The handler is installed once, so the runs
+/// of a sweep share it (and a sweep sees it to stop between runs).
+pub fn stop_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        install_ctrl_c(flag.clone());
+        flag
+    })
+    .clone()
+}
+
 /// First Ctrl-C: finish the current step and close the trace. Second: stop at once (the
 /// trace is then recoverable but unfinished).
 fn install_ctrl_c(stop: Arc<AtomicBool>) {
@@ -496,8 +508,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             infotext: infotext_json,
         },
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    install_ctrl_c(stop.clone());
+    let stop = stop_flag();
     let mut term = Terminal {
         tty: std::io::stderr().is_terminal(),
         quiet: args.quiet,
@@ -581,4 +592,39 @@ fn write_png(path: &Path, shape: &[usize], data: &[f32], header: &RunHeader) -> 
     let png = encode_png(w, h, &rgb, &[("parameters", text.as_str())])
         .with_context(|| format!("encoding {}", path.display()))?;
     sdtrace::export::write_atomic(path, &png).with_context(|| format!("--png {}", path.display()))
+}
+
+impl RecordArgs {
+    /// One run per size for `sdtrace sweep`: `output` is the folder; each run writes
+    /// `W x H.sdt` (and its PNG) there, with one seed for all (a random one picked once when
+    /// neither a flag nor the infotext gives it).
+    pub fn sweep_runs(&self, sizes: &[(u32, u32)]) -> Result<Vec<RecordArgs>> {
+        if self.size.is_some() {
+            bail!("sweep sets the image size itself: give --sizes, not --size");
+        }
+        if self.png.is_some() {
+            bail!("sweep names each PNG after its trace: leave out --png (or pass --no-png)");
+        }
+        let mut seed = self.seed;
+        if seed.is_none() || seed == Some(-1) {
+            let from_infotext = infotext_of(self)?.and_then(|(_, _, s)| s.seed);
+            if from_infotext.is_none() || seed == Some(-1) {
+                seed = Some(seed_of(-1)? as i64);
+            }
+        }
+        Ok(sizes
+            .iter()
+            .map(|&(w, h)| RecordArgs {
+                size: Some((w, h)),
+                seed,
+                output: self.output.join(format!("{w}x{h}.sdt")),
+                ..self.clone()
+            })
+            .collect())
+    }
+
+    /// The trace this run writes.
+    pub fn output(&self) -> &Path {
+        &self.output
+    }
 }

@@ -11,6 +11,7 @@
 mod html;
 mod junit;
 mod markdown;
+pub mod matrix;
 mod text;
 
 pub use html::render_html;
