@@ -372,3 +372,77 @@ fn a1111_switches_change_the_run_and_are_recorded() {
     // Weights of 1 everywhere: no-norm and original agree.
     assert_eq!(hash(&plain, "text.uncond"), hash(&old, "text.uncond"));
 }
+
+#[test]
+fn a1111_batching_follows_the_webui() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "red house, ".repeat(40);
+    let run = |prompt: &str, extra: &[&str], name: &str| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "--size",
+            "64x64",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--no-png",
+            "-q",
+            "--negative",
+            "blurry",
+            "--prompt",
+            prompt,
+        ];
+        args.extend(extra);
+        let (c, err) = record(&args, &out);
+        assert_eq!(c, 0, "{err}");
+        TraceReader::open(&out).unwrap()
+    };
+    let meta = |r: &TraceReader, key: &str, step: Option<u32>, eval: u32| {
+        r.read_meta(
+            r.find(key, step, eval)
+                .unwrap_or_else(|| panic!("{key} {eval}")),
+        )
+        .unwrap()
+    };
+    // Equal token counts: one batch either way, in the other order; the same results.
+    let ours = run("a (red:1.2) house", &[], "a.sdt");
+    let webui = run("a (red:1.2) house", &["--a1111-cond-uncond"], "b.sdt");
+    for key in ["sampler.eps.cond", "sampler.eps.uncond", "sampler.denoised"] {
+        assert_eq!(
+            meta(&ours, key, Some(1), 0).summary.bits_hash,
+            meta(&webui, key, Some(1), 0).summary.bits_hash,
+            "{key}"
+        );
+    }
+    assert_eq!(
+        meta(&webui, "unet.conv_out", Some(0), 0).shape,
+        [2, 4, 8, 8]
+    );
+    assert!(
+        webui.header().settings.extra["numerics"]["cond_uncond"]
+            .as_str()
+            .unwrap()
+            .starts_with("a1111")
+    );
+    // A prompt of two chunks and a negative of one: the webui's two calls, no padding.
+    let split = run(&long, &["--a1111-cond-uncond"], "c.sdt");
+    assert_eq!(meta(&split, "text.cond", None, 0).shape, [1, 154, 32]);
+    assert_eq!(meta(&split, "text.uncond", None, 0).shape, [1, 77, 32]);
+    for eval in [0, 1] {
+        assert_eq!(
+            meta(&split, "unet.conv_out", Some(1), eval).shape,
+            [1, 4, 8, 8]
+        );
+    }
+    let tokens = &split.header().settings.extra["tokens"];
+    assert_eq!(tokens["uncond"]["padding_chunks"], 0);
+    assert_eq!(tokens["cond"]["chunks"], 2);
+    // sdtrace's default pads the negative prompt with an empty chunk instead.
+    let padded = run(&long, &[], "d.sdt");
+    assert_eq!(meta(&padded, "text.uncond", None, 0).shape, [1, 154, 32]);
+    assert_eq!(
+        padded.header().settings.extra["tokens"]["uncond"]["padding_chunks"],
+        1
+    );
+}

@@ -137,6 +137,10 @@ pub struct RecordArgs {
     /// A1111 before 2023-01-05: Karras σ bounds (0.1, 10) instead of the model's
     #[arg(long)]
     a1111_old_karras: bool,
+    /// A1111's CFG batching: [cond; uncond] in one call when the prompts have the same token
+    /// count, else two calls (cond, then uncond) without padding the shorter prompt
+    #[arg(long)]
+    a1111_cond_uncond: bool,
     /// A1111's emphasis mode: original (weights, then the mean restored) or no-norm
     #[arg(long, value_name = "MODE", default_value = "original")]
     emphasis: sdtrace::pipeline::conditioning::Emphasis,
@@ -506,6 +510,11 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             emphasis: args.emphasis,
             vram_budget: args.vram_budget,
             infotext: infotext_json,
+            batching: if args.a1111_cond_uncond {
+                sdtrace::sampling::Batching::A1111
+            } else {
+                sdtrace::sampling::Batching::UncondFirst
+            },
         },
     };
     let stop = stop_flag();

@@ -27,7 +27,7 @@ use crate::model::vae::Vae;
 use crate::probe::{Policy, Probe, ProbeError};
 use crate::sampling::noise::randn;
 use crate::sampling::{
-    AlphasPrecision, DiscreteSchedule, KarrasBounds, Sampler, SamplerKind, SamplerSpec,
+    AlphasPrecision, Batching, DiscreteSchedule, KarrasBounds, Sampler, SamplerKind, SamplerSpec,
     SamplingError, SdtraceNoise, UNetDenoiser,
 };
 use crate::text::{PromptSyntax, TextError, tokenize_prompt};
@@ -251,6 +251,9 @@ pub struct A1111Options {
     pub emphasis: conditioning::Emphasis,
     /// Free VRAM `--attention split:auto` plans for (Doggettx's query slices).
     pub vram_budget: Option<u64>,
+    /// How cond and uncond go through the UNet (the webui: [cond; uncond], separate calls
+    /// when their token counts differ).
+    pub batching: Batching,
     /// The A1111 infotext the settings came from and its account (applied / not applied /
     /// unknown fields), for the header.
     pub infotext: Option<serde_json::Value>,
@@ -475,7 +478,7 @@ fn settings(
             (PromptSyntax::Plain, _) => "none (plain prompt syntax)",
             (_, conditioning::Emphasis::Original) => "a1111 original (mean restored)",
             (_, conditioning::Emphasis::NoNorm) => "a1111 no-norm (no mean restoration)",
-        }, "cond_uncond": "one batch [uncond; cond]; chunk counts padded with empty-prompt chunks"}),
+        }, "cond_uncond": spec.a1111.batching.describe()}),
     );
     s.extra.insert(
         "a1111".into(),
@@ -483,6 +486,10 @@ fn settings(
             "alphas_cumprod": if spec.a1111.alphas_fp16 { "fp16 (webui before 1.8)" } else { "fp32" },
             "karras_bounds": if spec.a1111.old_karras { "old (0.1, 10): webui before 2023-01-05" } else { "the model's" },
             "emphasis": spec.a1111.emphasis.name(),
+            "cond_uncond": match spec.a1111.batching {
+                Batching::UncondFirst => "sdtrace ([uncond; cond], padded)",
+                Batching::A1111 => "webui ([cond; uncond], separate calls when token counts differ)",
+            },
             "vram_budget_bytes": spec.a1111.vram_budget,
         }),
     );
@@ -518,7 +525,7 @@ fn planned_records(
     spec: &RecordSpec,
     clip: &ClipConfig,
     text_calls: usize,
-    tokens: usize,
+    (tokens_u, tokens): (usize, usize),
 ) -> (Vec<PlannedRecord>, usize) {
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
     let latent = vec![1, 4, lh, lw];
@@ -547,17 +554,24 @@ fn planned_records(
             dtype: model_dtype,
         });
     }
-    for key in ["text.uncond", "text.cond"] {
+    for (key, n) in [("text.uncond", tokens_u), ("text.cond", tokens)] {
         out.push(PlannedRecord {
             key: key.into(),
             step: None,
-            shape: vec![1, tokens, clip.hidden_size],
+            shape: vec![1, n, clip.hidden_size],
             dtype: model_dtype,
         });
     }
     out.push(f32r("noise.initial", None, latent.clone()));
-    let points: Vec<PlannedRecord> = unet
-        .probe_points(2, lh, lw, tokens)
+    // One batched call, or the webui's two calls when the token counts differ.
+    let calls = if tokens_u == tokens {
+        unet.probe_points(2, lh, lw, tokens)
+    } else {
+        let mut both = unet.probe_points(1, lh, lw, tokens);
+        both.extend(unet.probe_points(1, lh, lw, tokens_u));
+        both
+    };
+    let points: Vec<PlannedRecord> = calls
         .into_iter()
         .map(|(key, shape)| PlannedRecord {
             key,
@@ -626,9 +640,14 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     let empty_chunk = empty.chunks.first().cloned().ok_or_else(|| {
         PipelineError::Conditioning("the empty prompt gave no token chunk".into())
     })?;
-    let (pad_u, pad_c) =
-        conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk);
+    let a1111_batching = spec.a1111.batching == Batching::A1111;
+    let (pad_u, pad_c) = if a1111_batching {
+        (0, 0)
+    } else {
+        conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk)
+    };
     let tokens = 77 * cond_tokens.chunks.len();
+    let tokens_u = 77 * uncond_tokens.chunks.len();
 
     let (unet, clip, vae) = files.load(spec.dtype, &device, Numerics::PYTORCH, attention)?;
     let mut sampler_spec = SamplerSpec::new(spec.sampler, spec.steps, spec.cfg_scale);
@@ -643,7 +662,12 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     };
     let sampler = Sampler::new(sampler_spec, &DiscreteSchedule::sd(precision))?;
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
-    let attention_plan = unet.attention_plan(2, lh, lw, tokens)?;
+    // The webui's separate calls (token counts differ) run batches of one.
+    let plan_batch = if tokens_u == tokens { 2 } else { 1 };
+    let attention_plan = unet.attention_plan(plan_batch, lh, lw, tokens)?;
+    if tokens_u != tokens {
+        unet.attention_plan(1, lh, lw, tokens_u)?;
+    }
 
     // Header.
     let mut settings = settings(spec, &files, &tokenizer_origin, &attention)?;
@@ -690,7 +714,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         spec,
         files.clip_config(),
         text_calls,
-        tokens,
+        (tokens_u, tokens),
     );
     let est = estimate::estimate(&records, &spec.policy);
     let free = free_disk(out);
@@ -863,7 +887,10 @@ fn run(
     }
 
     monitor.stage("sampling");
-    let mut denoiser = UNetDenoiser::new(m.unet, &uncond, &cond, probe)?;
+    let mut denoiser = match spec.a1111.batching {
+        Batching::UncondFirst => UNetDenoiser::new(m.unet, &uncond, &cond, probe)?,
+        Batching::A1111 => UNetDenoiser::a1111(m.unet, &uncond, &cond, probe)?,
+    };
     let n = sampler.timesteps().len() as u32;
     let mut t0 = Instant::now();
     let latent = sampler.sample_with(&mut denoiser, &noise, rng, probe, &mut |i| {

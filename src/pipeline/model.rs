@@ -49,6 +49,36 @@ pub fn parse_prediction(s: &str) -> std::result::Result<Prediction, String> {
     }
 }
 
+/// The file's hashes, computed once per process for an unchanged file (a sweep opens the same
+/// checkpoint for every size; hashing SD 1.5 takes seconds).
+fn cached_hashes(path: &Path) -> Result<ModelHashes> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    static CACHE: Mutex<Option<HashMap<Key, ModelHashes>>> = Mutex::new(None);
+    let meta = std::fs::metadata(path).map_err(|source| crate::model::ModelError::Io {
+        path: path.to_path_buf(),
+        op: "cannot read",
+        source,
+    })?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Some(h) = CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+    {
+        return Ok(h.clone());
+    }
+    let h = hash_file(path).map_err(crate::model::ModelError::from)?;
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, h.clone());
+    Ok(h)
+}
+
 /// A single-file checkpoint, checked.
 pub(super) struct FileModel {
     ckpt: Arc<Checkpoint>,
@@ -85,7 +115,7 @@ impl ModelSource {
                 what: "does not exist (give a diffusers folder or a single-file .safetensors checkpoint)".into(),
             });
         }
-        let hashes = hash_file(path).map_err(crate::model::ModelError::from)?;
+        let hashes = cached_hashes(path)?;
         if let Some(expected) = &opts.expect_hash {
             hashes
                 .check(expected, path)

@@ -45,11 +45,41 @@ pub fn cfg_combine(uncond: &Tensor, cond: &Tensor, scale: f64) -> Result<Tensor>
     Ok((uncond + ((cond - uncond)? * scale)?)?)
 }
 
-/// Our UNet as a [`Denoiser`]: text embeddings for [uncond; cond] batched along dimension 0.
+/// How the unconditional and conditional halves go through the UNet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Batching {
+    /// One call on [uncond; cond] (prompts padded to equal token counts beforehand).
+    #[default]
+    UncondFirst,
+    /// The webui's `CFGDenoiser`: one call on [cond; uncond] when both prompts have the same
+    /// number of tokens; otherwise two calls, the conditional first (probe eval 0), then the
+    /// unconditional (eval 1). The batch size and token count of every GEMM follow the webui.
+    A1111,
+}
+
+impl Batching {
+    /// How it is described in the run header.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Batching::UncondFirst => {
+                "one batch [uncond; cond]; chunk counts padded with empty-prompt chunks"
+            }
+            Batching::A1111 => {
+                "a1111: one batch [cond; uncond] when the token counts match, else two calls (cond as eval 0, uncond as eval 1), no padding"
+            }
+        }
+    }
+}
+
+/// Our UNet as a [`Denoiser`]: text embeddings for [uncond; cond] batched along dimension 0, or
+/// as the webui batches them ([`Batching`]).
 pub struct UNetDenoiser<'a> {
     unet: &'a UNet,
     context: Tensor,
     probe: &'a Probe,
+    batching: Batching,
+    /// The webui's separate calls: (cond, uncond) embeddings of different token counts.
+    separate: Option<(Tensor, Tensor)>,
 }
 
 impl<'a> UNetDenoiser<'a> {
@@ -67,13 +97,51 @@ impl<'a> UNetDenoiser<'a> {
             unet,
             context: Tensor::cat(&[uncond, cond], 0)?,
             probe,
+            batching: Batching::UncondFirst,
+            separate: None,
+        })
+    }
+
+    /// As the webui's `CFGDenoiser` batches ([`Batching::A1111`]); `uncond` and `cond` are
+    /// [B, tokens, dim] with equal batch and width, token counts may differ.
+    pub fn a1111(unet: &'a UNet, uncond: &Tensor, cond: &Tensor, probe: &'a Probe) -> Result<Self> {
+        let (du, dc) = (uncond.dims(), cond.dims());
+        if uncond.rank() != 3 || cond.rank() != 3 || du[0] != dc[0] || du[2] != dc[2] {
+            return Err(SamplingError::BadConditioning(format!(
+                "uncond {du:?} and cond {dc:?} must be [batch, tokens, dim] of equal batch and width"
+            )));
+        }
+        let equal = du == dc;
+        Ok(UNetDenoiser {
+            unet,
+            context: if equal {
+                Tensor::cat(&[cond, uncond], 0)?
+            } else {
+                cond.clone()
+            },
+            probe,
+            batching: Batching::A1111,
+            separate: (!equal).then(|| (cond.clone(), uncond.clone())),
         })
     }
 }
 
 impl Denoiser for UNetDenoiser<'_> {
-    fn eps(&mut self, x_in: &Tensor, t: f64, _step: u32) -> Result<(Tensor, Tensor)> {
+    fn eps(&mut self, x_in: &Tensor, t: f64, step: u32) -> Result<(Tensor, Tensor)> {
         let b = x_in.dim(0)?;
+        if let Some((cond, uncond)) = &self.separate {
+            if b != cond.dim(0)? {
+                return Err(SamplingError::BadConditioning(format!(
+                    "latent batch {b} needs {b} uncond and {b} cond embeddings, have {}",
+                    cond.dim(0)?
+                )));
+            }
+            let c = self.unet.forward(x_in, t, cond, self.probe)?;
+            self.probe.set_step(Some(step), 1)?;
+            let u = self.unet.forward(x_in, t, uncond, self.probe);
+            self.probe.set_step(Some(step), 0)?;
+            return Ok((u?, c));
+        }
         if 2 * b != self.context.dim(0)? {
             return Err(SamplingError::BadConditioning(format!(
                 "latent batch {b} needs {b} uncond and {b} cond embeddings, have {} in all",
@@ -82,7 +150,11 @@ impl Denoiser for UNetDenoiser<'_> {
         }
         let batch = Tensor::cat(&[x_in, x_in], 0)?;
         let out = self.unet.forward(&batch, t, &self.context, self.probe)?;
-        Ok((out.narrow(0, 0, b)?, out.narrow(0, b, b)?))
+        let (first, second) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
+        Ok(match self.batching {
+            Batching::UncondFirst => (first, second),
+            Batching::A1111 => (second, first),
+        })
     }
 }
 

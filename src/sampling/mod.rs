@@ -14,7 +14,7 @@ pub mod noise;
 pub mod sampler;
 pub mod schedule;
 
-pub use denoiser::{Denoiser, UNetDenoiser};
+pub use denoiser::{Batching, Denoiser, UNetDenoiser};
 pub use noise::{NoiseSource, SdtraceNoise};
 pub use sampler::{Sampler, SamplerKind, SamplerSpec};
 pub use schedule::{AlphasPrecision, DiscreteSchedule, KarrasBounds};
