@@ -14,9 +14,11 @@
 //! piece's UTF-8 bytes through the byte table; run BPE (the last symbol carries `</w>`; each
 //! round merges every left-to-right occurrence of the lowest-ranked pair).
 //!
-//! Not reproduced: `ftfy.fix_text` (mojibake repair, which A1111's environment and OpenAI's
-//! tokenizer apply before everything else; it changes only damaged or unusual text — curly
-//! quotes and ordinary accents pass through), the HTML5 named entities beyond the five above,
+//! `ftfy.fix_text`, which A1111's environment and OpenAI's tokenizer apply before everything
+//! else, is reproduced in its commonest, table-free parts ([`ftfy_fixes`]): terminal escapes
+//! and control characters removed, Latin ligatures spelled out, fullwidth ASCII made ASCII, curly
+//! quotes straightened. Not reproduced: its mojibake repair, halfwidth katakana, NFC
+//! composition (rare in typed prompts), the HTML5 named entities beyond the five above,
 //! and HF's fallback `BasicTokenizer` path taken when ftfy is not installed. HF's tokenizer
 //! (A1111 on SD 1.x, diffusers) has no `html.unescape` of its own and relies on ftfy's
 //! conditional entity decoding; OpenAI's (A1111 on SD 2.x, through open_clip) unescapes twice,
@@ -204,11 +206,91 @@ fn numeric_charref(n: u32) -> String {
     }
 }
 
-/// CLIP's text normalisation (without ftfy): HTML-unescape twice, strip, collapse whitespace
+/// The parts of `ftfy.fix_text` (default settings) that need no tables, in ftfy's order:
+/// terminal escapes (`ESC [ digits/; letter`) removed; control characters removed (U+0000–0008,
+/// 000B, 000E–001F, 007F, 206A–206F, FEFF, FFF9–FFFC, 1D173–1D17A, E0000–E007F); Latin
+/// ligatures spelled out (`ﬁ` → `fi`, `Ĳ` → `IJ`, `ŉ` → `ʼn`, …); fullwidth ASCII U+FF01–FF5E and
+/// the ideographic space made ASCII; curly single quotes (U+02BC, U+2018–201B) → `'` and double
+/// quotes (U+201C–201F) → `"`.
+pub fn ftfy_fixes(text: &str) -> String {
+    const LIGATURES: [(char, &str); 22] = [
+        ('Ĳ', "IJ"),
+        ('ĳ', "ij"),
+        ('ŉ', "ʼn"),
+        ('Ǳ', "DZ"),
+        ('ǲ', "Dz"),
+        ('ǳ', "dz"),
+        ('Ǆ', "DŽ"),
+        ('ǅ', "Dž"),
+        ('ǆ', "dž"),
+        ('Ǉ', "LJ"),
+        ('ǈ', "Lj"),
+        ('ǉ', "lj"),
+        ('Ǌ', "NJ"),
+        ('ǋ', "Nj"),
+        ('ǌ', "nj"),
+        ('ﬀ', "ff"),
+        ('ﬁ', "fi"),
+        ('ﬂ', "fl"),
+        ('ﬃ', "ffi"),
+        ('ﬄ', "ffl"),
+        ('ﬅ', "ſt"),
+        ('ﬆ', "st"),
+    ];
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        // ESC [ (digits | ;)* letter
+        if c == '\u{1b}' && chars.get(i + 1) == Some(&'[') {
+            let mut j = i + 2;
+            while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == ';') {
+                j += 1;
+            }
+            if j < chars.len() && chars[j].is_ascii_alphabetic() {
+                i = j + 1;
+                continue;
+            }
+        }
+        i += 1;
+        let control = matches!(
+            c as u32,
+            0x00..=0x08
+                | 0x0B
+                | 0x0E..=0x1F
+                | 0x7F
+                | 0x206A..=0x206F
+                | 0xFEFF
+                | 0xFFF9..=0xFFFC
+                | 0x1D173..=0x1D17A
+                | 0xE0000..=0xE007F
+        );
+        if control {
+            continue;
+        }
+        if let Some((_, s)) = LIGATURES.iter().find(|(l, _)| *l == c) {
+            for d in s.chars() {
+                out.push(if d == 'ʼ' { '\'' } else { d });
+            }
+            continue;
+        }
+        out.push(match c as u32 {
+            0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            0x3000 => ' ',
+            0x02BC | 0x2018..=0x201B => '\'',
+            0x201C..=0x201F => '"',
+            _ => c,
+        });
+    }
+    out
+}
+
+/// CLIP's text normalisation: [`ftfy_fixes`], HTML-unescape twice, strip, collapse whitespace
 /// runs to one space, strip, lowercase. As in the Python (`str.strip` but the `regex`
 /// module's `\s`), U+001C–U+001F are stripped at the ends but are not whitespace inside.
 pub fn normalize(text: &str) -> String {
-    let text = html_unescape(&html_unescape(text));
+    let text = html_unescape(&html_unescape(&ftfy_fixes(text)));
     let mut out = String::with_capacity(text.len());
     let mut in_space = false;
     for c in text.trim_matches(py_space).chars() {

@@ -36,6 +36,12 @@ prompts = [
     "numbers 0 1 2 3 10 100 1000 3.14159 -42 +7 1e10",
     "tabs\tbetween\twords",
     "ÀÉÎÕÜ ß ẞ Σίσυφος",
+    # What ftfy.fix_text changes (and sdtrace reproduces): quotes, ligatures, fullwidth forms,
+    # terminal escapes, control characters.
+    "don’t ‘single’ “double” „low‟ ʼs",
+    "ﬁne ﬂower ﬀ ﬃ ﬄ ﬅ ﬆ Ĳ ĳ ŉ ǅ",
+    "ＡＢＣ　ｆｕｌｌｗｉｄｔｈ！ １２３",
+    "\x1b[31mred\x1b[0m text\x00with\x7fcontrols\ufeff",
 ]
 out = [{"text": p, "ids": tok.encode(p)} for p in prompts]
 json.dump({"source": "open_clip_torch 3.3.0 SimpleTokenizer (OpenAI CLIP BPE, bpe_simple_vocab_16e6.txt.gz sha256 924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a), encode() without special tokens, ftfy " + __import__("ftfy").__version__, "cases": out}, open(sys.argv[1], "w"), ensure_ascii=False, indent=1)
