@@ -40,6 +40,10 @@ pub struct InfotextSettings {
     pub clip_skip: Option<u32>,
     /// `Model hash` (8-hex old or 10-hex short SHA-256).
     pub model_hash: Option<String>,
+    /// `Emphasis` (webui 1.7+ writes it when not "Original").
+    pub emphasis: Option<crate::pipeline::conditioning::Emphasis>,
+    /// `Downcast alphas_cumprod: True` (webui 1.8+ with the old fp16 schedule).
+    pub alphas_fp16: Option<bool>,
     pub applied: Vec<Field>,
     pub not_applied: Vec<Field>,
     pub unknown: Vec<Field>,
@@ -178,6 +182,21 @@ impl InfotextSettings {
                         continue;
                     }
                 }
+                "Emphasis" => value.trim().parse().ok().map(|e| {
+                    out.emphasis = Some(e);
+                    format!("--emphasis {}", e.name())
+                }),
+                "Downcast alphas_cumprod" => match value.trim() {
+                    "True" => {
+                        out.alphas_fp16 = Some(true);
+                        Some("--a1111-alphas-fp16".to_string())
+                    }
+                    "False" => {
+                        out.alphas_fp16 = Some(false);
+                        Some("fp32 alphas_cumprod (the default)".to_string())
+                    }
+                    _ => None,
+                },
                 "Sampler" => continue,
                 _ => None,
             };
@@ -291,6 +310,16 @@ mod tests {
             s.not_applied
         );
         assert!(s.unknown.is_empty());
+        let e = InfotextSettings::parse(
+            "x\nSteps: 2, Sampler: Euler, Emphasis: No norm, Downcast alphas_cumprod: True",
+        )
+        .unwrap();
+        assert_eq!(
+            e.emphasis,
+            Some(crate::pipeline::conditioning::Emphasis::NoNorm)
+        );
+        assert_eq!(e.alphas_fp16, Some(true));
+        assert_eq!(e.applied.len(), 5, "{:?}", e.applied);
         let lines = s.describe();
         assert!(
             lines[0].starts_with("applied: Prompt 'a cat' (--prompt)"),

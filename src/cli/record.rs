@@ -142,8 +142,9 @@ pub struct RecordArgs {
     #[arg(long)]
     a1111_cond_uncond: bool,
     /// A1111's emphasis mode: original (weights, then the mean restored) or no-norm
-    #[arg(long, value_name = "MODE", default_value = "original")]
-    emphasis: sdtrace::pipeline::conditioning::Emphasis,
+    /// [default: original]
+    #[arg(long, value_name = "MODE")]
+    emphasis: Option<sdtrace::pipeline::conditioning::Emphasis>,
     /// Free VRAM that --attention split:auto plans for, as a card of that size would (e.g. 5GiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes_arg)]
     vram_budget: Option<u64>,
@@ -406,6 +407,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             (args.size.is_some(), "Size", "--size"),
             (args.clip_skip.is_some(), "Clip skip", "--clip-skip"),
             (args.expect_hash.is_some(), "Model hash", "--expect-hash"),
+            (args.emphasis.is_some(), "Emphasis", "--emphasis"),
         ] {
             if given {
                 parsed.overridden(key, flag);
@@ -505,9 +507,12 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             ignore_unknown_keys: args.ignore_unknown_keys,
         },
         a1111: sdtrace::pipeline::A1111Options {
-            alphas_fp16: args.a1111_alphas_fp16,
+            alphas_fp16: args.a1111_alphas_fp16 || from.and_then(|s| s.alphas_fp16) == Some(true),
             old_karras: args.a1111_old_karras,
-            emphasis: args.emphasis,
+            emphasis: args
+                .emphasis
+                .or(from.and_then(|s| s.emphasis))
+                .unwrap_or_default(),
             vram_budget: args.vram_budget,
             infotext: infotext_json,
             batching: if args.a1111_cond_uncond {
