@@ -333,9 +333,10 @@ mod tests {
         names.sort_by_key(|n| order(n));
         assert_eq!(
             names,
+            // 327 680 < 331 776 < 393 216 pixels.
             [
-                "576x576.sdt",
                 "640x512.sdt",
+                "576x576.sdt",
                 "512x768.sdt",
                 "1024x1024.sdt",
                 "b.sdt"
