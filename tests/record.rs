@@ -106,6 +106,10 @@ fn a_recording_holds_the_whole_run() {
     }
     assert!(s.model_hashes.contains_key("unet_xxh3"));
     assert!(r.header().device.compute_threads.is_some());
+    let (c, err) = run(&["--no-png", "--threads", "1"], &dir.path().join("t1.sdt"));
+    assert_eq!(c, 0, "{err}");
+    let t1 = TraceReader::open(dir.path().join("t1.sdt")).unwrap();
+    assert_eq!(t1.header().device.compute_threads, Some(1));
     // The PNG with A1111 parameters.
     let png = std::fs::read(dir.path().join("run.png")).unwrap();
     let text = sdtrace::image::png_text(&png).unwrap();
@@ -249,7 +253,7 @@ fn report_localises_planted_perturbations() {
         assert_eq!(loc["first_over_tolerance"], label, "{spec}: {loc}");
         assert_eq!(loc["source"]["label"], label, "{spec}: {loc}");
         if let Some(onset) = loc["amplification"]["onset_step"].as_u64() {
-            assert!(onset >= u64::from(step.unwrap_or(0)), "{spec}: {loc}");
+            assert!(onset >= step.unwrap_or(0) as u64, "{spec}: {loc}");
         }
         assert_eq!(v["verdict"]["class"], class, "{spec}");
     }

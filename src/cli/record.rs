@@ -125,8 +125,12 @@ fn parse_bytes_arg(s: &str) -> Result<u64, String> {
 /// Apply `--threads` before any compute thread pool starts.
 pub fn configure_threads(args: &RecordArgs) {
     if let Some(n) = args.threads {
-        // SAFETY: called at the start of `main`, before any other thread exists.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+        // candle reads both (its barrier pool CANDLE_NUM_THREADS, gemm's rayon pool
+        // RAYON_NUM_THREADS) when its first kernel runs.
+        for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+            // SAFETY: called at the start of `main`, before any other thread exists.
+            unsafe { std::env::set_var(var, n.max(1).to_string()) };
+        }
     }
 }
 
