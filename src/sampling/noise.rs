@@ -26,6 +26,11 @@ pub trait NoiseSource {
     }
     /// Everything needed to reproduce the stream (seed, algorithm parameters).
     fn params(&self) -> Value;
+    /// Check, without drawing, that the next draws of `shapes` will succeed (noise files hold
+    /// a fixed set of tensors; generators always can).
+    fn check_draws(&self, _shapes: &[Vec<usize>]) -> Result<()> {
+        Ok(())
+    }
     /// The next standard normal variates for a tensor of `shape`, row-major.
     fn randn(&mut self, shape: &[usize]) -> Result<Vec<f32>>;
 }

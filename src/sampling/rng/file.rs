@@ -84,9 +84,8 @@ impl FileNoise {
         })
     }
 
-    /// The next draw, checked against `shape`.
-    pub fn take(&mut self, shape: &[usize]) -> Result<Vec<f32>, RngError> {
-        let k = self.next;
+    /// Draw `k` (0 = the initial noise), checked against `shape`.
+    fn stored(&self, k: usize, shape: &[usize]) -> Result<&Stored, RngError> {
         let Some(d) = self.draws.get(k) else {
             let held = self
                 .draws
@@ -97,7 +96,7 @@ impl FileNoise {
             return Err(err(
                 &self.path,
                 format!(
-                    "draw {} of shape {shape:?} was asked for, but the file holds only {held}; an ancestral sampler (euler-a) needs one tensor per step: add sampler.noise.0, sampler.noise.1, ... to a .safetensors file, or use a deterministic sampler",
+                    "draw {} of shape {shape:?} is needed, but the file holds only {held}; an ancestral sampler (euler-a) needs one tensor per step: add sampler.noise.0, sampler.noise.1, ... to a .safetensors file, or use a deterministic sampler",
                     k + 1
                 ),
             ));
@@ -120,8 +119,27 @@ impl FileNoise {
                 ),
             ));
         }
+        Ok(d)
+    }
+
+    /// The next draw, checked against `shape`.
+    pub fn take(&mut self, shape: &[usize]) -> Result<Vec<f32>, RngError> {
+        let data = self.stored(self.next, shape)?.data.clone();
         self.next += 1;
-        Ok(d.data.clone())
+        Ok(data)
+    }
+
+    /// Whether the next draws, of `shapes`, will succeed (checked before a run starts).
+    pub fn check(&self, shapes: &[Vec<usize>]) -> Result<(), RngError> {
+        for (i, shape) in shapes.iter().enumerate() {
+            self.stored(self.next + i, shape)?;
+        }
+        Ok(())
+    }
+
+    /// Draws not taken yet.
+    pub fn remaining(&self) -> usize {
+        self.draws.len().saturating_sub(self.next)
     }
 
     pub fn path(&self) -> &Path {
@@ -319,6 +337,10 @@ mod tests {
         assert_eq!(f.take(&[4, 2, 2]).unwrap(), v);
         let e = f.take(&[1, 4, 2, 2]).unwrap_err().to_string();
         assert!(e.contains("sampler.noise.0") && e.contains("n.npy"), "{e}");
+        let g = FileNoise::open(&npy).unwrap();
+        assert!(g.check(&[vec![1, 4, 2, 2]]).is_ok());
+        assert!(g.check(&[vec![1, 4, 2, 2], vec![1, 4, 2, 2]]).is_err());
+        assert!(g.check(&[vec![1, 4, 2, 3]]).is_err());
 
         let st = dir.path().join("n.safetensors");
         std::fs::write(

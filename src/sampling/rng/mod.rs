@@ -227,6 +227,10 @@ impl NoiseSource for FileNoise {
         FileNoise::params(self)
     }
 
+    fn check_draws(&self, shapes: &[Vec<usize>]) -> Result<()> {
+        Ok(self.check(shapes)?)
+    }
+
     fn randn(&mut self, shape: &[usize]) -> Result<Vec<f32>> {
         Ok(self.take(shape)?)
     }
@@ -304,6 +308,10 @@ impl NoiseSource for RunRng {
 
     fn spec(&self) -> String {
         self.first.spec()
+    }
+
+    fn check_draws(&self, shapes: &[Vec<usize>]) -> Result<()> {
+        self.first.check_draws(shapes)
     }
 
     fn params(&self) -> Value {
