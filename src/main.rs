@@ -70,6 +70,10 @@ enum Command {
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
     #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]
     Record(cli::record::RecordArgs),
+    /// Write the initial latent noise a run would use, or compare generators (GPU cards, CPU)
+    /// size by size, without a model
+    #[command(after_help = cli::noise::NOISE_HELP)]
+    Noise(cli::noise::NoiseArgs),
     /// Write a deterministic random-weight model in the diffusers folder layout (tests, demos,
     /// benchmarks; no download)
     #[command(after_help = EXIT_CODES)]
@@ -198,6 +202,7 @@ fn json_text(v: &serde_json::Value) -> String {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Record(args) => cli::record::run(args),
+        Command::Noise(args) => cli::noise::run(args),
         Command::Info {
             trace,
             verify,

@@ -13,6 +13,7 @@ use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
 use super::metrics::{
     ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics_bytes,
 };
+use super::noise::{NoiseDiagnosis, diagnose, is_noise_key};
 use super::tolerance::TolConfig;
 use super::{AnalysisError, jf64};
 use crate::dtype::DType;
@@ -36,6 +37,9 @@ const IMAGE_LIMIT: u64 = 48 << 20;
 
 /// Most payload-comparison workers.
 const MAX_WORKERS: usize = 16;
+
+/// Noise payloads larger than this (per side) get no noise diagnosis.
+const NOISE_LIMIT: u64 = 64 << 20;
 
 /// What the metrics of a pair were computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +135,10 @@ pub struct PairRecord {
     pub image: Option<ImageMetrics>,
     pub floor: Option<FloorMetrics>,
     pub note: Option<String>,
+    /// For `noise.*` and `sampler.noise` pairs: what kind of difference lies between the two
+    /// noise tensors (both payloads kept, or shapes that differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseDiagnosis>,
 }
 
 impl PairRecord {
@@ -409,6 +417,7 @@ fn measure(
         image: None,
         floor: None,
         note: None,
+        noise: None,
     };
     if ma.shape != mb.shape {
         rec.basis = Basis::None;
@@ -417,6 +426,9 @@ fn measure(
             "shapes differ (A {:?}, B {:?}): only summaries compared",
             ma.shape, mb.shape
         ));
+        if is_noise_key(&key) {
+            rec.noise = Some(diagnose::<f64>(&ma.shape, &[], &mb.shape, &[]));
+        }
         return Ok(rec);
     }
     if rec.bit_identical == Some(true) {
@@ -435,6 +447,24 @@ fn measure(
         rec.abs_error = Some(m.max_abs);
         rec.nonfinite_mismatch = m.nonfinite_mismatch;
         rec.payload = Some(m);
+        if is_noise_key(&key) {
+            let size = ma
+                .payload
+                .map_or(0, |p| p.raw_len)
+                .max(mb.payload.map_or(0, |p| p.raw_len));
+            if size > NOISE_LIMIT {
+                rec.note = Some(format!(
+                    "noise of {size} bytes is over {NOISE_LIMIT} bytes: no noise diagnosis"
+                ));
+            } else if let (Some(pa), Some(pb)) = (ra.read_payload(&ma)?, rb.read_payload(&mb)?) {
+                rec.noise = Some(diagnose(
+                    &ma.shape,
+                    &decode_all(ma.dtype, &pa),
+                    &mb.shape,
+                    &decode_all(mb.dtype, &pb),
+                ));
+            }
+        }
         if key == "image" {
             let size = ma.payload.map_or(0, |p| p.raw_len);
             if size <= IMAGE_LIMIT {

@@ -532,6 +532,18 @@ pub fn judge(c: &Comparison, tol: &TolConfig, fail_on: FailOn) -> Judgement {
     }
 }
 
+/// The first `sampler.noise` pair drawn by a different generator (not mere rounding), when the
+/// initial noise is identical.
+fn ancestral_noise_differs(recs: &[PairRecord]) -> Option<usize> {
+    recs.iter().position(|r| {
+        r.key == "sampler.noise"
+            && r.bit_identical == Some(false)
+            && r.noise
+                .as_ref()
+                .is_none_or(|d| d.class.is_generator_difference())
+    })
+}
+
 fn verdict(
     c: &Comparison,
     out: &[RecordJudgement],
@@ -649,16 +661,20 @@ fn verdict(
                 recs[i].nonfinite_mismatch
             ),
         )
-    } else if let Some(i) = differs("noise.") {
+    } else if let Some(i) = differs("noise.").or_else(|| ancestral_noise_differs(recs)) {
         let r = &recs[i];
-        let hint = match r.payload.as_ref().and_then(|p| p.first_diff_index) {
-            Some(k) if k > 0 => format!(
+        let hint = match (
+            &r.noise,
+            r.payload.as_ref().and_then(|p| p.first_diff_index),
+        ) {
+            (Some(d), _) => format!(" {}", d.summary),
+            (None, Some(k)) if k > 0 => format!(
                 " The first {k} elements are bit-identical and the rest differ: the generator's layout depends on the device (for a GPU Philox grid, SMs × threads/SM = {k})."
             ),
-            Some(_) => {
+            (None, Some(_)) => {
                 " They differ from the first element: a different generator, seed or device.".into()
             }
-            None => String::new(),
+            (None, None) => String::new(),
         };
         let rng: Vec<String> = c
             .header_diffs
@@ -678,11 +694,18 @@ fn verdict(
                 )
             })
             .collect();
+        let what = if r.key.starts_with("noise.") {
+            format!("{} differs, so the runs start from different noise.", r.key)
+        } else {
+            format!(
+                "the ancestral noise {} differs while the initial noise is identical, so the runs part at that step (generator, ENSD or seed of the per-step draws).",
+                r.label()
+            )
+        };
         (
             VerdictClass::NoiseRng,
             format!(
-                "Noise/RNG: {} differs, so the runs start from different noise.{hint}{}",
-                r.key,
+                "Noise/RNG: {what}{hint}{}",
                 if rng.is_empty() {
                     String::new()
                 } else {

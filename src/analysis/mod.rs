@@ -12,6 +12,9 @@
 //!   non-identical record, first record over tolerance, per-record gain and the source record,
 //!   latent amplification onset with its fitted growth rate, the final image difference, and a
 //!   verdict class with an exit code. It reads no file.
+//! - [`noise`] classifies a difference between two noise tensors (identical, rounding, GPU RNG
+//!   wave, unrelated generators, scaling, shapes); `compare` attaches its diagnosis to every
+//!   `noise.*` and `sampler.noise` pair, and `judge` names it in the verdict.
 //!
 //! Invariants: nothing here depends on a tensor library; unmatched and mismatched records are
 //! reported, never dropped silently; no input, however damaged, makes this module panic.
@@ -20,6 +23,7 @@ mod align;
 mod compare;
 mod judge;
 mod metrics;
+pub mod noise;
 mod tolerance;
 
 pub use align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
@@ -34,6 +38,7 @@ pub use judge::{
 pub use metrics::{
     ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics, ulp_bins_p99,
 };
+pub use noise::{NoiseClass, NoiseDiagnosis, diagnose};
 pub use tolerance::{Tol, TolConfig, TolSpec, default_tol};
 
 use std::path::PathBuf;

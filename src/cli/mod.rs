@@ -1,3 +1,4 @@
 //! Subcommands too large for `main.rs`: flags, terminal output and exit codes at the edge.
 
+pub mod noise;
 pub mod record;

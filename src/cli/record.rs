@@ -10,7 +10,7 @@ use sdtrace::pipeline::{
     parse_dtype, parse_size,
 };
 use sdtrace::probe::Policy;
-use sdtrace::sampling::SamplerKind;
+use sdtrace::sampling::{RngSpec, SamplerKind, rng};
 use sdtrace::text::PromptSyntax;
 use sdtrace::trace::{NonFinite, RunHeader, RunStatus};
 use std::io::{IsTerminal, Write};
@@ -61,6 +61,14 @@ pub struct RecordArgs {
     /// Seed (-1: a random one, printed and recorded)
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     seed: i64,
+    /// Noise generator: sdtrace, torch-cpu, torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD
+    /// (e.g. gtx1070, t4), a1111-nv, file:PATH (.npy/.safetensors), device (GPU only)
+    #[arg(long, default_value = "sdtrace", value_name = "RNG", value_parser = rng::parse_flag)]
+    rng: RngSpec,
+    /// A1111's eta noise seed delta: Euler a's per-step noise comes from seed + ENSD (0: the
+    /// generator of the initial noise continues)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    ensd: u64,
     /// Image size WIDTHxHEIGHT, multiples of 8
     #[arg(long, default_value = "512x512", value_parser = parse_size)]
     size: (u32, u32),
@@ -160,7 +168,7 @@ impl Monitor for Terminal {
         }
         let s = &p.header.settings;
         let mut text = format!(
-            "recording {} {}x{}, {} {} steps, cfg {}, seed {}, {} {} on {}\n",
+            "recording {} {}x{}, {} {} steps, cfg {}, seed {} ({}), {} {} on {}\n",
             s.model.as_deref().unwrap_or("?"),
             s.width.unwrap_or(0),
             s.height.unwrap_or(0),
@@ -168,6 +176,7 @@ impl Monitor for Terminal {
             s.steps.unwrap_or(0),
             s.cfg_scale.unwrap_or(0.0),
             s.seed.unwrap_or(0),
+            s.rng.as_deref().unwrap_or("?"),
             s.dtype.as_deref().unwrap_or("?"),
             s.attention.as_deref().unwrap_or("?"),
             p.header.device.device.as_deref().unwrap_or("?"),
@@ -294,6 +303,8 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         sampler: args.sampler,
         cfg_scale: args.cfg,
         seed,
+        rng: args.rng.clone(),
+        ensd: args.ensd,
         width,
         height,
         clip_skip: args.clip_skip,
