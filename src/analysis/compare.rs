@@ -11,7 +11,7 @@
 
 use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
 use super::metrics::{
-    ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics_bytes,
+    ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, decode_all, image_metrics_bytes,
 };
 use super::noise::{NoiseDiagnosis, diagnose, is_noise_key};
 use super::tolerance::TolConfig;
@@ -39,7 +39,7 @@ const IMAGE_LIMIT: u64 = 48 << 20;
 const MAX_WORKERS: usize = 16;
 
 /// Noise payloads larger than this (per side) get no noise diagnosis.
-const NOISE_LIMIT: u64 = 64 << 20;
+const NOISE_LIMIT: u64 = 16 << 20;
 
 /// What the metrics of a pair were computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
