@@ -67,6 +67,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The original report's case in miniature: record emulated GTX 1070 / Tesla T4 runs and an
+    /// f32/f16 pair on a tiny synthetic model (no download), then judge them
+    #[command(after_help = EXIT_CODES)]
+    Demo(cli::demo::DemoArgs),
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
     #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]
     Record(cli::record::RecordArgs),
@@ -202,6 +206,7 @@ fn json_text(v: &serde_json::Value) -> String {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Record(args) => cli::record::run(args),
+        Command::Demo(args) => cli::demo::run(args),
         Command::Noise(args) => cli::noise::run(args),
         Command::Info {
             trace,
