@@ -172,7 +172,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         as_expected &= ok;
         println!("\n{title}: {}", j.verdict.class.name());
         println!("{}", wrap(&j.verdict.summary, 96));
-        println!("  look closer: sdtrace diff {} {}", a.display(), b.display());
+        println!(
+            "  look closer: sdtrace diff {} {}",
+            a.display(),
+            b.display()
+        );
         println!(
             "               sdtrace report {} {} --format html -o report.html",
             a.display(),

@@ -1,5 +1,5 @@
 //! Subcommands too large for `main.rs`: flags, terminal output and exit codes at the edge.
 
-pub mod noise;
 pub mod demo;
+pub mod noise;
 pub mod record;

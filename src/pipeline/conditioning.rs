@@ -62,7 +62,13 @@ fn emphasis(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
         .to_dtype(f32)?;
     let w = Tensor::new(weights, z.device())?.reshape((1, n, 1))?;
     let zw = z.to_dtype(f32)?.broadcast_mul(&w)?;
-    let ratio = (mean0 / zw.mean_all()?)?;
+    // The webui divides unguarded; a mean of exactly 0 (seen with synthetic weights, e.g. the
+    // tiny model's empty prompt) would give NaN everywhere, so the ratio is 1 then.
+    let mean1 = zw.mean_all()?;
+    if mean1.to_scalar::<f32>()? == 0.0 {
+        return Ok(zw);
+    }
+    let ratio = (mean0 / mean1)?;
     Ok(zw.broadcast_mul(&ratio)?)
 }
 

@@ -201,7 +201,7 @@ mod tests {
         let flat = t.split_whitespace().collect::<Vec<_>>().join(" ");
         for want in [
             "verdict: numeric drift — DIVERGES (exit 1)",
-            "Numeric drift from step 1 unet.mid_block.",
+            "Numeric drift (device.device cpu vs cuda:0) from step 1 unet.mid_block.",
             "Error is created at step 1 unet.mid_block: relative L2 1.00e-3 from an identical input, over tolerance.",
             "The latent error grows from step 2 to step 4, ×4.00 per step (R² 1.00).",
             "records   10 paired: 4 identical, 0 pass, 6 FAIL, 0 unknown, 0 not compared; 0 only in A, 1 only in B",
