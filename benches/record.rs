@@ -11,7 +11,7 @@
 use sdtrace::model::synth::{SynthSize, write_model};
 use sdtrace::pipeline::{DeviceChoice, ModelDType, Quiet, RecordSpec, record};
 use sdtrace::probe::Policy;
-use sdtrace::sampling::SamplerKind;
+use sdtrace::sampling::{RngSpec, SamplerKind};
 use sdtrace::text::PromptSyntax;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,6 +31,8 @@ fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
         sampler: SamplerKind::DpmPp2mKarras,
         cfg_scale: 7.0,
         seed: 1,
+        rng: RngSpec::Sdtrace,
+        ensd: 0,
         width: side,
         height: side,
         clip_skip: 1,
