@@ -429,6 +429,22 @@ pub fn amplification(points: &[LatentPoint]) -> Option<Amplification> {
 /// Header fields whose difference changes the numerics, not the inputs.
 const PRECISION_FIELDS: [&str; 3] = ["settings.dtype", "settings.attention", "device.device"];
 
+/// `field A vs B` for each header difference among `fields`.
+fn header_changes(c: &Comparison, fields: &[&str]) -> Vec<String> {
+    c.header_diffs
+        .iter()
+        .filter(|d| fields.contains(&d.field.as_str()))
+        .map(|d| {
+            format!(
+                "{} {} vs {}",
+                d.field,
+                d.a.as_deref().unwrap_or("-"),
+                d.b.as_deref().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
 /// The text conditioning differs because the runs compute in different precisions or on
 /// different devices, with the same prompts: numeric drift, not a conditioning difference.
 fn precision_explains_text(c: &Comparison) -> bool {
@@ -700,24 +716,15 @@ fn verdict(
             }
             (None, None) => String::new(),
         };
-        let rng: Vec<String> = c
-            .header_diffs
-            .iter()
-            .filter(|d| {
-                matches!(
-                    d.field.as_str(),
-                    "settings.rng" | "settings.seed" | "device.device" | "device.gpu.sm_count"
-                )
-            })
-            .map(|d| {
-                format!(
-                    "{} {} vs {}",
-                    d.field,
-                    d.a.as_deref().unwrap_or("-"),
-                    d.b.as_deref().unwrap_or("-")
-                )
-            })
-            .collect();
+        let rng = header_changes(
+            c,
+            &[
+                "settings.rng",
+                "settings.seed",
+                "device.device",
+                "device.gpu.sm_count",
+            ],
+        );
         let what = if r.key.starts_with("noise.") {
             format!("{} differs, so the runs start from different noise.", r.key)
         } else {
@@ -746,19 +753,7 @@ fn verdict(
             ),
         )
     } else if out.iter().any(|j| !matches!(j.status, Status::Identical)) {
-        let precision: Vec<String> = c
-            .header_diffs
-            .iter()
-            .filter(|d| PRECISION_FIELDS.contains(&d.field.as_str()))
-            .map(|d| {
-                format!(
-                    "{} {} vs {}",
-                    d.field,
-                    d.a.as_deref().unwrap_or("-"),
-                    d.b.as_deref().unwrap_or("-")
-                )
-            })
-            .collect();
+        let precision = header_changes(c, &PRECISION_FIELDS);
         let why = if precision.is_empty() {
             String::new()
         } else {

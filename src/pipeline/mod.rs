@@ -313,19 +313,7 @@ impl ModelFiles {
         }
         let unet_cfg = first_existing(dir, "unet", &["config.json"])?;
         let clip_cfg = first_existing(dir, "text_encoder", &["config.json"])?;
-        let clip_json: serde_json::Value = std::fs::read(&clip_cfg)
-            .map_err(|e| ModelError::Io {
-                path: clip_cfg.clone(),
-                op: "cannot read",
-                source: e,
-            })
-            .and_then(|b| {
-                serde_json::from_slice(&b).map_err(|e| ModelError::Config {
-                    file: clip_cfg.clone(),
-                    field: "(file)".into(),
-                    what: format!("is not valid JSON: {e}"),
-                })
-            })?;
+        let clip_json = crate::model::read_json(&clip_cfg)?;
         first_existing(dir, "vae", &["config.json"])?;
         let vae_weights = first_existing(
             dir,
