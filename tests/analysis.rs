@@ -392,7 +392,9 @@ fn verdict_classes() {
     let (_, j) = run(&p, &TolConfig::default());
     assert_eq!(j.verdict.class, VerdictClass::NoiseRng);
     assert!(
-        j.verdict.summary.contains("The first 100 elements agree"),
+        j.verdict
+            .summary
+            .contains("The first 100 elements are bit-identical"),
         "{}",
         j.verdict.summary
     );

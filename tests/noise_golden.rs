@@ -149,7 +149,9 @@ fn the_h100_noise_against_a_gtx1070_is_a_gpu_wave() {
     assert!(
         d.summary.contains("GPU RNG wave of 30720 elements")
             && d.summary.contains("GeForce GTX 1070")
-            && d.summary.contains("above 696×696"),
+            && d.summary.contains("above 696×696")
+            && d.summary
+                .contains("The first 30720 elements agree within 1e-5"),
         "{}",
         d.summary
     );

@@ -343,8 +343,13 @@ pub fn diagnose<T: Copy + Into<f64>>(
         let uncorrelated = rt.is_none_or(|r| r.abs() <= 0.1 + 6.0 / tail.n.max(1.0).sqrt());
         if tail_differs as f64 >= 0.9 * m as f64 && uncorrelated {
             d.correlation = rt;
+            let agree = if first == k {
+                "are bit-identical".to_string()
+            } else {
+                format!("agree within {AGREE_ABS:.0e} (the first bit difference is at {first})")
+            };
             let lead = format!(
-                "The first {k} elements agree and the remaining {m} ({}) are unrelated draws (correlation {:.3}).",
+                "The first {k} elements {agree} and the remaining {m} ({}) are unrelated draws (correlation {:.3}).",
                 pct(m, n),
                 rt.unwrap_or(0.0)
             );
@@ -467,7 +472,9 @@ mod tests {
         assert!(
             d.summary.contains("GPU RNG wave of 30720 elements")
                 && d.summary.contains("= 30720")
-                && d.summary.contains("above 696×696"),
+                && d.summary.contains("above 696×696")
+                && d.summary
+                    .contains("The first 30720 elements are bit-identical"),
             "{}",
             d.summary
         );

@@ -33,6 +33,9 @@ Exit codes:
   0  success
   2  bad usage, or a generator or file that cannot be used";
 
+/// Most noise elements one file may hold (1 GiB of f32).
+const MAX_ELEMENTS: u64 = 1 << 28;
+
 /// Most sizes one `--sizes` may list.
 const MAX_SIZES: usize = 1000;
 
@@ -149,6 +152,12 @@ pub fn draw(
 ) -> Result<Drawn> {
     let (h, w) = (height as usize / 8, width as usize / 8);
     let batch = batch.max(1) as usize;
+    let elements = (batch as u64) * 4 * (h as u64) * (w as u64);
+    if elements > MAX_ELEMENTS {
+        bail!(
+            "--batch {batch} at {width}x{height} is {elements} noise elements, more than the {MAX_ELEMENTS} `sdtrace noise` writes; use a smaller batch"
+        );
+    }
     if per_image_seeds {
         let mut data = Vec::new();
         let mut first = None;
@@ -469,5 +478,9 @@ mod tests {
             per[256..],
             sdtrace::sampling::rng::TorchCpuNoise::new(6).draw(256)[..]
         );
+        let e = draw(&RngSpec::TorchCpu, 5, (16384, 16384), 64, false, &dev)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("smaller batch"), "{e}");
     }
 }

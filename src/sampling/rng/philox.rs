@@ -74,17 +74,32 @@ fn box_muller_cuda(a: u32, b: u32) -> (f32, f32) {
     (sin as f32 * s, cos as f32 * s)
 }
 
-/// `curand_normal4` of one Philox block.
+/// The sine half of `_curand_box_muller(a, b)` alone.
 #[inline]
-fn normal4(w: [u32; 4]) -> [f32; 4] {
-    let (a, b) = box_muller_cuda(w[0], w[1]);
-    let (c, d) = box_muller_cuda(w[2], w[3]);
+fn box_muller_cuda_sin(a: u32, b: u32) -> f32 {
+    let u = a as f32 * INV32 + INV32 / 2.0;
+    let v = (b as f32).mul_add(INV32_2PI, INV32_2PI / 2.0);
+    let s = (-2.0f32 * ((u as f64).ln() as f32)).sqrt();
+    (v as f64).sin() as f32 * s
+}
+
+/// `curand_normal4` of one Philox block; only the first `need` values are computed (a thread
+/// whose later components fall past the end of the tensor skips their transcendentals).
+#[inline]
+fn normal4(w: [u32; 4], need: usize) -> [f32; 4] {
+    let half = |x: u32, y: u32, need: usize| match need {
+        0 => (0.0, 0.0),
+        1 => (box_muller_cuda_sin(x, y), 0.0),
+        _ => box_muller_cuda(x, y),
+    };
+    let (a, b) = half(w[0], w[1], need);
+    let (c, d) = half(w[2], w[3], need.saturating_sub(2));
     [a, b, c, d]
 }
 
 /// `curand_uniform4` of one Philox block, with PyTorch's 1 → 0.
 #[inline]
-fn uniform4(w: [u32; 4]) -> [f32; 4] {
+fn uniform4(w: [u32; 4], _need: usize) -> [f32; 4] {
     w.map(|x| {
         let u = x as f32 * INV32 + INV32 / 2.0;
         if u == 1.0 { 0.0 } else { u }
@@ -152,7 +167,7 @@ impl TorchCudaNoise {
         self.grid_draw(n, uniform4)
     }
 
-    fn grid_draw(&mut self, n: usize, f: fn([u32; 4]) -> [f32; 4]) -> Vec<f32> {
+    fn grid_draw(&mut self, n: usize, f: fn([u32; 4], usize) -> [f32; 4]) -> Vec<f32> {
         if n == 0 {
             return Vec::new();
         }
@@ -182,7 +197,8 @@ impl TorchCudaNoise {
                         ],
                         key,
                     );
-                    for (i, v) in f(block).into_iter().enumerate() {
+                    let need = (n - first).div_ceil(t).min(4);
+                    for (i, v) in f(block, need).into_iter().take(need).enumerate() {
                         buf[(4 * j + i) * w + g - g0] = v;
                     }
                 }
@@ -352,15 +368,15 @@ mod tests {
         for li in [0usize, 255, 256, 511, 999] {
             let (thread, i) = (li % 256, li / 256);
             let w = philox4x32_10([0, 0, thread as u32, 0], key);
-            assert_eq!(v[li], uniform4(w)[i], "element {li}");
+            assert_eq!(v[li], uniform4(w, 4)[i], "element {li}");
         }
         // n = 2000 → 2 loops, from offset 4: counters 1 and 2.
         let w = g.rand_n(2000);
         assert_eq!(g.offset(), 12);
         let b = philox4x32_10([1, 0, 5, 0], key);
-        assert_eq!(w[5 + 256 * 2], uniform4(b)[2]);
+        assert_eq!(w[5 + 256 * 2], uniform4(b, 4)[2]);
         let b = philox4x32_10([2, 0, 5, 0], key);
-        assert_eq!(w[5 + 256 * 5], uniform4(b)[1]);
+        assert_eq!(w[5 + 256 * 5], uniform4(b, 4)[1]);
         // Uncapped (big card): element i is component 0 of thread i; same as a1111-nv's words.
         let mut big = TorchCudaNoise::new(7, 132, 2048, None);
         assert_eq!(big.threads_for(1000), 1024);
@@ -385,7 +401,7 @@ mod tests {
         for li in [0usize, 3071, 3072, 50_000, n - 1] {
             let (g, q) = (li % t, li / t);
             let w = philox4x32_10([(q / 4) as u32, 0, g as u32, 0], key);
-            assert_eq!(v[li], normal4(w)[q % 4], "element {li}");
+            assert_eq!(v[li], normal4(w, 4)[q % 4], "element {li}");
         }
         let nv = A1111NvNoise::new(9).randn_n(n);
         let w = philox4x32_10([0, 0, 77_777, 0], key_of(9));
