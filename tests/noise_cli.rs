@@ -2,24 +2,15 @@
 //! synthetic model (the header, the initial and ancestral draws), noise files as input, and
 //! `report` naming a GPU RNG wave between two recorded runs.
 
-use assert_cmd::Command;
-use sdtrace::model::synth::{SynthSize, write_model};
 use sdtrace::sampling::rng::{FileNoise, TorchCpuNoise, TorchCudaNoise};
 use sdtrace::trace::TraceReader;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
 
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
+use common::sdtrace;
+use std::path::Path;
 
 fn model() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("noise-test-model");
-        write_model(&dir, SynthSize::Tiny, 3).unwrap();
-        dir
-    })
+    common::tiny_model("noise-test-model")
 }
 
 fn record(args: &[&str], out: &Path) -> (i32, String) {

@@ -4,25 +4,13 @@
 
 mod common;
 
-use assert_cmd::Command;
-use sdtrace::model::synth::{SynthSize, write_model};
+use common::sdtrace;
 use sdtrace::trace::{Fidelity, RunStatus, TraceReader};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Instant;
 
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
-
-/// One tiny model for all tests of this file.
 fn model() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("record-test-model");
-        write_model(&dir, SynthSize::Tiny, 3).unwrap();
-        dir
-    })
+    common::tiny_model("record-test-model")
 }
 
 fn run(args: &[&str], out: &Path) -> (i32, String) {
