@@ -1,0 +1,329 @@
+//! `sdtrace diff`: the background comparison (same result as `report`, live traces), and the
+//! real binary driven in a terminal (tmux) on two recorded tiny-model traces with a planted
+//! divergence.
+
+mod common;
+
+use common::{Rng, fixed_header, normal_vec, observe, write_mini_run};
+use sdtrace::DType;
+use sdtrace::analysis::{CompareOptions, compare_paths};
+use sdtrace::probe::{Policy, Probe};
+use sdtrace::trace::{TraceWriter, WriterOptions};
+use sdtrace::tui::app::Phase;
+use sdtrace::tui::loader::{AnalysisJob, LoaderMsg, spawn_analysis};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn job(a: &Path, b: &Path) -> AnalysisJob {
+    AnalysisJob {
+        a: a.to_path_buf(),
+        b: b.to_path_buf(),
+        floor: None,
+        opts: CompareOptions::default(),
+        poll: Duration::from_millis(50),
+    }
+}
+
+/// Messages until `done` says stop (or 60 s pass).
+fn collect(
+    rx: &mpsc::Receiver<LoaderMsg>,
+    mut done: impl FnMut(&LoaderMsg) -> bool,
+) -> Vec<LoaderMsg> {
+    let t = Instant::now();
+    let mut out = Vec::new();
+    while t.elapsed() < Duration::from_secs(60) {
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(100)) {
+            let stop = done(&m);
+            out.push(m);
+            if stop {
+                return out;
+            }
+        }
+    }
+    panic!("timed out after {} messages", out.len());
+}
+
+#[test]
+fn background_comparison_is_the_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.sdt"), dir.path().join("b.sdt"));
+    write_mini_run(&a, 3, 1);
+    write_mini_run(&b, 3, 2);
+    let (tx, rx) = mpsc::channel();
+    let w = spawn_analysis(job(&a, &b), None, tx);
+    let msgs = collect(&rx, |m| {
+        matches!(
+            m,
+            LoaderMsg::Comparison {
+                phase: Phase::Done,
+                ..
+            }
+        )
+    });
+    let phases: Vec<&Phase> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            LoaderMsg::Comparison { phase, .. } => Some(phase),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(phases, [&Phase::Payloads, &Phase::Done]);
+    let pairs = msgs
+        .iter()
+        .filter(|m| matches!(m, LoaderMsg::Pair { .. }))
+        .count();
+    let LoaderMsg::Comparison {
+        comparison: last, ..
+    } = msgs.last().unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(pairs, last.records.len());
+    let report = compare_paths(&a, &b, None, &CompareOptions::default()).unwrap();
+    assert_eq!(**last, report, "the TUI shows the report's comparison");
+    assert_eq!(
+        w.progress.pairs_done.load(Ordering::Relaxed),
+        report.records.len()
+    );
+    let done = w.progress.bytes_done.load(Ordering::Relaxed);
+    assert!(done > 0 && done == w.progress.bytes_total.load(Ordering::Relaxed));
+    w.handle.join().unwrap();
+}
+
+/// Step records of a small run, written through the probe so the file grows step by step.
+fn step(probe: &Probe, rng: &mut Rng, s: u32) {
+    probe.set_step(Some(s), 0).unwrap();
+    let latent = [1usize, 4, 8, 8];
+    observe(
+        probe,
+        "sampler.x",
+        DType::F32,
+        &latent,
+        &normal_vec(rng, 256, 1.0),
+    );
+    observe(
+        probe,
+        "unet.conv_in",
+        DType::F32,
+        &[2, 8, 8, 8],
+        &normal_vec(rng, 1024, 1.0),
+    );
+}
+
+fn steps_of(m: &LoaderMsg) -> Option<usize> {
+    match m {
+        LoaderMsg::Comparison { comparison, .. } => {
+            let mut s: Vec<u32> = comparison.records.iter().filter_map(|r| r.step).collect();
+            s.sort_unstable();
+            s.dedup();
+            Some(s.len())
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn a_trace_still_being_recorded_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.sdt"), dir.path().join("live.sdt"));
+    // A: a finished run of 3 steps. B: the same run, being recorded.
+    let start = |path: &PathBuf| {
+        let w = TraceWriter::create(path, &fixed_header("live"), WriterOptions::default()).unwrap();
+        (Probe::new(w, Policy::default()), Rng(7))
+    };
+    let (pa, mut ra) = start(&a);
+    for s in 0..3 {
+        step(&pa, &mut ra, s);
+    }
+    pa.finish().unwrap().unwrap();
+    let (pb, mut rb) = start(&b);
+    step(&pb, &mut rb, 0);
+    pb.set_step(Some(1), 0).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let w = spawn_analysis(job(&a, &b), None, tx);
+    // The partial trace is shown and followed.
+    let msgs = collect(&rx, |m| steps_of(m) == Some(1));
+    assert!(matches!(
+        msgs.last(),
+        Some(LoaderMsg::Comparison {
+            phase: Phase::Following,
+            ..
+        })
+    ));
+    // A new step appears as it is written.
+    step(&pb, &mut rb, 1);
+    pb.set_step(Some(2), 0).unwrap();
+    collect(&rx, |m| steps_of(m) == Some(2));
+    // Finishing the recording ends the follow with the full comparison.
+    pb.finish().unwrap().unwrap();
+    let msgs = collect(&rx, |m| {
+        matches!(
+            m,
+            LoaderMsg::Comparison {
+                phase: Phase::Done,
+                ..
+            }
+        )
+    });
+    let Some(LoaderMsg::Comparison { comparison, .. }) = msgs.last() else {
+        unreachable!()
+    };
+    assert!(comparison.b.complete);
+    assert!(
+        comparison
+            .records
+            .iter()
+            .all(|r| r.bit_identical == Some(true))
+    );
+    // Step 2 was never recorded in B: A's records there are reported unmatched.
+    assert!(comparison.only_a.iter().any(|r| r.step == Some(2)));
+    w.handle.join().unwrap();
+}
+
+// ----- the real binary in a terminal -----------------------------------------------------
+
+fn tmux_available() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let o = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.cmd(&["capture-pane", "-p", "-t", "diff"])
+    }
+
+    fn wait_for(&self, what: &str, secs: u64) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "'{what}' did not appear:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+#[test]
+fn diff_in_a_terminal_finds_the_planted_divergence() {
+    if !tmux_available() {
+        eprintln!("tmux is not installed: the terminal test is skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    // Seed 0 (what `sdtrace synth` writes by default) gives finite activations at 64×64.
+    sdtrace::model::synth::write_model(&model, sdtrace::model::synth::SynthSize::Tiny, 0).unwrap();
+    let bin = env!("CARGO_BIN_EXE_sdtrace");
+    let key = "unet.down_blocks.1.attentions.0";
+    for (name, extra) in [
+        ("a.sdt", vec![]),
+        (
+            "b.sdt",
+            vec!["--perturb".to_string(), format!("{key}@2=1e-2")],
+        ),
+    ] {
+        let o = Command::new(bin)
+            .arg("record")
+            .arg("--model")
+            .arg(&model)
+            .args(["--size", "64x64", "--steps", "4", "--seed", "1", "--no-png"])
+            .args(&extra)
+            .arg("-o")
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let t = Tmux {
+        socket: format!("sdtrace-test-{}", std::process::id()),
+    };
+    let script = format!(
+        "cd '{}' && '{bin}' diff a.sdt b.sdt; echo EXIT=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo; sleep 60",
+        dir.path().display()
+    );
+    t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "diff",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let s = t.wait_for("all metrics computed", 60);
+    assert!(s.contains("verdict: numeric drift — DIVERGES"), "{s}");
+    assert_eq!(
+        t.cmd(&["display", "-p", "-t", "diff", "#{alternate_on}"])
+            .trim(),
+        "1"
+    );
+    // Move away, then jump to the first exceedance.
+    t.cmd(&["send-keys", "-t", "diff", "g"]);
+    t.wait_for("· not recorded here", 10);
+    t.cmd(&["send-keys", "-t", "diff", "f"]);
+    let s = t.wait_for(&format!("step 2 · {key} · FAIL"), 10);
+    // The detail line names the selected cell: the planted record.
+    let detail = s
+        .lines()
+        .find(|l| l.starts_with("step 2 · "))
+        .unwrap_or_default();
+    assert_eq!(detail.trim_end(), format!("step 2 · {key} · FAIL"), "{s}");
+    // The highlighted tree row is that key.
+    let screen = t.cmd(&["capture-pane", "-p", "-e", "-t", "diff"]);
+    let row = screen
+        .lines()
+        .find(|l| (l.contains("\x1b[7m") || l.contains(";7m")) && l.contains("attentions.0"))
+        .unwrap_or_default();
+    assert!(!row.is_empty(), "no highlighted row for {key}:\n{screen}");
+    t.cmd(&["send-keys", "-t", "diff", "q"]);
+    let s = t.wait_for("EXIT=", 10);
+    assert!(s.contains("EXIT=0"), "{s}");
+    // Terminal restored: main screen, cursor shown, no mouse reporting, cooked mode with echo.
+    let flags = t.cmd(&[
+        "display",
+        "-p",
+        "-t",
+        "diff",
+        "#{alternate_on} #{cursor_flag} #{mouse_any_flag}",
+    ]);
+    assert_eq!(flags.trim(), "0 1 0");
+    let s = t.wait_for("icanon", 10);
+    assert!(s.contains("icanon echo"), "{s}");
+    assert!(!s.contains("-icanon") && !s.contains("-echo"), "{s}");
+}
