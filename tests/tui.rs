@@ -183,6 +183,40 @@ fn a_trace_still_being_recorded_is_followed() {
     w.handle.join().unwrap();
 }
 
+#[test]
+fn export_writes_both_sides_with_the_export_writers() {
+    use sdtrace::trace::TraceReader;
+    use sdtrace::tui::loader::{Readers, export_pair};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.sdt"), dir.path().join("b.sdt"));
+    write_mini_run(&a, 2, 1);
+    write_mini_run(&b, 2, 2);
+    let c = compare_paths(&a, &b, None, &CompareOptions::default()).unwrap();
+    let readers = Readers {
+        a: TraceReader::open(&a).unwrap(),
+        b: TraceReader::open(&b).unwrap(),
+    };
+    let pair = |key: &str, step: Option<u32>| {
+        c.records
+            .iter()
+            .find(|r| r.key == key && r.step == step)
+            .unwrap()
+    };
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let msg = export_pair(&readers, pair("sampler.x", Some(1)), &out).unwrap();
+    assert!(msg.contains("sampler.x@s1.a.npy"), "{msg}");
+    for side in ["a", "b"] {
+        let bytes = std::fs::read(out.join(format!("sampler.x@s1.{side}.npy"))).unwrap();
+        assert!(bytes.starts_with(b"\x93NUMPY"));
+    }
+    // bfloat16 goes to .safetensors; stats-only records have nothing to export.
+    export_pair(&readers, pair("misc.bf16", None), &out).unwrap();
+    assert!(out.join("misc.bf16.a.safetensors").exists());
+    let e = export_pair(&readers, pair("unet.mid_block", Some(0)), &out).unwrap_err();
+    assert!(e.contains("nothing exported"), "{e}");
+}
+
 // ----- the real binary in a terminal -----------------------------------------------------
 
 fn tmux_available() -> bool {

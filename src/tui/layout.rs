@@ -42,7 +42,7 @@ pub struct Layout {
     pub legend: Rect,
     /// The selected cell's numbers.
     pub detail: Rect,
-    /// Columns per heatmap cell.
+    /// Columns per heatmap cell (1 to 6: wide terminals give few steps wide cells).
     pub cw: u16,
 }
 
@@ -140,7 +140,7 @@ impl Layout {
         l.labels = take_left(&mut heat, lw);
         l.grid = heat;
         l.header = Rect::new(l.grid.x, l.header.y, l.grid.width, l.header.height);
-        l.cw = l.grid.width.checked_div(ncols).map_or(1, |w| w.clamp(1, 3));
+        l.cw = l.grid.width.checked_div(ncols).map_or(1, |w| w.clamp(1, 6));
         l
     }
 

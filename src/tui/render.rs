@@ -986,7 +986,7 @@ mod tests {
                 + l.grid.y
         };
         let cw = l.cw;
-        assert_eq!(cw, 3, "6 columns fit 3 wide");
+        assert_eq!(cw, 6, "6 columns get the widest cells");
         let cell = |key: &str, col: u16| &buf[(l.grid.x + col * cw, row_of(key))];
         // Source and first exceedance: step 1 (column 2) of unet.mid_block, marked S.
         assert_eq!(cell("unet.mid_block", 2).symbol(), "S");
@@ -1055,6 +1055,66 @@ mod tests {
         for (w, h) in [(1, 1), (10, 3), (20, 5), (0, 0)] {
             let _ = draw(&mut app, w.max(1), h.max(1));
         }
+    }
+
+    fn screen_text(buf: &Buffer) -> String {
+        (0..buf.area.height)
+            .map(|y| row_text(buf, y).trim_end().to_string() + "\n")
+            .collect()
+    }
+
+    /// Compare with `src/tui/snapshots/NAME.txt`; `SDTRACE_REGENERATE=1` rewrites it.
+    fn snapshot(name: &str, text: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/tui/snapshots")
+            .join(format!("{name}.txt"));
+        if std::env::var_os("SDTRACE_REGENERATE").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (SDTRACE_REGENERATE=1 writes it)", path.display()));
+        assert_eq!(text, want, "snapshot {name} differs:\n{text}");
+    }
+
+    #[test]
+    fn snapshots() {
+        let mut app = app(ColorMode::TrueColor);
+        snapshot("overview-80x24", &screen_text(&draw(&mut app, 80, 24)));
+        snapshot("overview-140x30", &screen_text(&draw(&mut app, 140, 30)));
+        let mut app = self::app(ColorMode::NoColor);
+        snapshot(
+            "overview-nocolor-80x24",
+            &screen_text(&draw(&mut app, 80, 24)),
+        );
+        app.handle_key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE));
+        snapshot("help-80x24", &screen_text(&draw(&mut app, 80, 24)));
+    }
+
+    #[test]
+    fn mouse_selects_cells_and_findings() {
+        use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+        let click = |x: u16, y: u16| MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: x,
+            row: y,
+            modifiers: KeyModifiers::NONE,
+        };
+        let mut app = app(ColorMode::TrueColor);
+        let _ = draw(&mut app, 80, 24);
+        let l = Layout::new(Rect::new(0, 0, 80, 24), &app);
+        // Row 1 is sampler.x; column 4 is step 3: record 7.
+        app.handle_mouse(click(l.grid.x + 4 * l.cw + 1, l.grid.y + 1));
+        assert_eq!(app.current_record(), Some(7));
+        // A click on the summary's "source" line jumps there.
+        let (_, y) = find(&draw(&mut app, 80, 24), "source     step").unwrap();
+        app.handle_mouse(click(3, y));
+        assert_eq!(app.current_record(), Some(4));
+        assert_eq!(app.pane, Pane::Heatmap);
+        // With --no-mouse, clicks do nothing.
+        app.opts.mouse = false;
+        app.handle_mouse(click(l.grid.x + 4 * l.cw, l.grid.y + 1));
+        assert_eq!(app.current_record(), Some(4));
     }
 
     #[test]
