@@ -361,3 +361,67 @@ fn diff_in_a_terminal_finds_the_planted_divergence() {
     assert!(s.contains("icanon echo"), "{s}");
     assert!(!s.contains("-icanon") && !s.contains("-echo"), "{s}");
 }
+
+/// Two multi-GB traces for the timings in docs/PERFORMANCE.md (not part of the suite):
+/// `SDTRACE_BIG_DIR=/tmp/big cargo test --test tui -- --ignored large_traces`. 16 steps × 48
+/// keys of 3 MiB f32, every record stored in full; B differs from step 5 of one key on.
+#[test]
+#[ignore]
+fn large_traces_for_the_performance_doc() {
+    let Some(dir) = std::env::var_os("SDTRACE_BIG_DIR").map(PathBuf::from) else {
+        panic!("set SDTRACE_BIG_DIR");
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys: Vec<String> = (0..48)
+        .map(|k| match k % 4 {
+            0 => format!("unet.down_blocks.{}.resnets.{}", k / 16, k % 16 / 4),
+            1 => format!(
+                "unet.down_blocks.{}.attentions.{}.transformer_blocks.0.attn1",
+                k / 16,
+                k % 16 / 4
+            ),
+            2 => format!(
+                "unet.down_blocks.{}.attentions.{}.transformer_blocks.0.ff",
+                k / 16,
+                k % 16 / 4
+            ),
+            _ => format!("unet.down_blocks.{}.attentions.{}", k / 16, k % 16 / 4),
+        })
+        .collect();
+    let shape = [2usize, 96, 64, 64];
+    let n: usize = shape.iter().product();
+    for (name, diverge) in [("bigA.sdt", false), ("bigB.sdt", true)] {
+        let mut policy = Policy::default();
+        policy.push("*=full".parse().unwrap());
+        let w = TraceWriter::create(
+            dir.join(name),
+            &fixed_header("large"),
+            WriterOptions::default(),
+        )
+        .unwrap();
+        let probe = Probe::new(w, policy);
+        let mut rng = Rng(5);
+        let base = normal_vec(&mut rng, n, 1.0);
+        observe(
+            &probe,
+            "noise.initial",
+            DType::F32,
+            &[1, 4, 64, 64],
+            &base[..16384],
+        );
+        for s in 0..16u32 {
+            probe.set_step(Some(s), 0).unwrap();
+            for (k, key) in keys.iter().enumerate() {
+                let scale = 1.0 + (k as f64) * 0.01 + s as f64 * 0.001;
+                let off = diverge && s >= 5 && k >= 9;
+                let vals: Vec<f64> = base
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * scale + if off && i % 7 == 0 { 1e-3 } else { 0.0 })
+                    .collect();
+                observe(&probe, key, DType::F32, &shape, &vals);
+            }
+        }
+        probe.finish().unwrap().unwrap();
+    }
+}

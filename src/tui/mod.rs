@@ -157,6 +157,9 @@ struct Timings {
     /// Key event read → its frame drawn.
     key_ms: Vec<f64>,
     draw_ms: Vec<f64>,
+    /// Longest stretch the loop did not read input (drawing, messages, re-judging): a key
+    /// pressed then waits at most this long before it is read.
+    busy_ms_max: f64,
 }
 
 impl Timings {
@@ -181,6 +184,7 @@ impl Timings {
             "key_ms_max": pct(&self.key_ms, 1.0),
             "draw_ms_median": pct(&self.draw_ms, 0.5),
             "draw_ms_max": pct(&self.draw_ms, 1.0),
+            "busy_ms_max": self.busy_ms_max,
         });
         let _ = std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default());
     }
@@ -268,6 +272,8 @@ fn event_loop(
     let mut readers: Option<Arc<Readers>> = None;
     let mut last_judge = Instant::now();
     loop {
+        let iteration = Instant::now();
+        let mut waited = Duration::ZERO;
         if dirty {
             let size = terminal.size()?;
             let area = Rect::new(0, 0, size.width, size.height);
@@ -293,7 +299,10 @@ fn event_loop(
         if interrupted.load(Ordering::Relaxed) {
             return Ok(130);
         }
-        if event::poll(Duration::from_millis(40))? {
+        let before_poll = Instant::now();
+        let ready = event::poll(Duration::from_millis(40))?;
+        waited += before_poll.elapsed();
+        if ready {
             loop {
                 let ev = event::read()?;
                 let at = Instant::now();
@@ -413,5 +422,7 @@ fn event_loop(
             last_judge = Instant::now();
             dirty = true;
         }
+        let busy = (iteration.elapsed().saturating_sub(waited)).as_secs_f64() * 1e3;
+        timings.busy_ms_max = timings.busy_ms_max.max(busy);
     }
 }
