@@ -303,8 +303,11 @@ fn diff_in_a_terminal_finds_the_planted_divergence() {
     let t = Tmux {
         socket: format!("sdtrace-test-{}", std::process::id()),
     };
+    // Run it twice: quit with q, then with Ctrl-c; after each, print the exit code and the
+    // terminal modes.
+    let modes = "stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo";
     let script = format!(
-        "cd '{}' && '{bin}' diff a.sdt b.sdt; echo EXIT=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo; sleep 60",
+        "cd '{}' && '{bin}' diff a.sdt b.sdt; echo EXIT=$?; {modes}; read go; '{bin}' diff --no-mouse a.sdt b.sdt; echo EXIT2=$?; {modes}; sleep 60",
         dir.path().display()
     );
     t.cmd(&[
@@ -360,6 +363,42 @@ fn diff_in_a_terminal_finds_the_planted_divergence() {
     let s = t.wait_for("icanon", 10);
     assert!(s.contains("icanon echo"), "{s}");
     assert!(!s.contains("-icanon") && !s.contains("-echo"), "{s}");
+    // Second run, without mouse capture: Ctrl-c quits and restores the terminal as well.
+    t.cmd(&["send-keys", "-t", "diff", "Enter"]);
+    t.wait_for("all metrics computed", 60);
+    let flags = t.cmd(&[
+        "display",
+        "-p",
+        "-t",
+        "diff",
+        "#{alternate_on} #{mouse_any_flag}",
+    ]);
+    assert_eq!(flags.trim(), "1 0", "--no-mouse captures no mouse");
+    t.cmd(&["send-keys", "-t", "diff", "C-c"]);
+    let s = t.wait_for("EXIT2=", 10);
+    assert!(s.contains("EXIT2=0"), "{s}");
+    let flags = t.cmd(&[
+        "display",
+        "-p",
+        "-t",
+        "diff",
+        "#{alternate_on} #{cursor_flag}",
+    ]);
+    assert_eq!(flags.trim(), "0 1");
+    let s = t.screen();
+    let after = s.split("EXIT2=").nth(1).unwrap_or_default();
+    let t0 = Instant::now();
+    let mut after = after.to_string();
+    while !after.contains("icanon") && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        after = t
+            .screen()
+            .split("EXIT2=")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+    }
+    assert!(after.contains("icanon echo"), "{after}");
 }
 
 /// Two multi-GB traces for the timings in docs/PERFORMANCE.md (not part of the suite):
