@@ -464,3 +464,132 @@ fn large_traces_for_the_performance_doc() {
         probe.finish().unwrap().unwrap();
     }
 }
+
+/// Key response on an SD-sized comparison (50 steps × 700 keys = 35 000 records), in process:
+/// `cargo test --release --test tui -- --ignored --nocapture key_response`.
+#[test]
+#[ignore]
+fn key_response_on_an_sd_sized_comparison() {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::buffer::Buffer;
+    use ratatui::layout::Rect;
+    use sdtrace::analysis::{
+        Basis, COMPARISON_SCHEMA, Comparison, FailOn, PairRecord, SummaryDelta, TolConfig,
+        TraceSide,
+    };
+    use sdtrace::tui::app::{App, AppOptions};
+    use sdtrace::tui::palette::{ColorMode, Palette};
+    let keys: Vec<String> = (0..700)
+        .map(|k| {
+            format!(
+                "unet.{}_blocks.{}.attentions.{}.transformer_blocks.0.attn{}",
+                ["down", "up"][k % 2],
+                k / 100,
+                k / 10 % 10,
+                k % 10
+            )
+        })
+        .collect();
+    let mut records = Vec::new();
+    for s in 0..50u32 {
+        for (k, key) in keys.iter().enumerate() {
+            let rel = if s > 10 {
+                1e-6 * (s as f64) * (k as f64 + 1.0)
+            } else {
+                0.0
+            };
+            records.push(PairRecord {
+                step: Some(s),
+                eval: 0,
+                key: key.clone(),
+                order_a: records.len() as u64,
+                order_b: records.len() as u64,
+                dtype_a: "f16".into(),
+                dtype_b: "f16".into(),
+                shape_a: vec![2, 320, 64, 64],
+                shape_b: vec![2, 320, 64, 64],
+                basis: Basis::Sketch,
+                bit_identical: Some(rel == 0.0),
+                rel_l2: Some(rel),
+                rel_l2_error: Some(0.04),
+                abs_error: Some(rel),
+                nonfinite_mismatch: 0,
+                payload: None,
+                summary: SummaryDelta {
+                    hash_equal: rel == 0.0,
+                    mean: 0.0,
+                    std: 0.0,
+                    min: 0.0,
+                    max: 0.0,
+                    l2: 0.0,
+                    abs_max: 0.0,
+                    l2_b: 100.0,
+                    rel_l2_lower_bound: 0.0,
+                    nonfinite_a: 0,
+                    nonfinite_b: 0,
+                },
+                image: None,
+                floor: None,
+                note: None,
+            });
+        }
+    }
+    let side = || TraceSide {
+        path: "x.sdt".into(),
+        records: records.len() as u64,
+        complete: true,
+        header: Default::default(),
+        run_end: None,
+    };
+    let c = Comparison {
+        schema: COMPARISON_SCHEMA.into(),
+        a: side(),
+        b: side(),
+        noise_floor: None,
+        header_diffs: vec![],
+        only_a: vec![],
+        only_b: vec![],
+        records,
+        compare_tol: TolConfig::default(),
+    };
+    let mut app = App::new(AppOptions {
+        a: "a".into(),
+        b: "b".into(),
+        tol: TolConfig::default(),
+        fail_on: FailOn::FirstExceed,
+        palette: Palette::new(ColorMode::TrueColor),
+        mouse: true,
+    });
+    let t = Instant::now();
+    app.set_comparison(c, Phase::Done);
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let area = Rect::new(0, 0, 200, 60);
+    app.resize(area);
+    app.handle_key(KeyEvent::new(KeyCode::Char('+'), KeyModifiers::NONE));
+    let mut times = Vec::new();
+    for k in "jjjjjkkkllllhhhfsnnnNmmmmjjjjGgjjjj"
+        .chars()
+        .cycle()
+        .take(200)
+    {
+        let t = Instant::now();
+        app.handle_key(KeyEvent::new(KeyCode::Char(k), KeyModifiers::NONE));
+        app.prepare();
+        let mut buf = Buffer::empty(area);
+        sdtrace::tui::render::render(&app, area, &mut buf);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    // A re-judge (one tolerance keystroke) on all 35 000 records.
+    let t = Instant::now();
+    app.handle_key(KeyEvent::new(KeyCode::Char('t'), KeyModifiers::NONE));
+    app.handle_key(KeyEvent::new(KeyCode::Char('x'), KeyModifiers::NONE));
+    app.handle_key(KeyEvent::new(KeyCode::Backspace, KeyModifiers::NONE));
+    let rejudge_ms = t.elapsed().as_secs_f64() * 1e3;
+    times.sort_by(f64::total_cmp);
+    println!(
+        "set_comparison {load_ms:.1} ms; key+render median {:.2} ms, p95 {:.2} ms, max {:.2} ms; tolerance keystroke (re-judge) {rejudge_ms:.1} ms",
+        times[times.len() / 2],
+        times[times.len() * 95 / 100],
+        times[times.len() - 1]
+    );
+}

@@ -14,7 +14,7 @@
 
 use super::keys::{Action, Scope, lookup};
 use super::layout::{Hit, Layout};
-use super::model::{CellStat, Findings, Grid, Metric, decade_range};
+use super::model::{CellStat, Findings, Grid, Metric, StatCache, decade_range};
 use super::palette::Palette;
 use crate::analysis::{
     Comparison, FailOn, Judgement, PairRecord, Status, TolConfig, TolSpec, judge,
@@ -178,6 +178,8 @@ pub struct App {
     pub complete: bool,
     /// Decade range of each metric over all records, cached per judgement.
     scales: HashMap<Metric, Option<(i32, i32)>>,
+    /// Cell statistics of the current judgement and metric (empty when stale).
+    cache: StatCache,
 }
 
 impl App {
@@ -208,6 +210,7 @@ impl App {
             stale: false,
             complete: false,
             scales: HashMap::new(),
+            cache: StatCache::default(),
         }
     }
 
@@ -249,6 +252,7 @@ impl App {
             findings,
         });
         self.scales.clear();
+        self.cache = StatCache::default();
         self.stale = false;
         self.complete = matches!(phase, Phase::Done | Phase::Following);
         self.phase = phase;
@@ -298,6 +302,7 @@ impl App {
             a.findings = Findings::of(&a.comparison, &a.judgement);
         }
         self.scales.clear();
+        self.cache = StatCache::default();
         self.stale = false;
     }
 
@@ -327,6 +332,23 @@ impl App {
     }
 
     // ----- derived state ---------------------------------------------------------------
+
+    /// Compute what drawing needs (colour scale, cell statistics) for the current judgement
+    /// and metric; call before rendering so a frame costs O(visible cells).
+    pub fn prepare(&mut self) {
+        let _ = self.scale();
+        if self.cache.metric != Some(self.metric)
+            && let Some(a) = &self.analysis
+        {
+            self.cache = StatCache::build(
+                &a.grid,
+                &a.comparison,
+                &a.judgement,
+                &a.findings,
+                self.metric,
+            );
+        }
+    }
 
     /// The decade range of the current metric over all records.
     pub fn scale(&mut self) -> Option<(i32, i32)> {
@@ -422,6 +444,15 @@ impl App {
 
     /// The heatmap cell of node `n` at column `col`.
     pub fn stat(&self, n: usize, col: usize) -> CellStat {
+        let own_only = !self.filter.is_empty() || self.is_expanded(n);
+        if self.cache.metric == Some(self.metric)
+            && let Some(a) = &self.analysis
+            && let Some(st) = self
+                .cache
+                .get(&a.grid, n, a.grid.own_only(n, own_only), col)
+        {
+            return st;
+        }
         match &self.analysis {
             Some(a) => a.grid.cell_stat(
                 &a.comparison,

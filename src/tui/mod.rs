@@ -280,7 +280,7 @@ fn event_loop(
             if area != app.area {
                 app.resize(area);
             }
-            let _ = app.scale();
+            app.prepare();
             let t = Instant::now();
             terminal.draw(|f| render::render(app, f.area(), f.buffer_mut()))?;
             timings.draw_ms.push(ms(t));

@@ -154,6 +154,8 @@ pub struct CellStat {
     pub marks: u8,
     /// The covered record to open: the worst one (first in execution order among equals).
     pub pick: Option<usize>,
+    /// (severity, metric value or −1) of `pick`, by which cells compare their worst records.
+    pub rank: (u8, f64),
 }
 
 impl CellStat {
@@ -433,10 +435,18 @@ impl Grid {
         self.key_node = key_node;
     }
 
+    /// The row of node `n` covers only its own key (an expanded key, or a key without
+    /// children); otherwise it covers the whole subtree.
+    pub fn own_only(&self, n: usize, expanded: bool) -> bool {
+        self.nodes
+            .get(n)
+            .is_some_and(|node| node.key.is_some() && (expanded || node.children.is_empty()))
+    }
+
     /// The keys a row of node `n` covers: itself when it is an expanded key, else its subtree.
     pub fn row_keys(&self, n: usize, expanded: bool) -> &[usize] {
         let node = &self.nodes[n];
-        if node.key.is_some() && (expanded || node.children.is_empty()) {
+        if self.own_only(n, expanded) {
             node.key.as_slice()
         } else {
             &node.keys
@@ -495,6 +505,7 @@ impl Grid {
             }
         }
         st.pick = worst.map(|(_, _, i)| i);
+        st.rank = worst.map_or((0, 0.0), |(s, v, _)| (s, v));
         st
     }
 
@@ -508,6 +519,95 @@ impl Grid {
         }
         out.reverse();
         out
+    }
+}
+
+/// Every cell of every key and every subtree under one metric, computed once per judgement so
+/// that drawing and moving cost O(visible cells) whatever the trace size.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatCache {
+    pub metric: Option<Metric>,
+    /// keys × columns: each key alone.
+    pub own: Vec<CellStat>,
+    /// nodes × columns: each node's whole subtree.
+    pub sub: Vec<CellStat>,
+    columns: usize,
+}
+
+/// Combine two cells' statistics (as [`Grid::cell_stat`] would over both key sets).
+fn merge(a: &CellStat, b: &CellStat) -> CellStat {
+    let value = match (a.value, b.value) {
+        (Some(x), Some(y)) if x.is_nan() || y.is_nan() => Some(f64::NAN),
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
+    let status = match (a.status, b.status) {
+        (Some(x), Some(y)) => Some(if severity(y) > severity(x) { y } else { x }),
+        (x, y) => x.or(y),
+    };
+    let (pick, rank) = match (a.pick, b.pick) {
+        (Some(x), Some(y)) => {
+            if b.rank > a.rank || (b.rank == a.rank && y < x) {
+                (Some(y), b.rank)
+            } else {
+                (Some(x), a.rank)
+            }
+        }
+        (Some(x), None) => (Some(x), a.rank),
+        (None, y) => (y, b.rank),
+    };
+    CellStat {
+        value,
+        status,
+        records: a.records + b.records,
+        unmatched: a.unmatched + b.unmatched,
+        marks: a.marks | b.marks,
+        pick,
+        rank,
+    }
+}
+
+impl StatCache {
+    pub fn build(g: &Grid, c: &Comparison, j: &Judgement, f: &Findings, metric: Metric) -> Self {
+        let cols = g.columns();
+        let mut own = Vec::with_capacity(g.keys.len() * cols);
+        for k in 0..g.keys.len() {
+            for col in 0..cols {
+                own.push(g.cell_stat(c, j, f, &[k], col, metric));
+            }
+        }
+        let mut sub = vec![CellStat::default(); g.nodes.len() * cols];
+        // Children come after their parent in depth-first order: fold from the end.
+        for n in (0..g.nodes.len()).rev() {
+            for col in 0..cols {
+                let mut st = match g.nodes[n].key {
+                    Some(k) => own[k * cols + col],
+                    None => CellStat::default(),
+                };
+                for &ch in &g.nodes[n].children {
+                    st = merge(&st, &sub[ch * cols + col]);
+                }
+                sub[n * cols + col] = st;
+            }
+        }
+        StatCache {
+            metric: Some(metric),
+            own,
+            sub,
+            columns: cols,
+        }
+    }
+
+    /// The cell of node `n`'s row: the node's own key when `own`, else its subtree.
+    pub fn get(&self, g: &Grid, n: usize, own_only: bool, col: usize) -> Option<CellStat> {
+        if col >= self.columns {
+            return None;
+        }
+        match (own_only, g.nodes.get(n)?.key) {
+            (true, Some(k)) => self.own.get(k * self.columns + col).copied(),
+            (true, None) => Some(CellStat::default()),
+            (false, _) => self.sub.get(n * self.columns + col).copied(),
+        }
     }
 }
 
@@ -633,6 +733,40 @@ mod tests {
         assert_eq!(st.value, Some(1e-3));
         let own = g.cell_stat(&c, &j, &f, g.row_keys(block, true), 2, Metric::RelL2);
         assert!(own.is_empty());
+    }
+
+    #[test]
+    fn the_cache_equals_direct_computation() {
+        let mut c = fixture_comparison();
+        for (i, k) in [
+            (2, "unet.down_blocks.0.resnets.0"),
+            (4, "unet.down_blocks.0.attentions.0"),
+            (6, "unet.down_blocks.0"),
+        ] {
+            c.records[i].key = k.into();
+        }
+        let g = Grid::new(&c);
+        let j = crate::analysis::judge(
+            &c,
+            &crate::analysis::TolConfig::default(),
+            crate::analysis::FailOn::FirstExceed,
+        );
+        let f = Findings::of(&c, &j);
+        for metric in Metric::ALL {
+            let cache = StatCache::build(&g, &c, &j, &f, metric);
+            for n in 0..g.nodes.len() {
+                for expanded in [false, true] {
+                    let keys = g.row_keys(n, expanded);
+                    for col in 0..g.columns() {
+                        assert_eq!(
+                            cache.get(&g, n, g.own_only(n, expanded), col),
+                            Some(g.cell_stat(&c, &j, &f, keys, col, metric)),
+                            "{metric:?} node {n} col {col} expanded {expanded}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -456,22 +456,9 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
         let node = &g.nodes[n];
         let selected_row = vr == app.row;
         // Worst status of the row over all columns.
-        let mut worst: Option<Status> = None;
-        for &k in app.row_keys(n) {
-            for col in 0..ncols {
-                if let Some(cell) = g.cell(k, col) {
-                    for &i in &cell.records {
-                        if let Some(rj) = a.judgement.records.get(i)
-                            && worst.is_none_or(|w| {
-                                super::model::severity(w) < super::model::severity(rj.status)
-                            })
-                        {
-                            worst = Some(rj.status);
-                        }
-                    }
-                }
-            }
-        }
+        let worst = (0..ncols)
+            .filter_map(|col| app.stat(n, col).status)
+            .max_by_key(|&st| super::model::severity(st));
         let mark = match worst {
             Some(Status::Fail) => "✗",
             Some(Status::Unknown) => "?",
@@ -935,7 +922,7 @@ mod tests {
     fn draw(app: &mut App, w: u16, h: u16) -> Buffer {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
         app.resize(Rect::new(0, 0, w, h));
-        let _ = app.scale();
+        app.prepare();
         t.draw(|f| render(app, f.area(), f.buffer_mut())).unwrap();
         t.backend().buffer().clone()
     }
