@@ -384,15 +384,20 @@ fn measure_all(
     hooks: Hooks<'_>,
 ) -> Result<Vec<PairRecord>, AnalysisError> {
     let threads = match opts.threads {
+        // Without payloads the work is small reads: a few more threads hide read latency.
+        0 if !payloads => 8,
         0 => std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(16),
         n => n,
     }
     .min(pairs.len().max(1));
-    // Largest first, so one big tensor does not start last.
     let mut todo: Vec<usize> = (0..pairs.len()).collect();
-    todo.sort_by_key(|&i| std::cmp::Reverse(a.entries()[pairs[i].0].payload_len));
+    if payloads {
+        // Largest first, so one big tensor does not start last.
+        todo.sort_by_key(|&i| std::cmp::Reverse(a.entries()[pairs[i].0].payload_len));
+    }
+    // Without payloads: file order, so a cold read of the record frames runs forward.
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let results: Mutex<Vec<Option<PairRecord>>> = Mutex::new(vec![None; pairs.len()]);
