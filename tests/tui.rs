@@ -217,6 +217,35 @@ fn export_writes_both_sides_with_the_export_writers() {
     assert!(e.contains("nothing exported"), "{e}");
 }
 
+#[test]
+fn diff_refuses_without_a_terminal_or_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.sdt");
+    write_mini_run(&a, 1, 1);
+    let bin = env!("CARGO_BIN_EXE_sdtrace");
+    // Standard output is a pipe here.
+    let o = Command::new(bin)
+        .arg("diff")
+        .arg(&a)
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("needs a terminal") && err.contains("sdtrace report"),
+        "{err}"
+    );
+    let o = Command::new(bin)
+        .arg("diff")
+        .arg(&a)
+        .arg(dir.path().join("missing.sdt"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.sdt"));
+}
+
 // ----- the real binary in a terminal -----------------------------------------------------
 
 fn tmux_available() -> bool {

@@ -634,7 +634,6 @@ impl App {
 
     fn act(&mut self, action: Action) -> Effect {
         let nrows = self.rows().len();
-        let ncols = self.analysis.as_ref().map_or(0, |a| a.grid.columns());
         let summary = self.view == View::Overview && self.pane == Pane::Summary;
         match action {
             Action::Quit => return Effect::Quit,
@@ -777,7 +776,6 @@ impl App {
             }
             Action::PromptAccept | Action::PromptCancel | Action::PromptDelete => {}
         }
-        let _ = ncols;
         self.clamp();
         if matches!(self.view, View::Tensor) {
             return self.load_for_view();

@@ -194,12 +194,12 @@ impl Timings {
 /// SIGINT).
 pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
     let t0 = Instant::now();
-    if !std::io::stdout().is_terminal() {
-        return Err(TuiError::NotATerminal);
-    }
     // Open both indexes before touching the terminal, so bad paths give a plain error.
     let ra = TraceReader::open(&opts.a)?;
     let rb = TraceReader::open(&opts.b)?;
+    if !std::io::stdout().is_terminal() {
+        return Err(TuiError::NotATerminal);
+    }
     let mut timings = Timings {
         open_ms: ms(t0),
         ..Timings::default()

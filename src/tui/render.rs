@@ -193,7 +193,7 @@ fn summary(app: &App, area: Rect, buf: &mut Buffer) {
         _ => "NOT COMPARABLE",
     };
     let vstyle = p.status(Some(if v.passed { Status::Pass } else { Status::Fail }));
-    let mut x = put(
+    let x = put(
         buf,
         area,
         area.x + 1,
@@ -202,7 +202,7 @@ fn summary(app: &App, area: Rect, buf: &mut Buffer) {
         vstyle.add_modifier(Modifier::BOLD),
     );
     let k = &j.counts;
-    x = put(
+    put(
         buf,
         area,
         x,
@@ -219,7 +219,6 @@ fn summary(app: &App, area: Rect, buf: &mut Buffer) {
         ),
         p.dim(),
     );
-    let _ = x;
     let findings = app.findings();
     for (i, f) in findings.iter().enumerate() {
         let y = y0 + 2 + i as u16;
