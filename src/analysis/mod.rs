@@ -28,13 +28,14 @@ mod tolerance;
 
 pub use align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
 pub use compare::{
-    Basis, COMPARISON_SCHEMA, CompareOptions, Comparison, FloorMetrics, PairRecord, TraceSide,
-    compare, compare_paths,
+    Basis, COMPARISON_SCHEMA, CompareOptions, Comparison, Depth, FloorMetrics, Hooks, PairHook,
+    PairRecord, Progress, TraceSide, compare, compare_paths, compare_with,
 };
 pub use judge::{
-    Amplification, FailOn, Judgement, LatentPoint, RecordJudgement, Required, Source, Status,
-    Verdict, VerdictClass, judge,
+    Amplification, CREATE_GAIN, FailOn, Judgement, LatentPoint, RecordJudgement, Required, Source,
+    Status, Verdict, VerdictClass, judge,
 };
+pub(crate) use metrics::decode_all;
 pub use metrics::{
     ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics, ulp_bins_p99,
 };
@@ -74,6 +75,8 @@ pub enum AnalysisError {
     SavedComparison { path: PathBuf, what: String },
     #[error("{what}")]
     Worker { what: String },
+    #[error("the comparison was cancelled")]
+    Cancelled,
 }
 
 /// Serde for f64 fields that may be non-finite: JSON has no NaN or ∞, so those are written as
