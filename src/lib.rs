@@ -20,5 +20,6 @@ pub mod sampling;
 pub mod stats;
 pub mod text;
 pub mod trace;
+pub mod tui;
 
 pub use dtype::DType;

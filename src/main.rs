@@ -67,6 +67,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The original report's case in miniature: record emulated GTX 1070 / Tesla T4 runs and an
+    /// f32/f16 pair on a tiny synthetic model (no download), then judge them
+    #[command(after_help = EXIT_CODES)]
+    Demo(cli::demo::DemoArgs),
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
     #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]
     Record(cli::record::RecordArgs),
@@ -74,6 +78,10 @@ enum Command {
     /// original report's experiment; compare two folders with report --matrix)
     #[command(after_help = cli::sweep::SWEEP_HELP, args_override_self = true)]
     Sweep(cli::sweep::SweepArgs),
+    /// Write the initial latent noise a run would use, or compare generators (GPU cards, CPU)
+    /// size by size, without a model
+    #[command(after_help = cli::noise::NOISE_HELP)]
+    Noise(cli::noise::NoiseArgs),
     /// Write a deterministic random-weight model in the diffusers folder layout, or as one
     /// single-file LDM checkpoint (tests, demos, benchmarks; no download)
     #[command(after_help = EXIT_CODES)]
@@ -170,7 +178,55 @@ enum Command {
         #[arg(long, conflicts_with_all = ["from", "save", "noise_floor"])]
         matrix: bool,
     },
+    /// Explore a comparison interactively: summary, step × layer heatmap, layer, tensor,
+    /// noise and image views (press ? for the keys)
+    #[command(after_help = DIFF_HELP)]
+    Diff {
+        /// Trace A, the reference (.sdt)
+        a: PathBuf,
+        /// Trace B, the run under test (.sdt)
+        b: PathBuf,
+        /// Tolerance for every record, e.g. rel=1e-3,abs=1e-5 (default: per dtype; `t` edits it)
+        #[arg(long, value_name = "rel=R,abs=A")]
+        tol: Option<String>,
+        /// Tolerance for keys matching GLOB, e.g. 'unet.*=rel=1e-2' (repeatable; last match wins)
+        #[arg(long = "tol-key", value_name = "GLOB=rel=R,abs=A")]
+        tol_key: Vec<String>,
+        /// A repeat run of A (same machine) or an f64 reference: tolerance = k × its error
+        #[arg(long, value_name = "TRACE")]
+        noise_floor: Option<PathBuf>,
+        /// The k of --noise-floor
+        #[arg(long, value_name = "K", default_value_t = 3.0)]
+        floor_k: f64,
+        /// Key renaming file (`FROM => TO` per line) for traces of other implementations
+        #[arg(long, value_name = "FILE")]
+        map: Option<PathBuf>,
+        /// What the verdict fails on: first-exceed, amplify or image
+        #[arg(long, value_name = "WHAT", default_value = "first-exceed")]
+        fail_on: FailOn,
+        /// Worker threads for payload comparison (0: one per core)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        threads: usize,
+        /// Do not capture the mouse (clicks select cells otherwise)
+        #[arg(long)]
+        no_mouse: bool,
+        /// Folder that `e` exports the selected tensors to
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        export_dir: PathBuf,
+    },
 }
+
+const DIFF_HELP: &str = "\
+Shows the same analysis as `sdtrace report`. Payload metrics are computed in the background
+(progress in the title bar); a trace still being recorded is followed as it grows.
+Keys: arrows/hjkl move, Enter drills down, Esc/Backspace back, Tab switches panes, f first
+over tolerance, s source, a amplification onset, m metric, t tolerance, / filter, n/N next or
+previous failing cell, e export, 1-5 views, ? all keys, q quit. NO_COLOR turns colour off.
+
+Exit codes:
+  0  quit with q (or Ctrl-c)
+  2  bad usage, no terminal, or a trace that cannot be read
+  130  interrupted by SIGINT";
 
 const REPORT_HELP: &str = "\
 Records pair by (step, eval, key). A record fails when its relative L2 error exceeds rel AND its
@@ -215,8 +271,42 @@ fn json_text(v: &serde_json::Value) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Diff {
+            a,
+            b,
+            tol,
+            tol_key,
+            noise_floor,
+            floor_k,
+            map,
+            fail_on,
+            threads,
+            no_mouse,
+            export_dir,
+        } => {
+            let opts = sdtrace::tui::DiffOptions {
+                tol: sdtrace::tui::tolerances(tol.as_deref(), &tol_key, floor_k)?,
+                map: map
+                    .as_deref()
+                    .map(KeyMap::load)
+                    .transpose()?
+                    .unwrap_or_default(),
+                a,
+                b,
+                floor: noise_floor,
+                fail_on,
+                threads,
+                mouse: !no_mouse,
+                export_dir,
+                poll: std::time::Duration::from_millis(500),
+                timings: std::env::var_os("SDTRACE_DIFF_TIMINGS").map(PathBuf::from),
+            };
+            Ok(ExitCode::from(sdtrace::tui::run(opts)?))
+        }
         Command::Record(args) => cli::record::run(args),
         Command::Sweep(args) => cli::sweep::run(args),
+        Command::Demo(args) => cli::demo::run(args),
+        Command::Noise(args) => cli::noise::run(args),
         Command::Info {
             trace,
             verify,

@@ -4,25 +4,13 @@
 
 mod common;
 
-use assert_cmd::Command;
-use sdtrace::model::synth::{SynthSize, write_model};
+use common::sdtrace;
 use sdtrace::trace::{Fidelity, RunStatus, TraceReader};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Instant;
 
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
-
-/// One tiny model for all tests of this file.
 fn model() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("record-test-model");
-        write_model(&dir, SynthSize::Tiny, 3).unwrap();
-        dir
-    })
+    common::tiny_model("record-test-model")
 }
 
 fn run(args: &[&str], out: &Path) -> (i32, String) {
@@ -106,6 +94,10 @@ fn a_recording_holds_the_whole_run() {
     }
     assert!(s.model_hashes.contains_key("unet_xxh3"));
     assert!(r.header().device.compute_threads.is_some());
+    let (c, err) = run(&["--no-png", "--threads", "1"], &dir.path().join("t1.sdt"));
+    assert_eq!(c, 0, "{err}");
+    let t1 = TraceReader::open(dir.path().join("t1.sdt")).unwrap();
+    assert_eq!(t1.header().device.compute_threads, Some(1));
     // The PNG with A1111 parameters.
     let png = std::fs::read(dir.path().join("run.png")).unwrap();
     let text = sdtrace::image::png_text(&png).unwrap();

@@ -197,6 +197,25 @@ fn damaged_payload_names_the_offset() {
     assert!(r.verify().is_err());
 }
 
+/// Write `steps` full f32 records of `vals`, one per step, keyed by `key(step)`.
+fn write_steps(w: &mut TraceWriter, steps: u32, vals: &[f64], key: impl Fn(u32) -> String) {
+    let data = encode(DType::F32, vals);
+    let shape = [vals.len()];
+    for i in 0..steps {
+        let view = TensorView::new(DType::F32, &shape, &data).unwrap();
+        w.write(capture(
+            &key(i),
+            Some(i),
+            0,
+            view,
+            Fidelity::Full,
+            Codec::Raw,
+            16,
+        ))
+        .unwrap();
+    }
+}
+
 #[test]
 fn dropped_writer_leaves_readable_truncated_trace() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,20 +226,7 @@ fn dropped_writer_leaves_readable_truncated_trace() {
         WriterOptions { max_queue_bytes: 1 },
     )
     .unwrap();
-    let data = encode(DType::F32, &[1.0, 2.0, 3.0]);
-    for i in 0..5 {
-        let view = TensorView::new(DType::F32, &[3], &data).unwrap();
-        w.write(capture(
-            &format!("k{i}"),
-            Some(i),
-            0,
-            view,
-            Fidelity::Full,
-            Codec::Raw,
-            16,
-        ))
-        .unwrap();
-    }
+    write_steps(&mut w, 5, &[1.0, 2.0, 3.0], |i| format!("k{i}"));
     drop(w);
     let r = TraceReader::open(&path).unwrap();
     assert_eq!(r.entries().len(), 5);
@@ -240,20 +246,7 @@ fn run_end_frame_marks_an_interrupted_run() {
     let path = dir.path().join("stopped.sdt");
     let mut w =
         TraceWriter::create(&path, &fixed_header("stopped"), WriterOptions::default()).unwrap();
-    let data = encode(DType::F32, &[1.0, f64::NAN, 3.0]);
-    for i in 0..3 {
-        let view = TensorView::new(DType::F32, &[3], &data).unwrap();
-        w.write(capture(
-            "k",
-            Some(i),
-            0,
-            view,
-            Fidelity::Full,
-            Codec::Raw,
-            16,
-        ))
-        .unwrap();
-    }
+    write_steps(&mut w, 3, &[1.0, f64::NAN, 3.0], |_| "k".into());
     let end = RunEnd {
         status: RunStatus::Interrupted,
         reason: Some("interrupted (Ctrl-C)".into()),

@@ -7,12 +7,15 @@
 //! differ: summaries only). Payload streaming holds at most a few MiB per worker: small A
 //! payloads (≤ 4 MiB) are read whole and B streamed against them; larger ones are streamed
 //! side by side, A's pieces coming from a helper thread over a two-slot channel. Pairs are
-//! spread over `threads` workers, largest first.
+//! spread over `threads` workers, largest first. [`compare_with`] can stop short of the payloads
+//! ([`Depth::Summaries`]) and reports each measured pair and the bytes done as it goes, so an
+//! interactive view shows the summary-based picture at once and refines it live.
 
 use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
 use super::metrics::{
-    ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics_bytes,
+    ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, decode_all, image_metrics_bytes,
 };
+use super::noise::{NoiseDiagnosis, diagnose, is_noise_key};
 use super::tolerance::TolConfig;
 use super::{AnalysisError, jf64};
 use crate::dtype::DType;
@@ -23,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Schema tag of a saved comparison (`report --save`).
 pub const COMPARISON_SCHEMA: &str = "sdtrace.comparison/1";
@@ -36,6 +39,9 @@ const IMAGE_LIMIT: u64 = 48 << 20;
 
 /// Most payload-comparison workers.
 const MAX_WORKERS: usize = 16;
+
+/// Noise payloads larger than this (per side) get no noise diagnosis.
+const NOISE_LIMIT: u64 = 16 << 20;
 
 /// What the metrics of a pair were computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +137,10 @@ pub struct PairRecord {
     pub image: Option<ImageMetrics>,
     pub floor: Option<FloorMetrics>,
     pub note: Option<String>,
+    /// For `noise.*` and `sampler.noise` pairs: what kind of difference lies between the two
+    /// noise tensors (both payloads kept, or shapes that differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseDiagnosis>,
 }
 
 impl PairRecord {
@@ -213,6 +223,41 @@ pub struct CompareOptions {
     pub threads: usize,
 }
 
+/// How much of the work [`compare_with`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// Read no payload: every pair is measured on its sketch or summary basis. Fast (record
+    /// frames only), for a first look while the payloads are compared.
+    Summaries,
+    /// Everything [`compare`] does.
+    Full,
+}
+
+/// Live progress of a comparison, readable from other threads while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Pairs to measure and measured (A against B; a noise floor is not counted).
+    pub pairs_total: AtomicUsize,
+    pub pairs_done: AtomicUsize,
+    /// Payload bytes on disk (both sides) of the pairs to measure, and of those measured.
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+}
+
+/// Called with (index in `Comparison::records`, the measured pair).
+pub type PairHook<'a> = &'a (dyn Fn(usize, &PairRecord) + Sync);
+
+/// Hooks into a running comparison, for interactive views.
+#[derive(Clone, Copy, Default)]
+pub struct Hooks<'a> {
+    /// Called from worker threads with (index in `Comparison::records`, the measured pair) as
+    /// each A–B pair is done (before a noise floor is attached).
+    pub on_pair: Option<PairHook<'a>>,
+    pub progress: Option<&'a Progress>,
+    /// Set it to stop early: the comparison then ends with [`AnalysisError::Cancelled`].
+    pub cancel: Option<&'a AtomicBool>,
+}
+
 /// Open the traces and compare them.
 pub fn compare_paths(
     a: &Path,
@@ -279,11 +324,39 @@ pub fn compare(
     floor: Option<&TraceReader>,
     opts: &CompareOptions,
 ) -> Result<Comparison, AnalysisError> {
+    compare_with(a, b, floor, opts, Depth::Full, Hooks::default())
+}
+
+/// [`compare`] to the given depth, reporting progress through `hooks`. At [`Depth::Full`] with
+/// no cancellation the result is exactly [`compare`]'s.
+pub fn compare_with(
+    a: &TraceReader,
+    b: &TraceReader,
+    floor: Option<&TraceReader>,
+    opts: &CompareOptions,
+    depth: Depth,
+    hooks: Hooks<'_>,
+) -> Result<Comparison, AnalysisError> {
+    let payloads = depth == Depth::Full;
     let (pairs, only_a, only_b) = align(a, b, &opts.map);
-    let mut records = measure_all(a, b, &pairs, opts)?;
+    if let Some(p) = hooks.progress {
+        let bytes: u64 = pairs
+            .iter()
+            .map(|&(i, j)| (&a.entries()[i], &b.entries()[j]))
+            .filter(|(ea, eb)| payloads && ea.payload_len > 0 && eb.payload_len > 0)
+            .map(|(ea, eb)| ea.payload_len + eb.payload_len)
+            .sum();
+        p.pairs_total.store(pairs.len(), Ordering::Relaxed);
+        p.bytes_total.store(bytes, Ordering::Relaxed);
+    }
+    let mut records = measure_all(a, b, &pairs, opts, payloads, hooks)?;
     if let Some(f) = floor {
         let (fpairs, _, _) = align(a, f, &opts.map);
-        let floor_recs = measure_all(a, f, &fpairs, opts)?;
+        let floor_hooks = Hooks {
+            cancel: hooks.cancel,
+            ..Hooks::default()
+        };
+        let floor_recs = measure_all(a, f, &fpairs, opts, payloads, floor_hooks)?;
         let by_id: HashMap<Id, FloorMetrics> = floor_recs
             .into_iter()
             .filter_map(|r| {
@@ -312,25 +385,32 @@ pub fn compare(
     })
 }
 
-/// Measure every pair in parallel; results in A's order.
+/// Measure every pair in parallel (without payloads unless `payloads`); results in A's order.
 fn measure_all(
     a: &TraceReader,
     b: &TraceReader,
     pairs: &[(usize, usize)],
     opts: &CompareOptions,
+    payloads: bool,
+    hooks: Hooks<'_>,
 ) -> Result<Vec<PairRecord>, AnalysisError> {
     // At most MAX_WORKERS, whatever was asked: each holds up to WHOLE_LIMIT plus stream
     // buffers, and one may hold two images (IMAGE_LIMIT each), which keeps the whole
     // comparison under 256 MiB.
     let threads = match opts.threads {
+        // Without payloads the work is small reads: a few more threads hide read latency.
+        0 if !payloads => 8,
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
     .min(MAX_WORKERS)
     .min(pairs.len().max(1));
-    // Largest first, so one big tensor does not start last.
     let mut todo: Vec<usize> = (0..pairs.len()).collect();
-    todo.sort_by_key(|&i| std::cmp::Reverse(a.entries()[pairs[i].0].payload_len));
+    if payloads {
+        // Largest first, so one big tensor does not start last.
+        todo.sort_by_key(|&i| std::cmp::Reverse(a.entries()[pairs[i].0].payload_len));
+    }
+    // Without payloads: file order, so a cold read of the record frames runs forward.
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let results: Mutex<Vec<Option<PairRecord>>> = Mutex::new(vec![None; pairs.len()]);
@@ -339,11 +419,32 @@ fn measure_all(
         for _ in 0..threads {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
+                    if hooks.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                        stop.store(true, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(AnalysisError::Cancelled);
+                        break;
+                    }
                     let t = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = todo.get(t) else { break };
                     let (ia, ib) = pairs[i];
-                    match measure(a, &a.entries()[ia], b, &b.entries()[ib], opts) {
+                    let (ea, eb) = (&a.entries()[ia], &b.entries()[ib]);
+                    match measure(a, ea, b, eb, opts, payloads) {
                         Ok(r) => {
+                            if let Some(f) = hooks.on_pair {
+                                f(i, &r);
+                            }
+                            if let Some(p) = hooks.progress {
+                                if r.basis == Basis::Payload {
+                                    p.bytes_done.fetch_add(
+                                        ea.payload_len + eb.payload_len,
+                                        Ordering::Relaxed,
+                                    );
+                                }
+                                p.pairs_done.fetch_add(1, Ordering::Relaxed);
+                            }
                             results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                         }
                         Err(e) => {
@@ -372,13 +473,14 @@ fn measure_all(
         .collect()
 }
 
-/// Measure one pair.
+/// Measure one pair (from its payloads only when `payloads`).
 fn measure(
     ra: &TraceReader,
     ea: &RecordEntry,
     rb: &TraceReader,
     eb: &RecordEntry,
     opts: &CompareOptions,
+    payloads: bool,
 ) -> Result<PairRecord, AnalysisError> {
     let ma = ra.read_meta(ea)?;
     let mb = rb.read_meta(eb)?;
@@ -409,6 +511,7 @@ fn measure(
         image: None,
         floor: None,
         note: None,
+        noise: None,
     };
     if ma.shape != mb.shape {
         rec.basis = Basis::None;
@@ -417,6 +520,9 @@ fn measure(
             "shapes differ (A {:?}, B {:?}): only summaries compared",
             ma.shape, mb.shape
         ));
+        if is_noise_key(&key) {
+            rec.noise = Some(diagnose::<f64>(&ma.shape, &[], &mb.shape, &[]));
+        }
         return Ok(rec);
     }
     if rec.bit_identical == Some(true) {
@@ -424,7 +530,7 @@ fn measure(
         rec.abs_error = Some(0.0);
     }
     let n = ma.summary.count.max(1) as f64;
-    if ma.payload.is_some() && mb.payload.is_some() {
+    if payloads && ma.payload.is_some() && mb.payload.is_some() {
         let tol = opts.tol.resolve(&key, ma.dtype, mb.dtype, None);
         let mut acc = PairAccumulator::new(ma.dtype, mb.dtype, tol);
         stream_pair(ra, &ma, rb, &mb, &mut acc)?;
@@ -435,6 +541,24 @@ fn measure(
         rec.abs_error = Some(m.max_abs);
         rec.nonfinite_mismatch = m.nonfinite_mismatch;
         rec.payload = Some(m);
+        if is_noise_key(&key) {
+            let size = ma
+                .payload
+                .map_or(0, |p| p.raw_len)
+                .max(mb.payload.map_or(0, |p| p.raw_len));
+            if size > NOISE_LIMIT {
+                rec.note = Some(format!(
+                    "noise of {size} bytes is over {NOISE_LIMIT} bytes: no noise diagnosis"
+                ));
+            } else if let (Some(pa), Some(pb)) = (ra.read_payload(&ma)?, rb.read_payload(&mb)?) {
+                rec.noise = Some(diagnose(
+                    &ma.shape,
+                    &decode_all(ma.dtype, &pa),
+                    &mb.shape,
+                    &decode_all(mb.dtype, &pb),
+                ));
+            }
+        }
         if key == "image" {
             let size = ma.payload.map_or(0, |p| p.raw_len);
             if size <= IMAGE_LIMIT {

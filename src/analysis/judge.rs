@@ -12,7 +12,9 @@
 //!   record (the model output the update used); at the first step, `noise.initial`.
 //! - any other record inside a step: the previous record of the same step in execution order
 //!   (evals chain on); the first record of a step takes the `sampler.x` rule.
-//! - outside the loop: `noise.*` and `text.*` are roots (input error 0); records after the loop
+//! - outside the loop: `noise.*` are roots (input error 0); `text.*` take every
+//!   `text_encoder.final_layer_norm` record before them (the encoder's chunk outputs; roots
+//!   when the trace has none); records after the loop
 //!   (VAE, `image`) take the previous record in execution order; other records before the loop
 //!   take the previous record with the same first key component (`text_encoder.…`).
 //!
@@ -353,8 +355,16 @@ impl Graph {
                 self.step_inputs(recs, s, e)
             }
             None => {
-                if r.key.starts_with("noise.") || r.key.starts_with("text.") {
+                if r.key.starts_with("noise.") {
                     return Vec::new();
+                }
+                if r.key.starts_with("text.") {
+                    // The encoder's outputs before it (every chunk of both prompts).
+                    return (0..i)
+                        .filter(|&j| {
+                            recs[j].key == "text_encoder.final_layer_norm" && e[j].is_some()
+                        })
+                        .collect();
                 }
                 if self.last_stepped.is_some_and(|l| i > l) {
                     return (0..i).rev().find(|&j| e[j].is_some()).into_iter().collect();
@@ -414,6 +424,36 @@ pub fn amplification(points: &[LatentPoint]) -> Option<Amplification> {
         r2,
         points: run.len(),
     })
+}
+
+/// Header fields whose difference changes the numerics, not the inputs.
+const PRECISION_FIELDS: [&str; 3] = ["settings.dtype", "settings.attention", "device.device"];
+
+/// `field A vs B` for each header difference among `fields`.
+fn header_changes(c: &Comparison, fields: &[&str]) -> Vec<String> {
+    c.header_diffs
+        .iter()
+        .filter(|d| fields.contains(&d.field.as_str()))
+        .map(|d| {
+            format!(
+                "{} {} vs {}",
+                d.field,
+                d.a.as_deref().unwrap_or("-"),
+                d.b.as_deref().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+/// The text conditioning differs because the runs compute in different precisions or on
+/// different devices, with the same prompts: numeric drift, not a conditioning difference.
+fn precision_explains_text(c: &Comparison) -> bool {
+    let differs = |fields: &[&str]| {
+        c.header_diffs
+            .iter()
+            .any(|d| fields.contains(&d.field.as_str()))
+    };
+    differs(&PRECISION_FIELDS) && !differs(&["settings.prompt", "settings.negative_prompt"])
 }
 
 /// Apply tolerances and localise the divergence.
@@ -530,6 +570,18 @@ pub fn judge(c: &Comparison, tol: &TolConfig, fail_on: FailOn) -> Judgement {
         image,
         verdict,
     }
+}
+
+/// The first `sampler.noise` pair drawn by a different generator (not mere rounding), when the
+/// initial noise is identical.
+fn ancestral_noise_differs(recs: &[PairRecord]) -> Option<usize> {
+    recs.iter().position(|r| {
+        r.key == "sampler.noise"
+            && r.bit_identical == Some(false)
+            && r.noise
+                .as_ref()
+                .is_none_or(|d| d.class.is_generator_difference())
+    })
 }
 
 fn verdict(
@@ -649,40 +701,42 @@ fn verdict(
                 recs[i].nonfinite_mismatch
             ),
         )
-    } else if let Some(i) = differs("noise.") {
+    } else if let Some(i) = differs("noise.").or_else(|| ancestral_noise_differs(recs)) {
         let r = &recs[i];
-        let hint = match r.payload.as_ref().and_then(|p| p.first_diff_index) {
-            Some(k) if k > 0 => format!(
+        let hint = match (
+            &r.noise,
+            r.payload.as_ref().and_then(|p| p.first_diff_index),
+        ) {
+            (Some(d), _) => format!(" {}", d.summary),
+            (None, Some(k)) if k > 0 => format!(
                 " The first {k} elements are bit-identical and the rest differ: the generator's layout depends on the device (for a GPU Philox grid, SMs × threads/SM = {k})."
             ),
-            Some(_) => {
+            (None, Some(_)) => {
                 " They differ from the first element: a different generator, seed or device.".into()
             }
-            None => String::new(),
+            (None, None) => String::new(),
         };
-        let rng: Vec<String> = c
-            .header_diffs
-            .iter()
-            .filter(|d| {
-                matches!(
-                    d.field.as_str(),
-                    "settings.rng" | "settings.seed" | "device.device" | "device.gpu.sm_count"
-                )
-            })
-            .map(|d| {
-                format!(
-                    "{} {} vs {}",
-                    d.field,
-                    d.a.as_deref().unwrap_or("-"),
-                    d.b.as_deref().unwrap_or("-")
-                )
-            })
-            .collect();
+        let rng = header_changes(
+            c,
+            &[
+                "settings.rng",
+                "settings.seed",
+                "device.device",
+                "device.gpu.sm_count",
+            ],
+        );
+        let what = if r.key.starts_with("noise.") {
+            format!("{} differs, so the runs start from different noise.", r.key)
+        } else {
+            format!(
+                "the ancestral noise {} differs while the initial noise is identical, so the runs part at that step (generator, ENSD or seed of the per-step draws).",
+                r.label()
+            )
+        };
         (
             VerdictClass::NoiseRng,
             format!(
-                "Noise/RNG: {} differs, so the runs start from different noise.{hint}{}",
-                r.key,
+                "Noise/RNG: {what}{hint}{}",
                 if rng.is_empty() {
                     String::new()
                 } else {
@@ -690,7 +744,7 @@ fn verdict(
                 }
             ),
         )
-    } else if let Some(i) = differs("text.") {
+    } else if let Some(i) = differs("text.").filter(|_| !precision_explains_text(c)) {
         (
             VerdictClass::Conditioning,
             format!(
@@ -699,13 +753,19 @@ fn verdict(
             ),
         )
     } else if out.iter().any(|j| !matches!(j.status, Status::Identical)) {
+        let precision = header_changes(c, &PRECISION_FIELDS);
+        let why = if precision.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", precision.join(", "))
+        };
         let lead = match source {
             Some(s) => format!(
-                "Numeric drift from {}{}",
+                "Numeric drift{why} from {}{}",
                 recs[s.index].label(),
                 if passed { ", within tolerance." } else { "." }
             ),
-            None => "Numeric drift.".to_string(),
+            None => format!("Numeric drift{why}."),
         };
         (VerdictClass::NumericDrift, lead)
     } else {

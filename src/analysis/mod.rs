@@ -12,6 +12,9 @@
 //!   non-identical record, first record over tolerance, per-record gain and the source record,
 //!   latent amplification onset with its fitted growth rate, the final image difference, and a
 //!   verdict class with an exit code. It reads no file.
+//! - [`noise`] classifies a difference between two noise tensors (identical, rounding, GPU RNG
+//!   wave, unrelated generators, scaling, shapes); `compare` attaches its diagnosis to every
+//!   `noise.*` and `sampler.noise` pair, and `judge` names it in the verdict.
 //!
 //! Invariants: nothing here depends on a tensor library; unmatched and mismatched records are
 //! reported, never dropped silently; no input, however damaged, makes this module panic.
@@ -20,20 +23,23 @@ mod align;
 mod compare;
 mod judge;
 mod metrics;
+pub mod noise;
 mod tolerance;
 
 pub use align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
 pub use compare::{
-    Basis, COMPARISON_SCHEMA, CompareOptions, Comparison, FloorMetrics, PairRecord, TraceSide,
-    compare, compare_paths,
+    Basis, COMPARISON_SCHEMA, CompareOptions, Comparison, Depth, FloorMetrics, Hooks, PairHook,
+    PairRecord, Progress, TraceSide, compare, compare_paths, compare_with,
 };
 pub use judge::{
-    Amplification, FailOn, Judgement, LatentPoint, RecordJudgement, Required, Source, Status,
-    Verdict, VerdictClass, judge,
+    Amplification, CREATE_GAIN, FailOn, Judgement, LatentPoint, RecordJudgement, Required, Source,
+    Status, Verdict, VerdictClass, judge,
 };
+pub(crate) use metrics::decode_all;
 pub use metrics::{
     ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics, ulp_bins_p99,
 };
+pub use noise::{NoiseClass, NoiseDiagnosis, diagnose};
 pub use tolerance::{Tol, TolConfig, TolSpec, default_tol};
 
 use std::path::PathBuf;
@@ -69,6 +75,8 @@ pub enum AnalysisError {
     SavedComparison { path: PathBuf, what: String },
     #[error("{what}")]
     Worker { what: String },
+    #[error("the comparison was cancelled")]
+    Cancelled,
 }
 
 /// Serde for f64 fields that may be non-finite: JSON has no NaN or ∞, so those are written as

@@ -11,7 +11,7 @@ use sdtrace::pipeline::{
     parse_dtype, parse_size,
 };
 use sdtrace::probe::Policy;
-use sdtrace::sampling::SamplerKind;
+use sdtrace::sampling::{RngSpec, SamplerKind, rng};
 use sdtrace::text::PromptSyntax;
 use sdtrace::trace::{NonFinite, RunHeader, RunStatus};
 use std::io::{IsTerminal, Write};
@@ -63,6 +63,14 @@ pub struct RecordArgs {
     /// Seed (-1: a random one, printed and recorded) [default: -1]
     #[arg(long, allow_negative_numbers = true)]
     seed: Option<i64>,
+    /// Noise generator: sdtrace, torch-cpu, torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD
+    /// (e.g. gtx1070, t4), a1111-nv, file:PATH (.npy/.safetensors), device (GPU only)
+    #[arg(long, default_value = "sdtrace", value_name = "RNG", value_parser = rng::parse_flag)]
+    rng: RngSpec,
+    /// A1111's eta noise seed delta: Euler a's per-step noise comes from seed + ENSD (0: the
+    /// generator of the initial noise continues)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    ensd: u64,
     /// Image size WIDTHxHEIGHT, multiples of 8 [default: 512x512]
     #[arg(long, value_parser = parse_size)]
     size: Option<(u32, u32)>,
@@ -213,8 +221,12 @@ fn parse_bytes_arg(s: &str) -> Result<u64, String> {
 /// Apply `--threads` before any compute thread pool starts.
 pub fn configure_threads(args: &RecordArgs) {
     if let Some(n) = args.threads {
-        // SAFETY: called at the start of `main`, before any other thread exists.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+        // candle reads both (its barrier pool CANDLE_NUM_THREADS, gemm's rayon pool
+        // RAYON_NUM_THREADS) when its first kernel runs.
+        for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+            // SAFETY: called at the start of `main`, before any other thread exists.
+            unsafe { std::env::set_var(var, n.max(1).to_string()) };
+        }
     }
 }
 
@@ -244,7 +256,7 @@ impl Monitor for Terminal {
         }
         let s = &p.header.settings;
         let mut text = format!(
-            "recording {} {}x{}, {} {} steps, cfg {}, seed {}, {} {} on {}\n",
+            "recording {} {}x{}, {} {} steps, cfg {}, seed {} ({}), {} {} on {}\n",
             s.model.as_deref().unwrap_or("?"),
             s.width.unwrap_or(0),
             s.height.unwrap_or(0),
@@ -252,6 +264,7 @@ impl Monitor for Terminal {
             s.steps.unwrap_or(0),
             s.cfg_scale.unwrap_or(0.0),
             s.seed.unwrap_or(0),
+            s.rng.as_deref().unwrap_or("?"),
             s.dtype.as_deref().unwrap_or("?"),
             s.attention.as_deref().unwrap_or("?"),
             p.header.device.device.as_deref().unwrap_or("?"),
@@ -485,6 +498,8 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         sampler,
         cfg_scale: args.cfg.or(from.and_then(|s| s.cfg_scale)).unwrap_or(7.0),
         seed,
+        rng: args.rng.clone(),
+        ensd: args.ensd,
         width,
         height,
         clip_skip: args

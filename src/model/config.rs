@@ -174,16 +174,7 @@ impl UNetConfig {
     /// Read diffusers' `unet/config.json`; `scheduler/scheduler_config.json` next to the
     /// `unet` folder, when present, gives the prediction type.
     pub fn from_diffusers_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            op: "cannot read",
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            file: path.to_path_buf(),
-            field: "(file)".into(),
-            what: format!("is not valid JSON: {e}"),
-        })?;
+        let v = super::read_json(path)?;
         let mut cfg = Self::from_diffusers_json(&v, path)?;
         if let Some(sched) = path
             .parent()

@@ -74,16 +74,7 @@ const KNOWN_FIELDS: [&str; 19] = [
 impl VaeConfig {
     /// Read diffusers' `vae/config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            op: "cannot read",
-            source,
-        })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            file: path.to_path_buf(),
-            field: "(file)".into(),
-            what: format!("is not valid JSON: {e}"),
-        })?;
+        let v = super::read_json(path)?;
         Self::from_json(&v, path)
     }
 

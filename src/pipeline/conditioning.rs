@@ -96,7 +96,13 @@ fn emphasize(z: &Tensor, weights: &[f32], mode: Emphasis) -> Result<Tensor> {
     if mode == Emphasis::NoNorm {
         return Ok(zw);
     }
-    let ratio = (mean0 / zw.mean_all()?)?;
+    // The webui divides unguarded; a mean of exactly 0 (seen with synthetic weights, e.g. the
+    // tiny model's empty prompt) would give NaN everywhere, so the ratio is 1 then.
+    let mean1 = zw.mean_all()?;
+    if mean1.to_scalar::<f32>()? == 0.0 {
+        return Ok(zw);
+    }
+    let ratio = (mean0 / mean1)?;
     Ok(zw.broadcast_mul(&ratio)?)
 }
 

@@ -27,8 +27,8 @@ use crate::model::vae::Vae;
 use crate::probe::{Policy, Probe, ProbeError};
 use crate::sampling::noise::randn;
 use crate::sampling::{
-    AlphasPrecision, Batching, DiscreteSchedule, KarrasBounds, Sampler, SamplerKind, SamplerSpec,
-    SamplingError, SdtraceNoise, UNetDenoiser,
+    AlphasPrecision, Batching, DiscreteSchedule, KarrasBounds, NoiseSource, RngSpec, RunRng,
+    Sampler, SamplerKind, SamplerSpec, SamplingError, UNetDenoiser,
 };
 use crate::text::{PromptSyntax, TextError, tokenize_prompt};
 use crate::trace::{
@@ -216,6 +216,11 @@ pub struct RecordSpec {
     pub sampler: SamplerKind,
     pub cfg_scale: f64,
     pub seed: u64,
+    /// The noise generator (`--rng`); its spec and parameters go into the header.
+    pub rng: RngSpec,
+    /// A1111's eta noise seed delta: draws after the initial noise (Euler a's per-step noise)
+    /// come from a generator seeded with seed + ENSD; 0 continues the same generator.
+    pub ensd: u64,
     pub width: u32,
     pub height: u32,
     /// A1111's "Clip skip": 1 = the last layer.
@@ -334,19 +339,7 @@ impl ModelFiles {
         }
         let unet_cfg = first_existing(dir, "unet", &["config.json"])?;
         let clip_cfg = first_existing(dir, "text_encoder", &["config.json"])?;
-        let clip_json: serde_json::Value = std::fs::read(&clip_cfg)
-            .map_err(|e| ModelError::Io {
-                path: clip_cfg.clone(),
-                op: "cannot read",
-                source: e,
-            })
-            .and_then(|b| {
-                serde_json::from_slice(&b).map_err(|e| ModelError::Config {
-                    file: clip_cfg.clone(),
-                    field: "(file)".into(),
-                    what: format!("is not valid JSON: {e}"),
-                })
-            })?;
+        let clip_json = crate::model::read_json(&clip_cfg)?;
         first_existing(dir, "vae", &["config.json"])?;
         let vae_weights = first_existing(
             dir,
@@ -671,7 +664,13 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
 
     // Header.
     let mut settings = settings(spec, &files, &tokenizer_origin, &attention)?;
-    let mut rng = SdtraceNoise::new(spec.seed);
+    let mut rng =
+        RunRng::new(&spec.rng, spec.seed, spec.ensd, &device).map_err(SamplingError::from)?;
+    let draws = 1 + match spec.sampler {
+        SamplerKind::EulerA => sampler.sigmas()[1..].iter().filter(|&&s| s > 0.0).count(),
+        _ => 0,
+    };
+    rng.check_draws(&vec![vec![1, 4, lh, lw]; draws])?;
     sampler.fill_settings(&mut settings, &rng);
     settings.extra.insert(
         "tokens".into(),
@@ -822,7 +821,7 @@ fn run(
     m: Models<'_>,
     (uncond_tokens, cond_tokens): (&crate::text::PromptTokens, &crate::text::PromptTokens),
     sampler: &Sampler,
-    rng: &mut SdtraceNoise,
+    rng: &mut dyn NoiseSource,
     probe: &Probe,
     monitor: &mut dyn Monitor,
     steps_done: &mut u32,

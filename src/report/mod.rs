@@ -307,12 +307,25 @@ pub fn report_json(c: &Comparison, j: &Judgement) -> Value {
                 json!({"bit_identical": r.bit_identical, "rel_l2": r.rel_l2.map(num), "metrics": r.image})
             }),
         },
+        "noise": noise_json(c),
         "header_diffs": c.header_diffs,
         "only_a": c.only_a,
         "only_b": c.only_b,
         "keys": keys,
         "records": records,
     })
+}
+
+/// The noise diagnoses (`noise.*`, `sampler.noise` pairs), each with its record label.
+fn noise_json(c: &Comparison) -> Vec<Value> {
+    c.records
+        .iter()
+        .filter_map(|r| {
+            let mut v = serde_json::to_value(r.noise.as_ref()?).ok()?;
+            v["label"] = json!(r.label());
+            Some(v)
+        })
+        .collect()
 }
 
 /// A JSON number, or the strings "inf"/"-inf"/"nan" (JSON has no non-finite numbers).
@@ -387,6 +400,7 @@ pub(crate) mod fixture {
             image: None,
             floor: None,
             note: None,
+            noise: None,
         }
     }
 

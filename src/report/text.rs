@@ -1,5 +1,5 @@
-//! The text report: a verdict paragraph, then the key table, failing records with the smallest
-//! passing tolerance, and what did not pair up.
+//! The text report: a verdict paragraph, the noise diagnoses, then the key table, failing records
+//! with the smallest passing tolerance, and what did not pair up.
 
 use super::{failing, key_rows, sci};
 use crate::analysis::{Comparison, Judgement};
@@ -7,6 +7,9 @@ use std::fmt::Write;
 
 /// Most failing records listed one by one.
 const MAX_FAILING: usize = 20;
+
+/// Most noise diagnoses listed one by one.
+const MAX_NOISE: usize = 5;
 
 /// Wrap `text` at `width` columns.
 pub(crate) fn wrap(text: &str, width: usize) -> String {
@@ -75,6 +78,26 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
             d.a.as_deref().unwrap_or("-"),
             d.b.as_deref().unwrap_or("-"),
             if d.structural { " (structural)" } else { "" }
+        );
+    }
+    for (r, d) in c
+        .records
+        .iter()
+        .filter_map(|r| Some((r, r.noise.as_ref()?)))
+        .filter(|(_, d)| d.class != crate::analysis::NoiseClass::Identical)
+        .take(MAX_NOISE)
+    {
+        let _ = writeln!(
+            s,
+            "noise     {}: {}{}",
+            r.label(),
+            d.class.name(),
+            d.agree_prefix
+                .filter(|&k| k > 0)
+                .map_or(String::new(), |k| format!(
+                    " (the first {k} of {} elements agree)",
+                    d.count
+                ))
         );
     }
     let rows = key_rows(c, j);
@@ -178,7 +201,7 @@ mod tests {
         let flat = t.split_whitespace().collect::<Vec<_>>().join(" ");
         for want in [
             "verdict: numeric drift — DIVERGES (exit 1)",
-            "Numeric drift from step 1 unet.mid_block.",
+            "Numeric drift (device.device cpu vs cuda:0) from step 1 unet.mid_block.",
             "Error is created at step 1 unet.mid_block: relative L2 1.00e-3 from an identical input, over tolerance.",
             "The latent error grows from step 2 to step 4, ×4.00 per step (R² 1.00).",
             "records   10 paired: 4 identical, 0 pass, 6 FAIL, 0 unknown, 0 not compared; 0 only in A, 1 only in B",

@@ -4,18 +4,21 @@
 //!
 //! [`schedule`] is pure scalar math (no candle): ᾱ, the σ table, t ↔ σ, Karras / normal / DDIM
 //! step schedules. [`noise`] holds the [`noise::NoiseSource`] interface and sdtrace's own
-//! device-independent generator. [`denoiser`] turns a model into a CFG denoiser (c_in scaling,
+//! device-independent generator; [`rng`] the other `--rng` generators (PyTorch CPU and CUDA
+//! emulations, A1111's NV, files, the device's own) and A1111's drawing order with ENSD. [`denoiser`] turns a model into a CFG denoiser (c_in scaling,
 //! ε- or v-prediction, one batched call for uncond and cond). [`sampler`] runs the loop and
 //! records `sampler.*` probe points. Invariant: nothing here draws randomness except through a
 //! `NoiseSource`, so a run is a pure function of its inputs, settings and seed.
 
 pub mod denoiser;
 pub mod noise;
+pub mod rng;
 pub mod sampler;
 pub mod schedule;
 
 pub use denoiser::{Batching, Denoiser, UNetDenoiser};
 pub use noise::{NoiseSource, SdtraceNoise};
+pub use rng::{RngError, RngSpec, RunRng};
 pub use sampler::{Sampler, SamplerKind, SamplerSpec};
 pub use schedule::{AlphasPrecision, DiscreteSchedule, KarrasBounds};
 
@@ -42,6 +45,8 @@ pub enum SamplingError {
     BadShape(Vec<usize>),
     #[error("conditioning: {0}")]
     BadConditioning(String),
+    #[error(transparent)]
+    Rng(Box<rng::RngError>),
     /// The step callback asked to stop (Ctrl-C, NaN with `--stop-on-nan`).
     #[error("stopped after step {step}: {reason}")]
     Stopped { step: u32, reason: String },

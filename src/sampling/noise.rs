@@ -5,7 +5,8 @@
 //! order); [`randn`] moves them to the device. The shape is passed because torch-compatible
 //! generators (later) depend on it, not just on the element count. Invariant: a source's output
 //! is a pure function of its parameters (recorded in the trace header through
-//! [`NoiseSource::params`]) and of the sequence of shapes requested, whatever the device.
+//! [`NoiseSource::params`]) and of the sequence of shapes requested, whatever the device
+//! (the `device` generator of [`super::rng`] is the one deliberate exception).
 //! candle's own `randn` is never used: it cannot be seeded.
 
 use super::{Result, SamplingError};
@@ -16,10 +17,20 @@ use serde_json::{Value, json};
 
 /// A seeded stream of standard normal variates.
 pub trait NoiseSource {
-    /// Generator name as recorded in the header (`sdtrace`; later `torch-cpu`, ...).
+    /// Generator name (`sdtrace`, `torch-cpu`, `torch-cuda`, ...).
     fn name(&self) -> &'static str;
+    /// The `--rng` value that makes this generator again (the header's `settings.rng`), e.g.
+    /// `torch-cuda:15,2048`; the name when the generator has no parameters besides the seed.
+    fn spec(&self) -> String {
+        self.name().to_string()
+    }
     /// Everything needed to reproduce the stream (seed, algorithm parameters).
     fn params(&self) -> Value;
+    /// Check, without drawing, that the next draws of `shapes` will succeed (noise files hold
+    /// a fixed set of tensors; generators always can).
+    fn check_draws(&self, _shapes: &[Vec<usize>]) -> Result<()> {
+        Ok(())
+    }
     /// The next standard normal variates for a tensor of `shape`, row-major.
     fn randn(&mut self, shape: &[usize]) -> Result<Vec<f32>>;
 }
@@ -31,7 +42,7 @@ pub fn randn(source: &mut dyn NoiseSource, shape: &[usize], device: &Device) -> 
 }
 
 /// Element count of `shape`, refusing overflow and absurd sizes (over 2³² elements).
-fn numel(shape: &[usize]) -> Result<usize> {
+pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))

@@ -191,7 +191,7 @@ impl Sampler {
             ("sampler_params".to_string(), params),
             (
                 "rng_params".to_string(),
-                json!({"name": rng.name(), "params": rng.params()}),
+                json!({"name": rng.name(), "spec": rng.spec(), "params": rng.params()}),
             ),
         ])
     }
@@ -202,7 +202,7 @@ impl Sampler {
         settings.sampler = Some(self.spec.kind.name().to_string());
         settings.steps = Some(self.spec.steps);
         settings.cfg_scale = Some(self.spec.cfg_scale);
-        settings.rng = Some(rng.name().to_string());
+        settings.rng = Some(rng.spec());
         settings.extra.extend(self.header_facts(rng));
     }
 

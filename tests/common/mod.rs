@@ -4,7 +4,25 @@
 use sdtrace::DType;
 use sdtrace::probe::{Policy, Probe, TensorView};
 use sdtrace::trace::{DeviceFacts, RunHeader, Settings, TraceWriter, WriterOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The `sdtrace` binary, for driving it as a user does.
+pub fn sdtrace() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("sdtrace").unwrap()
+}
+
+/// The tiny synthetic model (seed 3), written once per test binary under the target's tmp dir
+/// in the folder `name` (one folder per binary, so binaries running at once never share one).
+pub fn tiny_model(name: &str) -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        sdtrace::model::synth::write_model(&dir, sdtrace::model::synth::SynthSize::Tiny, 3)
+            .unwrap();
+        dir
+    })
+}
 
 /// xorshift64* — deterministic test data without a dependency.
 pub struct Rng(pub u64);

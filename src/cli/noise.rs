@@ -1,0 +1,486 @@
+//! `sdtrace noise`: the initial latent noise of a run without any model — written to a file
+//! (`--rng R --seed S --size WxH -o FILE`), or compared between generators over a range of
+//! sizes (`--compare gtx1070,t4,p2000,cpu --sizes 384..1024/64`), which reproduces "same seed,
+//! different GPU, different image above 512×512" from first principles.
+//!
+//! The noise of a W×H run is `[B, 4, H/8, W/8]` drawn from the generator seeded with S, as
+//! `torch.manual_seed(S); torch.randn(shape)` (one draw for the batch; `--per-image-seeds`
+//! draws image i alone with seed S + i, as A1111 does). A compared pair is `identical` (bit for
+//! bit), `same values` (every element within the noise diagnosis's agreement tolerance: the same
+//! draws with other math) or `differs from flat index K` (the first K elements agree).
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use sdtrace::DType;
+use sdtrace::analysis::noise::{AGREE_ABS, AGREE_REL, NoiseClass, NoiseDiagnosis, diagnose};
+use sdtrace::export::{to_npy, to_safetensors, write_atomic};
+use sdtrace::pipeline::{DeviceChoice, parse_size};
+use sdtrace::sampling::{NoiseSource, RngSpec, rng};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub const NOISE_HELP: &str = "\
+Generators (--rng, and the entries of --compare): sdtrace, torch-cpu (or cpu),
+torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD or CARD alone, a1111-nv (or nv), file:PATH,
+device (needs --device cuda or metal).
+
+Examples:
+  sdtrace noise --rng torch-cuda:gtx1070 --seed 1744694513 --size 768x768 -o x_T.npy
+  sdtrace noise --compare gtx1070,t4,p2000,cpu --seed 1744694513 --sizes 384..1024/64
+
+Exit codes:
+  0  success
+  2  bad usage, or a generator or file that cannot be used";
+
+/// Most noise elements one file may hold (1 GiB of f32).
+const MAX_ELEMENTS: u64 = 1 << 28;
+
+/// Most sizes one `--sizes` may list.
+const MAX_SIZES: usize = 1000;
+
+/// Flags of `sdtrace noise`.
+#[derive(Args, Debug)]
+pub struct NoiseArgs {
+    /// Noise generator (as `record --rng`)
+    #[arg(long, default_value = "sdtrace", value_name = "RNG", value_parser = rng::parse_flag)]
+    rng: RngSpec,
+    /// Seed
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image size WIDTHxHEIGHT, multiples of 8: the noise is [BATCH, 4, HEIGHT/8, WIDTH/8]
+    #[arg(long, default_value = "512x512", value_parser = parse_size)]
+    size: (u32, u32),
+    /// Batch size (one draw of the whole batch, as torch.randn((B, 4, h, w)))
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    batch: u32,
+    /// Draw image i of the batch alone with seed + i, as A1111 does
+    #[arg(long)]
+    per_image_seeds: bool,
+    /// Output file: NAME.npy or NAME.safetensors (tensor 'noise.initial', usable as --rng file:NAME)
+    #[arg(short, long, value_name = "FILE", required_unless_present = "compare")]
+    output: Option<PathBuf>,
+    /// Compare generators instead: comma-separated --rng values or card names, e.g. gtx1070,t4,cpu
+    #[arg(long, value_name = "A,B,...", conflicts_with = "output")]
+    compare: Option<String>,
+    /// Sizes to compare: FROM..TO/STEP (squares, inclusive) or a comma list of N or WxH
+    #[arg(long, value_name = "SIZES", default_value = "384..1024/64")]
+    sizes: String,
+    /// Print the comparison as JSON
+    #[arg(long, requires = "compare")]
+    json: bool,
+    /// Device of --rng device: cuda, cuda:N or metal
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+}
+
+/// Parse `--sizes`.
+pub fn parse_sizes(s: &str) -> Result<Vec<(u32, u32)>, String> {
+    let list = if let Some((range, step)) = s.split_once("..") {
+        let (to, step) = step.split_once('/').unwrap_or((step, "64"));
+        let num = |v: &str| {
+            v.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("--sizes '{s}': expected FROM..TO/STEP, e.g. 384..1024/64"))
+        };
+        let (from, to, step) = (num(range)?, num(to)?, num(step)?);
+        if step == 0 || from > to {
+            return Err(format!(
+                "--sizes '{s}': FROM must not exceed TO and STEP must be at least 1"
+            ));
+        }
+        if ((to - from) / step) as usize >= MAX_SIZES {
+            return Err(format!("--sizes '{s}': more than {MAX_SIZES} sizes"));
+        }
+        (from..=to)
+            .step_by(step as usize)
+            .map(|n| parse_size(&format!("{n}x{n}")))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        let items: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if items.len() > MAX_SIZES {
+            return Err(format!("--sizes: more than {MAX_SIZES} sizes"));
+        }
+        items
+            .into_iter()
+            .map(|t| {
+                if t.contains(['x', 'X']) {
+                    parse_size(t)
+                } else {
+                    parse_size(&format!("{t}x{t}"))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if list.is_empty() {
+        return Err(format!("--sizes '{s}': no size given"));
+    }
+    Ok(list)
+}
+
+/// Parse `--compare`: at least two generators.
+pub fn parse_sources(s: &str) -> Result<Vec<RngSpec>, String> {
+    let list = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(rng::parse_flag)
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.len() < 2 {
+        return Err(format!(
+            "--compare '{s}': name at least two generators, e.g. gtx1070,t4,cpu"
+        ));
+    }
+    Ok(list)
+}
+
+/// Drawn noise: its shape, values, and the generator it came from (of image 0).
+pub type Drawn = (Vec<usize>, Vec<f32>, Box<dyn NoiseSource>);
+
+/// The noise a run of `width`×`height` with `batch` images would start from.
+pub fn draw(
+    spec: &RngSpec,
+    seed: u64,
+    (width, height): (u32, u32),
+    batch: u32,
+    per_image_seeds: bool,
+    device: &candle_core::Device,
+) -> Result<Drawn> {
+    let (h, w) = (height as usize / 8, width as usize / 8);
+    let batch = batch.max(1) as usize;
+    let elements = (batch as u64) * 4 * (h as u64) * (w as u64);
+    if elements > MAX_ELEMENTS {
+        bail!(
+            "--batch {batch} at {width}x{height} is {elements} noise elements, more than the {MAX_ELEMENTS} `sdtrace noise` writes; use a smaller batch"
+        );
+    }
+    if per_image_seeds {
+        let mut data = Vec::new();
+        let mut first = None;
+        for i in 0..batch as u64 {
+            let s = seed
+                .checked_add(i)
+                .context("--per-image-seeds: seed + image index overflows")?;
+            let mut g = spec.build(s, device)?;
+            data.extend(g.randn(&[1, 4, h, w])?);
+            first.get_or_insert(g);
+        }
+        let g = first.context("--batch must be at least 1")?;
+        return Ok((vec![batch, 4, h, w], data, g));
+    }
+    let shape = vec![batch, 4, h, w];
+    let mut g = spec.build(seed, device)?;
+    let data = g.randn(&shape)?;
+    Ok((shape, data, g))
+}
+
+/// One compared pair at one size.
+#[derive(Clone, Debug)]
+pub struct PairRow {
+    pub size: (u32, u32),
+    pub a: String,
+    pub b: String,
+    pub diagnosis: NoiseDiagnosis,
+}
+
+impl PairRow {
+    /// `identical`, `same` or `differs`.
+    pub fn result(&self) -> &'static str {
+        match self.diagnosis.class {
+            NoiseClass::Identical => "identical",
+            c if c.is_generator_difference() || c == NoiseClass::ShapeMismatch => "differs",
+            _ => "same",
+        }
+    }
+
+    /// The first flat index that differs beyond tolerance, for pairs that differ.
+    pub fn differs_from(&self) -> Option<u64> {
+        (self.result() == "differs").then(|| self.diagnosis.agree_prefix.unwrap_or(0))
+    }
+
+    fn text(&self) -> String {
+        let d = &self.diagnosis;
+        match self.result() {
+            "identical" => "identical".into(),
+            "same" => format!(
+                "same values (max |a-b| {:.1e}, not bit-identical)",
+                d.max_abs
+            ),
+            _ => format!(
+                "differs from flat index {} ({:.1} % of elements) [{}]",
+                self.differs_from().unwrap_or(0),
+                100.0 * d.differing as f64 / d.count.max(1) as f64,
+                d.class.name()
+            ),
+        }
+    }
+}
+
+/// Every pair of `sources` at every size, drawing one image's noise with `seed`.
+pub fn compare_table(
+    sources: &[RngSpec],
+    seed: u64,
+    sizes: &[(u32, u32)],
+    device: &candle_core::Device,
+) -> Result<Vec<PairRow>> {
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let drawn = sources
+            .iter()
+            .map(|s| {
+                let (shape, v, _) = draw(s, seed, size, 1, false, device)
+                    .with_context(|| format!("--compare {}", s.label()))?;
+                Ok((
+                    s.label(),
+                    shape.iter().map(|&d| d as u64).collect::<Vec<_>>(),
+                    v,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (i, (la, sa, va)) in drawn.iter().enumerate() {
+            for (lb, sb, vb) in &drawn[i + 1..] {
+                rows.push(PairRow {
+                    size,
+                    a: la.clone(),
+                    b: lb.clone(),
+                    diagnosis: diagnose(sa, va, sb, vb),
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn render(rows: &[PairRow], seed: u64) -> String {
+    let mut s = format!(
+        "noise of seed {seed}, shape [1, 4, H/8, W/8] per size; a pair agrees where elements are within {AGREE_ABS:.0e} + {AGREE_REL:.0e}·|b|\n{:<11} {:>9}  {:<24} result\n",
+        "size", "elements", "pair"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<11} {:>9}  {:<24} {}\n",
+            format!("{}x{}", r.size.0, r.size.1),
+            r.diagnosis.count,
+            format!("{} / {}", r.a, r.b),
+            r.text()
+        );
+    }
+    s
+}
+
+fn rows_json(rows: &[PairRow], seed: u64) -> serde_json::Value {
+    json!({
+        "seed": seed,
+        "agree_abs": AGREE_ABS,
+        "agree_rel": AGREE_REL,
+        "pairs": rows.iter().map(|r| json!({
+            "size": format!("{}x{}", r.size.0, r.size.1),
+            "width": r.size.0,
+            "height": r.size.1,
+            "elements": r.diagnosis.count,
+            "a": r.a,
+            "b": r.b,
+            "result": r.result(),
+            "differs_from": r.differs_from(),
+            "differing_fraction": r.diagnosis.differing as f64 / r.diagnosis.count.max(1) as f64,
+            "diagnosis": r.diagnosis,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn write(path: &Path, shape: &[usize], data: &[f32], g: &dyn NoiseSource, seed: u64) -> Result<()> {
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let out = match ext.as_deref() {
+        Some("npy") => to_npy("noise.initial", DType::F32, &dims, &bytes)?,
+        Some("safetensors") => to_safetensors(
+            "noise.initial",
+            DType::F32,
+            &dims,
+            &bytes,
+            &[
+                ("sdtrace.rng".into(), g.spec()),
+                ("sdtrace.seed".into(), seed.to_string()),
+                ("sdtrace.rng_params".into(), g.params().to_string()),
+            ],
+        )?,
+        _ => bail!(
+            "-o {}: the noise is written to NAME.npy or NAME.safetensors",
+            path.display()
+        ),
+    };
+    write_atomic(path, &out).with_context(|| format!("-o {}", path.display()))
+}
+
+pub fn run(args: NoiseArgs) -> Result<ExitCode> {
+    let device = args.device.open()?;
+    if let Some(list) = &args.compare {
+        let sources = parse_sources(list).map_err(anyhow::Error::msg)?;
+        let sizes = parse_sizes(&args.sizes).map_err(anyhow::Error::msg)?;
+        let rows = compare_table(&sources, args.seed, &sizes, &device)?;
+        let text = if args.json {
+            serde_json::to_string_pretty(&rows_json(&rows, args.seed))? + "\n"
+        } else {
+            render(&rows, args.seed)
+        };
+        crate::emit(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(output) = &args.output else {
+        bail!("noise needs -o FILE (or --compare A,B,...)");
+    };
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let (shape, data, g) = draw(
+        &args.rng,
+        args.seed,
+        args.size,
+        args.batch,
+        args.per_image_seeds,
+        &device,
+    )?;
+    write(output, &shape, &data, g.as_ref(), args.seed)?;
+    eprintln!(
+        "wrote {} ({shape:?} f32, --rng {}, seed {}{})",
+        output.display(),
+        g.spec(),
+        args.seed,
+        if args.per_image_seeds {
+            " + image index"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(rows: &'a [PairRow], n: u32, a: &str, b: &str) -> &'a PairRow {
+        rows.iter()
+            .find(|r| r.size == (n, n) && ((r.a == a && r.b == b) || (r.a == b && r.b == a)))
+            .unwrap()
+    }
+
+    /// The observation table of the original report, from first principles.
+    #[test]
+    fn observation_table() {
+        let sources = parse_sources("p2000,gtx1060,gtx1070,t4,cpu,a1111-nv").unwrap();
+        let sizes = parse_sizes("384..1024/64").unwrap();
+        assert_eq!(sizes.len(), 11);
+        let rows =
+            compare_table(&sources, 1_744_694_513, &sizes, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(rows.len(), 11 * 15);
+        let cards = ["p2000", "gtx1060", "gtx1070", "t4"];
+        // 384²–512²: all four cards draw identical noise.
+        for n in [384, 448, 512] {
+            for (i, a) in cards.iter().enumerate() {
+                for b in &cards[i + 1..] {
+                    assert_eq!(row(&rows, n, a, b).result(), "identical", "{n} {a} {b}");
+                }
+            }
+        }
+        // Against the uncapped draw: where each card first differs, and from which index.
+        let first_differs = |card: &str| {
+            sizes
+                .iter()
+                .map(|s| s.0)
+                .find(|&n| row(&rows, n, card, "a1111-nv").result() == "differs")
+        };
+        assert_eq!(first_differs("p2000"), Some(576));
+        assert_eq!(first_differs("gtx1060"), Some(576));
+        assert_eq!(first_differs("gtx1070"), Some(704));
+        assert_eq!(first_differs("t4"), Some(832));
+        for (card, wave) in [
+            ("p2000", 16_384),
+            ("gtx1060", 20_480),
+            ("gtx1070", 30_720),
+            ("t4", 40_960),
+        ] {
+            for &(n, _) in &sizes {
+                let r = row(&rows, n, card, "a1111-nv");
+                if r.result() == "differs" {
+                    assert_eq!(r.differs_from(), Some(wave), "{card} {n}");
+                    assert_eq!(r.diagnosis.class, NoiseClass::GpuWave);
+                } else {
+                    // Below the wave the emulation and A1111's numpy math agree to rounding.
+                    assert_eq!(r.result(), "same", "{card} {n}");
+                }
+            }
+        }
+        // The GTX 1070 and the T4 agree with each other up to 640².
+        for &(n, _) in &sizes {
+            let r = row(&rows, n, "gtx1070", "t4");
+            assert_eq!(r.result() == "identical", n <= 640, "{n}");
+        }
+        assert_eq!(
+            row(&rows, 704, "gtx1070", "t4").differs_from(),
+            Some(30_720)
+        );
+        // The CPU differs from all of them at every size, from the first element.
+        for &(n, _) in &sizes {
+            for other in cards.iter().chain(&["a1111-nv"]) {
+                let r = row(&rows, n, "cpu", other);
+                assert_eq!(r.differs_from(), Some(0), "{n} {other}");
+                assert_eq!(r.diagnosis.class, NoiseClass::Unrelated, "{n} {other}");
+            }
+        }
+        let text = render(&rows, 1);
+        assert!(
+            text.contains("576x576")
+                && text.contains("p2000 / a1111-nv")
+                && text.contains("differs from flat index 16384"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_sources_parse_with_clear_errors() {
+        assert_eq!(
+            parse_sizes("512,576x640").unwrap(),
+            [(512, 512), (576, 640)]
+        );
+        assert_eq!(
+            parse_sizes("64..80/8").unwrap(),
+            [(64, 64), (72, 72), (80, 80)]
+        );
+        assert!(parse_sizes("500").unwrap_err().contains("multiple of 8"));
+        assert!(parse_sizes("1024..384/64").unwrap_err().contains("FROM"));
+        assert!(parse_sizes("8..16384/8").unwrap_err().contains("more than"));
+        assert!(parse_sources("t4").unwrap_err().contains("at least two"));
+        assert!(
+            parse_sources("t4,gtx9999")
+                .unwrap_err()
+                .contains("valid forms")
+        );
+    }
+
+    #[test]
+    fn batches_draw_once_or_per_image() {
+        let dev = candle_core::Device::Cpu;
+        let (shape, one, _) = draw(&RngSpec::TorchCpu, 5, (64, 64), 2, false, &dev).unwrap();
+        assert_eq!(shape, [2, 4, 8, 8]);
+        assert_eq!(one, sdtrace::sampling::rng::TorchCpuNoise::new(5).draw(512));
+        let (_, per, _) = draw(&RngSpec::TorchCpu, 5, (64, 64), 2, true, &dev).unwrap();
+        assert_eq!(per[..256], one[..256]);
+        assert_eq!(
+            per[256..],
+            sdtrace::sampling::rng::TorchCpuNoise::new(6).draw(256)[..]
+        );
+        let e = draw(&RngSpec::TorchCpu, 5, (16384, 16384), 64, false, &dev)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("smaller batch"), "{e}");
+    }
+}
