@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # A copy of the project's verified recipe (shared/gpu/cuda-env.sh), kept here because
-# ../shared does not travel with the repository. Used by .ci/gpu/verify.sh and on-gpu.sh.
+# ../shared does not travel with the repository. Used by .ci/gpu/verify.sh (here).
 # Source this (from a cargo project that depends on candle-core 0.11.x with feature `cuda`):
 #     source path/to/cuda-env.sh
 # It sets up a CUDA 13.0 build toolchain from NVIDIA's PyPI wheels (no system CUDA, no GPU

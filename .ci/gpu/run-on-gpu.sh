@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A copy of the project's verified recipe (shared/gpu/run-on-gpu.sh), kept here because
-# ../shared does not travel with the repository. Used by .ci/gpu/verify.sh and on-gpu.sh.
+# ../shared does not travel with the repository. Used by .ci/gpu/on-gpu.sh (on the GPU machine).
 # Run a CUDA-enabled candle binary, built elsewhere with cuda-env.sh, on the GPU machine
 # (no Rust needed there).
 #
