@@ -38,6 +38,7 @@ fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
         clip_skip: 1,
         device: DeviceChoice::Cpu,
         dtype: ModelDType::F32,
+        gemm_reduced_precision: Default::default(),
         attention: "full".into(),
         threads: None,
         policy: Policy::from_spec(capture).unwrap(),

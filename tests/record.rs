@@ -177,6 +177,33 @@ fn refusals_are_clear_and_leave_nothing() {
     assert!(err.contains("/nonexistent/model"), "{err}");
 }
 
+/// cuBLAS settings are CUDA-only: the CPU refuses anything but the default, and a CPU trace
+/// carries no GPU facts and no cuBLAS settings.
+#[test]
+fn gpu_settings_are_refused_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.sdt");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--gemm-reduced-precision", "f32"],
+            "only to --device cuda",
+        ),
+        (&["--gemm-reduced-precision", "fp8"], "f32 (TF32)"),
+    ];
+    for (args, want) in cases {
+        let (c, err) = run(args, &out);
+        assert_eq!(c, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} left a file");
+    }
+    let (c, err) = run(&["--gemm-reduced-precision", "none", "--steps", "1"], &out);
+    assert_eq!(c, 0, "{err}");
+    let h = TraceReader::open(&out).unwrap().header().clone();
+    assert_eq!(h.device.device.as_deref(), Some("cpu"));
+    assert!(h.device.gpu.is_none());
+    assert!(!h.settings.extra.contains_key("cublas"));
+}
+
 /// Planted divergences on real recorded traces: for perturbations at several keys and steps,
 /// `report` names exactly the perturbed record as the first non-identical, the first over
 /// tolerance and the source; the amplification onset, when one is found, is not before it; the

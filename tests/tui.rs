@@ -544,6 +544,7 @@ fn key_response_on_an_sd_sized_comparison() {
                 abs_error: Some(rel),
                 nonfinite_mismatch: 0,
                 payload: None,
+                noise: None,
                 summary: SummaryDelta {
                     hash_equal: rel == 0.0,
                     mean: 0.0,

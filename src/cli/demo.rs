@@ -114,6 +114,7 @@ fn spec(model: &Path, run: &Run) -> Result<RecordSpec> {
         clip_skip: 1,
         device: DeviceChoice::Cpu,
         dtype: run.dtype,
+        gemm_reduced_precision: Default::default(),
         // One batch·head row at a time keeps the 704x704 attention scores at 240 MB.
         attention: "sliced:1".into(),
         threads: Some(sdtrace::pipeline::compute_threads() as u32),
@@ -122,6 +123,8 @@ fn spec(model: &Path, run: &Run) -> Result<RecordSpec> {
         perturb: Vec::new(),
         stop_on_nan: false,
         max_trace_size: 2 << 30,
+        model_options: Default::default(),
+        a1111: Default::default(),
     })
 }
 

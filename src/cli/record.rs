@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use sdtrace::image::{InfotextParams, encode_png, infotext, rgb8_from_chw};
 use sdtrace::params::InfotextSettings;
+use sdtrace::pipeline::gpu::GemmPrecision;
 use sdtrace::pipeline::perturb::Perturbation;
 use sdtrace::pipeline::{
     DeviceChoice, ModelDType, Monitor, PipelineError, RecordSpec, Recording, RunPlan, human,
@@ -83,6 +84,10 @@ pub struct RecordArgs {
     /// Model dtype: f32, f16, bf16 (bf16 not on the CPU)
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: ModelDType,
+    /// cuBLAS reduced precision (CUDA): none, all, or a list of f32 (TF32 tensor cores), f16
+    /// (f16 accumulation), bf16 — recorded in the header
+    #[arg(long, default_value = "none", value_name = "LIST")]
+    gemm_reduced_precision: GemmPrecision,
     /// Attention: full, sliced:N, split:auto, split:BUDGET (e.g. split:2GiB), subquad:Q,KV
     #[arg(long, default_value = "full")]
     attention: String,
@@ -508,6 +513,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             .unwrap_or(1),
         device: args.device,
         dtype: args.dtype,
+        gemm_reduced_precision: args.gemm_reduced_precision,
         attention: args.attention.clone(),
         threads: Some(sdtrace::pipeline::compute_threads() as u32),
         policy,

@@ -13,6 +13,7 @@
 
 pub mod conditioning;
 pub mod estimate;
+pub mod gpu;
 pub mod model;
 pub mod perturb;
 
@@ -62,6 +63,8 @@ pub enum PipelineError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Trace(#[from] TraceError),
+    #[error(transparent)]
+    Gpu(#[from] gpu::GpuError),
     #[error("conditioning: {0}")]
     Conditioning(String),
     #[error(
@@ -227,6 +230,8 @@ pub struct RecordSpec {
     pub clip_skip: u32,
     pub device: DeviceChoice,
     pub dtype: DType,
+    /// cuBLAS reduced-precision GEMMs (`--gemm-reduced-precision`; CUDA only, default none).
+    pub gemm_reduced_precision: gpu::GemmPrecision,
     /// `full`, `sliced:N`, `split:auto|BUDGET`, `subquad:Q,KV`.
     pub attention: String,
     /// Compute threads in effect (recorded; the caller configures the thread pool).
@@ -612,6 +617,9 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         ));
     }
     let device = spec.device.open()?;
+    // Read before the weights load, so the free memory is what the run found.
+    let gpu_facts = gpu::gpu_facts(&device)?;
+    spec.gemm_reduced_precision.apply(&device)?;
     if spec.dtype == DType::BF16 && device.is_cpu() {
         return Err(PipelineError::Setting(
             "--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into(),
@@ -702,6 +710,12 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     );
     let mut facts = host_facts(spec.threads);
     facts.device = Some(spec.device.to_string());
+    if device.is_cuda() {
+        facts.gpu = gpu_facts;
+        settings
+            .extra
+            .insert("cublas".into(), gpu::GemmPrecision::header());
+    }
     let mut header = RunHeader::new(settings, facts);
     header.candle_version = Some(CANDLE_VERSION.into());
 

@@ -9,6 +9,7 @@
 //! memory stays at the payloads plus a few small maps. Malformed input yields a note, never a
 //! panic.
 
+use crate::analysis::noise::{NoiseDiagnosis, diagnose};
 use crate::analysis::{PairRecord, decode_all};
 use crate::dtype::DType;
 use crate::image::ImageTensor;
@@ -327,8 +328,8 @@ pub struct NoiseDetail {
     pub differing: u64,
     /// Fraction of differing elements per equal flat-index range.
     pub buckets: Vec<f32>,
-    /// How the difference is shaped, in one line.
-    pub verdict: String,
+    /// The noise classifier's diagnosis (the same as `report`'s).
+    pub diagnosis: NoiseDiagnosis,
 }
 
 /// `30720` → `30 720`.
@@ -360,7 +361,17 @@ pub fn noise_detail(
     let mut diff_counts = vec![0u32; nb];
     let mut first = None;
     let mut differing = 0u64;
-    let mut mark = |i: usize, differs: bool| {
+    let (mut va, mut vb) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for_each_value(da, a, |_, v| va.push(v));
+    for_each_value(db, b, |_, v| vb.push(v));
+    let bitwise = da == db;
+    for i in 0..n {
+        let differs = if bitwise {
+            a[i * sa..(i + 1) * sa] != b[i * sb..(i + 1) * sb]
+        } else {
+            let (x, y) = (va[i], vb[i]);
+            !(x == y || (x.is_nan() && y.is_nan()))
+        };
         if differs {
             differing += 1;
             first.get_or_insert(i as u64);
@@ -368,19 +379,6 @@ pub fn noise_detail(
                 *c += 1;
             }
         }
-    };
-    if da == db {
-        for (i, (x, y)) in a.chunks_exact(sa).zip(b.chunks_exact(sb)).enumerate() {
-            mark(i, x != y);
-        }
-    } else {
-        let mut vb = Vec::with_capacity(n);
-        for_each_value(db, b, |_, v| vb.push(v));
-        for_each_value(da, a, |i, x| {
-            if let Some(&y) = vb.get(i) {
-                mark(i, !(x == y || (x.is_nan() && y.is_nan())));
-            }
-        });
     }
     let buckets: Vec<f32> = diff_counts
         .iter()
@@ -390,7 +388,10 @@ pub fn noise_detail(
             c as f32 / len as f32
         })
         .collect();
-    let verdict = describe_noise(n as u64, first, differing);
+    let diagnosis = match &pair.noise {
+        Some(d) => d.clone(),
+        None => diagnose(&pair.shape_a, &va, &pair.shape_b, &vb),
+    };
     NoiseDetail {
         record,
         count: n as u64,
@@ -398,39 +399,7 @@ pub fn noise_detail(
         first_diff: first,
         differing,
         buckets,
-        verdict,
-    }
-}
-
-/// One line on how two noise tensors differ.
-pub fn describe_noise(n: u64, first: Option<u64>, differing: u64) -> String {
-    match first {
-        None => format!("identical: all {} elements bit for bit", group_digits(n)),
-        Some(0) => format!(
-            "differs from element 0: {} of {} elements differ ({:.1} %) — a different generator, seed or device",
-            group_digits(differing),
-            group_digits(n),
-            100.0 * differing as f64 / n.max(1) as f64
-        ),
-        Some(k) => {
-            let rest = n - k;
-            let frac = differing as f64 / rest.max(1) as f64;
-            let shape = if frac > 0.5 {
-                format!(
-                    "; the tail differs throughout, as a GPU RNG wave of {} elements (SMs × threads/SM) produces",
-                    group_digits(k)
-                )
-            } else {
-                String::new()
-            };
-            format!(
-                "identical prefix of {} elements, then {} of the remaining {} differ ({:.1} %){shape}",
-                group_digits(k),
-                group_digits(differing),
-                group_digits(rest),
-                100.0 * frac
-            )
-        }
+        diagnosis,
     }
 }
 
@@ -516,14 +485,11 @@ mod tests {
         assert_eq!(d.differing, 70);
         assert_eq!(d.buckets.len(), n);
         assert_eq!((d.buckets[29], d.buckets[30]), (0.0, 1.0));
-        assert!(
-            d.verdict.starts_with("identical prefix of 30 elements"),
-            "{}",
-            d.verdict
+        // The verdict is the analysis's own diagnosis of the pair.
+        assert_eq!(
+            d.diagnosis,
+            crate::analysis::noise::diagnose(&pair.shape_a, &a, &pair.shape_b, &b)
         );
-        assert!(d.verdict.contains("GPU RNG wave of 30"), "{}", d.verdict);
-        assert!(describe_noise(5, None, 0).starts_with("identical"));
-        assert!(describe_noise(5, Some(0), 5).contains("element 0"));
         // Different dtypes compare values.
         let h: Vec<u8> = a
             .iter()

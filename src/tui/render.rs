@@ -53,6 +53,35 @@ pub fn put(buf: &mut Buffer, area: Rect, x: u16, y: u16, text: &str, style: Styl
     buf.set_stringn(x, y, text, max, style).0
 }
 
+/// Write `text` word-wrapped from row `y`, at most `rows` rows (the last one clipped); returns
+/// the row after the last one written.
+pub fn put_wrapped(
+    buf: &mut Buffer,
+    area: Rect,
+    y: u16,
+    rows: u16,
+    text: &str,
+    style: Style,
+) -> u16 {
+    let width = area.width.saturating_sub(2).max(1) as usize;
+    let mut row = y;
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let needed = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
+        if needed > width && !line.is_empty() && row + 1 < y + rows {
+            put(buf, area, area.x + 1, row, &line, style);
+            row += 1;
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    put(buf, area, area.x + 1, row, &line, style);
+    row + 1
+}
+
 /// Fill a rectangle's cells with `style` and a blank symbol.
 pub fn clear(buf: &mut Buffer, area: Rect, style: Style) {
     let area = area.intersection(buf.area);

@@ -10,7 +10,7 @@
 use super::app::{App, Detail, Loadable, Request};
 use super::detail::{DIFF_LO, Map2, group_digits};
 use super::palette::{Palette, SHADES};
-use super::render::{put, set_cell};
+use super::render::{put, put_wrapped, set_cell};
 use crate::analysis::Status;
 use crate::report::sci;
 use crate::stats::HIST_OFFSET;
@@ -686,8 +686,8 @@ pub fn noise(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         p.status(Some(Status::Fail))
     };
-    put(buf, area, area.x + 1, y + 1, &d.verdict, st);
-    let mut y2 = y + 2;
+    let verdict = format!("{}: {}", d.diagnosis.class.name(), d.diagnosis.summary);
+    let mut y2 = put_wrapped(buf, area, y + 1, 3, &verdict, st);
     if let Some(a) = &app.analysis
         && a.judgement.verdict.class == crate::analysis::VerdictClass::NoiseRng
     {
@@ -978,14 +978,28 @@ mod tests {
             first_diff: Some(30),
             differing: 70,
             buckets,
-            verdict: super::super::detail::describe_noise(100, Some(30), 70),
+            diagnosis: crate::analysis::noise::diagnose(
+                &[100],
+                &(0..100).map(|i| i as f64).collect::<Vec<_>>(),
+                &[100],
+                &(0..100)
+                    .map(|i| i as f64 + f64::from(i >= 30))
+                    .collect::<Vec<_>>(),
+            ),
         };
         app.set_detail(Request::Noise(0), Ok(Detail::Noise(Box::new(d))));
         let buf = draw(&mut app);
         let t = text(&buf);
-        assert!(t.contains("identical prefix of 30 elements"), "{t}");
-        // First pixel dark (identical), last bright.
-        let dark = &buf[(1, 4)];
+        assert!(
+            t.contains("different: The noise differs from flat index 30"),
+            "{t}"
+        );
+        // The map starts below the wrapped verdict; its first pixel is dark (identical).
+        let row = (0..buf.area.height)
+            .find(|&y| buf[(1, y)].symbol() == "▀")
+            .expect("a map row");
+        assert!(row > 4, "the map overlaps the verdict:\n{t}");
+        let dark = &buf[(1, row)];
         assert_eq!(dark.symbol(), "▀");
         assert_eq!(dark.fg, Color::Rgb(30, 30, 30));
     }
