@@ -1,10 +1,14 @@
-//! `traces/example.sdt`, the trace README uses, is exactly what the generator below writes.
-//! Regenerate it after a deliberate format or generator change with:
+//! The traces README uses. `traces/example.sdt` is exactly what the generator below writes;
+//! `traces/f32.sdt` and `traces/f16.sdt` are recordings of the tiny synthetic model that differ
+//! only in precision, and must keep giving the verdict README shows (recordings depend on the
+//! CPU's kernels, so their bytes are not compared). Regenerate all three after a deliberate
+//! format, generator or model change with:
 //!
 //!     SDTRACE_REGENERATE=1 cargo test --test example_trace
 
 mod common;
 
+use common::sdtrace;
 use std::path::Path;
 
 #[test]
@@ -26,4 +30,70 @@ fn committed_example_trace_is_current() {
         old == fresh_bytes,
         "traces/example.sdt is stale; regenerate it with `SDTRACE_REGENERATE=1 cargo test --test example_trace`"
     );
+}
+
+/// Record the example pair with the binary, as README's regeneration command says.
+fn record_pair(dir: &Path) {
+    let model = common::tiny_model("example_trace");
+    for dtype in ["f32", "f16"] {
+        sdtrace()
+            .arg("record")
+            .arg("--model")
+            .arg(model)
+            .args([
+                "--prompt",
+                "a portrait of an old sea captain, oil painting, dramatic light",
+                "--negative",
+                "blurry, lowres",
+                "--prompt-syntax",
+                "plain",
+                "--steps",
+                "4",
+                "--seed",
+                "1744694513",
+                "--rng",
+                "torch-cuda:gtx1070",
+                "--size",
+                "64x64",
+                "--threads",
+                "1",
+                "--dtype",
+                dtype,
+                "--no-png",
+                "-q",
+                "-o",
+            ])
+            .arg(dir.join(format!("{dtype}.sdt")))
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn committed_precision_pair_gives_the_documented_verdict() {
+    let traces = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+    if std::env::var_os("SDTRACE_REGENERATE").is_some() {
+        record_pair(&traces);
+    }
+    for name in ["f32.sdt", "f16.sdt"] {
+        let len = std::fs::metadata(traces.join(name)).unwrap().len();
+        assert!(len < 1 << 20, "traces/{name} must stay under 1 MiB ({len})");
+        sdtrace()
+            .args(["info", "--verify"])
+            .arg(traces.join(name))
+            .assert()
+            .success();
+    }
+    let o = sdtrace()
+        .args(["report", "--format", "json"])
+        .arg(traces.join("f32.sdt"))
+        .arg(traces.join("f16.sdt"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"]["class"], "numeric-drift", "{v}");
+    let source = v["localisation"]["source"]["label"].as_str().unwrap_or_default();
+    assert!(source.starts_with("text_encoder.encoder.layers.0"), "{source}");
+    assert_eq!(v["header_diffs"][0]["field"], "settings.dtype", "{v}");
 }
