@@ -69,7 +69,7 @@ enum Command {
     },
     /// The original report's case in miniature: record emulated GTX 1070 / Tesla T4 runs and an
     /// f32/f16 pair on a tiny synthetic model (no download), then judge them
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = cli::demo::DEMO_HELP)]
     Demo(cli::demo::DemoArgs),
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
     #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]

@@ -21,6 +21,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+pub const DEMO_HELP: &str = "\
+Takes about a minute on two cores after the build (the two 704x704 recordings are most of it).
+The four traces stay in --dir for `sdtrace diff` and `sdtrace report`.
+
+Exit codes:
+  0  the demo ran (with --check: and both verdicts are the expected ones)
+  1  --check: a verdict is not the expected one (printed)
+  2  bad usage, or --dir cannot be written";
+
 /// Flags of `sdtrace demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {

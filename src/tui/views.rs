@@ -687,21 +687,7 @@ pub fn noise(app: &App, area: Rect, buf: &mut Buffer) {
         p.status(Some(Status::Fail))
     };
     let verdict = format!("{}: {}", d.diagnosis.class.name(), d.diagnosis.summary);
-    let mut y2 = put_wrapped(buf, area, y + 1, 3, &verdict, st);
-    if let Some(a) = &app.analysis
-        && a.judgement.verdict.class == crate::analysis::VerdictClass::NoiseRng
-    {
-        put(
-            buf,
-            area,
-            area.x + 1,
-            y2,
-            &a.judgement.verdict.summary,
-            p.dim(),
-        );
-        y2 += 1;
-    }
-    y2 += 1;
+    let y2 = put_wrapped(buf, area, y + 1, 6, &verdict, st) + 1;
     // Buckets laid out row-major over the picture: each pixel is a flat-index range.
     let pic_area = Rect::new(
         area.x + 1,
