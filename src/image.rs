@@ -539,6 +539,22 @@ impl InfotextParams {
                 .and_then(|n| u32::try_from(n).ok()),
             None => None,
         };
+        // The webui's own names for the generators it has (its GPU generator, the default,
+        // goes unnamed), and ENSD when set.
+        let mut extra = Vec::new();
+        if let Some(ensd) = s
+            .extra
+            .get("rng_params")
+            .and_then(|r| r["params"]["ensd"].as_u64())
+            && ensd != 0
+        {
+            extra.push(("ENSD".to_string(), ensd.to_string()));
+        }
+        match s.rng.as_deref() {
+            Some("torch-cpu") => extra.push(("RNG".to_string(), "CPU".to_string())),
+            Some("a1111-nv") => extra.push(("RNG".to_string(), "NV".to_string())),
+            _ => {}
+        }
         Ok(InfotextParams {
             prompt: s.prompt.clone().unwrap_or_default(),
             negative_prompt: s.negative_prompt.clone().unwrap_or_default(),
@@ -551,7 +567,7 @@ impl InfotextParams {
             model_hash,
             model_name,
             clip_skip,
-            extra: Vec::new(),
+            extra,
         })
     }
 }
@@ -1156,6 +1172,16 @@ mod tests {
         assert_eq!(p.model_name.as_deref(), Some("v1-5-pruned-emaonly"));
         assert_eq!(p.model_hash.as_deref(), Some("6ce0161689"));
         assert_eq!((p.width, p.height, p.clip_skip), (64, 48, Some(2)));
+        assert!(p.extra.is_empty());
+        // The webui's names for its CPU generator and a set ENSD.
+        s.rng = Some("torch-cpu".into());
+        s.extra.insert(
+            "rng_params".into(),
+            serde_json::json!({"params": {"ensd": 31337}}),
+        );
+        let p = InfotextParams::from_settings(&s, 32, 48).unwrap();
+        let text = infotext(&p);
+        assert!(text.ends_with("ENSD: 31337, RNG: CPU"), "{text}");
         s.cfg_scale = None;
         s.seed = None;
         let e = InfotextParams::from_settings(&s, 1, 1)

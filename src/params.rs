@@ -5,14 +5,14 @@
 //! [`InfotextSettings::parse`] reads the text with [`crate::image::parse_infotext`] (the
 //! webui's own parsing rules) and types every field `sdtrace record` can use: prompt, negative
 //! prompt, Steps, Sampler (+ Schedule type), CFG scale, Seed, Size, Clip skip, Model hash (as
-//! an expected hash). Fields that describe the run but have no sdtrace setting (Model, ENSD,
-//! RNG, Version, …) are listed with the reason; everything else is unknown. Malformed values of
+//! an expected hash), ENSD (for Euler a), RNG (CPU, NV). Fields that describe the run but have
+//! no sdtrace setting (Model, RNG: GPU, Version, …) are listed with the reason; everything else is unknown. Malformed values of
 //! the typed fields are errors that name the field. The caller decides precedence: flags given
 //! on the command line win over the infotext, which wins over the defaults.
 //! [`parameters_of_png`] finds the `parameters` text of an A1111 PNG.
 
 use crate::image::{ImageError, PARAMETERS_KEY, parse_infotext, png_text};
-use crate::sampling::SamplerKind;
+use crate::sampling::{RngSpec, SamplerKind};
 
 /// One infotext field as applied or set aside.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +44,11 @@ pub struct InfotextSettings {
     pub emphasis: Option<crate::pipeline::conditioning::Emphasis>,
     /// `Downcast alphas_cumprod: True` (webui 1.8+ with the old fp16 schedule).
     pub alphas_fp16: Option<bool>,
+    /// `RNG: CPU` or `RNG: NV` (the webui's GPU generator depends on the card, so `GPU` gives
+    /// none).
+    pub rng: Option<RngSpec>,
+    /// `ENSD` for a sampler that draws noise after the initial one.
+    pub ensd: Option<u64>,
     pub applied: Vec<Field>,
     pub not_applied: Vec<Field>,
     pub unknown: Vec<Field>,
@@ -54,26 +59,31 @@ fn not_applied_reason(key: &str, sampler: Option<SamplerKind>) -> Option<String>
     Some(match key {
         "Model" => "the model comes from --model (Model hash, when present, is checked)".into(),
         "ENSD" | "Eta noise seed delta" => match sampler {
-            Some(SamplerKind::EulerA) => {
-                "the seed of ancestral noise after the first draw; sdtrace's generators do not offset it".into()
-            }
             Some(s) => format!(
                 "no effect: {} draws no noise after the initial one",
                 s.name()
             ),
-            None => "seed offset of ancestral noise; not modelled".into(),
+            None => "not a whole number".into(),
         },
-        "RNG" => "the webui's noise source (GPU/CPU/NV); pick sdtrace's with --rng where available".into(),
+        "RNG" => "the webui's GPU generator depends on the card: give --rng torch-cuda:CARD \
+                  (e.g. gtx1070, t4) or --rng device on that GPU"
+            .into(),
         "Version" => "the webui version that made the image (kept in the header)".into(),
         "VAE" | "VAE hash" => "the VAE comes from the model".into(),
         "Schedule type" => "read together with Sampler".into(),
         "Batch size" | "Batch pos" => "sdtrace records one image".into(),
         "Eta" | "Eta DDIM" => "sdtrace's samplers use the webui's default eta".into(),
-        "Token merging ratio" | "Hires upscale" | "Hires steps" | "Hires upscaler"
-        | "Denoising strength" | "Face restoration" | "Lora hashes" | "TI hashes"
-        | "Emphasis" | "Pad conds" | "Downcast alphas_cumprod" => {
-            "not reproduced by sdtrace record".into()
-        }
+        "Token merging ratio"
+        | "Hires upscale"
+        | "Hires steps"
+        | "Hires upscaler"
+        | "Denoising strength"
+        | "Face restoration"
+        | "Lora hashes"
+        | "TI hashes"
+        | "Emphasis"
+        | "Pad conds"
+        | "Downcast alphas_cumprod" => "not reproduced by sdtrace record".into(),
         _ => return None,
     })
 }
@@ -197,6 +207,25 @@ impl InfotextSettings {
                     }
                     _ => None,
                 },
+                "ENSD" | "Eta noise seed delta" => match value.trim().parse::<u64>() {
+                    Ok(n) if out.sampler.is_none_or(|k| k == SamplerKind::EulerA) => {
+                        out.ensd = Some(n);
+                        Some(format!("--ensd {n}"))
+                    }
+                    _ => None,
+                },
+                "RNG" => {
+                    let spec = match value.trim() {
+                        "CPU" => Some(RngSpec::TorchCpu),
+                        "NV" => Some(RngSpec::A1111Nv),
+                        _ => None,
+                    };
+                    spec.map(|r| {
+                        let note = format!("--rng {r}");
+                        out.rng = Some(r);
+                        note
+                    })
+                }
                 "Sampler" => continue,
                 _ => None,
             };
@@ -310,6 +339,27 @@ mod tests {
             s.not_applied
         );
         assert!(s.unknown.is_empty());
+        assert_eq!((s.rng.clone(), s.ensd), (None, None));
+        // Euler a takes ENSD; RNG: CPU and NV have generators, GPU needs the card.
+        let a = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler a, ENSD: 31337, RNG: CPU")
+            .unwrap();
+        assert_eq!(
+            (a.rng.clone(), a.ensd),
+            (Some(RngSpec::TorchCpu), Some(31337))
+        );
+        assert_eq!(
+            keys(&a.applied),
+            ["Prompt", "Sampler", "Steps", "ENSD", "RNG"]
+        );
+        let nv = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler a, RNG: NV").unwrap();
+        assert_eq!(nv.rng, Some(RngSpec::A1111Nv));
+        let gpu = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler a, RNG: GPU").unwrap();
+        assert_eq!(gpu.rng, None);
+        assert!(
+            gpu.not_applied[0].note.contains("torch-cuda:CARD"),
+            "{:?}",
+            gpu.not_applied
+        );
         let e = InfotextSettings::parse(
             "x\nSteps: 2, Sampler: Euler, Emphasis: No norm, Downcast alphas_cumprod: True",
         )

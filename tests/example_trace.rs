@@ -90,10 +90,20 @@ fn committed_precision_pair_gives_the_documented_verdict() {
         .arg(traces.join("f16.sdt"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verdict"]["class"], "numeric-drift", "{v}");
-    let source = v["localisation"]["source"]["label"].as_str().unwrap_or_default();
-    assert!(source.starts_with("text_encoder.encoder.layers.0"), "{source}");
+    let source = v["localisation"]["source"]["label"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        source.starts_with("text_encoder.encoder.layers.0"),
+        "{source}"
+    );
     assert_eq!(v["header_diffs"][0]["field"], "settings.dtype", "{v}");
 }

@@ -244,10 +244,7 @@ fn params_set_the_recording_and_are_accounted_for() {
         err.contains("Steps '3' (--steps given on the command line wins)"),
         "{err}"
     );
-    assert!(
-        err.contains("ENSD '31337' (the seed of ancestral noise"),
-        "{err}"
-    );
+    assert!(err.contains("ENSD '31337' (--ensd 31337)"), "{err}");
     assert!(err.contains("unknown (ignored): Foo 'bar'"), "{err}");
     let r = TraceReader::open(&out).unwrap();
     let s = &r.header().settings;
@@ -259,6 +256,7 @@ fn params_set_the_recording_and_are_accounted_for() {
     assert_eq!(s.seed, Some(1_744_694_513));
     assert_eq!((s.width, s.height), (Some(64), Some(72)));
     assert_eq!(s.extra["clip_skip"], 2);
+    assert_eq!(s.extra["rng_params"]["params"]["ensd"], 31337);
     let info = &s.extra["infotext"];
     assert_eq!(info["source"], "--params");
     assert_eq!(info["text"], TINY);

@@ -66,12 +66,13 @@ pub struct RecordArgs {
     seed: Option<i64>,
     /// Noise generator: sdtrace, torch-cpu, torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD
     /// (e.g. gtx1070, t4), a1111-nv, file:PATH (.npy/.safetensors), device (GPU only)
-    #[arg(long, default_value = "sdtrace", value_name = "RNG", value_parser = rng::parse_flag)]
-    rng: RngSpec,
+    /// [default: sdtrace]
+    #[arg(long, value_name = "RNG", value_parser = rng::parse_flag)]
+    rng: Option<RngSpec>,
     /// A1111's eta noise seed delta: Euler a's per-step noise comes from seed + ENSD (0: the
-    /// generator of the initial noise continues)
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    ensd: u64,
+    /// generator of the initial noise continues) [default: 0]
+    #[arg(long, value_name = "N")]
+    ensd: Option<u64>,
     /// Image size WIDTHxHEIGHT, multiples of 8 [default: 512x512]
     #[arg(long, value_parser = parse_size)]
     size: Option<(u32, u32)>,
@@ -426,6 +427,8 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             (args.clip_skip.is_some(), "Clip skip", "--clip-skip"),
             (args.expect_hash.is_some(), "Model hash", "--expect-hash"),
             (args.emphasis.is_some(), "Emphasis", "--emphasis"),
+            (args.rng.is_some(), "RNG", "--rng"),
+            (args.ensd.is_some(), "ENSD", "--ensd"),
         ] {
             if given {
                 parsed.overridden(key, flag);
@@ -503,8 +506,12 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         sampler,
         cfg_scale: args.cfg.or(from.and_then(|s| s.cfg_scale)).unwrap_or(7.0),
         seed,
-        rng: args.rng.clone(),
-        ensd: args.ensd,
+        rng: args
+            .rng
+            .clone()
+            .or(from.and_then(|s| s.rng.clone()))
+            .unwrap_or_default(),
+        ensd: args.ensd.or(from.and_then(|s| s.ensd)).unwrap_or(0),
         width,
         height,
         clip_skip: args
