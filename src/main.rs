@@ -213,6 +213,12 @@ enum Command {
         /// Folder that `e` exports the selected tensors to
         #[arg(long, value_name = "DIR", default_value = ".")]
         export_dir: PathBuf,
+        /// Terminal graphics for the image view: auto (kitty's protocol in kitty, Ghostty,
+        /// WezTerm and Konsole; iTerm2's in iTerm2; none in tmux or under NO_COLOR), kitty,
+        /// iterm or off (half-block pictures only)
+        #[arg(long, value_name = "PROTOCOL", default_value = "auto",
+              value_parser = ["auto", "kitty", "iterm", "off"])]
+        graphics: String,
     },
 }
 
@@ -283,6 +289,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
             no_mouse,
             export_dir,
+            graphics,
         } => {
             let opts = sdtrace::tui::DiffOptions {
                 tol: sdtrace::tui::tolerances(tol.as_deref(), &tol_key, floor_k)?,
@@ -300,6 +307,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 export_dir,
                 poll: std::time::Duration::from_millis(500),
                 timings: std::env::var_os("SDTRACE_DIFF_TIMINGS").map(PathBuf::from),
+                graphics: match graphics.as_str() {
+                    "auto" => None,
+                    p => Some(p.parse().map_err(|e| anyhow::anyhow!("--graphics: {e}"))?),
+                },
             };
             Ok(ExitCode::from(sdtrace::tui::run(opts)?))
         }

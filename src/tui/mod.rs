@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod detail;
+pub mod graphics;
 pub mod keys;
 pub mod layout;
 pub mod loader;
@@ -72,6 +73,8 @@ pub struct DiffOptions {
     pub poll: Duration,
     /// Write startup and key-response timings here on exit (for docs/PERFORMANCE.md).
     pub timings: Option<PathBuf>,
+    /// Terminal graphics for the image view (`None`: detect from the environment).
+    pub graphics: Option<graphics::Protocol>,
 }
 
 /// Tolerance settings from `--tol`, `--tol-key` and `--floor-k`, as `report` reads them.
@@ -230,6 +233,9 @@ pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
         },
         poll: opts.poll,
     };
+    let protocol = opts
+        .graphics
+        .unwrap_or_else(|| graphics::Protocol::detect(|k| std::env::var(k).ok()));
     let guard = TerminalGuard::enter(opts.mouse)?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     terminal.clear()?;
@@ -244,8 +250,10 @@ pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
         &interrupted,
         &mut timings,
         t0,
+        protocol,
     );
     worker.stop.store(true, Ordering::Relaxed);
+    let _ = write!(terminal.backend_mut(), "{}", protocol.clear());
     drop(terminal);
     drop(guard);
     if let Some(p) = &opts.timings {
@@ -265,8 +273,11 @@ fn event_loop(
     interrupted: &AtomicBool,
     timings: &mut Timings,
     t0: Instant,
+    protocol: graphics::Protocol,
 ) -> Result<u8, TuiError> {
     let mut dirty = true;
+    // The pictures placed over the image view, if any.
+    let mut shown = None;
     let mut pending_keys: Vec<Instant> = Vec::new();
     let mut generation = 0u64;
     let mut readers: Option<Arc<Readers>> = None;
@@ -283,6 +294,20 @@ fn event_loop(
             app.prepare();
             let t = Instant::now();
             terminal.draw(|f| render::render(app, f.area(), f.buffer_mut()))?;
+            let want = graphics::overlay(app, layout::Layout::new(area, app).body, protocol);
+            if want.as_ref().map(|o| &o.key) != shown.as_ref() {
+                if shown.take().is_some() {
+                    // Remove the old pictures: kitty's by command, any by a full redraw.
+                    write!(terminal.backend_mut(), "{}", protocol.clear())?;
+                    terminal.clear()?;
+                    terminal.draw(|f| render::render(app, f.area(), f.buffer_mut()))?;
+                }
+                if let Some(o) = want {
+                    write!(terminal.backend_mut(), "{}", o.escapes)?;
+                    shown = Some(o.key);
+                }
+                terminal.backend_mut().flush()?;
+            }
             timings.draw_ms.push(ms(t));
             for k in pending_keys.drain(..) {
                 timings.key_ms.push(ms(k));

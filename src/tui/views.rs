@@ -7,12 +7,12 @@
 //! lower one, so a W×H area shows W×2H pixels; without colour they fall back to `░▒▓█`
 //! shading of the pixels' brightness.
 
-use super::app::{App, Detail, Loadable, Request};
+use super::app::{App, Detail, Loadable, Request, View};
 use super::detail::{DIFF_LO, Map2, group_digits};
 use super::palette::{Palette, SHADES};
 use super::render::{put, put_wrapped, set_cell};
 use crate::analysis::Status;
-use crate::report::sci;
+use crate::report::{ReportImages, sci};
 use crate::stats::HIST_OFFSET;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -22,6 +22,22 @@ use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Widget};
 
 /// Draw a picture of `w`×`h` pixels into `area` (scaled to fit, nearest pixel), two pixels
 /// per cell. `px` gives a pixel's colour, `None` for no data.
+/// The cells a `w`×`h`-pixel picture fills in `area`, keeping its aspect ratio (a cell is one
+/// pixel wide and two pixels tall), from the top left; empty when nothing fits.
+pub fn fit(area: Rect, w: usize, h: usize) -> Rect {
+    if area.is_empty() || w == 0 || h == 0 {
+        return Rect::default();
+    }
+    let (aw, ah) = (area.width as f64, area.height as f64 * 2.0);
+    let s = (aw / w as f64).min(ah / h as f64);
+    Rect::new(
+        area.x,
+        area.y,
+        ((w as f64 * s).floor() as u16).clamp(1, area.width),
+        ((h as f64 * s / 2.0).ceil() as u16).clamp(1, area.height),
+    )
+}
+
 pub fn picture(
     p: &Palette,
     buf: &mut Buffer,
@@ -30,17 +46,11 @@ pub fn picture(
     h: usize,
     px: impl Fn(usize, usize) -> Option<(u8, u8, u8)>,
 ) -> Rect {
-    if area.is_empty() || w == 0 || h == 0 {
-        return Rect::default();
+    let out = fit(area, w, h);
+    if out.is_empty() {
+        return out;
     }
-    // Fit keeping the aspect ratio: a cell is one pixel wide and two pixels tall.
-    let (aw, ah) = (area.width as f64, area.height as f64 * 2.0);
-    let s = (aw / w as f64).min(ah / h as f64);
-    let (cw, ch) = (
-        ((w as f64 * s).floor() as u16).clamp(1, area.width),
-        ((h as f64 * s / 2.0).ceil() as u16).clamp(1, area.height),
-    );
-    let out = Rect::new(area.x, area.y, cw, ch);
+    let (cw, ch) = (out.width, out.height);
     let sample = |cx: u16, py: u16| {
         let x = ((cx as f64 + 0.5) / cw as f64 * w as f64) as usize;
         let y = ((py as f64 + 0.5) / (ch as f64 * 2.0) * h as f64) as usize;
@@ -782,20 +792,39 @@ pub fn image(app: &App, area: Rect, buf: &mut Buffer) {
         ),
         p.dim(),
     );
-    let w3 = area.width / 3;
-    let body_y = y + 2;
-    let h = area.bottom().saturating_sub(body_y);
-    for (k, (name, data)) in [("A", &im.a), ("B", &im.b), ("|A−B|", &im.diff)]
-        .iter()
-        .enumerate()
-    {
-        let r = Rect::new(area.x + k as u16 * w3, body_y, w3.saturating_sub(1), h);
-        put(buf, area, r.x, body_y - 1, name, p.accent());
-        let (w, hh) = (im.width as usize, im.height as usize);
+    let (w, hh) = (im.width as usize, im.height as usize);
+    for ((name, data), r) in image_panels(&d.images).into_iter().zip(image_areas(area)) {
+        put(buf, area, r.x, r.y.saturating_sub(1), name, p.accent());
         picture(&p, buf, r, w, hh, |x, y| {
             let o = (y * w + x) * 3;
             data.get(o..o + 3).map(|c| (c[0], c[1], c[2]))
         });
+    }
+}
+
+/// The image view's three pictures: A, B and the amplified |A−B| (RGB8 rows).
+pub fn image_panels(im: &ReportImages) -> [(&'static str, &[u8]); 3] {
+    [("A", &im.a), ("B", &im.b), ("|A−B|", &im.diff)]
+}
+
+/// Where the image view draws its three pictures in `area` (the view's body), side by side
+/// below the two heading rows.
+pub fn image_areas(area: Rect) -> [Rect; 3] {
+    let w3 = area.width / 3;
+    let body_y = area.y + 2;
+    let h = area.bottom().saturating_sub(body_y);
+    [0u16, 1, 2].map(|k| Rect::new(area.x + k * w3, body_y, w3.saturating_sub(1), h))
+}
+
+/// The image view's loaded images, when the image view is showing them.
+pub fn shown_images(app: &App) -> Option<&ReportImages> {
+    if app.view != View::Image || app.help || app.prompt.is_some() {
+        return None;
+    }
+    let i = app.analysis.as_ref()?.judgement.image?;
+    match loading(app, Some(Request::Image(i))) {
+        Ok(Detail::Image(d)) => Some(&d.images),
+        _ => None,
     }
 }
 
