@@ -8,7 +8,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sdtrace::analysis::{
-    CompareOptions, Comparison, FailOn, KeyMap, TolConfig, TolSpec, compare_paths, judge,
+    CompareOptions, Comparison, FailOn, KeyMap, TolConfig, compare_paths, judge,
 };
 use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
 use sdtrace::image::ImageTensor;
@@ -146,33 +146,14 @@ enum Command {
         /// Write the report to FILE instead of stdout
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Tolerance for every record, e.g. rel=1e-3,abs=1e-5 (default: per dtype)
-        #[arg(long, value_name = "rel=R,abs=A")]
-        tol: Option<String>,
-        /// Tolerance for keys matching GLOB, e.g. 'unet.*=rel=1e-2' (repeatable; last match wins)
-        #[arg(long = "tol-key", value_name = "GLOB=rel=R,abs=A")]
-        tol_key: Vec<String>,
-        /// A repeat run of A (same machine) or an f64 reference: tolerance = k × its error
-        #[arg(long, value_name = "TRACE")]
-        noise_floor: Option<PathBuf>,
-        /// The k of --noise-floor
-        #[arg(long, value_name = "K", default_value_t = 3.0)]
-        floor_k: f64,
-        /// Key renaming file (`FROM => TO` per line) for traces of other implementations
-        #[arg(long, value_name = "FILE")]
-        map: Option<PathBuf>,
-        /// What fails (exit 1): first-exceed, amplify or image
-        #[arg(long, value_name = "WHAT", default_value = "first-exceed")]
-        fail_on: FailOn,
+        #[command(flatten)]
+        judge: JudgeArgs,
         /// Also save all metrics as JSON, to re-judge later with --from
         #[arg(long, value_name = "FILE")]
         save: Option<PathBuf>,
         /// Re-judge a comparison saved with --save instead of reading traces
         #[arg(long, value_name = "FILE", conflicts_with_all = ["a", "b", "noise_floor", "map"])]
         from: Option<PathBuf>,
-        /// Worker threads for payload comparison (0: one per core)
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        threads: usize,
         /// A and B are folders of traces (sdtrace sweep -o DIR): compare them size by size and
         /// print the size × verdict table (text, json or markdown)
         #[arg(long, conflicts_with_all = ["from", "save", "noise_floor"])]
@@ -186,27 +167,8 @@ enum Command {
         a: PathBuf,
         /// Trace B, the run under test (.sdt)
         b: PathBuf,
-        /// Tolerance for every record, e.g. rel=1e-3,abs=1e-5 (default: per dtype; `t` edits it)
-        #[arg(long, value_name = "rel=R,abs=A")]
-        tol: Option<String>,
-        /// Tolerance for keys matching GLOB, e.g. 'unet.*=rel=1e-2' (repeatable; last match wins)
-        #[arg(long = "tol-key", value_name = "GLOB=rel=R,abs=A")]
-        tol_key: Vec<String>,
-        /// A repeat run of A (same machine) or an f64 reference: tolerance = k × its error
-        #[arg(long, value_name = "TRACE")]
-        noise_floor: Option<PathBuf>,
-        /// The k of --noise-floor
-        #[arg(long, value_name = "K", default_value_t = 3.0)]
-        floor_k: f64,
-        /// Key renaming file (`FROM => TO` per line) for traces of other implementations
-        #[arg(long, value_name = "FILE")]
-        map: Option<PathBuf>,
-        /// What the verdict fails on: first-exceed, amplify or image
-        #[arg(long, value_name = "WHAT", default_value = "first-exceed")]
-        fail_on: FailOn,
-        /// Worker threads for payload comparison (0: one per core)
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        threads: usize,
+        #[command(flatten)]
+        judge: JudgeArgs,
         /// Do not capture the mouse (clicks select cells otherwise)
         #[arg(long)]
         no_mouse: bool,
@@ -220,6 +182,56 @@ enum Command {
               value_parser = ["auto", "kitty", "iterm", "off"])]
         graphics: String,
     },
+}
+
+/// How two traces are compared and judged: the flags `report` and `diff` share.
+#[derive(clap::Args, Debug)]
+struct JudgeArgs {
+    /// Tolerance for every record, e.g. rel=1e-3,abs=1e-5 (default: per dtype; in diff, `t`
+    /// edits it)
+    #[arg(long, value_name = "rel=R,abs=A")]
+    tol: Option<String>,
+    /// Tolerance for keys matching GLOB, e.g. 'unet.*=rel=1e-2' (repeatable; last match wins)
+    #[arg(long = "tol-key", value_name = "GLOB=rel=R,abs=A")]
+    tol_key: Vec<String>,
+    /// A repeat run of A (same machine) or an f64 reference: tolerance = k × its error
+    #[arg(long, value_name = "TRACE")]
+    noise_floor: Option<PathBuf>,
+    /// The k of --noise-floor
+    #[arg(long, value_name = "K", default_value_t = 3.0)]
+    floor_k: f64,
+    /// Key renaming file (`FROM => TO` per line) for traces of other implementations
+    #[arg(long, value_name = "FILE")]
+    map: Option<PathBuf>,
+    /// What fails the verdict (report: exit 1): first-exceed, amplify or image
+    #[arg(long, value_name = "WHAT", default_value = "first-exceed")]
+    fail_on: FailOn,
+    /// Worker threads for payload comparison (0: one per core)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+}
+
+impl JudgeArgs {
+    fn tolerances(&self) -> Result<TolConfig> {
+        Ok(TolConfig::from_flags(
+            self.tol.as_deref(),
+            &self.tol_key,
+            self.floor_k,
+        )?)
+    }
+
+    fn compare_options(&self) -> Result<CompareOptions> {
+        Ok(CompareOptions {
+            map: self
+                .map
+                .as_deref()
+                .map(KeyMap::load)
+                .transpose()?
+                .unwrap_or_default(),
+            tol: self.tolerances()?,
+            threads: self.threads,
+        })
+    }
 }
 
 const DIFF_HELP: &str = "\
@@ -280,29 +292,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff {
             a,
             b,
-            tol,
-            tol_key,
-            noise_floor,
-            floor_k,
-            map,
-            fail_on,
-            threads,
+            judge,
             no_mouse,
             export_dir,
             graphics,
         } => {
+            let compare = judge.compare_options()?;
             let opts = sdtrace::tui::DiffOptions {
-                tol: sdtrace::tui::tolerances(tol.as_deref(), &tol_key, floor_k)?,
-                map: map
-                    .as_deref()
-                    .map(KeyMap::load)
-                    .transpose()?
-                    .unwrap_or_default(),
+                tol: compare.tol,
+                map: compare.map,
                 a,
                 b,
-                floor: noise_floor,
-                fail_on,
-                threads,
+                floor: judge.noise_floor,
+                fail_on: judge.fail_on,
+                threads: judge.threads,
                 mouse: !no_mouse,
                 export_dir,
                 poll: std::time::Duration::from_millis(500),
@@ -385,42 +388,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             b,
             format,
             output,
-            tol,
-            tol_key,
-            noise_floor,
-            floor_k,
-            map,
-            fail_on,
+            judge: flags,
             save,
             from,
-            threads,
             matrix,
         } => {
-            let mut tols = TolConfig {
-                global: tol.map(|t| TolSpec::parse(&t, "--tol")).transpose()?,
-                per_key: Vec::new(),
-                floor_k,
-            };
-            if !(floor_k.is_finite() && floor_k > 0.0) {
-                bail!("--floor-k {floor_k}: must be a finite number > 0, e.g. 3");
-            }
-            for t in &tol_key {
-                tols.push_key_override(t)?;
-            }
+            let tols = flags.tolerances()?;
+            let fail_on = flags.fail_on;
             if matrix {
                 let (Some(a), Some(b)) = (&a, &b) else {
                     bail!("report --matrix needs two folders: DIR_A DIR_B");
                 };
-                let opts = CompareOptions {
-                    map: map
-                        .as_deref()
-                        .map(KeyMap::load)
-                        .transpose()?
-                        .unwrap_or_default(),
-                    tol: tols.clone(),
-                    threads,
-                };
-                let m = sdtrace::report::matrix::matrix(a, b, &opts, &tols, fail_on)?;
+                let m = sdtrace::report::matrix::matrix(
+                    a,
+                    b,
+                    &flags.compare_options()?,
+                    &tols,
+                    fail_on,
+                )?;
                 let text = match format {
                     Format::Text => sdtrace::report::matrix::render_matrix_text(&m),
                     Format::Json => sdtrace::report::matrix::render_matrix_json(&m),
@@ -436,18 +421,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let comparison = match (&from, &a, &b) {
                 (Some(f), _, _) => Comparison::load(f)?,
-                (None, Some(a), Some(b)) => {
-                    let opts = CompareOptions {
-                        map: map
-                            .as_deref()
-                            .map(KeyMap::load)
-                            .transpose()?
-                            .unwrap_or_default(),
-                        tol: tols.clone(),
-                        threads,
-                    };
-                    compare_paths(a, b, noise_floor.as_deref(), &opts)?
-                }
+                (None, Some(a), Some(b)) => compare_paths(
+                    a,
+                    b,
+                    flags.noise_floor.as_deref(),
+                    &flags.compare_options()?,
+                )?,
                 _ => bail!("report needs two traces (A B) or --from FILE"),
             };
             if let Some(path) = &save {

@@ -142,6 +142,30 @@ impl Default for TolConfig {
 }
 
 impl TolConfig {
+    /// The tolerances `--tol`, `--tol-key` (in order) and `--floor-k` give.
+    pub fn from_flags(
+        tol: Option<&str>,
+        tol_key: &[String],
+        floor_k: f64,
+    ) -> Result<TolConfig, AnalysisError> {
+        if !(floor_k.is_finite() && floor_k > 0.0) {
+            return Err(AnalysisError::BadTolerance {
+                flag: "--floor-k",
+                value: floor_k.to_string(),
+                what: "must be a finite number > 0, e.g. 3".into(),
+            });
+        }
+        let mut t = TolConfig {
+            global: tol.map(|t| TolSpec::parse(t, "--tol")).transpose()?,
+            per_key: Vec::new(),
+            floor_k,
+        };
+        for k in tol_key {
+            t.push_key_override(k)?;
+        }
+        Ok(t)
+    }
+
     /// Parse one `--tol-key GLOB=rel=…,abs=…` value and append it.
     pub fn push_key_override(&mut self, text: &str) -> Result<(), AnalysisError> {
         let (pattern, spec) = text

@@ -8,7 +8,7 @@
 //! (the final images, for the HTML report) is read by the caller and passed in as plain data
 //! ([`ReportImages`]).
 
-mod html;
+pub(crate) mod html;
 mod junit;
 mod markdown;
 pub mod matrix;

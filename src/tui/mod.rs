@@ -24,7 +24,7 @@ pub mod palette;
 pub mod render;
 pub mod views;
 
-use crate::analysis::{AnalysisError, CompareOptions, FailOn, KeyMap, TolConfig, TolSpec};
+use crate::analysis::{AnalysisError, CompareOptions, FailOn, KeyMap, TolConfig};
 use crate::trace::{TraceError, TraceReader};
 use app::{App, AppOptions, Counts, Effect, Phase};
 use crossterm::event::{self, Event};
@@ -75,30 +75,6 @@ pub struct DiffOptions {
     pub timings: Option<PathBuf>,
     /// Terminal graphics for the image view (`None`: detect from the environment).
     pub graphics: Option<graphics::Protocol>,
-}
-
-/// Tolerance settings from `--tol`, `--tol-key` and `--floor-k`, as `report` reads them.
-pub fn tolerances(
-    tol: Option<&str>,
-    tol_key: &[String],
-    floor_k: f64,
-) -> Result<TolConfig, AnalysisError> {
-    let mut t = TolConfig {
-        global: tol.map(|t| TolSpec::parse(t, "--tol")).transpose()?,
-        per_key: Vec::new(),
-        floor_k,
-    };
-    if !(floor_k.is_finite() && floor_k > 0.0) {
-        return Err(AnalysisError::BadTolerance {
-            flag: "--floor-k",
-            value: floor_k.to_string(),
-            what: "must be a finite number > 0, e.g. 3".into(),
-        });
-    }
-    for k in tol_key {
-        t.push_key_override(k)?;
-    }
-    Ok(t)
 }
 
 fn restore_terminal() {
