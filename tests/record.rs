@@ -109,22 +109,33 @@ fn a_recording_holds_the_whole_run() {
 }
 
 #[test]
-fn same_settings_give_bit_identical_traces_and_the_estimate_holds() {
+fn same_settings_give_bit_identical_traces_for_any_thread_count_and_the_estimate_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a.sdt"), dir.path().join("b.sdt"));
-    for p in [&a, &b] {
-        let (c, err) = run(&["--no-png"], p);
+    let runs = [
+        ("a.sdt", &["--no-png"][..]),
+        ("b.sdt", &["--no-png"][..]),
+        ("t1.sdt", &["--no-png", "--threads", "1"][..]),
+        ("t3.sdt", &["--no-png", "--threads", "3"][..]),
+    ];
+    for (name, args) in runs {
+        let (c, err) = run(args, &dir.path().join(name));
         assert_eq!(c, 0, "{err}");
     }
-    let (ra, rb) = (
-        TraceReader::open(&a).unwrap(),
-        TraceReader::open(&b).unwrap(),
-    );
-    assert_eq!(ra.entries().len(), rb.entries().len());
-    for (x, y) in ra.entries().iter().zip(rb.entries()) {
-        assert_eq!(x.id(), y.id());
-        let (mx, my) = (ra.read_meta(x).unwrap(), rb.read_meta(y).unwrap());
-        assert_eq!(mx.summary.bits_hash, my.summary.bits_hash, "{}", x.id());
+    let a = dir.path().join("a.sdt");
+    let ra = TraceReader::open(&a).unwrap();
+    for (name, _) in &runs[1..] {
+        let rb = TraceReader::open(dir.path().join(name)).unwrap();
+        assert_eq!(ra.entries().len(), rb.entries().len());
+        for (x, y) in ra.entries().iter().zip(rb.entries()) {
+            assert_eq!(x.id(), y.id());
+            let (mx, my) = (ra.read_meta(x).unwrap(), rb.read_meta(y).unwrap());
+            assert_eq!(
+                mx.summary.bits_hash,
+                my.summary.bits_hash,
+                "{name}: {}",
+                x.id()
+            );
+        }
     }
     // The size printed before the run is within 25 % of the file written.
     let (_, err) = run(&["--no-png"], &dir.path().join("c.sdt"));

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod cpu;
 pub mod hash;
 pub mod ldm;
 pub mod observe;

@@ -11,11 +11,12 @@
 
 use super::attention::{AttentionImpl, Chunking, Gelu, Numerics, attend};
 use super::config::{BlockConfig, UNetConfig};
+use super::cpu;
 use super::observe::observe;
 use super::{ModelError, Result};
 use crate::probe::Probe;
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
 use std::path::Path;
 
 /// Everything the forward pass needs besides its inputs.
@@ -32,12 +33,70 @@ fn key_of(prefix: &str, vb: &VarBuilder) -> String {
     }
 }
 
+/// A convolution that runs [`cpu::conv2d`] where it applies (CPU, f32) and candle's elsewhere.
+struct Conv2d(candle_nn::Conv2d);
+
+impl Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let c = self.0.config();
+        if c.groups == 1 && c.dilation == 1 {
+            if let Some(out) = cpu::conv2d(x, self.0.weight(), self.0.bias(), c.stride, c.padding) {
+                return out;
+            }
+        }
+        self.0.forward(x)
+    }
+}
+
+fn conv2d(
+    in_c: usize,
+    out_c: usize,
+    kernel: usize,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> candle_core::Result<Conv2d> {
+    candle_nn::conv2d(in_c, out_c, kernel, cfg, vb).map(Conv2d)
+}
+
+/// GroupNorm (optionally followed by SiLU) that runs [`cpu::group_norm`] where it applies and
+/// candle's composition elsewhere.
+struct Norm {
+    fallback: GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl Norm {
+    fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
+        let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
+        Ok(Norm {
+            fallback: GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?,
+            weight,
+            bias,
+            groups,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, silu: bool) -> candle_core::Result<Tensor> {
+        if let Some(out) = cpu::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu)
+        {
+            return out;
+        }
+        let y = self.fallback.forward(x)?;
+        if silu { y.silu() } else { Ok(y) }
+    }
+}
+
 struct ResnetBlock {
     key: String,
-    norm1: GroupNorm,
+    norm1: Norm,
     conv1: Conv2d,
     time_emb_proj: Linear,
-    norm2: GroupNorm,
+    norm2: Norm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
     output_scale: f64,
@@ -50,7 +109,7 @@ fn conv3(
     padding: usize,
     vb: VarBuilder,
 ) -> candle_core::Result<Conv2d> {
-    candle_nn::conv2d(
+    conv2d(
         in_c,
         out_c,
         3,
@@ -75,13 +134,13 @@ impl ResnetBlock {
         let g = cfg.norm_num_groups;
         Ok(ResnetBlock {
             key: key_of(prefix, &vb),
-            norm1: candle_nn::group_norm(g, in_c, cfg.norm_eps, vb.pp("norm1"))?,
+            norm1: Norm::new(g, in_c, cfg.norm_eps, vb.pp("norm1"))?,
             conv1: conv3(in_c, out_c, 1, 1, vb.pp("conv1"))?,
             time_emb_proj: candle_nn::linear(cfg.time_embed_dim(), out_c, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(g, out_c, cfg.norm_eps, vb.pp("norm2"))?,
+            norm2: Norm::new(g, out_c, cfg.norm_eps, vb.pp("norm2"))?,
             conv2: conv3(out_c, out_c, 1, 1, vb.pp("conv2"))?,
             conv_shortcut: if in_c != out_c {
-                Some(candle_nn::conv2d(
+                Some(conv2d(
                     in_c,
                     out_c,
                     1,
@@ -96,14 +155,14 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor, c: &Ctx) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
         let t = self
             .time_emb_proj
             .forward(&c.temb.silu()?)?
             .unsqueeze(D::Minus1)?
             .unsqueeze(D::Minus1)?;
         let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -167,6 +226,17 @@ impl Attention {
         let q = observe(probe, &self.fine_keys[0], &self.to_q.forward(x)?)?;
         let k = observe(probe, &self.fine_keys[1], &self.to_k.forward(context)?)?;
         let v = observe(probe, &self.fine_keys[2], &self.to_v.forward(context)?)?;
+        let want_probs =
+            self.imp == AttentionImpl::Full && !probe.plan(&self.fine_keys[3]).is_noop();
+        if self.imp == AttentionImpl::Full {
+            if let Some(r) = cpu::attention(&q, &k, &v, self.heads, self.scale, want_probs) {
+                let (out, probs) = r?;
+                if let Some(p) = probs {
+                    observe(probe, &self.fine_keys[3], &p)?;
+                }
+                return observe(probe, &self.key, &self.to_out.forward(&out)?);
+            }
+        }
         let (b, n, dim) = q.dims3()?;
         let dtype = q.dtype();
         let (mut q, mut k, mut v) = (self.to_heads(&q)?, self.to_heads(&k)?, self.to_heads(&v)?);
@@ -177,8 +247,6 @@ impl Attention {
                 v.to_dtype(DType::F32)?,
             );
         }
-        let want_probs =
-            self.imp == AttentionImpl::Full && !probe.plan(&self.fine_keys[3]).is_noop();
         let (out, probs) = attend(
             &self.imp,
             &q.contiguous()?,
@@ -222,12 +290,19 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor, probe: &Probe) -> Result<Tensor> {
-        let h = self.proj.forward(x)?.chunk(2, D::Minus1)?;
-        let gate = match self.gelu {
-            Gelu::Erf => h[1].gelu_erf()?,
-            Gelu::Tanh => h[1].gelu()?,
+        let h = self.proj.forward(x)?;
+        let gated = match cpu::geglu(&h, self.gelu == Gelu::Erf) {
+            Some(g) => g?,
+            None => {
+                let h = h.chunk(2, D::Minus1)?;
+                let gate = match self.gelu {
+                    Gelu::Erf => h[1].gelu_erf()?,
+                    Gelu::Tanh => h[1].gelu()?,
+                };
+                (&h[0] * gate)?
+            }
         };
-        observe(probe, &self.key, &self.out.forward(&(&h[0] * gate)?)?)
+        observe(probe, &self.key, &self.out.forward(&gated)?)
     }
 }
 
@@ -259,7 +334,7 @@ enum Proj {
 /// diffusers' Transformer2DModel (`attentions.N`).
 struct Transformer2D {
     key: String,
-    norm: GroupNorm,
+    norm: Norm,
     proj_in: Proj,
     blocks: Vec<TransformerBlock>,
     proj_out: Proj,
@@ -281,7 +356,7 @@ impl Transformer2D {
             Ok(if cfg.use_linear_projection {
                 Proj::Linear(candle_nn::linear(channels, channels, vb.pp(name))?)
             } else {
-                Proj::Conv(candle_nn::conv2d(
+                Proj::Conv(conv2d(
                     channels,
                     channels,
                     1,
@@ -322,7 +397,7 @@ impl Transformer2D {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Transformer2D {
             key: key_of(prefix, &vb),
-            norm: candle_nn::group_norm(cfg.norm_num_groups, channels, 1e-6, vb.pp("norm"))?,
+            norm: Norm::new(cfg.norm_num_groups, channels, 1e-6, vb.pp("norm"))?,
             proj_in: proj("proj_in")?,
             blocks,
             proj_out: proj("proj_out")?,
@@ -331,7 +406,7 @@ impl Transformer2D {
 
     fn forward(&self, x: &Tensor, c: &Ctx) -> Result<Tensor> {
         let (b, ch, h, w) = x.dims4()?;
-        let n = self.norm.forward(x)?;
+        let n = self.norm.forward(x, false)?;
         // [B, C, H, W] → [B, H·W, C], projecting before (conv) or after (linear) the reshape.
         let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, ch));
         let mut t = match &self.proj_in {
@@ -426,7 +501,7 @@ pub struct UNet {
     down: Vec<Level>,
     mid: Level,
     up: Vec<Level>,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: Norm,
     conv_out: Conv2d,
     keys: [String; 4],
 }
@@ -567,7 +642,7 @@ impl UNet {
             down,
             mid,
             up,
-            conv_norm_out: candle_nn::group_norm(
+            conv_norm_out: Norm::new(
                 cfg.norm_num_groups,
                 c0,
                 cfg.norm_eps,
@@ -856,7 +931,11 @@ impl UNet {
             }
             x = observe(probe, &level.key, &x)?;
         }
-        let x = observe(probe, &self.keys[2], &self.conv_norm_out.forward(&x)?)?;
+        let x = observe(
+            probe,
+            &self.keys[2],
+            &self.conv_norm_out.forward(&x, false)?,
+        )?;
         observe(probe, &self.keys[3], &self.conv_out.forward(&x.silu()?)?)
     }
 }
