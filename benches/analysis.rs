@@ -137,16 +137,7 @@ fn memory(_: &mut Criterion) {
             .unwrap();
         probe.finish().unwrap();
     }
-    let peak = |what: &str| -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let kib = status
-            .lines()
-            .find(|l| l.starts_with(what))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        kib * 1024
-    };
+    let peak = |what: &str| -> u64 { sdtrace::host::proc_status_bytes(what).unwrap_or(0) };
     let opts = CompareOptions {
         threads: 64,
         ..Default::default()
@@ -163,12 +154,12 @@ fn memory(_: &mut Criterion) {
             eprintln!("memory: cannot reset the peak RSS here; skipped");
             return;
         }
-        let before = peak("VmRSS:");
+        let before = peak("VmRSS");
         let ra = TraceReader::open(&a).unwrap();
         let rb = TraceReader::open(&b).unwrap();
         let cmp = compare(&ra, &rb, None, &opts).unwrap();
         black_box(&cmp);
-        let hwm = peak("VmHWM:");
+        let hwm = peak("VmHWM");
         println!(
             "memory/{name}: peak RSS {} MiB ({} MiB above the {} MiB before; target < 256 MiB)",
             hwm >> 20,

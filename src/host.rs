@@ -7,6 +7,36 @@
 
 use crate::trace::DeviceFacts;
 
+/// A field of `/proc/self/status` given in kB (`VmHWM`: peak resident memory, `VmRSS`), in
+/// bytes; `None` where there is no such file or field (not Linux).
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.split(':').next() == Some(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, v2 and v3 alike; the -sys
+/// crate has no constant for it).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// For binaries whose global allocator is mimalloc (`sdtrace` itself and the benchmarks): keep
+/// freed memory for reuse instead of returning it to the kernel. candle allocates a fresh
+/// buffer per tensor op; returned memory comes back as new pages the kernel zero-fills one by
+/// one, which was a fifth of a UNet forward's CPU time with the system allocator. The cost is
+/// that the process keeps its peak footprint until it exits.
+pub fn keep_freed_memory() {
+    // SAFETY: plain option calls into the linked mimalloc; reading back the option's default
+    // (10 ms) first guards the index.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == 10 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
+    }
+}
+
 /// Facts about this host; `compute_threads` is what the computation was configured to use.
 pub fn host_facts(compute_threads: Option<u32>) -> DeviceFacts {
     DeviceFacts {

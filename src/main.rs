@@ -258,28 +258,12 @@ Exit codes:
   2  bad usage, or an input file that cannot be read or is damaged
   3  the traces are not comparable: different model, size, sampler, steps or shapes";
 
-/// mimalloc, with freed memory kept for reuse instead of returned to the kernel: candle allocates
-/// a fresh buffer per tensor op, and with the system allocator every large one is a new mapping
-/// that the kernel zero-fills page by page (a fifth of a UNet forward's CPU time).
+/// mimalloc, told to keep freed memory for reuse ([`sdtrace::host::keep_freed_memory`]).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, v2 and v3 alike; the -sys
-/// crate has no constant for it).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-fn keep_freed_memory() {
-    // SAFETY: plain option calls into the linked mimalloc; the read-back guards the index (the
-    // option's default is 10 ms).
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == 10 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
+    sdtrace::host::keep_freed_memory();
     let cli = Cli::parse();
     if let Command::Record(args) = &cli.command {
         cli::record::configure_threads(args);
