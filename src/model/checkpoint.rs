@@ -382,12 +382,35 @@ impl Checkpoint {
         VarBuilder::from_backend(
             Box::new(Mapped {
                 ckpt: self.clone(),
-                layout: layout.clone(),
-                component,
+                layout: Some((layout.clone(), component)),
             }),
             dtype,
             device.clone(),
         )
+    }
+
+    /// A `VarBuilder` serving the file's tensors under their own names (a diffusers-layout
+    /// component's weights), each copied out and its pages released as for
+    /// [`Checkpoint::var_builder`].
+    pub fn plain_var_builder(
+        self: &Arc<Self>,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        VarBuilder::from_backend(
+            Box::new(Mapped {
+                ckpt: self.clone(),
+                layout: None,
+            }),
+            dtype,
+            device.clone(),
+        )
+    }
+
+    /// [`Checkpoint::open`] then [`Checkpoint::plain_var_builder`]: how the diffusers-folder
+    /// loaders read their weights file.
+    pub fn open_plain(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        Ok(Arc::new(Checkpoint::open(path)?).plain_var_builder(dtype, device))
     }
 
     /// Build the three models from this file (after [`Checkpoint::check`]).
@@ -441,11 +464,22 @@ fn first_few(list: &[String]) -> String {
     s
 }
 
-/// The backend behind [`Checkpoint::var_builder`].
+/// The backend behind [`Checkpoint::var_builder`] (`layout` names each weight's key in the file)
+/// and [`Checkpoint::plain_var_builder`] (`layout` is `None`: keys are the names asked for).
 struct Mapped {
     ckpt: Arc<Checkpoint>,
-    layout: LdmLayout,
-    component: Component,
+    layout: Option<(LdmLayout, Component)>,
+}
+
+impl Mapped {
+    fn source(&self, name: &str) -> candle_core::Result<Source> {
+        match &self.layout {
+            None => Ok(Source::plain(name.to_string())),
+            Some((layout, c)) => layout.source(*c, name).ok_or_else(|| {
+                candle_core::Error::Msg(format!("{} weight '{name}' has no LDM name", c.name()))
+            }),
+        }
+    }
 }
 
 impl SimpleBackend for Mapped {
@@ -457,12 +491,7 @@ impl SimpleBackend for Mapped {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let src = self.layout.source(self.component, name).ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "{} weight '{name}' has no LDM name",
-                self.component.name()
-            ))
-        })?;
+        let src = self.source(name)?;
         let t = self.ckpt.load(&src, dtype, dev)?;
         if t.dims() != s.dims() {
             return Err(candle_core::Error::Msg(format!(
@@ -477,17 +506,12 @@ impl SimpleBackend for Mapped {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let src = self
-            .layout
-            .source(self.component, name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("'{name}' has no LDM name")))?;
-        self.ckpt.load(&src, dtype, dev)
+        self.ckpt.load(&self.source(name)?, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.layout
-            .source(self.component, name)
-            .is_some_and(|s| self.ckpt.entries.contains_key(&s.key))
+        self.source(name)
+            .is_ok_and(|s| self.ckpt.entries.contains_key(&s.key))
     }
 }
 

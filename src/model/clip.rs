@@ -7,6 +7,7 @@
 //! for OpenAI CLIP (SD 1.x), exact GELU for OpenCLIP (SD 2.x); candle-transformers uses the tanh
 //! GELU for the latter, selectable here to trace its effect.
 
+use super::checkpoint::Checkpoint;
 use super::observe::observe;
 use super::{ModelError, Result};
 use crate::probe::Probe;
@@ -214,9 +215,7 @@ impl ClipTextModel {
             file: weights.to_path_buf(),
             source,
         };
-        // SAFETY: the weights file is mapped read-only and not expected to change meanwhile.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }
-            .map_err(wrap)?;
+        let vb = Checkpoint::open_plain(weights, dtype, device)?;
         ClipTextModel::new(vb, config, "text_encoder").map_err(wrap)
     }
 

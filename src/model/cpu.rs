@@ -106,7 +106,8 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, x));
     let mut p = 1.987_569_1e-4;
     p = madd::<FMA>(p, r, 1.398_199_9e-3);
@@ -115,7 +116,11 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
     p = madd::<FMA>(p, r, 1.666_666_5e-1);
     p = madd::<FMA>(p, r, 5.000_000_1e-1);
     let e = madd::<FMA>(p, r * r, r) + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from the rounded sum's low mantissa bits (they hold n exactly): integer lane
+    // arithmetic, where `n as i32` would be a scalar, saturating conversion. A NaN input makes
+    // `e` NaN, so the garbage exponent it gives here does not matter.
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    e * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32)
 }
 
 /// x·σ(x).
@@ -479,10 +484,23 @@ fn im2col(
 }
 
 simd_fn! {
-    /// Each row of `s` (rows of `n`) ← softmax(row), accumulated in f32.
-    fn softmax_rows(s: &mut [f32], n: usize) {
-        for row in s.chunks_mut(n) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    /// Each row of `s` (rows of `n`) ← e^{row − max(row)}, and `inv[r]` ← 1 / that row's sum
+    /// (so softmax(row) = row · inv[r]), accumulated in f32 over 8 lanes.
+    fn exp_rows(s: &mut [f32], n: usize, inv: &mut [f32]) {
+        for (row, inv) in s.chunks_mut(n).zip(inv.iter_mut()) {
+            // `>` rather than f32::max, whose NaN rule keeps the loop scalar; NaNs are skipped
+            // either way.
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let mut chunks = row.chunks_exact(8);
+            for c in &mut chunks {
+                for l in 0..8 {
+                    if c[l] > lanes[l] {
+                        lanes[l] = c[l];
+                    }
+                }
+            }
+            let max = (chunks.remainder().iter().chain(&lanes))
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
             let mut lanes = [0f32; 8];
             let mut chunks = row.chunks_exact_mut(8);
             for c in &mut chunks {
@@ -496,10 +514,7 @@ simd_fn! {
                 *v = exp::<FMA>(*v - max);
                 sum += *v;
             }
-            let inv = 1.0 / sum;
-            for v in row.iter_mut() {
-                *v *= inv;
-            }
+            *inv = 1.0 / sum;
         }
     }
 }
@@ -510,8 +525,9 @@ const SCORE_BLOCK: usize = 512 << 10;
 /// Full attention softmax(q·kᵀ·scale)·v with `heads` heads over token-major tensors: `q`
 /// [B, Nq, heads·d], `k`/`v` [B, Nk, heads·d] → [B, Nq, heads·d] (the heads are addressed by
 /// stride, so no transposed copies are made). Work is cut into (batch, head, query block)
-/// pieces; each computes its scores with one gemm, the softmax of each row over all keys, and
-/// its output rows with a second gemm. With `want_probs` the probabilities are returned too, as
+/// pieces; each computes its scores with one gemm, the exponentials of each row over all
+/// keys, its output rows with a second gemm, and scales each output row by its softmax
+/// normaliser. With `want_probs` the probabilities are returned too, as
 /// [B·heads, Nq, Nk] (copied out block by block, so the output is the same either way).
 pub fn attention(
     q: &Tensor,
@@ -542,13 +558,14 @@ pub fn attention(
                 };
                 let probs_dst = SendPtr(probs.as_mut_ptr());
                 (0..pieces).into_par_iter().for_each_init(
-                    Vec::new,
-                    |scores: &mut Vec<f32>, piece| {
+                    || (Vec::new(), Vec::new()),
+                    |(scores, inv): &mut (Vec<f32>, Vec<f32>), piece| {
                         let (bh, blk) = (piece / blocks, piece % blocks);
                         let (bi, hh) = (bh / heads, bh % heads);
                         let q0 = blk * qb;
                         let m = qb.min(nq - q0);
                         scores.resize(m * nk, 0.0);
+                        inv.resize(m, 0.0);
                         let q_ptr = qs[bi * nq * hd + q0 * hd + hh * d..].as_ptr();
                         let k_ptr = ks[bi * nk * hd + hh * d..].as_ptr();
                         let v_ptr = vs[bi * nk * hd + hh * d..].as_ptr();
@@ -577,14 +594,20 @@ pub fn attention(
                                 false,
                                 Parallelism::None,
                             );
-                            softmax_rows(scores, nk);
+                            exp_rows(scores, nk, inv);
                             if want_probs {
                                 // Rows [q0, q0+m) of (bi, hh): this piece's alone.
-                                std::slice::from_raw_parts_mut(
+                                let p = std::slice::from_raw_parts_mut(
                                     probs_dst.get().add((bh * nq + q0) * nk),
                                     m * nk,
-                                )
-                                .copy_from_slice(scores);
+                                );
+                                for ((p, e), &inv) in
+                                    p.chunks_mut(nk).zip(scores.chunks(nk)).zip(inv.iter())
+                                {
+                                    for (p, &e) in p.iter_mut().zip(e) {
+                                        *p = e * inv;
+                                    }
+                                }
                             }
                             gemm::gemm(
                                 m,
@@ -607,6 +630,14 @@ pub fn attention(
                                 false,
                                 Parallelism::None,
                             );
+                            // The softmax's normalisation, applied to the m × d output rows
+                            // rather than the m × nk probabilities.
+                            let o = dst.get().add(bi * nq * hd + q0 * hd + hh * d);
+                            for (r, &inv) in inv.iter().enumerate() {
+                                for v in std::slice::from_raw_parts_mut(o.add(r * hd), d) {
+                                    *v *= inv;
+                                }
+                            }
                         }
                     },
                 );

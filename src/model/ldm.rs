@@ -182,7 +182,7 @@ pub struct Source {
 }
 
 impl Source {
-    fn plain(key: String) -> Self {
+    pub(crate) fn plain(key: String) -> Self {
         Source {
             key,
             rows: None,

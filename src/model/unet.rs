@@ -10,6 +10,7 @@
 //! attention implementation, `…attnN.probs`.
 
 use super::attention::{AttentionImpl, Chunking, Gelu, Numerics, attend};
+use super::checkpoint::Checkpoint;
 use super::config::{BlockConfig, UNetConfig};
 use super::cpu;
 use super::observe::observe;
@@ -668,10 +669,7 @@ impl UNet {
             file: weights.to_path_buf(),
             source,
         };
-        // SAFETY: the weights file is mapped read-only and not expected to change while the
-        // model lives (the same contract as every safetensors loader).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }
-            .map_err(wrap)?;
+        let vb = Checkpoint::open_plain(weights, dtype, device)?;
         UNet::new(vb, config, numerics, attention, "unet").map_err(wrap)
     }
 

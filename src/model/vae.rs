@@ -14,6 +14,7 @@
 //! back. Every observed tensor may be replaced by an intervention; the rest of the decode uses
 //! the replacement.
 
+use super::checkpoint::Checkpoint;
 use super::observe::observe;
 use super::{ModelError, Result};
 use crate::probe::Probe;
@@ -285,14 +286,7 @@ impl Vae {
                 source: std::io::ErrorKind::NotFound.into(),
             });
         };
-        let wrap = |source| ModelError::Weights {
-            file: weights.clone(),
-            source,
-        };
-        // SAFETY: the weights file is mapped read-only and not expected to change while the
-        // model lives (the same contract as every safetensors loader).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device) }
-            .map_err(wrap)?;
+        let vb = Checkpoint::open_plain(&weights, dtype, device)?;
         Self::new(vb, config, &weights)
     }
 
