@@ -379,38 +379,27 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
-        VarBuilder::from_backend(
-            Box::new(Mapped {
-                ckpt: self.clone(),
-                layout: Some((layout.clone(), component)),
-            }),
-            dtype,
-            device.clone(),
-        )
+        self.mapped(Some((layout.clone(), component)), dtype, device)
     }
 
-    /// A `VarBuilder` serving the file's tensors under their own names (a diffusers-layout
-    /// component's weights), each copied out and its pages released as for
-    /// [`Checkpoint::var_builder`].
-    pub fn plain_var_builder(
+    /// Open a plain (diffusers-layout) weights file and serve its tensors under their own
+    /// names, each copied out and its pages released as for [`Checkpoint::var_builder`]: how
+    /// the diffusers-folder loaders read their weights.
+    pub fn open_plain(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        Ok(Arc::new(Checkpoint::open(path)?).mapped(None, dtype, device))
+    }
+
+    fn mapped(
         self: &Arc<Self>,
+        layout: Option<(LdmLayout, Component)>,
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
-        VarBuilder::from_backend(
-            Box::new(Mapped {
-                ckpt: self.clone(),
-                layout: None,
-            }),
-            dtype,
-            device.clone(),
-        )
-    }
-
-    /// [`Checkpoint::open`] then [`Checkpoint::plain_var_builder`]: how the diffusers-folder
-    /// loaders read their weights file.
-    pub fn open_plain(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        Ok(Arc::new(Checkpoint::open(path)?).plain_var_builder(dtype, device))
+        let backend = Mapped {
+            ckpt: self.clone(),
+            layout,
+        };
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 
     /// Build the three models from this file (after [`Checkpoint::check`]).
@@ -465,7 +454,7 @@ fn first_few(list: &[String]) -> String {
 }
 
 /// The backend behind [`Checkpoint::var_builder`] (`layout` names each weight's key in the file)
-/// and [`Checkpoint::plain_var_builder`] (`layout` is `None`: keys are the names asked for).
+/// and [`Checkpoint::open_plain`] (`layout` is `None`: keys are the names asked for).
 struct Mapped {
     ckpt: Arc<Checkpoint>,
     layout: Option<(LdmLayout, Component)>,
