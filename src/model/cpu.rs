@@ -1,5 +1,7 @@
-//! CPU kernels for the UNet's hot paths in f32: convolution (im2col tiles + gemm, bias fused),
-//! GroupNorm with an optional fused SiLU, GEGLU, and attention in query blocks (scores, softmax
+//! CPU kernels for the UNet's hot paths in f32: convolution (im2col tiles + gemm, bias, time
+//! embedding and residual fused), linear layers and the transformer's 1×1 projections (bias and
+//! residual fused, permutes folded into gemm's strides), GroupNorm with an optional fused SiLU,
+//! the GEGLU feed-forward in blocks of rows, and attention in query blocks (scores, softmax
 //! and the value product per block, so attention memory stays bounded at any image size).
 //!
 //! candle composes these from many whole-tensor passes, each with a fresh allocation (GroupNorm
@@ -14,25 +16,54 @@
 //! - Results do not depend on the thread count: work is cut into pieces whose boundaries depend
 //!   only on the shapes, each output element is computed by exactly one piece in a fixed order,
 //!   and gemm never splits the reduction dimension.
-//! - Vector code is chosen at run time (AVX2+FMA on x86-64, portable code elsewhere), so one
-//!   binary runs on any x86-64; results may differ in the last bits between the two paths.
+//! - Vector code is chosen at run time (AVX-512 or AVX2+FMA on x86-64 where the CPU has them,
+//!   portable code otherwise), so one binary runs on any x86-64; results may differ in the last
+//!   bits between the paths, never between runs on one machine. gemm dispatches the same way
+//!   (its `x86-v4` feature adds the AVX-512 kernels).
 //! - Accuracy: exp within ~2 ulp, GELU within ~5e-7 relative of the exact function (more in the far
 //!   negative tail, where the values are below 1e-5); every
 //!   kernel is checked against candle's composition in the tests below.
 
-use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, StorageRef, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Run `f` on the elements of a contiguous f32 CPU tensor; `None` for anything else.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+/// The elements of a contiguous f32 CPU tensor, borrowed (its storage's read lock is held).
+struct F32s<'a> {
+    storage: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl std::ops::Deref for F32s<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.end],
+            _ => &[], // not reached: `f32s` checks the storage
+        }
+    }
+}
+
+/// The elements of `t` when it is a contiguous f32 CPU tensor; `None` for anything else.
+fn f32s(t: &Tensor) -> Option<F32s<'_>> {
     if !t.device().is_cpu() || t.dtype() != DType::F32 {
         return None;
     }
     let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(f(&v[start..end])),
-        _ => None,
+    let (start, end) = layout.contiguous_offsets()?;
+    matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(F32s {
+        storage,
+        start,
+        end,
+    })
+}
+
+/// [`f32s`] of an optional tensor: `Some(None)` for no tensor, `None` when it is not applicable.
+fn opt_f32s(t: Option<&Tensor>) -> Option<Option<F32s<'_>>> {
+    match t {
+        None => Some(None),
+        Some(t) => f32s(t).map(Some),
     }
 }
 
@@ -54,21 +85,25 @@ impl SendPtr {
     }
 }
 
-/// Whether the AVX2+FMA kernels can run here.
+/// The widest vector code the CPU runs: 2 for AVX-512 (F, VL) with AVX2+FMA, 1 for AVX2+FMA,
+/// 0 for neither.
+#[cfg(target_arch = "x86_64")]
 #[inline]
-fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+fn x86_level() -> u8 {
+    use std::is_x86_feature_detected as has;
+    match (
+        has!("avx2") && has!("fma"),
+        has!("avx512f") && has!("avx512vl"),
+    ) {
+        (true, true) => 2,
+        (true, false) => 1,
+        _ => 0,
     }
 }
 
-/// Define `fn $name(args)` whose body is compiled twice: for AVX2+FMA (chosen at run time when
-/// the CPU has them) and for the baseline target. Inside the body `FMA` is a `const bool`.
+/// Define `fn $name(args)` whose body is compiled three times: for AVX-512 and for AVX2+FMA
+/// (chosen at run time when the CPU has them) and for the baseline target. Inside the body
+/// `FMA` is a `const bool`.
 macro_rules! simd_fn {
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
@@ -77,13 +112,19 @@ macro_rules! simd_fn {
             fn body<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    body::<true>($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     body::<true>($($arg),*)
                 }
-                if avx2_fma() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    return unsafe { avx2($($arg),*) };
+                match x86_level() {
+                    // SAFETY: the CPU has the features each function is compiled for.
+                    2 => return unsafe { avx512($($arg),*) },
+                    1 => return unsafe { avx2($($arg),*) },
+                    _ => {}
                 }
             }
             body::<false>($($arg),*)
@@ -236,75 +277,51 @@ pub fn group_norm(
     let c = dims[1];
     let plane: usize = dims[2..].iter().product();
     let per_group = c / groups * plane;
-    with_f32(x, |xs| {
-        with_f32(weight, |w| {
-            with_f32(bias, |b| {
-                if w.len() != c || b.len() != c || per_group == 0 {
-                    return None;
-                }
-                let mut out = vec![0f32; xs.len()];
-                out.par_chunks_mut(per_group)
-                    .zip(xs.par_chunks(per_group))
-                    .enumerate()
-                    .for_each(|(i, (o, xg))| {
-                        let n = xg.len() as f64;
-                        let mut m = [0f64; 2];
-                        moments(xg, 0.0, &mut m);
-                        let mean = m[0] / n;
-                        moments(xg, mean, &mut m);
-                        // Σ(x−mean) is ~0 but not exactly: the usual correction term.
-                        let var = ((m[1] - m[0] * m[0] / n) / n).max(0.0);
-                        let inv = 1.0 / (var + eps).sqrt();
-                        let c0 = (i % groups) * (c / groups);
-                        for (j, (oc, xc)) in o.chunks_mut(plane).zip(xg.chunks(plane)).enumerate() {
-                            let a = (w[c0 + j] as f64 * inv) as f32;
-                            scale_shift(xc, mean as f32, a, b[c0 + j], silu, oc);
-                        }
-                    });
-                Some(tensor(out, &dims))
-            })
-        })
-    })
-    .flatten()
-    .flatten()
-    .flatten()
+    let (xs, w, b) = (f32s(x)?, f32s(weight)?, f32s(bias)?);
+    if w.len() != c || b.len() != c || per_group == 0 {
+        return None;
+    }
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(per_group)
+        .zip(xs.par_chunks(per_group))
+        .enumerate()
+        .for_each(|(i, (o, xg))| {
+            let n = xg.len() as f64;
+            let mut m = [0f64; 2];
+            moments(xg, 0.0, &mut m);
+            let mean = m[0] / n;
+            moments(xg, mean, &mut m);
+            // Σ(x−mean) is ~0 but not exactly: the usual correction term.
+            let var = ((m[1] - m[0] * m[0] / n) / n).max(0.0);
+            let inv = 1.0 / (var + eps).sqrt();
+            let c0 = (i % groups) * (c / groups);
+            for (j, (oc, xc)) in o.chunks_mut(plane).zip(xg.chunks(plane)).enumerate() {
+                let a = (w[c0 + j] as f64 * inv) as f32;
+                scale_shift(xc, mean as f32, a, b[c0 + j], silu, oc);
+            }
+        });
+    Some(tensor(out, &dims))
 }
 
 simd_fn! {
-    fn geglu_rows(h: &[f32], inner: usize, erf: bool, out: &mut [f32]) {
+    /// GEGLU over rows of `h` (2·`inner` wide), each row plus the projection's `bias`
+    /// (2·`inner`) first.
+    fn geglu_rows(h: &[f32], bias: &[f32], inner: usize, erf: bool, out: &mut [f32]) {
+        let (ba, bg) = bias.split_at(inner);
         for (o, r) in out.chunks_mut(inner).zip(h.chunks(2 * inner)) {
             let (a, g) = r.split_at(inner);
+            let rows = o.iter_mut().zip(a.iter().zip(ba)).zip(g.iter().zip(bg));
             if erf {
-                for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
-                    *o = a * gelu_erf::<FMA>(g);
+                for ((o, (&a, &ba)), (&g, &bg)) in rows {
+                    *o = (a + ba) * gelu_erf::<FMA>(g + bg);
                 }
             } else {
-                for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
-                    *o = a * gelu_tanh::<FMA>(g);
+                for ((o, (&a, &ba)), (&g, &bg)) in rows {
+                    *o = (a + ba) * gelu_tanh::<FMA>(g + bg);
                 }
             }
         }
     }
-}
-
-/// GEGLU: `h` [.., 2·inner] → `h[.., :inner] · gelu(h[.., inner:])` with exact-erf (`erf`) or
-/// tanh GELU.
-pub fn geglu(h: &Tensor, erf: bool) -> Option<Result<Tensor>> {
-    let mut dims = h.dims().to_vec();
-    let last = *dims.last()?;
-    if last % 2 != 0 || last == 0 {
-        return None;
-    }
-    let inner = last / 2;
-    *dims.last_mut()? = inner;
-    with_f32(h, |hs| {
-        let mut out = vec![0f32; hs.len() / 2];
-        const ROWS: usize = 64;
-        out.par_chunks_mut(ROWS * inner)
-            .zip(hs.par_chunks(ROWS * 2 * inner))
-            .for_each(|(o, r)| geglu_rows(r, inner, erf, o));
-        tensor(out, &dims)
-    })
 }
 
 /// Threads gemm may use for one call when the work around it is not already split.
@@ -317,19 +334,306 @@ fn gemm_parallelism(pieces: usize) -> Parallelism {
     }
 }
 
+/// A strided gemm operand: element (i, j) at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+
+impl Mat {
+    /// A row-major matrix with rows `rs` apart.
+    fn rows(ptr: *const f32, rs: usize) -> Self {
+        Mat { ptr, rs, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with rows `rs` apart.
+    fn cols(ptr: *const f32, rs: usize) -> Self {
+        Mat { ptr, rs: 1, cs: rs }
+    }
+}
+
+/// `dst` (m×n, rows `dst_rs` apart) = `scale`·`lhs`·`rhs`, added to what `dst` holds when `acc`.
+/// gemm never splits the reduction, so the result does not depend on `par`.
+///
+/// # Safety
+/// `dst`, `lhs` (m×k) and `rhs` (k×n) address valid memory with the strides given, and no other
+/// thread writes the m×n elements of `dst` meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+    par: Parallelism,
+) {
+    // SAFETY: as promised by the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            acc,
+            lhs.ptr,
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.ptr,
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if acc { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// A new buffer of `rows` rows (`n` wide), each a copy of `bias` (written in parallel), or
+/// zeros without one.
+fn bias_rows(n: usize, rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0f32; n * rows];
+    if let Some(b) = bias {
+        out.par_chunks_mut((n * 256).max(1))
+            .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(b)));
+    }
+    out
+}
+
+/// A linear layer: `x` [.., K] · `w`ᵀ (`w` [N, K]) + `bias` [N] → [.., N], as one gemm over all
+/// rows that adds the product to the bias rows written first.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Option<Result<Tensor>> {
+    let (nout, k) = w.dims2().ok()?;
+    let mut dims = x.dims().to_vec();
+    if dims.last() != Some(&k) || k == 0 {
+        return None;
+    }
+    *dims.last_mut()? = nout;
+    let (xs, ws, bs) = (f32s(x)?, f32s(w)?, opt_f32s(bias)?);
+    if bs.as_ref().is_some_and(|b| b.len() != nout) {
+        return None;
+    }
+    let m = xs.len() / k;
+    let mut out = bias_rows(nout, m, bs.as_deref());
+    // SAFETY: x is m×k and w is nout×k (checked above); `out` is m×nout and ours alone.
+    unsafe {
+        gemm_into(
+            (m, nout, k),
+            out.as_mut_ptr(),
+            nout,
+            bs.is_some(),
+            Mat::rows(xs.as_ptr(), k),
+            Mat::cols(ws.as_ptr(), k),
+            1.0,
+            gemm_parallelism(1),
+        );
+    }
+    Some(tensor(out, &dims))
+}
+
+/// The weights of a 1×1 convolution or linear layer, [Cout, C] or [Cout, C, 1, 1], as
+/// (Cout, C).
+fn pointwise_dims(w: &Tensor) -> Option<(usize, usize)> {
+    match *w.dims() {
+        [co, c] | [co, c, 1, 1] => Some((co, c)),
+        _ => None,
+    }
+}
+
+/// Rows per feed-forward block: enough that gemm's packing of the weights (once per block)
+/// stays a few per cent of the block's work, few enough that the hidden rows are a small,
+/// reused buffer instead of a fresh full-size tensor.
+const FF_ROWS: usize = 1024;
+
+/// diffusers' GEGLU FeedForward: `x` [.., C] → GEGLU(x·`w1`ᵀ + `b1`)·`w2`ᵀ + `b2` → [.., Cout]
+/// (`w1` [2·inner, C], `w2` [Cout, inner]), with exact-erf (`erf`) or tanh GELU. Rows go in
+/// blocks of [`FF_ROWS`]: each block's hidden rows are computed, gated and projected through
+/// two buffers reused from block to block (each gemm on all threads), so the 2·inner-wide
+/// hidden tensor is never allocated whole.
+pub fn feed_forward(
+    x: &Tensor,
+    (w1, b1): (&Tensor, Option<&Tensor>),
+    (w2, b2): (&Tensor, Option<&Tensor>),
+    erf: bool,
+) -> Option<Result<Tensor>> {
+    let (hidden, c) = w1.dims2().ok()?;
+    let (cout, inner) = w2.dims2().ok()?;
+    let mut dims = x.dims().to_vec();
+    if dims.last() != Some(&c) || c == 0 || hidden != 2 * inner || inner == 0 {
+        return None;
+    }
+    *dims.last_mut()? = cout;
+    let (xs, w1s, w2s) = (f32s(x)?, f32s(w1)?, f32s(w2)?);
+    let (b1s, b2s) = (opt_f32s(b1)?, opt_f32s(b2)?);
+    if b1s.as_ref().is_some_and(|b| b.len() != hidden)
+        || b2s.as_ref().is_some_and(|b| b.len() != cout)
+    {
+        return None;
+    }
+    let zeros = vec![0f32; if b1s.is_some() { 0 } else { hidden }];
+    let b1s = b1s.as_deref().unwrap_or(&zeros);
+    let m = xs.len() / c;
+    let rows = FF_ROWS.min(m).max(1);
+    let mut out = bias_rows(cout, m, b2s.as_deref());
+    let (mut h, mut g) = (vec![0f32; rows * hidden], vec![0f32; rows * inner]);
+    let par = gemm_parallelism(1);
+    for (o, xb) in out.chunks_mut(rows * cout).zip(xs.chunks(rows * c)) {
+        let r = xb.len() / c;
+        let (h, g) = (&mut h[..r * hidden], &mut g[..r * inner]);
+        // SAFETY: xb is r×c, w1 hidden×c, h r×hidden; g is r×inner, w2 cout×inner and o (this
+        // block's rows of `out`) r×cout.
+        unsafe {
+            let (xm, w1m) = (Mat::rows(xb.as_ptr(), c), Mat::cols(w1s.as_ptr(), c));
+            gemm_into(
+                (r, hidden, c),
+                h.as_mut_ptr(),
+                hidden,
+                false,
+                xm,
+                w1m,
+                1.0,
+                par,
+            );
+        }
+        const GATE_ROWS: usize = 64;
+        g.par_chunks_mut(GATE_ROWS * inner)
+            .zip(h.par_chunks(GATE_ROWS * hidden))
+            .for_each(|(g, h)| geglu_rows(h, b1s, inner, erf, g));
+        // SAFETY: as above.
+        unsafe {
+            let (gm, w2m) = (Mat::rows(g.as_ptr(), inner), Mat::cols(w2s.as_ptr(), inner));
+            let acc = b2s.is_some();
+            gemm_into(
+                (r, cout, inner),
+                o.as_mut_ptr(),
+                cout,
+                acc,
+                gm,
+                w2m,
+                1.0,
+                par,
+            );
+        }
+    }
+    Some(tensor(out, &dims))
+}
+
+/// diffusers' `proj_in` without the permute: a 1×1 convolution (or linear layer, weights
+/// [Cout, C] or [Cout, C, 1, 1]) of the feature map `x` [B, C, H, W] written token-major as
+/// [B, H·W, Cout], gemm reading `x` transposed through its strides.
+pub fn pointwise_to_tokens(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Option<Result<Tensor>> {
+    let (b, c, h, wd) = x.dims4().ok()?;
+    let (co, c2) = pointwise_dims(w)?;
+    let p = h * wd;
+    if c != c2 || c == 0 || p == 0 {
+        return None;
+    }
+    let (xs, ws, bs) = (f32s(x)?, f32s(w)?, opt_f32s(bias)?);
+    if bs.as_ref().is_some_and(|v| v.len() != co) {
+        return None;
+    }
+    let mut out = bias_rows(co, b * p, bs.as_deref());
+    for bi in 0..b {
+        // SAFETY: image `bi` of x is C×P (read as P×C), w is Cout×C (read as C×Cout); rows
+        // [bi·P, (bi+1)·P) of `out` (P×Cout) are written by this call alone.
+        unsafe {
+            gemm_into(
+                (p, co, c),
+                out.as_mut_ptr().add(bi * p * co),
+                co,
+                bs.is_some(),
+                Mat::cols(xs.as_ptr().add(bi * c * p), p),
+                Mat::cols(ws.as_ptr(), c),
+                1.0,
+                gemm_parallelism(1),
+            );
+        }
+    }
+    Some(tensor(out, &[b, p, co]))
+}
+
+/// diffusers' `proj_out` and the transformer's residual without the permute: `residual`
+/// [B, Cout, H, W] + the 1×1 convolution (or linear layer) of the tokens `t` [B, H·W, C],
+/// written channel-major, gemm reading `t` transposed through its strides.
+pub fn pointwise_from_tokens(
+    t: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Option<Result<Tensor>> {
+    let (b, p, c) = t.dims3().ok()?;
+    let (co, c2) = pointwise_dims(w)?;
+    let (rb, rc, h, wd) = residual.dims4().ok()?;
+    if c != c2 || c == 0 || p == 0 || (rb, rc, h * wd) != (b, co, p) {
+        return None;
+    }
+    let (ts, ws, bs, rs) = (f32s(t)?, f32s(w)?, opt_f32s(bias)?, f32s(residual)?);
+    if bs.as_ref().is_some_and(|v| v.len() != co) {
+        return None;
+    }
+    let mut out = vec![0f32; rs.len()];
+    out.par_chunks_mut(p)
+        .zip(rs.par_chunks(p))
+        .enumerate()
+        .for_each(|(i, (o, r))| {
+            let v = bs.as_ref().map_or(0.0, |bs| bs[i % co]);
+            o.iter_mut().zip(r).for_each(|(o, &r)| *o = r + v);
+        });
+    for bi in 0..b {
+        // SAFETY: w is Cout×C, image `bi` of t is P×C (read as C×P); image `bi` of `out`
+        // (Cout×P) is written by this call alone.
+        unsafe {
+            gemm_into(
+                (co, p, c),
+                out.as_mut_ptr().add(bi * co * p),
+                p,
+                true,
+                Mat::rows(ws.as_ptr(), c),
+                Mat::cols(ts.as_ptr().add(bi * p * c), c),
+                1.0,
+                gemm_parallelism(1),
+            );
+        }
+    }
+    Some(tensor(out, &[b, co, h, wd]))
+}
+
+/// What a convolution's output starts from besides its bias; the products are added to it.
+#[derive(Clone, Copy, Default)]
+pub enum Add<'a> {
+    #[default]
+    Nothing,
+    /// One value per (image, output channel), [B, Cout]: a ResnetBlock's time embedding.
+    PerImage(&'a Tensor),
+    /// A tensor of the output's shape: a residual connection.
+    Residual(&'a Tensor),
+}
+
 /// Elements of one im2col tile (8 MiB of f32): large enough for efficient gemm calls, small
 /// enough to stay in the last-level cache.
 const COL_TILE: usize = 2 << 20;
 
 /// 2-D convolution, NCHW, groups 1, dilation 1: `x` [B, Cin, H, W], `w` [Cout, Cin, kh, kw],
-/// optional `bias` [Cout]. Output rows are cut into tiles; each tile's im2col matrix
+/// optional `bias` [Cout], plus `add`. Output rows are cut into tiles; each tile's im2col matrix
 /// [Cin·kh·kw, pixels] is built in a per-thread buffer and multiplied by the weights with gemm
-/// straight into the output, which was filled with the bias first. 1×1 stride-1 convolutions
-/// multiply the input itself.
+/// straight into the output, which was filled with the bias and `add` first. 1×1 stride-1
+/// convolutions multiply the input itself.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
+    add: Add,
     stride: usize,
     padding: usize,
 ) -> Option<Result<Tensor>> {
@@ -341,94 +645,94 @@ pub fn conv2d(
     let ho = (h + 2 * padding - kh) / stride + 1;
     let wo = (wd + 2 * padding - kw) / stride + 1;
     let (p_in, p_out) = (h * wd, ho * wo);
+    let (xs, ws, bs) = (f32s(x)?, f32s(w)?, opt_f32s(bias)?);
+    let (per_image, residual) = match add {
+        Add::Nothing => (None, None),
+        Add::PerImage(t) if t.dims() == [b, cout] => (Some(f32s(t)?), None),
+        Add::Residual(t) if t.dims() == [b, cout, ho, wo] => (None, Some(f32s(t)?)),
+        _ => return None,
+    };
+    if bs.as_ref().is_some_and(|v| v.len() != cout) {
+        return None;
+    }
     let k = cin * kh * kw;
     let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
     let rows = if direct {
         ho
     } else {
-        (COL_TILE / (k * wo).max(1)).clamp(1, ho)
+        // A whole number of gemm's 64-row micro-tiles (AVX-512; 32 for AVX2) per tile where
+        // the rows allow, so the narrower remainder kernels run only on the last tile.
+        let rows = (COL_TILE / (k * wo).max(1)).clamp(1, ho);
+        let step = 64 / gcd(wo, 64);
+        if rows >= step {
+            rows / step * step
+        } else {
+            rows
+        }
     };
     let tiles = ho.div_ceil(rows);
     let pieces = b * tiles;
     let par = gemm_parallelism(pieces);
-    let bias_of = |f: &dyn Fn(Option<&[f32]>) -> Option<Result<Tensor>>| match bias {
-        None => f(None),
-        Some(t) => with_f32(t, |bs| f(Some(bs))).flatten(),
-    };
-    with_f32(x, |xs| {
-        with_f32(w, |ws| {
-            bias_of(&|bs: Option<&[f32]>| {
-                if bs.is_some_and(|bs| bs.len() != cout) {
-                    return None;
-                }
-                let mut out = vec![0f32; b * cout * p_out];
-                let dst = SendPtr(out.as_mut_ptr());
-                let work = |col: &mut Vec<f32>, piece: usize| {
-                    let (bi, t) = (piece / tiles, piece % tiles);
-                    let (r0, r1) = (t * rows, ((t + 1) * rows).min(ho));
-                    let n = (r1 - r0) * wo;
-                    let img = &xs[bi * cin * p_in..(bi + 1) * cin * p_in];
-                    let (rhs, rhs_rs): (&[f32], usize) = if direct {
-                        (&img[r0 * wo..], p_in)
-                    } else {
-                        col.resize(k * n, 0.0);
-                        im2col(
-                            img,
-                            (cin, h, wd),
-                            (kh, kw),
-                            stride,
-                            padding,
-                            (r0, r1, wo),
-                            col,
-                        );
-                        (col.as_slice(), n)
-                    };
-                    // SAFETY: this piece writes output rows [r0, r1) of image `bi` for every
-                    // output channel, which no other piece writes; `out` outlives the loop.
-                    unsafe {
-                        let d = dst.get().add(bi * cout * p_out + r0 * wo);
-                        if let Some(bs) = bs {
-                            for (co, &bv) in bs.iter().enumerate() {
-                                std::slice::from_raw_parts_mut(d.add(co * p_out), n).fill(bv);
-                            }
+    let prefilled = bs.is_some() || per_image.is_some() || residual.is_some();
+    let mut out = vec![0f32; b * cout * p_out];
+    let dst = SendPtr(out.as_mut_ptr());
+    let work = |col: &mut Vec<f32>, piece: usize| {
+        let (bi, t) = (piece / tiles, piece % tiles);
+        let (r0, r1) = (t * rows, ((t + 1) * rows).min(ho));
+        let n = (r1 - r0) * wo;
+        let img = &xs[bi * cin * p_in..(bi + 1) * cin * p_in];
+        let rhs = if direct {
+            Mat::rows(img[r0 * wo..].as_ptr(), p_in)
+        } else {
+            col.resize(k * n, 0.0);
+            let tile = (r0, r1, wo);
+            im2col(img, (cin, h, wd), (kh, kw), stride, padding, tile, col);
+            Mat::rows(col.as_ptr(), n)
+        };
+        let first = bi * cout * p_out + r0 * wo;
+        // SAFETY: this piece writes output rows [r0, r1) of image `bi` for every output
+        // channel, which no other piece writes; `out` outlives the loop.
+        unsafe {
+            let d = dst.get().add(first);
+            if prefilled {
+                for co in 0..cout {
+                    let row = std::slice::from_raw_parts_mut(d.add(co * p_out), n);
+                    let v = bs.as_ref().map_or(0.0, |bs| bs[co])
+                        + per_image.as_ref().map_or(0.0, |t| t[bi * cout + co]);
+                    match &residual {
+                        Some(r) => {
+                            let r = &r[first + co * p_out..][..n];
+                            row.iter_mut().zip(r).for_each(|(o, &r)| *o = r + v);
                         }
-                        gemm::gemm(
-                            cout,
-                            n,
-                            k,
-                            d,
-                            1,
-                            p_out as isize,
-                            bs.is_some(),
-                            ws.as_ptr(),
-                            1,
-                            k as isize,
-                            rhs.as_ptr(),
-                            1,
-                            rhs_rs as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            par,
-                        );
+                        None => row.fill(v),
                     }
-                };
-                if matches!(par, Parallelism::None) {
-                    (0..pieces)
-                        .into_par_iter()
-                        .for_each_init(Vec::new, |col, piece| work(col, piece));
-                } else {
-                    let mut col = Vec::new();
-                    (0..pieces).for_each(|piece| work(&mut col, piece));
                 }
-                Some(tensor(out, &[b, cout, ho, wo]))
-            })
-        })
-        .flatten()
-    })
-    .flatten()
+            }
+            gemm_into(
+                (cout, n, k),
+                d,
+                p_out,
+                prefilled,
+                Mat::rows(ws.as_ptr(), k),
+                rhs,
+                1.0,
+                par,
+            );
+        }
+    };
+    if matches!(par, Parallelism::None) {
+        (0..pieces)
+            .into_par_iter()
+            .for_each_init(Vec::new, |col, piece| work(col, piece));
+    } else {
+        let mut col = Vec::new();
+        (0..pieces).for_each(|piece| work(&mut col, piece));
+    }
+    Some(tensor(out, &[b, cout, ho, wo]))
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The im2col matrix of output rows `[r0, r1)` (each `wo` wide) of one image: row
@@ -546,110 +850,65 @@ pub fn attention(
     let qb = (SCORE_BLOCK / nk).clamp(16, nq.max(16)).min(nq.max(1));
     let blocks = nq.div_ceil(qb);
     let pieces = b * heads * blocks;
-    with_f32(q, |qs| {
-        with_f32(k, |ks| {
-            with_f32(v, |vs| {
-                let mut out = vec![0f32; b * nq * hd];
-                let dst = SendPtr(out.as_mut_ptr());
-                let mut probs = if want_probs {
-                    vec![0f32; b * heads * nq * nk]
-                } else {
-                    Vec::new()
-                };
-                let probs_dst = SendPtr(probs.as_mut_ptr());
-                (0..pieces).into_par_iter().for_each_init(
-                    || (Vec::new(), Vec::new()),
-                    |(scores, inv): &mut (Vec<f32>, Vec<f32>), piece| {
-                        let (bh, blk) = (piece / blocks, piece % blocks);
-                        let (bi, hh) = (bh / heads, bh % heads);
-                        let q0 = blk * qb;
-                        let m = qb.min(nq - q0);
-                        scores.resize(m * nk, 0.0);
-                        inv.resize(m, 0.0);
-                        let q_ptr = qs[bi * nq * hd + q0 * hd + hh * d..].as_ptr();
-                        let k_ptr = ks[bi * nk * hd + hh * d..].as_ptr();
-                        let v_ptr = vs[bi * nk * hd + hh * d..].as_ptr();
-                        // SAFETY: the pointers address rows of q, k, v inside their slices with
-                        // the strides given; this piece writes output rows [q0, q0+m) of
-                        // (bi, hh), which no other piece writes; `out` outlives the loop.
-                        unsafe {
-                            gemm::gemm(
-                                m,
-                                nk,
-                                d,
-                                scores.as_mut_ptr(),
-                                1,
-                                nk as isize,
-                                false,
-                                q_ptr,
-                                1,
-                                hd as isize,
-                                k_ptr,
-                                hd as isize,
-                                1,
-                                0.0,
-                                scale as f32,
-                                false,
-                                false,
-                                false,
-                                Parallelism::None,
-                            );
-                            exp_rows(scores, nk, inv);
-                            if want_probs {
-                                // Rows [q0, q0+m) of (bi, hh): this piece's alone.
-                                let p = std::slice::from_raw_parts_mut(
-                                    probs_dst.get().add((bh * nq + q0) * nk),
-                                    m * nk,
-                                );
-                                for ((p, e), &inv) in
-                                    p.chunks_mut(nk).zip(scores.chunks(nk)).zip(inv.iter())
-                                {
-                                    for (p, &e) in p.iter_mut().zip(e) {
-                                        *p = e * inv;
-                                    }
-                                }
-                            }
-                            gemm::gemm(
-                                m,
-                                d,
-                                nk,
-                                dst.get().add(bi * nq * hd + q0 * hd + hh * d),
-                                1,
-                                hd as isize,
-                                false,
-                                scores.as_ptr(),
-                                1,
-                                nk as isize,
-                                v_ptr,
-                                1,
-                                hd as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                Parallelism::None,
-                            );
-                            // The softmax's normalisation, applied to the m × d output rows
-                            // rather than the m × nk probabilities.
-                            let o = dst.get().add(bi * nq * hd + q0 * hd + hh * d);
-                            for (r, &inv) in inv.iter().enumerate() {
-                                for v in std::slice::from_raw_parts_mut(o.add(r * hd), d) {
-                                    *v *= inv;
-                                }
-                            }
+    let (qs, ks, vs) = (f32s(q)?, f32s(k)?, f32s(v)?);
+    let mut out = vec![0f32; b * nq * hd];
+    let dst = SendPtr(out.as_mut_ptr());
+    let mut probs = if want_probs {
+        vec![0f32; b * heads * nq * nk]
+    } else {
+        Vec::new()
+    };
+    let probs_dst = SendPtr(probs.as_mut_ptr());
+    (0..pieces).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(scores, inv): &mut (Vec<f32>, Vec<f32>), piece| {
+            let (bh, blk) = (piece / blocks, piece % blocks);
+            let (bi, hh) = (bh / heads, bh % heads);
+            let q0 = blk * qb;
+            let m = qb.min(nq - q0);
+            scores.resize(m * nk, 0.0);
+            inv.resize(m, 0.0);
+            let q_rows = Mat::rows(qs[bi * nq * hd + q0 * hd + hh * d..].as_ptr(), hd);
+            let k_cols = Mat::cols(ks[bi * nk * hd + hh * d..].as_ptr(), hd);
+            let v_rows = Mat::rows(vs[bi * nk * hd + hh * d..].as_ptr(), hd);
+            let no = Parallelism::None;
+            // SAFETY: the operands address rows of q, k, v inside their slices with the strides
+            // given; this piece writes output rows [q0, q0+m) of (bi, hh), which no other piece
+            // writes; `out` outlives the loop.
+            unsafe {
+                let sp = scores.as_mut_ptr();
+                gemm_into((m, nk, d), sp, nk, false, q_rows, k_cols, scale as f32, no);
+                exp_rows(scores, nk, inv);
+                if want_probs {
+                    // Rows [q0, q0+m) of (bi, hh): this piece's alone.
+                    let p = std::slice::from_raw_parts_mut(
+                        probs_dst.get().add((bh * nq + q0) * nk),
+                        m * nk,
+                    );
+                    for ((p, e), &inv) in p.chunks_mut(nk).zip(scores.chunks(nk)).zip(inv.iter()) {
+                        for (p, &e) in p.iter_mut().zip(e) {
+                            *p = e * inv;
                         }
-                    },
-                );
-                let probs = want_probs
-                    .then(|| tensor(probs, &[b * heads, nq, nk]))
-                    .transpose()?;
-                Ok((tensor(out, &[b, nq, hd])?, probs))
-            })
-        })
-    })
-    .flatten()
-    .flatten()
+                    }
+                }
+                let o = dst.get().add(bi * nq * hd + q0 * hd + hh * d);
+                let s_rows = Mat::rows(scores.as_ptr(), nk);
+                gemm_into((m, d, nk), o, hd, false, s_rows, v_rows, 1.0, no);
+                // The softmax's normalisation, applied to the m × d output rows rather than the
+                // m × nk probabilities.
+                for (r, &inv) in inv.iter().enumerate() {
+                    for v in std::slice::from_raw_parts_mut(o.add(r * hd), d) {
+                        *v *= inv;
+                    }
+                }
+            }
+        },
+    );
+    let finish = || {
+        let probs = want_probs.then(|| tensor(probs, &[b * heads, nq, nk]));
+        Ok((tensor(out, &[b, nq, hd])?, probs.transpose()?))
+    };
+    Some(finish())
 }
 
 #[cfg(test)]
@@ -790,12 +1049,29 @@ mod tests {
                 let reference = candle_nn::Conv2d::new(wt.clone(), bias_t.clone(), cfg)
                     .forward(&x)
                     .unwrap();
-                let got = conv2d(&x, &wt, bias_t.as_ref(), s, p).unwrap().unwrap();
+                let bias_t = bias_t.as_ref();
+                let got = conv2d(&x, &wt, bias_t, Add::Nothing, s, p)
+                    .unwrap()
+                    .unwrap();
                 let err = rel_l2(&got, &reference);
                 assert!(
                     err < 1e-6,
                     "{b} {cin} {h}x{w} → {cout} k{kk} s{s} p{p}: {err:e}"
                 );
+                // A time embedding per (image, channel), and a residual, added in the kernel.
+                let temb = rand(&[b, cout], 11, 1.0);
+                let want = reference
+                    .broadcast_add(&temb.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
+                    .unwrap();
+                let got = conv2d(&x, &wt, bias_t, Add::PerImage(&temb), s, p).unwrap();
+                assert!(rel_l2(&got.unwrap(), &want) < 1e-6);
+                let res = rand(reference.dims(), 12, 1.0);
+                let want = (&reference + &res).unwrap();
+                let got = conv2d(&x, &wt, bias_t, Add::Residual(&res), s, p).unwrap();
+                assert!(rel_l2(&got.unwrap(), &want) < 1e-6);
+                // Not applicable: an addend of another shape.
+                let wrong = rand(&[b, cout + 1], 13, 1.0);
+                assert!(conv2d(&x, &wt, bias_t, Add::PerImage(&wrong), s, p).is_none());
             }
         }
     }
@@ -843,18 +1119,68 @@ mod tests {
     }
 
     #[test]
-    fn geglu_matches_candle() {
-        let h = rand(&[2, 70, 2 * 24], 10, 4.0);
-        let parts = h.chunk(2, D::Minus1).unwrap();
-        for erf in [true, false] {
+    fn feed_forward_matches_candle_with_and_without_biases() {
+        // 1200 rows: a full block and a short last one.
+        let (c, inner, cout) = (12, 24, 10);
+        let x = rand(&[2, 600, c], 10, 2.0);
+        let (w1, b1) = (rand(&[2 * inner, c], 11, 1.0), rand(&[2 * inner], 12, 1.0));
+        let (w2, b2) = (rand(&[cout, inner], 13, 0.5), rand(&[cout], 14, 0.5));
+        for (with_bias, erf) in [(true, true), (true, false), (false, true)] {
+            let (b1, b2) = (with_bias.then(|| b1.clone()), with_bias.then(|| b2.clone()));
+            let h = candle_nn::Linear::new(w1.clone(), b1.clone())
+                .forward(&x)
+                .unwrap();
+            let parts = h.chunk(2, D::Minus1).unwrap();
             let gate = if erf {
                 parts[1].gelu_erf().unwrap()
             } else {
                 parts[1].gelu().unwrap()
             };
-            let reference = (&parts[0] * gate).unwrap();
-            let got = geglu(&h, erf).unwrap().unwrap();
-            assert!(rel_l2(&got, &reference) < 1e-6, "erf={erf}");
+            let gated = (&parts[0] * gate).unwrap();
+            let want = candle_nn::Linear::new(w2.clone(), b2.clone())
+                .forward(&gated)
+                .unwrap();
+            let got = feed_forward(&x, (&w1, b1.as_ref()), (&w2, b2.as_ref()), erf);
+            assert!(rel_l2(&got.unwrap().unwrap(), &want) < 1e-6, "erf={erf}");
         }
+        // Not applicable: a hidden width that is not twice the output projection's input.
+        let w1_odd = rand(&[2 * inner + 2, c], 11, 1.0);
+        assert!(feed_forward(&x, (&w1_odd, None), (&w2, None), true).is_none());
+    }
+
+    #[test]
+    fn linear_and_pointwise_projections_match_candle() {
+        let (b, c, co, hh, ww) = (2, 24, 17, 5, 7);
+        let w = rand(&[co, c], 14, 0.5);
+        let bias = rand(&[co], 15, 0.5);
+        let x = rand(&[b, hh * ww, c], 16, 1.0);
+        for bias in [Some(&bias), None] {
+            let lin = candle_nn::Linear::new(w.clone(), bias.cloned());
+            let want = lin.forward(&x).unwrap();
+            assert!(rel_l2(&linear(&x, &w, bias).unwrap().unwrap(), &want) < 1e-6);
+            // proj_in: feature map → tokens, with 1×1-convolution weights.
+            let map = rand(&[b, c, hh, ww], 17, 1.0);
+            let tokens = map
+                .flatten_from(2)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let want = lin.forward(&tokens).unwrap();
+            let w4 = w.reshape((co, c, 1, 1)).unwrap();
+            let got = pointwise_to_tokens(&map, &w4, bias).unwrap().unwrap();
+            assert!(rel_l2(&got, &want) < 1e-6);
+            // proj_out: tokens → feature map, plus the residual.
+            let res = rand(&[b, co, hh, ww], 18, 1.0);
+            let want = lin.forward(&x).unwrap().transpose(1, 2).unwrap();
+            let want = (want.reshape((b, co, hh, ww)).unwrap() + &res).unwrap();
+            let got = pointwise_from_tokens(&x, &w, bias, &res).unwrap().unwrap();
+            assert!(rel_l2(&got, &want) < 1e-6);
+        }
+        // Not applicable: mismatched widths or a residual of another shape.
+        assert!(linear(&x, &rand(&[co, c + 1], 1, 1.0), None).is_none());
+        let res = rand(&[b, co, hh, ww + 1], 18, 1.0);
+        assert!(pointwise_from_tokens(&x, &w, None, &res).is_none());
     }
 }

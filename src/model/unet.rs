@@ -39,14 +39,47 @@ struct Conv2d(candle_nn::Conv2d);
 
 impl Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_add(x, cpu::Add::Nothing)
+    }
+
+    /// The convolution of `x` plus `add` (added in the kernel on the CPU).
+    fn forward_add(&self, x: &Tensor, add: cpu::Add) -> candle_core::Result<Tensor> {
         let c = self.0.config();
         if c.groups == 1 && c.dilation == 1 {
-            if let Some(out) = cpu::conv2d(x, self.0.weight(), self.0.bias(), c.stride, c.padding) {
+            let (w, b) = (self.0.weight(), self.0.bias());
+            if let Some(out) = cpu::conv2d(x, w, b, add, c.stride, c.padding) {
                 return out;
             }
         }
-        self.0.forward(x)
+        let y = self.0.forward(x)?;
+        match add {
+            cpu::Add::Nothing => Ok(y),
+            cpu::Add::PerImage(t) => {
+                y.broadcast_add(&t.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?)
+            }
+            cpu::Add::Residual(r) => y + r,
+        }
     }
+}
+
+/// A linear layer that runs [`cpu::linear`] where it applies and candle's elsewhere.
+struct Lin(Linear);
+
+impl Lin {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match cpu::linear(x, self.0.weight(), self.0.bias()) {
+            Some(y) => y,
+            None => self.0.forward(x),
+        }
+    }
+}
+
+fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Lin> {
+    candle_nn::linear(in_dim, out_dim, vb).map(Lin)
+}
+
+fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Lin> {
+    candle_nn::linear_no_bias(in_dim, out_dim, vb).map(Lin)
 }
 
 fn conv2d(
@@ -96,7 +129,7 @@ struct ResnetBlock {
     key: String,
     norm1: Norm,
     conv1: Conv2d,
-    time_emb_proj: Linear,
+    time_emb_proj: Lin,
     norm2: Norm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -137,7 +170,7 @@ impl ResnetBlock {
             key: key_of(prefix, &vb),
             norm1: Norm::new(g, in_c, cfg.norm_eps, vb.pp("norm1"))?,
             conv1: conv3(in_c, out_c, 1, 1, vb.pp("conv1"))?,
-            time_emb_proj: candle_nn::linear(cfg.time_embed_dim(), out_c, vb.pp("time_emb_proj"))?,
+            time_emb_proj: linear(cfg.time_embed_dim(), out_c, vb.pp("time_emb_proj"))?,
             norm2: Norm::new(g, out_c, cfg.norm_eps, vb.pp("norm2"))?,
             conv2: conv3(out_c, out_c, 1, 1, vb.pp("conv2"))?,
             conv_shortcut: if in_c != out_c {
@@ -156,19 +189,16 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor, c: &Ctx) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
-        let t = self
-            .time_emb_proj
-            .forward(&c.temb.silu()?)?
-            .unsqueeze(D::Minus1)?
-            .unsqueeze(D::Minus1)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        let t = self.time_emb_proj.forward(&c.temb.silu()?)?;
+        let h = self
+            .conv1
+            .forward_add(&self.norm1.forward(x, true)?, cpu::Add::PerImage(&t))?;
         let shortcut = match &self.conv_shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        let mut out = (shortcut + h)?;
+        let h = self.norm2.forward(&h, true)?;
+        let mut out = self.conv2.forward_add(&h, cpu::Add::Residual(&shortcut))?;
         if self.output_scale != 1.0 {
             out = (out / self.output_scale)?;
         }
@@ -178,10 +208,10 @@ impl ResnetBlock {
 
 struct Attention {
     key: String,
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: Lin,
+    to_k: Lin,
+    to_v: Lin,
+    to_out: Lin,
     heads: usize,
     scale: f64,
     imp: AttentionImpl,
@@ -201,10 +231,10 @@ impl Attention {
     ) -> candle_core::Result<Self> {
         let key = key_of(prefix, &vb);
         Ok(Attention {
-            to_q: candle_nn::linear_no_bias(dim, dim, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
             heads,
             scale: 1.0 / ((dim / heads) as f64).sqrt(),
             imp,
@@ -274,8 +304,8 @@ impl Attention {
 
 struct FeedForward {
     key: String,
-    proj: Linear,
-    out: Linear,
+    proj: Lin,
+    out: Lin,
     gelu: Gelu,
 }
 
@@ -284,26 +314,24 @@ impl FeedForward {
         let inner = dim * 4;
         Ok(FeedForward {
             key: key_of(prefix, &vb),
-            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            proj: linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: linear(inner, dim, vb.pp("net.2"))?,
             gelu,
         })
     }
 
     fn forward(&self, x: &Tensor, probe: &Probe) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let gated = match cpu::geglu(&h, self.gelu == Gelu::Erf) {
-            Some(g) => g?,
+        let (p, o) = (&self.proj.0, &self.out.0);
+        let erf = self.gelu == Gelu::Erf;
+        let y = match cpu::feed_forward(x, (p.weight(), p.bias()), (o.weight(), o.bias()), erf) {
+            Some(y) => y?,
             None => {
-                let h = h.chunk(2, D::Minus1)?;
-                let gate = match self.gelu {
-                    Gelu::Erf => h[1].gelu_erf()?,
-                    Gelu::Tanh => h[1].gelu()?,
-                };
-                (&h[0] * gate)?
+                let h = self.proj.forward(x)?.chunk(2, D::Minus1)?;
+                let gate = if erf { h[1].gelu_erf()? } else { h[1].gelu()? };
+                self.out.forward(&(&h[0] * gate)?)?
             }
         };
-        observe(probe, &self.key, &self.out.forward(&gated)?)
+        observe(probe, &self.key, &y)
     }
 }
 
@@ -330,6 +358,16 @@ impl TransformerBlock {
 enum Proj {
     Conv(Conv2d),
     Linear(Linear),
+}
+
+impl Proj {
+    /// Weight ([Cout, C] or [Cout, C, 1, 1]) and bias.
+    fn parts(&self) -> (&Tensor, Option<&Tensor>) {
+        match self {
+            Proj::Conv(c) => (c.0.weight(), c.0.bias()),
+            Proj::Linear(l) => (l.weight(), l.bias()),
+        }
+    }
 }
 
 /// diffusers' Transformer2DModel (`attentions.N`).
@@ -410,19 +448,27 @@ impl Transformer2D {
         let n = self.norm.forward(x, false)?;
         // [B, C, H, W] → [B, H·W, C], projecting before (conv) or after (linear) the reshape.
         let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, ch));
-        let mut t = match &self.proj_in {
-            Proj::Conv(p) => to_tokens(&p.forward(&n)?)?,
-            Proj::Linear(p) => p.forward(&to_tokens(&n)?)?,
+        let (w_in, b_in) = self.proj_in.parts();
+        let mut t = match cpu::pointwise_to_tokens(&n, w_in, b_in) {
+            Some(t) => t?,
+            None => match &self.proj_in {
+                Proj::Conv(p) => to_tokens(&p.forward(&n)?)?,
+                Proj::Linear(p) => p.forward(&to_tokens(&n)?)?,
+            },
         };
         for block in &self.blocks {
             t = block.forward(&t, c)?;
         }
         let to_map = |t: &Tensor| t.reshape((b, h, w, ch))?.permute((0, 3, 1, 2));
-        let out = match &self.proj_out {
-            Proj::Conv(p) => p.forward(&to_map(&t)?.contiguous()?)?,
-            Proj::Linear(p) => to_map(&p.forward(&t)?)?,
+        let (w_out, b_out) = self.proj_out.parts();
+        let out = match cpu::pointwise_from_tokens(&t, w_out, b_out, x) {
+            Some(out) => out?,
+            None => match &self.proj_out {
+                Proj::Conv(p) => (p.forward(&to_map(&t)?.contiguous()?)? + x)?,
+                Proj::Linear(p) => (to_map(&p.forward(&t)?)? + x)?,
+            },
         };
-        observe(c.probe, &self.key, &(out + x)?)
+        observe(c.probe, &self.key, &out)
     }
 }
 
@@ -497,8 +543,8 @@ pub struct UNet {
     attention: AttentionImpl,
     dtype: DType,
     conv_in: Conv2d,
-    time_linear_1: Linear,
-    time_linear_2: Linear,
+    time_linear_1: Lin,
+    time_linear_2: Lin,
     down: Vec<Level>,
     mid: Level,
     up: Vec<Level>,
@@ -638,8 +684,8 @@ impl UNet {
             attention,
             dtype: vb.dtype(),
             conv_in: conv3(cfg.in_channels, c0, 1, 1, vb.pp("conv_in"))?,
-            time_linear_1: candle_nn::linear(c0, temb, vb.pp("time_embedding.linear_1"))?,
-            time_linear_2: candle_nn::linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
+            time_linear_1: linear(c0, temb, vb.pp("time_embedding.linear_1"))?,
+            time_linear_2: linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
             down,
             mid,
             up,
