@@ -62,7 +62,11 @@ fn sketch_only(c: &mut Criterion) {
             let ra = TraceReader::open(&pa).unwrap();
             let rb = TraceReader::open(&pb).unwrap();
             let cmp = compare(&ra, &rb, None, &CompareOptions::default()).unwrap();
-            black_box(judge(&cmp, &TolConfig::default(), FailOn::FirstExceed))
+            black_box(judge(
+                &cmp,
+                &TolConfig::default(),
+                &FailOn::FirstExceed.into(),
+            ))
         })
     });
     g.finish();

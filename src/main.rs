@@ -8,7 +8,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sdtrace::analysis::{
-    CompareOptions, Comparison, FailOn, KeyMap, TolConfig, compare_paths, judge,
+    AllowMissing, CompareOptions, Comparison, Criteria, FailOn, KeyMap, TolConfig, compare_paths,
+    judge,
 };
 use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
 use sdtrace::image::ImageTensor;
@@ -203,9 +204,21 @@ struct JudgeArgs {
     /// Key renaming file (`FROM => TO` per line) for traces of other implementations
     #[arg(long, value_name = "FILE")]
     map: Option<PathBuf>,
-    /// What fails the verdict (report: exit 1): first-exceed, amplify or image
-    #[arg(long, value_name = "WHAT", default_value = "first-exceed")]
-    fail_on: FailOn,
+    /// What fails the verdict (report: exit 1): first-exceed (default), amplify, or image
+    /// (the default with --min-psnr/--min-ssim)
+    #[arg(long, value_name = "WHAT")]
+    fail_on: Option<FailOn>,
+    /// Tolerate records that only one trace holds: comma-separated key globs ('vae.*,image'),
+    /// or `all`, which also accepts a truncated, interrupted or failed run. Without it any of
+    /// these makes the verdict `incomplete` (report: exit 4). The report lists what it allowed.
+    #[arg(long, value_name = "KEYS|all")]
+    allow_missing: Option<AllowMissing>,
+    /// With --fail-on image: the final images pass from this PSNR (dB) on
+    #[arg(long, value_name = "DB")]
+    min_psnr: Option<f64>,
+    /// With --fail-on image: the final images pass from this SSIM (0..1) on
+    #[arg(long, value_name = "X")]
+    min_ssim: Option<f64>,
     /// Worker threads for payload comparison (0: one per core)
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
@@ -218,6 +231,32 @@ impl JudgeArgs {
             &self.tol_key,
             self.floor_k,
         )?)
+    }
+
+    /// What decides the verdict besides tolerances; --min-psnr/--min-ssim judge the final image.
+    fn criteria(&self) -> Result<Criteria> {
+        let thresholds = self.min_psnr.is_some() || self.min_ssim.is_some();
+        let fail_on = match self.fail_on {
+            Some(f) if thresholds && f != FailOn::Image => bail!(
+                "--min-psnr/--min-ssim judge the final image, but --fail-on is {}: drop --fail-on or give --fail-on image",
+                f.name()
+            ),
+            Some(f) => f,
+            None if thresholds => FailOn::Image,
+            None => FailOn::FirstExceed,
+        };
+        if let Some(p) = self.min_psnr.filter(|p| !p.is_finite()) {
+            bail!("--min-psnr {p}: give a finite number of dB, e.g. --min-psnr 40");
+        }
+        if let Some(x) = self.min_ssim.filter(|x| !(-1.0..=1.0).contains(x)) {
+            bail!("--min-ssim {x}: SSIM lies in [-1, 1]; e.g. --min-ssim 0.98");
+        }
+        Ok(Criteria {
+            fail_on,
+            allow_missing: self.allow_missing.clone().unwrap_or_default(),
+            min_psnr: self.min_psnr,
+            min_ssim: self.min_ssim,
+        })
     }
 
     fn compare_options(&self) -> Result<CompareOptions> {
@@ -303,13 +342,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             graphics,
         } => {
             let compare = judge.compare_options()?;
+            let criteria = judge.criteria()?;
             let opts = sdtrace::tui::DiffOptions {
                 tol: compare.tol,
                 map: compare.map,
                 a,
                 b,
                 floor: judge.noise_floor,
-                fail_on: judge.fail_on,
+                criteria,
                 threads: judge.threads,
                 mouse: !no_mouse,
                 export_dir,
@@ -399,7 +439,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             matrix,
         } => {
             let tols = flags.tolerances()?;
-            let fail_on = flags.fail_on;
+            let criteria = flags.criteria()?;
             if matrix {
                 let (Some(a), Some(b)) = (&a, &b) else {
                     bail!("report --matrix needs two folders: DIR_A DIR_B");
@@ -409,7 +449,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     b,
                     &flags.compare_options()?,
                     &tols,
-                    fail_on,
+                    &criteria,
                 )?;
                 let text = match format {
                     Format::Text => sdtrace::report::matrix::render_matrix_text(&m),
@@ -438,7 +478,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 write_atomic(path, comparison.to_json().as_bytes())
                     .with_context(|| format!("--save {}", path.display()))?;
             }
-            let judgement = judge(&comparison, &tols, fail_on);
+            let judgement = judge(&comparison, &tols, &criteria);
             let images = match (format, &from, &a, &b) {
                 (Format::Html, None, Some(a), Some(b)) => report_images(a, b),
                 _ => None,

@@ -577,24 +577,19 @@ impl Probe {
         Ok(())
     }
 
-    /// Finish the trace (index and footer). `Ok(None)` when there was no trace.
+    /// Finish the trace of a run that did everything it set out to do: a run-end frame with
+    /// status `complete`, the index and the footer. `Ok(None)` when there was no trace.
     pub fn finish(self) -> Result<Option<WrittenTrace>, ProbeError> {
-        self.close(None)
+        self.finish_with(RunEnd::default())
     }
 
-    /// Finish the trace saying how the run ended (see [`RunEnd`]).
+    /// Finish the trace saying how the run ended (see [`RunEnd`]); a run stopped early says so
+    /// here, and readers then treat the trace as incomplete.
     pub fn finish_with(self, end: RunEnd) -> Result<Option<WrittenTrace>, ProbeError> {
-        self.close(Some(end))
-    }
-
-    fn close(self, end: Option<RunEnd>) -> Result<Option<WrittenTrace>, ProbeError> {
         let Some(s) = self.state else { return Ok(None) };
         let s = s.into_inner().unwrap_or_else(|e| e.into_inner());
         let Some(w) = s.writer else { return Ok(None) };
-        Ok(Some(match end {
-            Some(end) => w.finish_with(end)?,
-            None => w.finish()?,
-        }))
+        Ok(Some(w.finish_with(end)?))
     }
 }
 

@@ -171,7 +171,7 @@ fn run(p: &Pair, tol: &TolConfig) -> (Comparison, sdtrace::analysis::Judgement) 
         ..Default::default()
     };
     let c = compare_paths(&p.a, &p.b, None, &opts).unwrap();
-    let j = judge(&c, tol, FailOn::FirstExceed);
+    let j = judge(&c, tol, &FailOn::FirstExceed.into());
     (c, j)
 }
 
@@ -255,7 +255,7 @@ fn planted_error_names_its_key_and_step_as_source() {
             j.verdict.summary
         );
         // The image is identical in this model: `--fail-on image` passes.
-        let ji = judge(&c, &TolConfig::default(), FailOn::Image);
+        let ji = judge(&c, &TolConfig::default(), &FailOn::Image.into());
         assert_eq!(ji.verdict.exit_code, 0, "{what}");
         // A loose tolerance passes everything, and the smallest passing tolerance is the max.
         let worst = (0..c.records.len())
@@ -270,7 +270,9 @@ fn planted_error_names_its_key_and_step_as_source() {
             ..Default::default()
         };
         assert_eq!(
-            judge(&c, &loose, FailOn::FirstExceed).verdict.exit_code,
+            judge(&c, &loose, &FailOn::FirstExceed.into())
+                .verdict
+                .exit_code,
             0,
             "{what}"
         );
@@ -342,7 +344,7 @@ fn payload_metrics_match_hand_computation() {
             // NaN count differs by one: a lower bound from the summaries.
             assert_eq!(r.nonfinite_mismatch, 1);
         }
-        let j = judge(&c, &tol, FailOn::FirstExceed);
+        let j = judge(&c, &tol, &FailOn::FirstExceed.into());
         assert_eq!(j.records[0].status, Status::Fail);
         assert_eq!(j.verdict.class, VerdictClass::NanInf);
     }
@@ -461,7 +463,7 @@ fn key_map_pairs_renamed_keys() {
     let c = compare_paths(&p.a, &p.b, None, &opts).unwrap();
     assert!(c.only_a.is_empty() && c.only_b.is_empty());
     assert_eq!(
-        judge(&c, &TolConfig::default(), FailOn::FirstExceed)
+        judge(&c, &TolConfig::default(), &FailOn::FirstExceed.into())
             .verdict
             .class,
         VerdictClass::Identical
@@ -493,9 +495,14 @@ fn noise_floor_sets_the_threshold() {
     );
     let tol = TolConfig::default();
     let c = compare_paths(&pa, &pb, None, &CompareOptions::default()).unwrap();
-    assert_eq!(judge(&c, &tol, FailOn::FirstExceed).verdict.exit_code, 1);
+    assert_eq!(
+        judge(&c, &tol, &FailOn::FirstExceed.into())
+            .verdict
+            .exit_code,
+        1
+    );
     let c = compare_paths(&pa, &pb, Some(&pf), &CompareOptions::default()).unwrap();
-    let j = judge(&c, &tol, FailOn::FirstExceed);
+    let j = judge(&c, &tol, &FailOn::FirstExceed.into());
     assert_eq!(j.verdict.exit_code, 0, "{}", j.verdict.summary);
     let i = c
         .records
@@ -510,7 +517,12 @@ fn noise_floor_sets_the_threshold() {
         floor_k: 1.5,
         ..Default::default()
     };
-    assert_eq!(judge(&c, &tight, FailOn::FirstExceed).verdict.exit_code, 1);
+    assert_eq!(
+        judge(&c, &tight, &FailOn::FirstExceed.into())
+            .verdict
+            .exit_code,
+        1
+    );
 }
 
 #[test]
@@ -529,7 +541,10 @@ fn saved_comparison_round_trips() {
     std::fs::write(&path, c.to_json()).unwrap();
     let back = Comparison::load(&path).unwrap();
     assert!(back == c, "the saved comparison reads back exactly");
-    assert_eq!(judge(&back, &TolConfig::default(), FailOn::FirstExceed), j);
+    assert_eq!(
+        judge(&back, &TolConfig::default(), &FailOn::FirstExceed.into()),
+        j
+    );
     std::fs::write(&path, "{\"schema\":\"other/9\"}").unwrap();
     let e = Comparison::load(&path).unwrap_err().to_string();
     assert!(

@@ -367,7 +367,8 @@ fn library_output_follows_the_spec() {
         kinds.push(b[at]);
         at = (at + 16 + len).next_multiple_of(8);
     }
-    assert_eq!(kinds, vec![1, 3, 2, 4]);
+    // Header, payload, record, run-end (the probe closes a whole run with one), index.
+    assert_eq!(kinds, vec![1, 3, 2, 5, 4]);
     let f = &b[b.len() - 24..];
     assert_eq!(&f[16..], b"SDTRIDX\0");
     let index_at = u64::from_le_bytes(f[..8].try_into().unwrap());

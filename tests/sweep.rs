@@ -125,10 +125,11 @@ fn sweep_then_matrix() {
     assert_eq!(v["rows"].as_array().unwrap().len(), 3);
     assert_eq!(v["rows"][2]["size"], serde_json::json!([96, 96]));
     assert_eq!(v["rows"][2]["first_non_identical"], "step 1 unet.mid_block");
-    // A folder with one trace less: the table says so.
+    // A folder with one trace less: the table says so, and is incomplete (exit 4).
     std::fs::remove_file(b.join("96x96.sdt")).unwrap();
-    let (_, out) = matrix(&a, &b, "text");
-    assert!(out.contains("only in A: 96x96.sdt"), "{out}");
+    let (c, out) = matrix(&a, &b, "text");
+    assert!(out.contains("only in A (not compared): 96x96.sdt"), "{out}");
+    assert_eq!(c, 4, "{out}");
 }
 
 #[test]

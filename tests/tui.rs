@@ -82,7 +82,9 @@ fn background_comparison_is_the_reports() {
         unreachable!()
     };
     assert_eq!(pairs, last.records.len());
-    let report = compare_paths(&a, &b, None, &CompareOptions::default()).unwrap();
+    let mut report = compare_paths(&a, &b, None, &CompareOptions::default()).unwrap();
+    // Everything but the wall time it took.
+    report.elapsed_s = last.elapsed_s;
     assert_eq!(**last, report, "the TUI shows the report's comparison");
     assert_eq!(
         w.progress.pairs_done.load(Ordering::Relaxed),
@@ -503,7 +505,7 @@ fn key_response_on_an_sd_sized_comparison() {
     use ratatui::buffer::Buffer;
     use ratatui::layout::Rect;
     use sdtrace::analysis::{
-        Basis, COMPARISON_SCHEMA, Comparison, FailOn, PairRecord, SummaryDelta, TolConfig,
+        Basis, COMPARISON_SCHEMA, Comparison, Criteria, PairRecord, SummaryDelta, TolConfig,
         TraceSide,
     };
     use sdtrace::tui::app::{App, AppOptions};
@@ -570,6 +572,8 @@ fn key_response_on_an_sd_sized_comparison() {
         complete: true,
         header: Default::default(),
         run_end: None,
+        damage: None,
+        expects_run_end: false,
     };
     let c = Comparison {
         schema: COMPARISON_SCHEMA.into(),
@@ -581,12 +585,13 @@ fn key_response_on_an_sd_sized_comparison() {
         only_b: vec![],
         records,
         compare_tol: TolConfig::default(),
+        elapsed_s: 0.0,
     };
     let mut app = App::new(AppOptions {
         a: "a".into(),
         b: "b".into(),
         tol: TolConfig::default(),
-        fail_on: FailOn::FirstExceed,
+        criteria: Criteria::default(),
         palette: Palette::new(ColorMode::TrueColor),
         mouse: true,
     });

@@ -96,6 +96,23 @@ pub struct RecordRef {
     pub shape: Vec<u64>,
 }
 
+impl RecordRef {
+    pub fn label(&self) -> String {
+        label(self.step, self.eval, &self.key)
+    }
+}
+
+/// How a record is named for people: `step 3 unet.mid_block`, `step 3 eval 1 unet.mid_block`,
+/// `noise.initial`, `eval 1 text_encoder.final_layer_norm`.
+pub fn label(step: Option<u32>, eval: u32, key: &str) -> String {
+    match (step, eval) {
+        (Some(s), 0) => format!("step {s} {key}"),
+        (Some(s), e) => format!("step {s} eval {e} {key}"),
+        (None, 0) => key.to_string(),
+        (None, e) => format!("eval {e} {key}"),
+    }
+}
+
 /// One differing header field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeaderDiff {

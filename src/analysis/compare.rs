@@ -20,7 +20,7 @@ use super::tolerance::TolConfig;
 use super::{AnalysisError, jf64};
 use crate::dtype::DType;
 use crate::trace::{
-    RecordEntry, RecordMeta, RunEnd, RunHeader, RunStatus, TraceError, TraceReader,
+    Integrity, RecordEntry, RecordMeta, RunEnd, RunHeader, RunStatus, TraceError, TraceReader,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -59,38 +59,84 @@ pub enum Basis {
 pub struct TraceSide {
     pub path: String,
     pub records: u64,
-    /// The file is whole and the run did all its steps.
+    /// The file is whole and the run did all its steps ([`TraceSide::shortfall`] is `None`).
     pub complete: bool,
     pub header: RunHeader,
     /// How the run ended, when the trace says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_end: Option<RunEnd>,
+    /// Why the file is not whole, when the reader had to recover its records by scanning
+    /// (a truncated or damaged file): only the records before the damage were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
+    /// The format writes a run-end frame (1.1 and later), so a whole file without one comes
+    /// from a recorder that never said the run finished.
+    #[serde(default)]
+    pub expects_run_end: bool,
 }
 
 impl TraceSide {
     fn of(r: &TraceReader) -> Self {
-        let run_end = r.run_end().cloned();
-        let finished = run_end
-            .as_ref()
-            .is_none_or(|e| e.status == RunStatus::Complete);
-        TraceSide {
+        let damage = match r.integrity() {
+            Integrity::Complete => None,
+            Integrity::Recovered {
+                reason,
+                valid_len,
+                file_len,
+            } => Some(format!(
+                "{reason}; records read from the first {valid_len} of {file_len} bytes"
+            )),
+        };
+        let mut side = TraceSide {
             path: r.path().display().to_string(),
             records: r.entries().len() as u64,
-            complete: r.integrity().is_complete() && finished,
+            complete: false,
             header: r.header().clone(),
-            run_end,
+            run_end: r.run_end().cloned(),
+            damage,
+            expects_run_end: r.version() >= (1, 1),
+        };
+        side.complete = side.shortfall().is_none();
+        side
+    }
+
+    /// Why this trace is not a whole run, or `None` when it is: a truncated or damaged file,
+    /// a run-end that says interrupted or failed, or (format 1.1 and later) no run-end at all.
+    pub fn shortfall(&self) -> Option<String> {
+        if let Some(d) = &self.damage {
+            return Some(format!("a truncated or damaged file ({d})"));
+        }
+        match &self.run_end {
+            Some(e) if e.status != RunStatus::Complete => {
+                let article = if e.status == RunStatus::Interrupted {
+                    "an"
+                } else {
+                    "a"
+                };
+                let mut why = format!("{article} {} run", e.status.name());
+                match (e.steps_completed, e.steps_planned) {
+                    (Some(d), Some(n)) => why += &format!(", {d} of {n} steps done"),
+                    (Some(d), None) => why += &format!(", {d} steps done"),
+                    _ => {}
+                }
+                if let Some(r) = &e.reason {
+                    why += &format!(" ({r})");
+                }
+                Some(why)
+            }
+            Some(_) => None,
+            None if self.expects_run_end => Some(
+                "a run without a run-end record (the recorder never said that the run finished)"
+                    .into(),
+            ),
+            None => None,
         }
     }
 
     /// `""`, or why the trace is not a whole run (for report headers).
     pub fn incomplete_note(&self) -> String {
-        match (&self.run_end, self.complete) {
-            (_, true) => String::new(),
-            (Some(e), false) if e.status != RunStatus::Complete => {
-                format!(" (incomplete run: {})", e.describe())
-            }
-            _ => " (truncated file: only the records before the damage)".into(),
-        }
+        self.shortfall()
+            .map_or(String::new(), |why| format!(" (incomplete: {why})"))
     }
 }
 
@@ -153,11 +199,7 @@ impl PairRecord {
 
     /// `step 3 eval 0 unet.mid_block` or `noise.initial`.
     pub fn label(&self) -> String {
-        match self.step {
-            Some(s) if self.eval == 0 => format!("step {s} {}", self.key),
-            Some(s) => format!("step {s} eval {} {}", self.eval, self.key),
-            None => self.key.clone(),
-        }
+        super::align::label(self.step, self.eval, &self.key)
     }
 }
 
@@ -176,6 +218,9 @@ pub struct Comparison {
     pub records: Vec<PairRecord>,
     /// The tolerance settings `beyond` counts were made with.
     pub compare_tol: TolConfig,
+    /// Wall time of the comparison pass, in seconds.
+    #[serde(default)]
+    pub elapsed_s: f64,
 }
 
 impl Comparison {
@@ -337,6 +382,7 @@ pub fn compare_with(
     depth: Depth,
     hooks: Hooks<'_>,
 ) -> Result<Comparison, AnalysisError> {
+    let started = std::time::Instant::now();
     let payloads = depth == Depth::Full;
     let (pairs, only_a, only_b) = align(a, b, &opts.map);
     if let Some(p) = hooks.progress {
@@ -382,6 +428,7 @@ pub fn compare_with(
         only_b,
         records,
         compare_tol: opts.tol.clone(),
+        elapsed_s: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -31,6 +31,7 @@
 //! growth factor per step (10^slope) and R².
 
 use super::compare::{Basis, Comparison, PairRecord};
+use super::gaps::{AllowMissing, Gap, gaps};
 use super::jf64;
 use super::tolerance::{Tol, TolConfig};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,44 @@ impl std::str::FromStr for FailOn {
         }
     }
 }
+
+/// Everything besides tolerances that decides a verdict: what fails CI, which missing records
+/// are tolerated, and the image-level pass criteria.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Criteria {
+    pub fail_on: FailOn,
+    /// `--allow-missing`: by default a record on one side only, or a trace that is not a whole
+    /// run, fails the comparison.
+    #[serde(default)]
+    pub allow_missing: AllowMissing,
+    /// `--min-psnr`, `--min-ssim` (with `--fail-on image`): the final image passes when it
+    /// reaches both instead of when it is within the numeric tolerance.
+    #[serde(default)]
+    pub min_psnr: Option<f64>,
+    #[serde(default)]
+    pub min_ssim: Option<f64>,
+}
+
+impl From<FailOn> for Criteria {
+    fn from(fail_on: FailOn) -> Self {
+        Criteria {
+            fail_on,
+            ..Criteria::default()
+        }
+    }
+}
+
+impl Criteria {
+    /// Whether PSNR/SSIM thresholds replace the image's numeric tolerance.
+    fn image_thresholds(&self) -> bool {
+        self.fail_on == FailOn::Image && (self.min_psnr.is_some() || self.min_ssim.is_some())
+    }
+}
+
+/// From this PSNR (with SSIM ≥ [`VISUAL_SSIM`]) the verdict calls two final images visually
+/// identical, unless `--min-psnr`/`--min-ssim` set other thresholds.
+pub const VISUAL_PSNR_DB: f64 = 40.0;
+pub const VISUAL_SSIM: f64 = 0.99;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -164,6 +203,8 @@ pub struct Amplification {
 #[serde(rename_all = "kebab-case")]
 pub enum VerdictClass {
     Identical,
+    /// A record on one side only, or a trace that is not a whole run.
+    Incomplete,
     NoiseRng,
     Conditioning,
     NumericDrift,
@@ -175,6 +216,7 @@ impl VerdictClass {
     pub fn name(self) -> &'static str {
         match self {
             VerdictClass::Identical => "identical",
+            VerdictClass::Incomplete => "incomplete",
             VerdictClass::NoiseRng => "noise/RNG",
             VerdictClass::Conditioning => "conditioning",
             VerdictClass::NumericDrift => "numeric drift",
@@ -187,11 +229,34 @@ impl VerdictClass {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub class: VerdictClass,
+    /// The class of what paired up (equal to `class` unless that is `incomplete`).
+    pub compared: VerdictClass,
     pub passed: bool,
-    /// 0 within tolerance, 1 divergence, 3 not comparable.
+    /// 0 within tolerance, 1 divergence, 3 not comparable, 4 incomplete.
     pub exit_code: u8,
     /// One paragraph.
     pub summary: String,
+}
+
+impl Verdict {
+    /// What the exit code says: `within tolerance`, `diverges`, `not comparable` or
+    /// `incomplete`.
+    pub fn outcome(&self) -> &'static str {
+        match self.exit_code {
+            0 => "within tolerance",
+            1 => "diverges",
+            3 => "not comparable",
+            _ => "incomplete",
+        }
+    }
+
+    /// [`outcome`](Self::outcome) as the text report and the TUI shout it: failures upper-case.
+    pub fn outcome_loud(&self) -> String {
+        match self.exit_code {
+            0 => self.outcome().to_string(),
+            _ => self.outcome().to_uppercase(),
+        }
+    }
 }
 
 /// Record counts by status.
@@ -207,7 +272,9 @@ pub struct Counts {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Judgement {
     pub tolerance: String,
-    pub fail_on: FailOn,
+    pub criteria: Criteria,
+    /// What each trace lacks ([`gaps`](super::gaps)); empty when both are whole and pair up.
+    pub gaps: Vec<Gap>,
     /// Parallel to `Comparison::records`.
     pub records: Vec<RecordJudgement>,
     pub counts: Counts,
@@ -457,7 +524,7 @@ fn precision_explains_text(c: &Comparison) -> bool {
 }
 
 /// Apply tolerances and localise the divergence.
-pub fn judge(c: &Comparison, tol: &TolConfig, fail_on: FailOn) -> Judgement {
+pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement {
     let recs = &c.records;
     let mut out: Vec<RecordJudgement> = recs
         .iter()
@@ -546,18 +613,20 @@ pub fn judge(c: &Comparison, tol: &TolConfig, fail_on: FailOn) -> Judgement {
     }
     let amp = amplification(&latent);
     let image = recs.iter().rposition(|r| r.key == "image");
-    let verdict = verdict(
-        c,
-        &out,
+    let gaps = gaps(c, &criteria.allow_missing);
+    let found = Findings {
+        out: &out,
         first_nonfinite,
-        source.as_ref(),
-        amp.as_ref(),
+        source: source.as_ref(),
+        amp: amp.as_ref(),
         image,
-        fail_on,
-    );
+        gaps: &gaps,
+    };
+    let verdict = verdict(c, &found, criteria);
     Judgement {
         tolerance: tol.describe(),
-        fail_on,
+        criteria: criteria.clone(),
+        gaps,
         records: out,
         counts,
         first_non_identical,
@@ -584,15 +653,170 @@ fn ancestral_noise_differs(recs: &[PairRecord]) -> Option<usize> {
     })
 }
 
-fn verdict(
-    c: &Comparison,
-    out: &[RecordJudgement],
+/// What the judgement found, for the verdict.
+struct Findings<'a> {
+    out: &'a [RecordJudgement],
     first_nonfinite: Option<usize>,
-    source: Option<&Source>,
-    amp: Option<&Amplification>,
+    source: Option<&'a Source>,
+    amp: Option<&'a Amplification>,
     image: Option<usize>,
-    fail_on: FailOn,
-) -> Verdict {
+    gaps: &'a [Gap],
+}
+
+/// The final image against the PSNR/SSIM thresholds: `None` when no threshold is set, else
+/// whether it passes and why not.
+fn image_threshold(c: &Comparison, f: &Findings, k: &Criteria) -> Option<Result<(), String>> {
+    if !k.image_thresholds() {
+        return None;
+    }
+    let Some(i) = f.image else {
+        return Some(Err(
+            "neither trace has an `image` record to hold to --min-psnr/--min-ssim".into(),
+        ));
+    };
+    let r = &c.records[i];
+    if r.bit_identical == Some(true) {
+        return Some(Ok(()));
+    }
+    let Some(m) = &r.image else {
+        return Some(Err(
+            "the final images have no PSNR/SSIM (not kept in full on both sides, or over 48 MiB), so --min-psnr/--min-ssim cannot be checked".into(),
+        ));
+    };
+    let mut short = Vec::new();
+    if let Some(p) = k.min_psnr.filter(|&p| !(m.psnr_db >= p)) {
+        short.push(format!("PSNR {:.1} dB < {p} dB", m.psnr_db));
+    }
+    if let Some(x) = k.min_ssim.filter(|&x| !(m.ssim >= x)) {
+        short.push(format!("SSIM {:.4} < {x}", m.ssim));
+    }
+    Some(if short.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the final image misses its threshold: {}",
+            short.join(", ")
+        ))
+    })
+}
+
+/// Whether the criteria pass on what paired up, and why not when an image threshold fails.
+fn passes(c: &Comparison, f: &Findings, k: &Criteria) -> (bool, Option<String>) {
+    let any_fail = f.out.iter().any(|j| j.status == Status::Fail);
+    match image_threshold(c, f, k) {
+        Some(Ok(())) => (true, None),
+        Some(Err(why)) => (false, Some(why)),
+        None => (
+            match k.fail_on {
+                FailOn::FirstExceed => !any_fail,
+                FailOn::Amplify => f.amp.is_none() && f.first_nonfinite.is_none(),
+                FailOn::Image => match f.image {
+                    Some(i) => f.out[i].status != Status::Fail,
+                    None => !any_fail,
+                },
+            },
+            None,
+        ),
+    }
+}
+
+/// The sentences after the verdict's lead: source, first over tolerance, growth, final image.
+fn findings_tail(c: &Comparison, f: &Findings, k: &Criteria, class: VerdictClass) -> Vec<String> {
+    let recs = &c.records;
+    let mut tail = Vec::new();
+    if let Some(s) = f.source {
+        let lbl = recs[s.index].label();
+        let gain = if s.error_in == 0.0 {
+            "from an identical input".to_string()
+        } else {
+            format!(
+                "from input error {:.2e} (gain {:.1})",
+                s.error_in,
+                s.error / s.error_in
+            )
+        };
+        tail.push(format!(
+            "Error is created at {lbl}: relative L2 {:.2e} {gain}{}.",
+            s.error,
+            if s.over_tolerance {
+                ", over tolerance"
+            } else {
+                ", within tolerance"
+            }
+        ));
+    }
+    if let Some(i) = f.out.iter().position(|j| j.status == Status::Fail) {
+        // A looser tolerance is no answer to other noise or another model.
+        let meaningful = !matches!(class, VerdictClass::NoiseRng | VerdictClass::Structural);
+        let q = f.out[i].required.filter(|_| meaningful);
+        tail.push(format!(
+            "First over tolerance: {}{}.",
+            recs[i].label(),
+            q.map_or(String::new(), |q| format!(
+                " (would pass with rel ≥ {:.2e} or abs ≥ {:.2e})",
+                q.rel, q.abs
+            ))
+        ));
+    }
+    if let Some(a) = f.amp {
+        tail.push(format!(
+            "The latent error grows from step {} to step {}, ×{:.2} per step (R² {:.2}).",
+            a.onset_step, a.end_step, a.rate_per_step, a.r2
+        ));
+    }
+    if let Some(i) = f.image {
+        tail.extend(image_sentence(&recs[i], f.out[i].error, k));
+    }
+    tail
+}
+
+/// `The final images are bit-identical.`, `Final images visually identical (PSNR 58.4 dB,
+/// SSIM 1.0000).`, `Final image: PSNR 27.2 dB, SSIM 0.9814.` or its relative L2.
+fn image_sentence(r: &PairRecord, error: Option<f64>, k: &Criteria) -> Option<String> {
+    match (&r.image, r.bit_identical) {
+        (_, Some(true)) => Some("The final images are bit-identical.".into()),
+        (Some(m), _) => {
+            let psnr = k.min_psnr.unwrap_or(VISUAL_PSNR_DB);
+            let ssim = k.min_ssim.unwrap_or(VISUAL_SSIM);
+            Some(if m.psnr_db >= psnr && m.ssim >= ssim {
+                format!(
+                    "Final images visually identical (PSNR {:.1} dB, SSIM {:.4}).",
+                    m.psnr_db, m.ssim
+                )
+            } else {
+                format!("Final image: PSNR {:.1} dB, SSIM {:.4}.", m.psnr_db, m.ssim)
+            })
+        }
+        (None, _) => error.map(|e| format!("Final image: relative L2 {e:.2e}.")),
+    }
+}
+
+/// The fix for a noise difference, in the terms of each host.
+fn noise_fix(c: &Comparison, ancestral: bool) -> String {
+    let seed = c.header_diffs.iter().find(|d| d.field == "settings.seed");
+    if let Some(d) = seed {
+        return format!(
+            "Fix: use the same seed on both (A {}, B {}).",
+            d.a.as_deref().unwrap_or("-"),
+            d.b.as_deref().unwrap_or("-")
+        );
+    }
+    if ancestral {
+        return "Fix: draw the per-step noise the same way on both: the same Random number \
+                generator source and Eta noise seed delta (AUTOMATIC1111/Forge: Settings → \
+                Sampler parameters); sdtrace: the same --rng and --ensd."
+            .into();
+    }
+    "Fix: draw the noise where it does not depend on the card. AUTOMATIC1111/Forge: Settings → \
+     Sampler parameters → Random number generator source: CPU (or NV, which draws the same \
+     numbers on every NVIDIA card); ComfyUI draws its noise on the CPU already, so set the \
+     webui side to CPU to match it; sdtrace: --rng torch-cpu (or --rng file:noise.npy to \
+     give both runs the same noise)."
+        .into()
+}
+
+/// The lead sentence and class of what paired up.
+fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
     let recs = &c.records;
     let differs = |prefix: &str| {
         recs.iter()
@@ -617,149 +841,49 @@ fn verdict(
                 .map(|r| format!("{}: shape {:?} vs {:?}", r.label(), r.shape_a, r.shape_b)),
         )
         .collect();
-    let any_fail = out.iter().any(|j| j.status == Status::Fail);
-    let passed = match fail_on {
-        FailOn::FirstExceed => !any_fail,
-        FailOn::Amplify => amp.is_none() && first_nonfinite.is_none(),
-        FailOn::Image => match image {
-            Some(i) => out[i].status != Status::Fail,
-            None => !any_fail,
-        },
-    };
-    let mut tail = Vec::new();
-    if let Some(s) = source {
-        let lbl = recs[s.index].label();
-        let gain = if s.error_in == 0.0 {
-            "from an identical input".to_string()
-        } else {
-            format!(
-                "from input error {:.2e} (gain {:.1})",
-                s.error_in,
-                s.error / s.error_in
-            )
-        };
-        tail.push(format!(
-            "Error is created at {lbl}: relative L2 {:.2e} {gain}{}.",
-            s.error,
-            if s.over_tolerance {
-                ", over tolerance"
-            } else {
-                ", within tolerance"
-            }
-        ));
-    }
-    if let Some(i) = out.iter().position(|j| j.status == Status::Fail) {
-        let q = out[i].required;
-        tail.push(format!(
-            "First over tolerance: {}{}.",
-            recs[i].label(),
-            q.map_or(String::new(), |q| format!(
-                " (would pass with rel ≥ {:.2e} or abs ≥ {:.2e})",
-                q.rel, q.abs
-            ))
-        ));
-    }
-    if let Some(a) = amp {
-        tail.push(format!(
-            "The latent error grows from step {} to step {}, ×{:.2} per step (R² {:.2}).",
-            a.onset_step, a.end_step, a.rate_per_step, a.r2
-        ));
-    }
-    if let Some(i) = image {
-        let r = &recs[i];
-        match (&r.image, r.bit_identical) {
-            (_, Some(true)) => tail.push("The final images are bit-identical.".into()),
-            (Some(m), _) => tail.push(format!(
-                "Final image: PSNR {:.1} dB, SSIM {:.4}.",
-                m.psnr_db, m.ssim
-            )),
-            (None, _) => {
-                if let Some(e) = out[i].error {
-                    tail.push(format!("Final image: relative L2 {e:.2e}."))
-                }
-            }
-        }
-    }
-    let (class, lead) = if !structural.is_empty() || recs.is_empty() {
+    if !structural.is_empty() || recs.is_empty() {
         let what = if recs.is_empty() {
             "no record pairs by (step, eval, key)".to_string()
         } else {
             structural.join("; ")
         };
-        (
+        return (
             VerdictClass::Structural,
             format!(
                 "Structural mismatch: the runs are not comparable ({what}). Only what pairs up was compared."
             ),
-        )
-    } else if let Some(i) = first_nonfinite {
-        (
+        );
+    }
+    if let Some(i) = f.first_nonfinite {
+        return (
             VerdictClass::NanInf,
             format!(
                 "NaN/Inf: {} has non-finite values where the other run has not ({} elements).",
                 recs[i].label(),
                 recs[i].nonfinite_mismatch
             ),
-        )
-    } else if let Some(i) = differs("noise.").or_else(|| ancestral_noise_differs(recs)) {
-        let r = &recs[i];
-        let hint = match (
-            &r.noise,
-            r.payload.as_ref().and_then(|p| p.first_diff_index),
-        ) {
-            (Some(d), _) => format!(" {}", d.summary),
-            (None, Some(k)) if k > 0 => format!(
-                " The first {k} elements are bit-identical and the rest differ: the generator's layout depends on the device (for a GPU Philox grid, SMs × threads/SM = {k})."
-            ),
-            (None, Some(_)) => {
-                " They differ from the first element: a different generator, seed or device.".into()
-            }
-            (None, None) => String::new(),
-        };
-        let rng = header_changes(
-            c,
-            &[
-                "settings.rng",
-                "settings.seed",
-                "device.device",
-                "device.gpu.sm_count",
-            ],
         );
-        let what = if r.key.starts_with("noise.") {
-            format!("{} differs, so the runs start from different noise.", r.key)
-        } else {
-            format!(
-                "the ancestral noise {} differs while the initial noise is identical, so the runs part at that step (generator, ENSD or seed of the per-step draws).",
-                r.label()
-            )
-        };
-        (
-            VerdictClass::NoiseRng,
-            format!(
-                "Noise/RNG: {what}{hint}{}",
-                if rng.is_empty() {
-                    String::new()
-                } else {
-                    format!(" Headers: {}.", rng.join(", "))
-                }
-            ),
-        )
-    } else if let Some(i) = differs("text.").filter(|_| !precision_explains_text(c)) {
-        (
+    }
+    if let Some(i) = differs("noise.").or_else(|| ancestral_noise_differs(recs)) {
+        return (VerdictClass::NoiseRng, noise_lead(c, &recs[i]));
+    }
+    if let Some(i) = differs("text.").filter(|_| !precision_explains_text(c)) {
+        return (
             VerdictClass::Conditioning,
             format!(
                 "Conditioning: {} differs while the noise is identical (prompt, tokenizer, clip skip or text encoder).",
                 recs[i].key
             ),
-        )
-    } else if out.iter().any(|j| !matches!(j.status, Status::Identical)) {
+        );
+    }
+    if f.out.iter().any(|j| !matches!(j.status, Status::Identical)) {
         let precision = header_changes(c, &PRECISION_FIELDS);
         let why = if precision.is_empty() {
             String::new()
         } else {
             format!(" ({})", precision.join(", "))
         };
-        let lead = match source {
+        let lead = match f.source {
             Some(s) => format!(
                 "Numeric drift{why} from {}{}",
                 recs[s.index].label(),
@@ -767,31 +891,120 @@ fn verdict(
             ),
             None => format!("Numeric drift{why}."),
         };
-        (VerdictClass::NumericDrift, lead)
+        return (VerdictClass::NumericDrift, lead);
+    }
+    (
+        VerdictClass::Identical,
+        format!(
+            "The traces are bit-identical ({} records compared).",
+            recs.len()
+        ),
+    )
+}
+
+fn noise_lead(c: &Comparison, r: &PairRecord) -> String {
+    let hint = match (
+        &r.noise,
+        r.payload.as_ref().and_then(|p| p.first_diff_index),
+    ) {
+        (Some(d), _) => format!(" {}", d.summary),
+        (None, Some(k)) if k > 0 => format!(
+            " The first {k} elements are bit-identical and the rest differ: the generator's layout depends on the device (for a GPU Philox grid, SMs × threads/SM = {k})."
+        ),
+        (None, Some(_)) => {
+            " They differ from the first element: a different generator, seed or device.".into()
+        }
+        (None, None) => String::new(),
+    };
+    let rng = header_changes(
+        c,
+        &[
+            "settings.rng",
+            "settings.seed",
+            "device.device",
+            "device.gpu.sm_count",
+        ],
+    );
+    let what = if r.key.starts_with("noise.") {
+        format!("{} differs, so the runs start from different noise.", r.key)
     } else {
-        (
-            VerdictClass::Identical,
-            format!(
-                "The traces are bit-identical ({} records compared).",
-                recs.len()
-            ),
+        format!(
+            "the ancestral noise {} differs while the initial noise is identical, so the runs part at that step (generator, ENSD or seed of the per-step draws).",
+            r.label()
         )
     };
-    let exit_code = if class == VerdictClass::Structural {
-        3
-    } else if passed {
-        0
+    format!(
+        "Noise/RNG: {what}{hint}{}",
+        if rng.is_empty() {
+            String::new()
+        } else {
+            format!(" Headers: {}.", rng.join(", "))
+        }
+    )
+}
+
+fn verdict(c: &Comparison, f: &Findings, k: &Criteria) -> Verdict {
+    let (passed, image_why) = passes(c, f, k);
+    let (compared, lead) = lead(c, f, passed);
+    let failing_gaps: Vec<&Gap> = f.gaps.iter().filter(|g| g.fails).collect();
+    let class = if compared != VerdictClass::Structural && !failing_gaps.is_empty() {
+        VerdictClass::Incomplete
     } else {
-        1
+        compared
     };
-    let mut summary = lead;
+    let mut summary = String::new();
+    if class == VerdictClass::Incomplete {
+        let what: Vec<String> = failing_gaps.iter().map(|g| g.describe()).collect();
+        summary = format!(
+            "Incomplete: {}. What was not compared cannot pass (--allow-missing KEYS|all \
+             relaxes this). Of what pairs up: ",
+            what.join(". ")
+        );
+    }
+    if summary.is_empty() {
+        summary = lead;
+    } else {
+        // Continues "Of what pairs up: ".
+        let mut chars = lead.chars();
+        summary.extend(chars.next().map(|c| c.to_ascii_lowercase()));
+        summary.extend(chars);
+    }
+    let mut tail = findings_tail(c, f, k, compared);
+    tail.extend(image_why.map(|w| format!("Fails: {w}.")));
+    if compared == VerdictClass::NoiseRng {
+        let ancestral = !c
+            .records
+            .iter()
+            .any(|r| r.key.starts_with("noise.") && r.bit_identical == Some(false));
+        tail.push(noise_fix(c, ancestral));
+    }
+    let allowed: Vec<String> = f
+        .gaps
+        .iter()
+        .filter(|g| !g.fails)
+        .map(|g| g.describe())
+        .collect();
+    if !allowed.is_empty() {
+        tail.push(format!(
+            "Not compared, as --allow-missing {} allows: {}.",
+            k.allow_missing.describe(),
+            allowed.join(". ")
+        ));
+    }
     for t in tail {
         summary.push(' ');
         summary.push_str(&t);
     }
+    let exit_code = match class {
+        VerdictClass::Structural => 3,
+        VerdictClass::Incomplete => 4,
+        _ if passed => 0,
+        _ => 1,
+    };
     Verdict {
         class,
-        passed: passed && class != VerdictClass::Structural,
+        compared,
+        passed: exit_code == 0,
         exit_code,
         summary,
     }

@@ -12,6 +12,9 @@
 //!   non-identical record, first record over tolerance, per-record gain and the source record,
 //!   latent amplification onset with its fitted growth rate, the final image difference, and a
 //!   verdict class with an exit code. It reads no file.
+//! - [`gaps`] says what each trace lacks (records on one side only, a truncated file, an
+//!   interrupted or failed run); unless `--allow-missing` covers it, that makes the verdict
+//!   `incomplete`, so nothing passes that was not compared.
 //! - [`noise`] classifies a difference between two noise tensors (identical, rounding, GPU RNG
 //!   wave, unrelated generators, scaling, shapes); `compare` attaches its diagnosis to every
 //!   `noise.*` and `sampler.noise` pair, and `judge` names it in the verdict.
@@ -21,6 +24,7 @@
 
 mod align;
 mod compare;
+mod gaps;
 mod judge;
 mod metrics;
 pub mod noise;
@@ -31,9 +35,10 @@ pub use compare::{
     Basis, COMPARISON_SCHEMA, CompareOptions, Comparison, Depth, FloorMetrics, Hooks, PairHook,
     PairRecord, Progress, TraceSide, compare, compare_paths, compare_with,
 };
+pub use gaps::{AllowMissing, Gap, gaps};
 pub use judge::{
-    Amplification, CREATE_GAIN, FailOn, Judgement, LatentPoint, RecordJudgement, Required, Source,
-    Status, Verdict, VerdictClass, judge,
+    Amplification, CREATE_GAIN, Criteria, FailOn, Judgement, LatentPoint, RecordJudgement,
+    Required, Source, Status, VISUAL_PSNR_DB, VISUAL_SSIM, Verdict, VerdictClass, judge,
 };
 pub(crate) use metrics::decode_all;
 pub use metrics::{

@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sdtrace::analysis::{CompareOptions, FailOn, TolConfig, VerdictClass, compare_paths, judge};
+use sdtrace::analysis::{CompareOptions, Criteria, TolConfig, VerdictClass, compare_paths, judge};
 use sdtrace::model::synth::{SynthSize, write_model};
 use sdtrace::pipeline::{DeviceChoice, ModelDType, Monitor, RecordSpec, record};
 use sdtrace::probe::Policy;
@@ -205,7 +205,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     for (title, a, b, expect) in pairs {
         let (a, b) = (args.dir.join(a), args.dir.join(b));
         let c = compare_paths(&a, &b, None, &CompareOptions::default())?;
-        let j = judge(&c, &TolConfig::default(), FailOn::FirstExceed);
+        let j = judge(&c, &TolConfig::default(), &Criteria::default());
         let ok = j.verdict.class == expect
             && (expect != VerdictClass::NumericDrift || j.source.is_some());
         as_expected &= ok;

@@ -272,10 +272,11 @@ fn images_section(im: &ReportImages) -> String {
 pub fn render_html(c: &Comparison, j: &Judgement, images: Option<&ReportImages>) -> String {
     let v = &j.verdict;
     let mut s = String::new();
-    let (mark, cls) = match v.exit_code {
-        0 => ("within tolerance", "ok"),
-        1 => ("diverges", "bad"),
-        _ => ("not comparable", "warn"),
+    let mark = v.outcome();
+    let cls = match v.exit_code {
+        0 => "ok",
+        3 => "warn",
+        _ => "bad",
     };
     let _ = write!(
         s,

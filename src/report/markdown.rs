@@ -2,11 +2,14 @@
 //! localisation facts, failing keys first in the key table (at most 40 rows), failing records
 //! in a collapsed section.
 
-use super::{failing, key_rows, sci};
+use super::{Labels, failing, key_rows, sci};
 use crate::analysis::{Comparison, Judgement};
 use std::fmt::Write;
 
 const MAX_ROWS: usize = 40;
+
+/// Most failing records listed in the collapsed section.
+const MAX_FAILING: usize = 100;
 
 /// Escape table cell text.
 fn cell(s: &str) -> String {
@@ -16,11 +19,15 @@ fn cell(s: &str) -> String {
 pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
     let v = &j.verdict;
     let mut s = String::new();
-    let mark = match v.exit_code {
-        0 => "✅ within tolerance",
-        1 => "❌ diverges",
-        _ => "⚠️ not comparable",
-    };
+    let mark = format!(
+        "{} {}",
+        match v.exit_code {
+            0 => "✅",
+            3 => "⚠️",
+            _ => "❌",
+        },
+        v.outcome()
+    );
     let _ = writeln!(s, "## sdtrace report: {mark} ({})\n", v.class.name());
     let _ = writeln!(s, "{}\n", cell(&v.summary));
     let _ = writeln!(s, "| | |\n|---|---|");
@@ -49,6 +56,18 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
         c.only_b.len()
     );
     let _ = writeln!(s, "| tolerance | {} |", cell(&j.tolerance));
+    for g in &j.gaps {
+        let _ = writeln!(
+            s,
+            "| {} | {} |",
+            if g.fails {
+                "missing"
+            } else {
+                "allowed missing"
+            },
+            cell(&g.describe())
+        );
+    }
     let lbl = |i: Option<usize>| i.map_or("-".to_string(), |i| c.records[i].label());
     let _ = writeln!(
         s,
@@ -118,7 +137,8 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
             fails.len()
         );
         let _ = writeln!(s, "| record | rel L2 | abs | needs |\n|---|---:|---:|---|");
-        for &i in fails.iter().take(100) {
+        let labels = Labels::new(c);
+        for &i in fails.iter().take(MAX_FAILING) {
             let r = &c.records[i];
             let need = j.records[i].required.map_or("-".into(), |q| {
                 format!("rel ≥ {} or abs ≥ {}", sci(Some(q.rel)), sci(Some(q.abs)))
@@ -126,9 +146,16 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {need} |",
-                cell(&r.label()),
+                cell(&labels.of(r)),
                 sci(r.rel_l2),
                 sci(r.abs_error)
+            );
+        }
+        if fails.len() > MAX_FAILING {
+            let _ = writeln!(
+                s,
+                "\n… and {} more (see the JSON or HTML report).",
+                fails.len() - MAX_FAILING
             );
         }
         let _ = writeln!(s, "\n</details>");

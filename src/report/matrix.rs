@@ -5,9 +5,13 @@
 //!
 //! Traces pair by file name; rows are ordered by image area (names `WxH.sdt`), other names
 //! after them alphabetically. A pair that cannot be compared (a damaged trace) is a row with its
-//! error, not a failure of the whole table. The renderers are pure functions of a [`Matrix`].
+//! error, not a failure of the whole table. A trace in one folder only makes the table
+//! incomplete (exit 4, as `report` for records on one side only) unless `--allow-missing all`.
+//! The renderers are pure functions of a [`Matrix`].
 
-use crate::analysis::{CompareOptions, FailOn, TolConfig, VerdictClass, compare_paths, judge};
+use crate::analysis::{
+    AllowMissing, CompareOptions, Criteria, TolConfig, VerdictClass, compare_paths, judge,
+};
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -103,7 +107,7 @@ fn row(
     b: &Path,
     opts: &CompareOptions,
     tol: &TolConfig,
-    fail_on: FailOn,
+    criteria: &Criteria,
 ) -> MatrixRow {
     let mut r = MatrixRow {
         size: size_of(&name),
@@ -123,7 +127,7 @@ fn row(
             return r;
         }
     };
-    let j = judge(&c, tol, fail_on);
+    let j = judge(&c, tol, criteria);
     let label = |i: Option<usize>| i.and_then(|i| c.records.get(i)).map(|p| p.label());
     r.verdict = j.verdict.class.name().into();
     r.exit_code = j.verdict.exit_code;
@@ -154,7 +158,7 @@ pub fn matrix(
     dir_b: &Path,
     opts: &CompareOptions,
     tol: &TolConfig,
-    fail_on: FailOn,
+    criteria: &Criteria,
 ) -> Result<Matrix, MatrixError> {
     let (na, nb) = (traces(dir_a)?, traces(dir_b)?);
     let mut both: Vec<String> = na.iter().filter(|n| nb.contains(n)).cloned().collect();
@@ -172,17 +176,24 @@ pub fn matrix(
         .into_iter()
         .map(|n| {
             let (a, b) = (dir_a.join(&n), dir_b.join(&n));
-            row(n, &a, &b, opts, tol, fail_on)
+            row(n, &a, &b, opts, tol, criteria)
         })
         .collect();
     let mut only_a: Vec<String> = na.iter().filter(|n| !nb.contains(n)).cloned().collect();
     let mut only_b: Vec<String> = nb.iter().filter(|n| !na.contains(n)).cloned().collect();
     only_a.sort_by_key(|n| order(n));
     only_b.sort_by_key(|n| order(n));
+    let unpaired =
+        !(only_a.is_empty() && only_b.is_empty()) && criteria.allow_missing != AllowMissing::All;
     Ok(Matrix {
         a: dir_a.to_path_buf(),
         b: dir_b.to_path_buf(),
-        exit_code: rows.iter().map(|r| r.exit_code).max().unwrap_or(0),
+        exit_code: rows
+            .iter()
+            .map(|r| r.exit_code)
+            .chain(unpaired.then_some(4))
+            .max()
+            .unwrap_or(0),
         rows,
         only_a,
         only_b,
@@ -257,7 +268,7 @@ pub fn render_matrix_text(m: &Matrix) -> String {
     }
     for (side, list) in [("A", &m.only_a), ("B", &m.only_b)] {
         if !list.is_empty() {
-            out += &format!("\nonly in {side}: {}\n", list.join(", "));
+            out += &format!("\nonly in {side} (not compared): {}\n", list.join(", "));
         }
     }
     let diverged: Vec<String> = m
@@ -378,7 +389,7 @@ mod tests {
         assert!(t.contains("512x512  identical  -"), "{t}");
         assert!(t.contains("576x576  noise/RNG  noise.initial"), "{t}");
         assert!(t.contains("PSNR 21.5 dB, SSIM 0.8000"), "{t}");
-        assert!(t.contains("only in A: 640x640.sdt"), "{t}");
+        assert!(t.contains("only in A (not compared): 640x640.sdt"), "{t}");
         assert!(
             t.contains("1 of 2 sizes identical; differ from 576x576 (exit 1)"),
             "{t}"

@@ -1,7 +1,7 @@
 //! The text report: a verdict paragraph, the noise diagnoses, then the key table, failing records
 //! with the smallest passing tolerance, and what did not pair up.
 
-use super::{failing, key_rows, sci};
+use super::{Labels, failing, key_rows, sci};
 use crate::analysis::{Comparison, Judgement};
 use std::fmt::Write;
 
@@ -33,11 +33,7 @@ pub(crate) fn wrap(text: &str, width: usize) -> String {
 pub fn render_text(c: &Comparison, j: &Judgement) -> String {
     let mut s = String::new();
     let v = &j.verdict;
-    let outcome = match v.exit_code {
-        0 => "within tolerance",
-        1 => "DIVERGES",
-        _ => "NOT COMPARABLE",
-    };
+    let outcome = v.outcome_loud();
     let _ = writeln!(
         s,
         "sdtrace report: A = {}{}  B = {}{}",
@@ -66,7 +62,20 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
         c.only_a.len(),
         c.only_b.len()
     );
-    let _ = writeln!(s, "tolerance {}; fail on {}", j.tolerance, j.fail_on.name());
+    let _ = writeln!(
+        s,
+        "tolerance {}; fail on {}",
+        j.tolerance,
+        j.criteria.fail_on.name()
+    );
+    for g in &j.gaps {
+        let _ = writeln!(
+            s,
+            "{}   {}",
+            if g.fails { "missing" } else { "allowed" },
+            g.describe()
+        );
+    }
     if let Some(f) = &c.noise_floor {
         let _ = writeln!(s, "floor     {} (k = {})", f.path, c.compare_tol.floor_k);
     }
@@ -107,16 +116,12 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
         "\n{:<kw$}  {:>5}  {:>5}  {:>9}  {:<22}  {:<12}  source",
         "key", "recs", "fail", "worst", "at", "status"
     );
+    let labels = Labels::new(c);
     for r in &rows {
         let (worst, at) = match r.worst {
-            Some((e, i)) => (sci(Some(e)), c.records[i].label()),
+            Some((e, i)) => (sci(Some(e)), labels.at(&c.records[i])),
             None => ("-".to_string(), String::new()),
         };
-        let at = at
-            .strip_suffix(r.key.as_str())
-            .unwrap_or(&at)
-            .trim_end()
-            .to_string();
         let line = format!(
             "{:<kw$}  {:>5}  {:>5}  {:>9}  {:<22}  {:<12}  {}",
             r.key,
@@ -148,7 +153,7 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
             let _ = writeln!(
                 s,
                 "  {}: rel L2 {}{} ({}), abs {}; {need}{}",
-                r.label(),
+                labels.of(r),
                 sci(r.rel_l2),
                 r.rel_l2_error
                     .map_or(String::new(), |e| format!(" ±{:.0}%", e * 100.0)),
@@ -170,20 +175,17 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
         if list.is_empty() {
             continue;
         }
-        let shown: Vec<String> = list
-            .iter()
-            .take(10)
-            .map(|r| match r.step {
-                Some(st) => format!("step {st} {}", r.key),
-                None => r.key.clone(),
-            })
-            .collect();
+        let shown: Vec<String> = list.iter().take(10).map(|r| r.label()).collect();
         let _ = writeln!(
             s,
             "\nonly in {side} ({}): {}{}",
             list.len(),
             shown.join(", "),
-            if list.len() > 10 { ", …" } else { "" }
+            if list.len() > 10 {
+                format!(", … and {} more", list.len() - 10)
+            } else {
+                String::new()
+            }
         );
     }
     s

@@ -17,7 +17,7 @@ use super::layout::{Hit, Layout};
 use super::model::{CellStat, Findings, Grid, Metric, StatCache, decade_range};
 use super::palette::Palette;
 use crate::analysis::{
-    Comparison, FailOn, Judgement, PairRecord, Status, TolConfig, TolSpec, judge,
+    Comparison, Criteria, Judgement, PairRecord, Status, TolConfig, TolSpec, judge,
 };
 use crossterm::event::{KeyEvent, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
@@ -134,7 +134,7 @@ pub struct AppOptions {
     pub a: String,
     pub b: String,
     pub tol: TolConfig,
-    pub fail_on: FailOn,
+    pub criteria: Criteria,
     pub palette: Palette,
     pub mouse: bool,
 }
@@ -242,7 +242,7 @@ impl App {
                 Grid::new(&c)
             }
         };
-        let judgement = judge(&c, &self.tol, self.opts.fail_on);
+        let judgement = judge(&c, &self.tol, &self.opts.criteria);
         let findings = Findings::of(&c, &judgement);
         let first = self.analysis.is_none();
         self.analysis = Some(Analysis {
@@ -298,7 +298,7 @@ impl App {
 
     fn rejudge(&mut self) {
         if let Some(a) = &mut self.analysis {
-            a.judgement = judge(&a.comparison, &self.tol, self.opts.fail_on);
+            a.judgement = judge(&a.comparison, &self.tol, &self.opts.criteria);
             a.findings = Findings::of(&a.comparison, &a.judgement);
         }
         self.scales.clear();
@@ -1131,7 +1131,7 @@ mod tests {
             a: "a.sdt".into(),
             b: "b.sdt".into(),
             tol: TolConfig::default(),
-            fail_on: FailOn::FirstExceed,
+            criteria: Criteria::default(),
             palette: Palette::new(ColorMode::TrueColor),
             mouse: true,
         });

@@ -155,7 +155,7 @@ pub fn iterm(png: &[u8], cols: u16, rows: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{FailOn, TolConfig};
+    use crate::analysis::{Criteria, TolConfig};
     use crate::report::ReportImages;
     use crate::tui::app::{AppOptions, Detail, Phase, Request, View};
     use crate::tui::detail::ImageDetail;
@@ -226,7 +226,7 @@ mod tests {
             a: "a.sdt".into(),
             b: "b.sdt".into(),
             tol: TolConfig::default(),
-            fail_on: FailOn::FirstExceed,
+            criteria: Criteria::default(),
             palette: Palette::new(ColorMode::TrueColor),
             mouse: true,
         });

@@ -24,7 +24,7 @@ pub mod palette;
 pub mod render;
 pub mod views;
 
-use crate::analysis::{AnalysisError, CompareOptions, FailOn, KeyMap, TolConfig};
+use crate::analysis::{AnalysisError, CompareOptions, Criteria, KeyMap, TolConfig};
 use crate::trace::{TraceError, TraceReader};
 use app::{App, AppOptions, Counts, Effect, Phase};
 use crossterm::event::{self, Event};
@@ -63,7 +63,7 @@ pub struct DiffOptions {
     pub floor: Option<PathBuf>,
     pub tol: TolConfig,
     pub map: KeyMap,
-    pub fail_on: FailOn,
+    pub criteria: Criteria,
     /// Payload comparison threads (0: one per core).
     pub threads: usize,
     pub mouse: bool,
@@ -193,7 +193,7 @@ pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
         a: opts.a.display().to_string(),
         b: opts.b.display().to_string(),
         tol: opts.tol.clone(),
-        fail_on: opts.fail_on,
+        criteria: opts.criteria.clone(),
         palette: Palette::from_env(),
         mouse: opts.mouse,
     });

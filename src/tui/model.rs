@@ -719,7 +719,7 @@ mod tests {
         let j = crate::analysis::judge(
             &c,
             &crate::analysis::TolConfig::default(),
-            crate::analysis::FailOn::FirstExceed,
+            &crate::analysis::Criteria::default(),
         );
         let f = Findings::of(&c, &j);
         // Step 1 (column 2): attentions.0 at record 4 is the source and the first failure.
@@ -749,7 +749,7 @@ mod tests {
         let j = crate::analysis::judge(
             &c,
             &crate::analysis::TolConfig::default(),
-            crate::analysis::FailOn::FirstExceed,
+            &crate::analysis::Criteria::default(),
         );
         let f = Findings::of(&c, &j);
         for metric in Metric::ALL {
@@ -775,7 +775,7 @@ mod tests {
         let j = crate::analysis::judge(
             &c,
             &crate::analysis::TolConfig::default(),
-            crate::analysis::FailOn::FirstExceed,
+            &crate::analysis::Criteria::default(),
         );
         assert_eq!(metric_value(&c, &j, 0, Metric::RelL2), Some(0.0));
         assert_eq!(metric_value(&c, &j, 4, Metric::AbsErr), Some(2e-3));

@@ -831,7 +831,7 @@ pub fn shown_images(app: &App) -> Option<&ReportImages> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{FailOn, TolConfig};
+    use crate::analysis::{Criteria, TolConfig};
     use crate::dtype::DType;
     use crate::report::fixture::comparison as fixture;
     use crate::tui::app::{AppOptions, Phase, View};
@@ -844,7 +844,7 @@ mod tests {
             a: "a.sdt".into(),
             b: "b.sdt".into(),
             tol: TolConfig::default(),
-            fail_on: FailOn::FirstExceed,
+            criteria: Criteria::default(),
             palette: Palette::new(ColorMode::TrueColor),
             mouse: true,
         });

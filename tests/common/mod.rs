@@ -3,7 +3,7 @@
 
 use sdtrace::DType;
 use sdtrace::probe::{Policy, Probe, TensorView};
-use sdtrace::trace::{DeviceFacts, RunHeader, Settings, TraceWriter, WriterOptions};
+use sdtrace::trace::{DeviceFacts, RunEnd, RunHeader, Settings, TraceWriter, WriterOptions};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -110,12 +110,22 @@ pub fn observe(probe: &Probe, key: &str, dtype: DType, shape: &[usize], vals: &[
 /// A miniature run: noise and text conditioning, `steps` sampler steps with model probes, an
 /// image. Every dtype appears; the policy mixes stats, sketch, full raw and full zstd.
 pub fn write_mini_run(path: &Path, steps: u32, seed: u64) -> u64 {
+    write_mini_run_with(path, steps, seed, &[], RunEnd::default())
+}
+
+/// [`write_mini_run`] with more capture rules after the usual ones (`unet.mid_block=off`
+/// leaves those records out) and the given run-end (an interrupted or failed run records only
+/// its `steps_completed` steps of the `steps` in its header).
+pub fn write_mini_run_with(path: &Path, steps: u32, seed: u64, rules: &[&str], end: RunEnd) -> u64 {
     let mut policy = Policy::default();
     for rule in [
         "unet.mid_block=stats",
         "sampler.denoised=full:zstd",
         "misc.*=full",
-    ] {
+    ]
+    .iter()
+    .chain(rules)
+    {
         policy.push(rule.parse().unwrap());
     }
     let mut header = fixed_header("synthetic mini run");
@@ -169,7 +179,7 @@ pub fn write_mini_run(path: &Path, steps: u32, seed: u64) -> u64 {
         &[4],
         &normal_vec(&mut rng, 4, 1e3),
     );
-    for step in 0..steps {
+    for step in 0..end.steps_completed.unwrap_or(steps) {
         probe.set_step(Some(step), 0).unwrap();
         observe(&probe, "sampler.x", DType::F32, &latent, &x);
         let h = normal_vec(&mut rng, 2 * 8 * 8 * 8, 1.0);
@@ -209,7 +219,7 @@ pub fn write_mini_run(path: &Path, steps: u32, seed: u64) -> u64 {
         &[1, 3, 16, 16],
         &(0..768).map(|i| (i % 256) as f64).collect::<Vec<_>>(),
     );
-    probe.finish().unwrap().unwrap().records
+    probe.finish_with(end).unwrap().unwrap().records
 }
 
 /// Relative L2 distance ‖a − b‖ / ‖b‖ of two candle tensors, computed in f64.
