@@ -295,7 +295,9 @@ Exit codes:
   0  the traces agree within tolerance
   1  the traces diverge (what counts is chosen by --fail-on)
   2  bad usage, or an input file that cannot be read or is damaged
-  3  the traces are not comparable: different model, size, sampler, steps or shapes";
+  3  the traces are not comparable: different model, size, sampler, steps or shapes
+  4  incomplete: records on one side only, a truncated file, or a run that was interrupted,
+     failed or never said it finished (--allow-missing relaxes this; the report says so)";
 
 /// mimalloc, told to keep freed memory for reuse ([`sdtrace::host::keep_freed_memory`]).
 #[global_allocator]

@@ -106,4 +106,39 @@ fn committed_precision_pair_gives_the_documented_verdict() {
         "{source}"
     );
     assert_eq!(v["header_diffs"][0]["field"], "settings.dtype", "{v}");
+    let summary = v["verdict"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("Final images visually identical (PSNR"),
+        "{summary}"
+    );
+    // Judged by the final image alone: it passes a PSNR/SSIM bar it reaches, fails one it
+    // does not, and says by how much.
+    let image = |args: &[&str]| {
+        let o = sdtrace()
+            .arg("report")
+            .arg(traces.join("f32.sdt"))
+            .arg(traces.join("f16.sdt"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = image(&["--min-psnr", "45", "--min-ssim", "0.999"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = image(&["--fail-on", "image", "--min-psnr", "90"]);
+    assert_eq!(code, Some(1), "{out}");
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("Fails: the final image misses its threshold: PSNR"),
+        "{out}"
+    );
+    assert!(flat.contains("dB < 90 dB"), "{out}");
+    // The text encoder's two calls (negative prompt first) are told apart by name.
+    assert!(
+        out.contains("text_encoder.encoder.layers.1 (uncond)"),
+        "{out}"
+    );
 }

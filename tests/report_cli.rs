@@ -76,6 +76,17 @@ fn divergent_runs_exit_1_and_rejudge_from_saved() {
         out.contains("verdict: noise/RNG — DIVERGES (exit 1)"),
         "{out}"
     );
+    // A noise verdict ends with the fix in each host's terms, and offers no looser tolerance.
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "Fix: draw the noise where it does not depend on the card.",
+        "Settings → Sampler parameters → Random number generator source: CPU",
+        "ComfyUI draws its noise on the CPU already",
+        "--rng torch-cpu",
+    ] {
+        assert!(flat.contains(want), "missing {want:?} in {out}");
+    }
+    assert!(!flat.contains("would pass with"), "{out}");
     // Re-judged without the traces: the same verdict; with a huge tolerance, still the class
     // but within tolerance.
     let (c, out2, err) = code(sdtrace().arg("report").arg("--from").arg(&saved));

@@ -259,6 +259,12 @@ impl Verdict {
     }
 }
 
+/// Whether "would pass with rel ≥ …" means anything for a verdict of this class: a looser
+/// tolerance is no answer to other noise or another model.
+pub fn tolerance_helps(class: VerdictClass) -> bool {
+    !matches!(class, VerdictClass::NoiseRng | VerdictClass::Structural)
+}
+
 /// Record counts by status.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
@@ -684,10 +690,12 @@ fn image_threshold(c: &Comparison, f: &Findings, k: &Criteria) -> Option<Result<
         ));
     };
     let mut short = Vec::new();
-    if let Some(p) = k.min_psnr.filter(|&p| !(m.psnr_db >= p)) {
+    // NaN reaches nothing.
+    let reaches = |v: f64, min: f64| v >= min;
+    if let Some(p) = k.min_psnr.filter(|&p| !reaches(m.psnr_db, p)) {
         short.push(format!("PSNR {:.1} dB < {p} dB", m.psnr_db));
     }
-    if let Some(x) = k.min_ssim.filter(|&x| !(m.ssim >= x)) {
+    if let Some(x) = k.min_ssim.filter(|&x| !reaches(m.ssim, x)) {
         short.push(format!("SSIM {:.4} < {x}", m.ssim));
     }
     Some(if short.is_empty() {
@@ -746,9 +754,7 @@ fn findings_tail(c: &Comparison, f: &Findings, k: &Criteria, class: VerdictClass
         ));
     }
     if let Some(i) = f.out.iter().position(|j| j.status == Status::Fail) {
-        // A looser tolerance is no answer to other noise or another model.
-        let meaningful = !matches!(class, VerdictClass::NoiseRng | VerdictClass::Structural);
-        let q = f.out[i].required.filter(|_| meaningful);
+        let q = f.out[i].required.filter(|_| tolerance_helps(class));
         tail.push(format!(
             "First over tolerance: {}{}.",
             recs[i].label(),

@@ -39,6 +39,7 @@ pub use gaps::{AllowMissing, Gap, gaps};
 pub use judge::{
     Amplification, CREATE_GAIN, Criteria, FailOn, Judgement, LatentPoint, RecordJudgement,
     Required, Source, Status, VISUAL_PSNR_DB, VISUAL_SSIM, Verdict, VerdictClass, judge,
+    tolerance_helps,
 };
 pub(crate) use metrics::decode_all;
 pub use metrics::{

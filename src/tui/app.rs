@@ -520,11 +520,14 @@ impl App {
                     Some(i) => format!(
                         "{}{}",
                         label(Some(i)),
-                        j.records[i].required.map_or(String::new(), |q| format!(
-                            " (passes at rel ≥ {} or abs ≥ {})",
-                            crate::report::sci(Some(q.rel)),
-                            crate::report::sci(Some(q.abs))
-                        ))
+                        j.records[i]
+                            .required
+                            .filter(|_| crate::analysis::tolerance_helps(j.verdict.compared))
+                            .map_or(String::new(), |q| format!(
+                                " (passes at rel ≥ {} or abs ≥ {})",
+                                crate::report::sci(Some(q.rel)),
+                                crate::report::sci(Some(q.abs))
+                            ))
                     ),
                     None => "none".into(),
                 },
