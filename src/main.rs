@@ -76,7 +76,13 @@ enum Command {
     Record(cli::record::RecordArgs),
     /// Record the same generation at a series of sizes, one trace per size in one folder (the
     /// original report's experiment; compare two folders with report --matrix)
-    #[command(after_help = cli::sweep::SWEEP_HELP, args_override_self = true)]
+    #[command(
+        after_help = cli::sweep::SWEEP_HELP,
+        args_override_self = true,
+        mut_arg("output", |a| a
+            .value_name("DIR")
+            .help("Folder for the traces (created): one WxH.sdt, and WxH.png, per size"))
+    )]
     Sweep(cli::sweep::SweepArgs),
     /// Write the initial latent noise a run would use, or compare generators (GPU cards, CPU)
     /// size by size, without a model
