@@ -6,7 +6,8 @@
 //! Transformer2DModel) and inside each transformer block `…transformer_blocks.k.attn1`, `attn2`,
 //! `ff`; `down_blocks.i.downsamplers.0`, `down_blocks.i` (the block's output), the same under
 //! `mid_block` and `up_blocks.i` (with `upsamplers.0`), `conv_norm_out`, `conv_out`. Finer points
-//! exist only where a capture rule names them: `…attnN.to_q`, `to_k`, `to_v` and, for the `full`
+//! exist only where a capture rule names them (its pattern ends in the name; see
+//! [`crate::probe::names_fine_points`]): `…attnN.to_q`, `to_k`, `to_v` and, for the `full`
 //! attention implementation, `…attnN.probs`.
 
 use super::attention::{AttentionImpl, Chunking, Gelu, Numerics, attend};
