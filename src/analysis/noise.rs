@@ -192,6 +192,13 @@ impl Moments {
     }
 }
 
+/// Do two noise elements agree? Bit for bit, or within [`AGREE_ABS`] + [`AGREE_REL`]·|b|; a NaN
+/// or infinite difference agrees only when the bits are equal. The rule [`diagnose`] counts
+/// differing elements by.
+pub fn element_agrees(a: f64, b: f64) -> bool {
+    a.to_bits() == b.to_bits() || (a - b).abs() <= AGREE_ABS + AGREE_REL * b.abs()
+}
+
 /// Keys whose records are noise: `noise.*` (the initial noise) and `sampler.noise` (ancestral
 /// draws).
 pub fn is_noise_key(key: &str) -> bool {
@@ -288,9 +295,7 @@ pub fn diagnose<T: Copy + Into<f64>>(
         if diff.is_finite() {
             d.max_abs = d.max_abs.max(diff);
         }
-        // `!(x <= t)` so that NaN differences count as disagreeing.
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        if !(diff <= AGREE_ABS + AGREE_REL * y.abs()) {
+        if !element_agrees(x, y) {
             d.differing += 1;
             d.agree_prefix.get_or_insert(i as u64);
         }
