@@ -8,13 +8,15 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sdtrace::analysis::{
-    AllowMissing, CompareOptions, Comparison, Criteria, FailOn, KeyMap, TolConfig, compare_paths,
-    judge,
+    AllowMissing, CompareOptions, Comparison, Criteria, FailOn, KeyMap, PairRecord, TolConfig,
+    compare_paths, judge,
 };
 use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
 use sdtrace::image::ImageTensor;
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
-use sdtrace::report::{Format, ReportImages, render};
+use sdtrace::report::{
+    Format, ReportExtras, ReportImages, ReportNoise, noise_picture_record, render,
+};
 use sdtrace::trace::TraceReader;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,7 +79,13 @@ enum Command {
     Record(cli::record::RecordArgs),
     /// Record the same generation at a series of sizes, one trace per size in one folder (the
     /// original report's experiment; compare two folders with report --matrix)
-    #[command(after_help = cli::sweep::SWEEP_HELP, args_override_self = true)]
+    #[command(
+        after_help = cli::sweep::SWEEP_HELP,
+        args_override_self = true,
+        mut_arg("output", |a| a
+            .value_name("DIR")
+            .help("Folder for the traces (created): one WxH.sdt, and WxH.png, per size"))
+    )]
     Sweep(cli::sweep::SweepArgs),
     /// Write the initial latent noise a run would use, or compare generators (GPU cards, CPU)
     /// size by size, without a model
@@ -481,11 +489,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("--save {}", path.display()))?;
             }
             let judgement = judge(&comparison, &tols, &criteria);
-            let images = match (format, &from, &a, &b) {
-                (Format::Html, None, Some(a), Some(b)) => report_images(a, b),
-                _ => None,
+            let extras = match (format, &from, &a, &b) {
+                (Format::Html, None, Some(a), Some(b)) => ReportExtras {
+                    images: report_images(a, b),
+                    noise: noise_picture_record(&comparison, &judgement)
+                        .and_then(|i| report_noise(a, b, &comparison.records[i])),
+                },
+                _ => ReportExtras::default(),
             };
-            let text = render(format, &comparison, &judgement, images.as_ref());
+            let text = render(format, &comparison, &judgement, &extras);
             match &output {
                 Some(path) => {
                     write_atomic(path, text.as_bytes())
@@ -553,6 +565,53 @@ fn report_images(a: &Path, b: &Path) -> Option<ReportImages> {
         eprintln!("note: the report shows no final images: {e:#}");
         None
     })
+}
+
+/// Largest noise payload the HTML report reads per trace (the noise diagnosis' limit).
+const REPORT_NOISE_LIMIT: u64 = 16 << 20;
+
+/// Both traces' payloads of the noise record `rec` (found by execution order, so key maps do
+/// not matter) for the HTML report's noise picture; a problem is a note, not an error.
+fn report_noise(a: &Path, b: &Path, rec: &PairRecord) -> Option<ReportNoise> {
+    let read = |path: &Path, order: u64| -> Result<(sdtrace::DType, Vec<u64>, Vec<u8>)> {
+        let r = TraceReader::open(path)?;
+        let entry = r
+            .entries()
+            .iter()
+            .find(|e| e.order == order)
+            .with_context(|| format!("{}: no record {}", path.display(), rec.label()))?;
+        let meta = r.read_meta(entry)?;
+        match meta.payload {
+            None => bail!(
+                "{}: {} was recorded without its payload",
+                path.display(),
+                rec.label()
+            ),
+            Some(p) if p.raw_len > REPORT_NOISE_LIMIT => bail!(
+                "{}: {} is {} bytes, over the report's {REPORT_NOISE_LIMIT}",
+                path.display(),
+                rec.label(),
+                p.raw_len
+            ),
+            Some(_) => {}
+        }
+        let data = r
+            .read_payload(&meta)?
+            .with_context(|| format!("{}: {} has no payload", path.display(), rec.label()))?;
+        Ok((meta.dtype, meta.shape.clone(), data))
+    };
+    let result = (|| -> Result<ReportNoise> {
+        let (da, sa, pa) = read(a, rec.order_a)?;
+        let (db, sb, pb) = read(b, rec.order_b)?;
+        Ok(ReportNoise::from_payloads(
+            &rec.label(),
+            (da, &sa, &pa),
+            (db, &sb, &pb),
+        )?)
+    })();
+    result
+        .map_err(|e| eprintln!("note: the report shows no noise picture: {e:#}"))
+        .ok()
 }
 
 fn export(

@@ -5,7 +5,9 @@
 //! `noise.initial`). Only when the plan asks for something does it hand over a [`TensorView`]
 //! with [`Probe::tensor`], so a disabled probe or an `off` rule costs a branch, not a device→host
 //! copy. The [`Policy`] (ordered rules, the last match wins) decides the fidelity and codec per
-//! key and step; [`Intervention`]s may return a replacement tensor (perturbation, replay).
+//! key and step; [`Intervention`]s may return a replacement tensor (perturbation, replay). The
+//! fine points (attention `…to_q`/`to_k`/`to_v`/`probs`) are off unless a rule names them
+//! ([`names_fine_points`]); broad rules do not reach them.
 //!
 //! Invariants: the probe never changes a tensor unless an intervention returns a replacement;
 //! recording is a pure observation, so outputs are bit-identical whatever the policy.
@@ -241,8 +243,33 @@ type PendingRecord = (RecordInput, Codec);
 /// Key patterns of the fine probe points, off in every preset.
 pub const FINE_POINTS: [&str; 4] = ["*.to_q", "*.to_k", "*.to_v", "*.probs"];
 
+/// The last key component of each fine probe point.
+const FINE_NAMES: [&str; 4] = ["to_q", "to_k", "to_v", "probs"];
+
+/// Is `key` a fine probe point (attention q/k/v or probabilities: its last component is
+/// `to_q`, `to_k`, `to_v` or `probs`)?
+pub fn is_fine_point(key: &str) -> bool {
+    FINE_POINTS.iter().any(|p| glob::matches(p, key))
+}
+
+/// Does a rule pattern name fine points? It does when it ends in a fine point's name, `?`
+/// standing for one character: `*.to_q`, `unet.mid_block.*.attn1.probs`, `*.to_?`. Only such
+/// rules reach the fine points: broad patterns (`*`, `unet.*`, `*attn1*`, `*.to_*`) neither
+/// turn them on nor off.
+pub fn names_fine_points(pattern: &str) -> bool {
+    FINE_NAMES.iter().any(|name| {
+        pattern
+            .len()
+            .checked_sub(name.len())
+            .and_then(|at| pattern.get(at..))
+            .is_some_and(|tail| !tail.contains('*') && glob::matches(tail, name))
+    })
+}
+
 /// Ordered capture rules; the last rule that matches a record decides. Records no rule
-/// matches get `stats`.
+/// matches get `stats`. Fine points ([`is_fine_point`]) are the exception: only rules that
+/// name them ([`names_fine_points`]) apply to them, and with none they are off, so a broad rule
+/// such as `unet.*=full` or `*=sketch` never records attention q/k/v or probabilities.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub rules: Vec<Rule>,
@@ -282,7 +309,9 @@ impl Policy {
         };
         let mut rules = rules;
         // Fine points (attention q/k/v and probabilities) are recorded only when a later rule
-        // names them: they are large and, for probabilities, quadratic in the image size.
+        // names them: they are large and, for probabilities, quadratic in the image size. (The
+        // rules below only make that visible in the header: `action` applies no broad rule
+        // to a fine point.)
         rules.extend(FINE_POINTS.iter().map(|p| Rule::new(p, Action::Off)));
         Ok(Policy {
             rules,
@@ -292,7 +321,7 @@ impl Policy {
 
     /// Parse a capture setting: a preset (`light` = `default`, `full`, `stats`, `sketch`,
     /// `off`), rules (`GLOB[@STEPS]=LEVEL[:CODEC]`, separated by commas or spaces) added to
-    /// `light`, or a preset followed by rules (`full,*.probs=off`).
+    /// `light`, or a preset followed by rules (`sketch,sampler.*=full`).
     pub fn from_spec(text: &str) -> Result<Self, ProbeError> {
         let mut parts = text
             .split([',', ' ', '\n'])
@@ -318,13 +347,26 @@ impl Policy {
         self.rules.push(rule);
     }
 
-    /// The action for `key` at `step`.
+    /// The action for `key` at `step`: the last matching rule's, where a fine point only
+    /// heeds rules that name fine points (off without one).
     pub fn action(&self, key: &str, step: Option<u32>) -> Action {
+        let fine = is_fine_point(key);
         self.rules
             .iter()
             .rev()
-            .find(|r| r.steps.contains(step) && glob::matches(&r.pattern, key))
-            .map_or(Action::Capture(Fidelity::Stats, Codec::Raw), |r| r.action)
+            .find(|r| {
+                (!fine || names_fine_points(&r.pattern))
+                    && r.steps.contains(step)
+                    && glob::matches(&r.pattern, key)
+            })
+            .map_or(
+                if fine {
+                    Action::Off
+                } else {
+                    Action::Capture(Fidelity::Stats, Codec::Raw)
+                },
+                |r| r.action,
+            )
     }
 
     /// The rules as one line, for the trace header.
@@ -748,6 +790,65 @@ mod tests {
             Action::Capture(Fidelity::Stats, Codec::Raw)
         );
         assert!(Policy::preset("loud").is_err());
+    }
+
+    #[test]
+    fn only_rules_that_name_fine_points_reach_them() {
+        let attn = "unet.mid_block.attentions.0.transformer_blocks.0.attn1";
+        let [q, k, v, probs] = ["to_q", "to_k", "to_v", "probs"].map(|s| format!("{attn}.{s}"));
+        let sketch = Action::Capture(Fidelity::Sketch, Codec::Raw);
+        let full = Action::Capture(Fidelity::Full, Codec::Raw);
+        let act = |spec: &str, key: &str| Policy::from_spec(spec).unwrap().action(key, Some(0));
+        for key in [&q, &k, &v, &probs] {
+            assert!(is_fine_point(key));
+            // Presets and broad rules leave them off, whatever the level.
+            for spec in [
+                "light",
+                "full",
+                "sketch",
+                "stats",
+                "unet.*=full",
+                "*=sketch",
+            ] {
+                assert_eq!(act(spec, key), Action::Off, "{spec} {key}");
+            }
+            for spec in [
+                "*attn1*=full",
+                "*.to_*=full",
+                "full,unet.mid_block.*=full:zstd",
+            ] {
+                assert_eq!(act(spec, key), Action::Off, "{spec} {key}");
+            }
+        }
+        // The broad rules still apply to everything else.
+        assert_eq!(act("unet.*=full", attn), full);
+        assert_eq!(act("*=sketch", "unet.conv_in"), sketch);
+        // A rule ending in a fine point's name turns on that point only.
+        assert_eq!(act("*.to_q=full", &q), full);
+        assert_eq!(act("*.to_q=full", &k), Action::Off);
+        assert_eq!(act("*.to_?=sketch", &v), sketch);
+        assert_eq!(act("*.to_?=sketch", &probs), Action::Off);
+        assert_eq!(act("unet.mid_block.*.attn1.probs=full", &probs), full);
+        assert_eq!(act("*probs=full", &probs), full);
+        assert_eq!(act("*.attn2.probs=full", &probs), Action::Off);
+        // Broad rules do not turn a named fine point off again either; a naming one does.
+        assert_eq!(act("*.to_q=full,unet.*=off", &q), full);
+        assert_eq!(act("*.to_q=full,*.to_q@1-=off", &q), full);
+        assert_eq!(
+            Policy::from_spec("*.to_q=full,*.to_q@1-=off")
+                .unwrap()
+                .action(&q, Some(1)),
+            Action::Off
+        );
+        // With no rules at all a fine point is off, anything else stats.
+        let empty = Policy {
+            rules: vec![],
+            sketch_k: 4,
+        };
+        assert_eq!(empty.action(&q, None), Action::Off);
+        assert!(!is_fine_point("unet.mid_block.attentions.0.proj_out"));
+        assert!(!names_fine_points("*") && !names_fine_points("probs*"));
+        assert!(!names_fine_points("é") && names_fine_points("é.probs"));
     }
 
     struct Negate;

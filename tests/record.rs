@@ -394,3 +394,50 @@ fn long_prompts_chunk_and_f16_runs() {
     // Four encoder calls: the negative prompt's two chunks, then the prompt's.
     assert!(r.find("text_encoder.final_layer_norm", None, 3).is_some());
 }
+
+/// Broad capture rules leave the fine points (attention q/k/v and probabilities) off; a rule
+/// whose pattern ends in their name records them, as `record --help` says.
+#[test]
+fn only_rules_naming_fine_points_record_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = |capture: &str, name: &str| {
+        let out = dir.path().join(name);
+        let (c, err) = run(
+            &[
+                "--steps",
+                "1",
+                "--attention",
+                "full",
+                "--no-png",
+                "--capture",
+                capture,
+            ],
+            &out,
+        );
+        assert_eq!(c, 0, "{err}");
+        let r = TraceReader::open(&out).unwrap();
+        r.entries()
+            .iter()
+            .map(|e| e.key.to_string())
+            .collect::<Vec<_>>()
+    };
+    let fine = |k: &String| {
+        [".to_q", ".to_k", ".to_v", ".probs"]
+            .iter()
+            .any(|s| k.ends_with(s))
+    };
+    for capture in ["full", "unet.*=full", "sketch,*=sketch"] {
+        let k = keys(capture, "broad.sdt");
+        assert!(k.iter().any(|k| k.ends_with(".attn1")), "{capture}");
+        assert!(
+            !k.iter().any(fine),
+            "{capture}: {:?}",
+            k.iter().find(|k| fine(k))
+        );
+    }
+    let k = keys("*.to_?=sketch,*.attn1.probs=stats", "named.sdt");
+    for s in [".attn1.to_q", ".attn2.to_k", ".attn2.to_v", ".attn1.probs"] {
+        assert!(k.iter().any(|k| k.ends_with(s)), "no {s}");
+    }
+    assert!(!k.iter().any(|k| k.ends_with(".attn2.probs")));
+}

@@ -164,3 +164,59 @@ fn different_step_counts_exit_3() {
     assert!(out.contains("structural mismatch"), "{out}");
     assert!(out.contains("settings.steps 3 vs 2"), "{out}");
 }
+
+/// The HTML report's noise picture is read from both traces; noise kept without its payload
+/// gives a note on stderr and a report that says why there is no picture.
+#[test]
+fn html_noise_picture_needs_both_payloads() {
+    use sdtrace::DType;
+    use sdtrace::probe::{Policy, Probe};
+    use sdtrace::trace::{TraceWriter, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, capture: &str, tail: f64| {
+        let path = dir.path().join(name);
+        let w = TraceWriter::create(
+            &path,
+            &common::fixed_header("noise"),
+            WriterOptions::default(),
+        )
+        .unwrap();
+        let probe = Probe::new(w, Policy::from_spec(capture).unwrap());
+        let mut vals: Vec<f64> = (0..256)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 25.0)
+            .collect();
+        vals[200..].iter_mut().for_each(|v| *v = -*v + tail);
+        common::observe(&probe, "noise.initial", DType::F32, &[1, 4, 8, 8], &vals);
+        probe.finish().unwrap();
+        path
+    };
+    let a = write("a.sdt", "light", 0.0);
+    let b = write("b.sdt", "light", 0.5);
+    let html = dir.path().join("r.html");
+    let report = |x: &Path, y: &Path| {
+        let (c, _, err) = code(
+            sdtrace()
+                .args(["report", "--format", "html", "-o"])
+                .arg(&html)
+                .arg(x)
+                .arg(y),
+        );
+        (c, err, std::fs::read_to_string(&html).unwrap_or_default())
+    };
+    let (c, err, h) = report(&a, &b);
+    assert_eq!(c, 1, "{err}");
+    assert!(h.contains("(noise/RNG)"), "{h}");
+    assert!(h.contains("alt=\"noise difference\""), "{err}");
+    assert!(h.contains("56 of 256 elements differ"), "{h}");
+    assert!(h.contains("<title>first difference: flat index 200</title>"));
+    // Noise kept as a sketch in B: no picture, a note, the report still written.
+    let s = write("s.sdt", "light,noise.*=sketch", 0.5);
+    let (c, err, h) = report(&a, &s);
+    assert_eq!(c, 1, "{err}");
+    assert!(
+        err.contains("no noise picture") && err.contains("without its payload"),
+        "{err}"
+    );
+    assert!(h.contains("<h2>Noise") && h.contains("No picture"), "{h}");
+    assert!(!h.contains("alt=\"noise difference\""));
+}

@@ -142,6 +142,20 @@ fn sweep_and_matrix_refusals() {
     let (c, err) = sweep(&dir.path().join("x.sdt"), &[]);
     assert_eq!(c, 2, "{err}");
     assert!(err.contains("folder"), "{err}");
+    // -o is a folder: an existing file is refused and left alone.
+    let file = dir.path().join("traces");
+    std::fs::write(&file, b"keep").unwrap();
+    let (c, err) = sweep(&file, &[]);
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("is a file") && err.contains("folder"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    let help = sdtrace().args(["sweep", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("-o, --output <DIR>") && help.contains("Folder for the traces"),
+        "{help}"
+    );
+    assert!(!help.contains("Trace file to write"), "{help}");
     let o = sdtrace()
         .args(["sweep", "--sizes", "500", "-o"])
         .arg(&out)

@@ -462,8 +462,9 @@ fn probe_points_match_a_real_forward_pass() {
         let f = fixture_for(cfg);
         let unet = f.unet(DType::F32, Numerics::PYTORCH, AttentionImpl::Full);
         let path = dir.path().join("all.sdt");
-        let mut policy = Policy::preset("stats").unwrap();
-        policy.push("*=stats".parse().unwrap());
+        // Every point: `*` for the module outputs, and rules that name the fine points (a
+        // broad rule does not reach them).
+        let policy = Policy::from_spec("stats,*=stats,*.to_?=stats,*.probs=stats").unwrap();
         let probe = Probe::new(
             TraceWriter::create(&path, &RunHeader::default(), WriterOptions::default()).unwrap(),
             policy,

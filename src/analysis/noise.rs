@@ -192,6 +192,13 @@ impl Moments {
     }
 }
 
+/// Do two noise elements agree? Bit for bit, or within [`AGREE_ABS`] + [`AGREE_REL`]·|b|; a NaN
+/// or infinite difference agrees only when the bits are equal. The rule [`diagnose`] counts
+/// differing elements by.
+pub fn element_agrees(a: f64, b: f64) -> bool {
+    a.to_bits() == b.to_bits() || (a - b).abs() <= AGREE_ABS + AGREE_REL * b.abs()
+}
+
 /// Keys whose records are noise: `noise.*` (the initial noise) and `sampler.noise` (ancestral
 /// draws).
 pub fn is_noise_key(key: &str) -> bool {
@@ -208,6 +215,19 @@ pub fn max_square(elements: u64) -> u64 {
         side += 1;
     }
     8 * side
+}
+
+/// The boundary of two cards' PyTorch CUDA noise for single square images: `(agree, differ)`,
+/// the largest N×N (N a multiple of 8) at which the two draw identical noise, and the first at
+/// which they differ (the next multiple of 8). `None` when the waves are equal: such cards
+/// draw the same noise at every size. With waves of 30 720 (GTX 1070) and 40 960 (T4)
+/// elements: (696, 704). Every statement of a card pair's boundary (demo, docs) comes from here.
+pub fn square_boundary(wave_a: u64, wave_b: u64) -> Option<(u64, u64)> {
+    if wave_a == wave_b {
+        return None;
+    }
+    let agree = max_square(wave_a.min(wave_b));
+    Some((agree, agree + 8))
 }
 
 /// What a wave of `elements` implies: candidate SM counts and named cards.
@@ -275,9 +295,7 @@ pub fn diagnose<T: Copy + Into<f64>>(
         if diff.is_finite() {
             d.max_abs = d.max_abs.max(diff);
         }
-        // `!(x <= t)` so that NaN differences count as disagreeing.
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        if !(diff <= AGREE_ABS + AGREE_REL * y.abs()) {
+        if !element_agrees(x, y) {
             d.differing += 1;
             d.agree_prefix.get_or_insert(i as u64);
         }
@@ -539,6 +557,20 @@ mod tests {
         assert_eq!(max_square(16_384), 512);
         assert_eq!(max_square(40_960), 808);
         assert_eq!(max_square(0), 0);
+        // GTX 1070 (30 720) and T4 (40 960): 4·87² = 30 276 fits the smaller wave, 4·88² = 30 976
+        // does not, so they agree up to 696×696 and differ from 704×704 on.
+        assert_eq!(max_square(30_720), 696);
+        assert_eq!(square_boundary(30_720, 40_960), Some((696, 704)));
+        assert_eq!(square_boundary(40_960, 30_720), Some((696, 704)));
+        assert_eq!(square_boundary(30_720, 30_720), None);
+        for (a, b) in [(16_384u64, 20_480u64), (30_720, 40_960), (40_960, 270_336)] {
+            let (agree, differ) = square_boundary(a, b).unwrap();
+            let latent = |n: u64| 4 * (n / 8) * (n / 8);
+            assert!(
+                latent(agree) <= a.min(b) && latent(differ) > a.min(b),
+                "{a} {b}"
+            );
+        }
         assert_eq!(wave(20_480).candidates.len(), 2);
     }
 }

@@ -1,22 +1,26 @@
 //! `sdtrace demo`: the original report's case in miniature, offline, in one command.
 //!
 //! Builds (or reuses) the tiny synthetic model, then records four runs with the same seed: the
-//! same prompt on an emulated GTX 1070 and an emulated Tesla T4 at 704×704 (one step), where the
-//! two cards' PyTorch CUDA noise differs (their RNG waves are 30 720 and 40 960 elements; the
-//! latent has 30 976), and an f32/f16 pair with identical noise at 128×128 (eight steps). It then judges both pairs as
-//! `sdtrace report` does, prints the verdicts and how to look further. `--check` makes the exit
+//! same prompt on an emulated GTX 1070 and an emulated Tesla T4 at 704×704 (one step), the first
+//! square size at which the two cards' PyTorch CUDA noise differs (their RNG waves are 30 720
+//! and 40 960 elements; the latent has 30 976, 696×696's 30 276), and an f32/f16 pair with
+//! identical noise at 128×128 (eight steps). It then judges both pairs as `sdtrace report`
+//! does, prints the verdicts and how to look further. Progress goes to stderr: one line per
+//! recording redrawn in place on a terminal, plain lines otherwise (logs, CI). `--check` makes the exit
 //! code say whether the verdicts are the expected ones (noise/RNG for the card pair, numeric
 //! drift with a named source layer for the precision pair); CI runs it so.
 
 use anyhow::{Context, Result};
 use clap::Args;
+use sdtrace::analysis::noise::square_boundary;
 use sdtrace::analysis::{CompareOptions, Criteria, TolConfig, VerdictClass, compare_paths, judge};
 use sdtrace::model::synth::{SynthSize, write_model};
 use sdtrace::pipeline::{DeviceChoice, ModelDType, Monitor, RecordSpec, record};
 use sdtrace::probe::Policy;
+use sdtrace::sampling::rng::presets;
 use sdtrace::sampling::{RngSpec, SamplerKind};
 use sdtrace::text::PromptSyntax;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -50,6 +54,24 @@ const PROMPT: &str = "a portrait of an old sea captain, (oil painting:1.2), dram
 const PLAIN_PROMPT: &str = "a portrait of an old sea captain, oil painting, dramatic light";
 const NEGATIVE: &str = "blurry, lowres";
 const SEED: u64 = 1_744_694_513;
+/// The card pair: `--rng torch-cuda:NAME` presets.
+const CARD_A: &str = "gtx1070";
+const CARD_B: &str = "t4";
+/// The card pair's image side: the first square size at which their noise differs
+/// ([`card_boundary`]; a test keeps the two equal).
+const CARD_SIDE: u32 = 704;
+
+/// The largest square size at which the card pair's CUDA noise agrees, and the first at which
+/// it differs, from the cards' RNG waves.
+fn card_boundary() -> Result<(u64, u64)> {
+    let wave = |name: &str| {
+        presets::find(name)
+            .map(|p| p.wave())
+            .with_context(|| format!("no GPU preset '{name}'"))
+    };
+    square_boundary(wave(CARD_A)?, wave(CARD_B)?)
+        .with_context(|| format!("{CARD_A} and {CARD_B} have the same RNG wave"))
+}
 
 struct Run {
     file: &'static str,
@@ -74,7 +96,7 @@ const RUNS: [Run; 4] = [
         file: "gtx1070.sdt",
         what: "emulated GTX 1070 (15 SMs x 2048 threads), 704x704, f32",
         rng: "torch-cuda:gtx1070",
-        side: 704,
+        side: CARD_SIDE,
         dtype: ModelDType::F32,
         steps: CARD_STEPS,
         prompt: PROMPT,
@@ -84,7 +106,7 @@ const RUNS: [Run; 4] = [
         file: "t4.sdt",
         what: "emulated Tesla T4 (40 SMs x 1024 threads), 704x704, f32",
         rng: "torch-cuda:t4",
-        side: 704,
+        side: CARD_SIDE,
         dtype: ModelDType::F32,
         steps: CARD_STEPS,
         prompt: PROMPT,
@@ -112,21 +134,50 @@ const RUNS: [Run; 4] = [
     },
 ];
 
-/// One line per recording, updated in place on a terminal.
-struct Progress {
+/// Progress of one recording on stderr: one line redrawn in place (`\r`) on a terminal, a plain
+/// line per step otherwise, so logs hold no carriage returns.
+struct Progress<W: Write> {
+    out: W,
+    terminal: bool,
     label: String,
     started: Instant,
 }
 
-impl Monitor for Progress {
+impl<W: Write> Progress<W> {
+    fn new(out: W, terminal: bool, label: String) -> Self {
+        Progress {
+            out,
+            terminal,
+            label,
+            started: Instant::now(),
+        }
+    }
+
+    /// The recording is done: finish the line with where it went.
+    fn done(&mut self, out: &Path) {
+        let _ = if self.terminal {
+            writeln!(self.out, " -> {}", out.display())
+        } else {
+            writeln!(self.out, "  {} -> {}", self.label, out.display())
+        };
+    }
+}
+
+impl<W: Write> Monitor for Progress<W> {
     fn step(&mut self, step: u32, steps: u32, _took: Duration) {
-        eprint!(
-            "\r  {}: step {}/{steps} ({:.1} s)",
+        let (lead, end) = if self.terminal {
+            ("\r", "")
+        } else {
+            ("", "\n")
+        };
+        let _ = write!(
+            self.out,
+            "{lead}  {}: step {}/{steps} ({:.1} s){end}",
             self.label,
             step + 1,
             self.started.elapsed().as_secs_f64()
         );
-        let _ = std::io::stderr().flush();
+        let _ = self.out.flush();
     }
 }
 
@@ -175,16 +226,16 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         eprintln!("writing a tiny synthetic model to {} ...", model.display());
         write_model(&model, SynthSize::Tiny, 0)?;
     }
+    let (agree, differ) = card_boundary()?;
     eprintln!("recording the same seed {SEED} four times:");
+    let terminal = std::io::stderr().is_terminal();
     for (i, run) in RUNS.iter().enumerate() {
         let out = args.dir.join(run.file);
-        let mut progress = Progress {
-            label: format!("[{}/4] {}", i + 1, run.what),
-            started: Instant::now(),
-        };
+        let label = format!("[{}/4] {}", i + 1, run.what);
+        let mut progress = Progress::new(std::io::stderr(), terminal, label);
         record(&spec(&model, run)?, &out, &mut progress)
             .with_context(|| format!("recording {}", out.display()))?;
-        eprintln!(" -> {}", out.display());
+        progress.done(&out);
     }
 
     let pairs = [
@@ -226,9 +277,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     }
     println!(
-        "\ndone in {:.0} s. The card pair is the original report's case: above 640x640 the two cards' \
-         CUDA noise differs, so no setting makes their images agree; the precision pair shows \
-         how small numeric differences are traced to the layer that creates them.",
+        "\ndone in {:.0} s. The card pair is the original report's case: the two cards' CUDA \
+         noise agrees up to {agree}x{agree} and differs from {differ}x{differ} on, so above \
+         {agree}x{agree} no setting makes their images agree; the precision pair shows how small \
+         numeric differences are traced to the layer that creates them.",
         t0.elapsed().as_secs_f64()
     );
     Ok(if args.check && !as_expected {
@@ -252,4 +304,52 @@ fn wrap(text: &str, width: usize) -> String {
         line += word;
     }
     out + &line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_card_pair_is_recorded_at_its_boundary() {
+        assert_eq!(card_boundary().unwrap(), (696, 704));
+        assert_eq!(card_boundary().unwrap().1, CARD_SIDE as u64);
+        let cards: Vec<_> = RUNS.iter().filter(|r| r.side == CARD_SIDE).collect();
+        assert_eq!(cards.len(), 2);
+        assert_eq!(cards[0].rng, format!("torch-cuda:{CARD_A}"));
+        assert_eq!(cards[1].rng, format!("torch-cuda:{CARD_B}"));
+        for r in cards {
+            assert!(
+                r.what.contains(&format!("{CARD_SIDE}x{CARD_SIDE}")),
+                "{}",
+                r.what
+            );
+        }
+    }
+
+    fn progress_text(terminal: bool) -> String {
+        let mut p = Progress::new(Vec::new(), terminal, "[1/4] run".into());
+        p.step(0, 2, Duration::ZERO);
+        p.step(1, 2, Duration::ZERO);
+        p.done(Path::new("x.sdt"));
+        String::from_utf8(p.out).unwrap()
+    }
+
+    #[test]
+    fn progress_is_plain_lines_off_a_terminal() {
+        let plain = progress_text(false);
+        assert!(
+            !plain.contains('\r') && !plain.contains('\x1b'),
+            "{plain:?}"
+        );
+        let lines: Vec<&str> = plain.lines().collect();
+        assert_eq!(lines.len(), 3, "{plain:?}");
+        assert!(lines[0].starts_with("  [1/4] run: step 1/2 ("));
+        assert!(lines[1].starts_with("  [1/4] run: step 2/2 ("));
+        assert_eq!(lines[2], "  [1/4] run -> x.sdt");
+        // On a terminal the line is redrawn in place and ends once.
+        let tty = progress_text(true);
+        assert_eq!(tty.matches('\r').count(), 2);
+        assert_eq!(tty.matches('\n').count(), 1);
+    }
 }

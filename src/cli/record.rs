@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 pub const RECORD_HELP: &str = "\
 Capture (--capture): light (default: full payloads for noise.*, text.*, sampler.*, image;
 sketches for every model probe), full, stats, sketch, off, or rules GLOB[@STEPS]=LEVEL[:CODEC]
-separated by commas, added to light or to a preset named first: 'full,*.probs=off',
-'unet.up_blocks.*@0-4=full:zstd'. Attention q/k/v and probabilities are recorded only when a
-rule names them (*.to_q, *.probs).
+separated by commas, added to light or to a preset named first: 'sketch,sampler.*=full',
+'unet.up_blocks.*@0-4=full:zstd'. Attention q/k/v and probabilities are recorded only by rules
+whose pattern ends in their name (*.to_q, *.to_?, *.attn1.probs); broad rules such as unet.*=full
+or *=sketch, and every preset, leave them off.
 
 Exit codes:
   0  the run completed; trace and PNG written

@@ -12,8 +12,8 @@ use std::time::Instant;
 pub const SWEEP_HELP: &str = "\
 Sizes: comma-separated items, each N (NxN), WxH, or A..B/STEP (squares from A to B, both
 included, every STEP pixels): --sizes 384..1024/64, --sizes 512,576,832x640. Every size must be
-a multiple of 8. The record flags apply to every run; -o names the folder (created), which gets
-one WxH.sdt (and WxH.png) per size. One seed serves every run (a random one is picked once when
+a multiple of 8. The record flags apply to every run; -o DIR names a folder (created if
+missing; an existing file is refused), which gets one WxH.sdt (and WxH.png) per size. One seed serves every run (a random one is picked once when
 none is given).
 
 Exit codes: 0 every run completed; 2 bad usage (nothing recorded); 4 stopped by Ctrl-C or
@@ -83,6 +83,12 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
     if dir.extension().is_some_and(|e| e == "sdt") {
         bail!(
             "sweep -o {}: names a folder for the traces, not a .sdt file",
+            dir.display()
+        );
+    }
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "sweep -o {}: is a file; -o names a folder for the traces (one WxH.sdt per size)",
             dir.display()
         );
     }

@@ -6,7 +6,8 @@
 //! Transformer2DModel) and inside each transformer block `…transformer_blocks.k.attn1`, `attn2`,
 //! `ff`; `down_blocks.i.downsamplers.0`, `down_blocks.i` (the block's output), the same under
 //! `mid_block` and `up_blocks.i` (with `upsamplers.0`), `conv_norm_out`, `conv_out`. Finer points
-//! exist only where a capture rule names them: `…attnN.to_q`, `to_k`, `to_v` and, for the `full`
+//! exist only where a capture rule names them (its pattern ends in the name; see
+//! [`crate::probe::names_fine_points`]): `…attnN.to_q`, `to_k`, `to_v` and, for the `full`
 //! attention implementation, `…attnN.probs`.
 
 use super::attention::{AttentionImpl, Chunking, Gelu, Numerics, attend};
@@ -883,18 +884,14 @@ impl UNet {
     /// Sinusoidal timestep features, computed in f32 and cast to the model dtype (diffusers'
     /// `Timesteps` + `t_emb.to(dtype)`).
     fn time_features(&self, batch: usize, timestep: f64, device: &Device) -> Result<Tensor> {
-        let half = self.config.blocks[0].out_channels / 2;
-        let exponent =
-            (Tensor::arange(0u32, half as u32, device)?.to_dtype(DType::F32)? * -(10000f64.ln()))?;
-        let freqs = (exponent / (half as f64 - self.config.freq_shift))?.exp()?;
-        let t = Tensor::full(timestep as f32, (batch, 1), device)?;
-        let emb = t.broadcast_mul(&freqs.unsqueeze(0)?)?;
-        let (sin, cos) = (emb.sin()?, emb.cos()?);
-        let emb = if self.config.flip_sin_to_cos {
-            Tensor::cat(&[&cos, &sin], 1)?
-        } else {
-            Tensor::cat(&[&sin, &cos], 1)?
-        };
+        let emb = timestep_features(
+            self.config.blocks[0].out_channels,
+            self.config.freq_shift,
+            self.config.flip_sin_to_cos,
+            batch,
+            timestep,
+            device,
+        )?;
         Ok(emb.to_dtype(self.dtype)?)
     }
 
@@ -981,5 +978,112 @@ impl UNet {
             &self.conv_norm_out.forward(&x, false)?,
         )?;
         observe(probe, &self.keys[3], &self.conv_out.forward(&x.silu()?)?)
+    }
+}
+
+/// diffusers' `get_timestep_embedding` for one timestep, in f32 and in torch's order of
+/// operations: `exponent = -ln(10000) · arange(half)` (the scalar rounded to f32), divided by
+/// `half − shift` (a true f32 division, as PyTorch's CPU kernel does: multiplying by the
+/// reciprocal instead rounds 34 of SD's 160 exponents differently, which at t = 999 moves sine
+/// arguments by up to 6·10⁻⁵), `exp`, times `t`, then `[cos, sin]` (`flip_sin_to_cos`) or `[sin, cos]`. An odd `dim`
+/// gets a zero column, as diffusers pads. Returns `[batch, dim]` f32.
+pub(crate) fn timestep_features(
+    dim: usize,
+    shift: f64,
+    flip_sin_to_cos: bool,
+    batch: usize,
+    timestep: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let exponent =
+        (Tensor::arange(0u32, half as u32, device)?.to_dtype(DType::F32)? * -(10000f64.ln()))?;
+    let divisor = Tensor::full((half as f64 - shift) as f32, half, device)?;
+    let freqs = exponent.div(&divisor)?.exp()?;
+    let t = Tensor::full(timestep as f32, (batch, 1), device)?;
+    let emb = t.broadcast_mul(&freqs.unsqueeze(0)?)?;
+    let (sin, cos) = (emb.sin()?, emb.cos()?);
+    let mut parts = if flip_sin_to_cos {
+        vec![cos, sin]
+    } else {
+        vec![sin, cos]
+    };
+    if dim % 2 == 1 {
+        parts.push(Tensor::zeros((batch, 1), DType::F32, device)?);
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// diffusers' `get_timestep_embedding(t, 320, flip_sin_to_cos=True, downscale_freq_shift=0)`
+    /// written out in scalar f32, one torch op after another.
+    fn torch_order(t: f32, dim: usize, divide: bool) -> Vec<f32> {
+        let half = dim / 2;
+        let scale = -(10000f64.ln()) as f32;
+        let args: Vec<f32> = (0..half)
+            .map(|i| {
+                let exponent = i as f32 * scale;
+                let e = if divide {
+                    exponent / half as f32
+                } else {
+                    exponent * (1.0 / half as f32)
+                };
+                t * e.exp()
+            })
+            .collect();
+        let cos = args.iter().map(|a| a.cos());
+        let sin = args.iter().map(|a| a.sin());
+        cos.chain(sin).collect()
+    }
+
+    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+        let d: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+            .sum();
+        let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+        (d / n).sqrt()
+    }
+
+    #[test]
+    fn timestep_features_follow_torch_arithmetic() {
+        let dev = Device::Cpu;
+        let (mut ours, mut torch, mut recip) = (Vec::new(), Vec::new(), Vec::new());
+        for t in [0.0, 1.0, 77.25, 499.0, 981.3, 999.0] {
+            let f = timestep_features(320, 0.0, true, 2, t, &dev).unwrap();
+            assert_eq!(f.dims(), [2, 320]);
+            let rows = f.to_vec2::<f32>().unwrap();
+            assert_eq!(rows[0], rows[1]);
+            let want = torch_order(t as f32, 320, true);
+            let worst = rows[0]
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "t={t}: max |ours − torch order| {worst:e}");
+            ours.extend_from_slice(&rows[0]);
+            torch.extend(want);
+            recip.extend(torch_order(t as f32, 320, false));
+        }
+        let err = rel_l2(&ours, &torch);
+        let recip_err = rel_l2(&recip, &torch);
+        eprintln!("relative L2 vs torch order: ours {err:.2e}, reciprocal {recip_err:.2e}");
+        assert!(err < 1e-7, "{err:e}");
+        // The test tells the two apart: multiplying by the reciprocal is measurably off.
+        assert!(recip_err > 1e-6, "{recip_err:e}");
+        // t = 0: cos 0 = 1 in the first half, sin 0 = 0 in the second.
+        let zero = timestep_features(320, 0.0, true, 1, 0.0, &dev).unwrap();
+        let zero = zero.to_vec2::<f32>().unwrap().remove(0);
+        assert!(zero[..160].iter().all(|&v| v == 1.0) && zero[160..].iter().all(|&v| v == 0.0));
+        // Without the flip sine comes first; an odd width is padded with a zero column.
+        let odd = timestep_features(7, 1.0, false, 1, 3.0, &dev).unwrap();
+        let odd = odd.to_vec2::<f32>().unwrap().remove(0);
+        assert_eq!(odd.len(), 7);
+        assert_eq!(odd[0], 3f32.sin());
+        assert_eq!(odd[6], 0.0);
     }
 }

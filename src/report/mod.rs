@@ -5,8 +5,8 @@
 //! so the same inputs always give the same bytes (tests compare them directly). Shared tables
 //! (per-key rows, failing records) are computed here once. The JSON schema is versioned
 //! ([`REPORT_SCHEMA`]) and documented in `docs/REPORT.md`. Data a [`Comparison`] does not hold
-//! (the final images, for the HTML report) is read by the caller and passed in as plain data
-//! ([`ReportImages`]).
+//! (for the HTML report: the final images, and which noise elements differ) is read by the
+//! caller and passed in as plain data ([`ReportExtras`]: [`ReportImages`], [`ReportNoise`]).
 
 pub(crate) mod html;
 mod junit;
@@ -19,7 +19,10 @@ pub use junit::render_junit;
 pub use markdown::render_markdown;
 pub use text::render_text;
 
-use crate::analysis::{Comparison, Judgement, Required, Status};
+use crate::analysis::decode_all;
+use crate::analysis::noise::{element_agrees, is_noise_key};
+use crate::analysis::{Comparison, Judgement, Required, Status, VerdictClass};
+use crate::dtype::DType;
 use crate::image::ImageTensor;
 use serde_json::{Value, json};
 
@@ -52,19 +55,177 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// Render in `format`; `images` (the two final images) are shown by the HTML report only.
-pub fn render(
-    format: Format,
-    c: &Comparison,
-    j: &Judgement,
-    images: Option<&ReportImages>,
-) -> String {
+/// Render in `format`; `extras` (final images, noise picture) are shown by the HTML report only.
+pub fn render(format: Format, c: &Comparison, j: &Judgement, extras: &ReportExtras) -> String {
     match format {
         Format::Text => render_text(c, j),
         Format::Json => serde_json::to_string_pretty(&report_json(c, j)).unwrap_or_default() + "\n",
         Format::Markdown => render_markdown(c, j),
         Format::Junit => render_junit(c, j),
-        Format::Html => render_html(c, j, images),
+        Format::Html => render_html(c, j, extras),
+    }
+}
+
+/// What the HTML report shows beyond the comparison, read from the two traces by the caller.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReportExtras {
+    /// The two final images and their amplified difference.
+    pub images: Option<ReportImages>,
+    /// Which elements of the pictured noise record ([`noise_picture_record`]) differ.
+    pub noise: Option<ReportNoise>,
+}
+
+/// The noise record the HTML report pictures, when it pictures one: the first noise record
+/// (`noise.*`, `sampler.noise`) that is not bit-identical; else, for a noise/RNG verdict, the
+/// first noise record.
+pub fn noise_picture_record(c: &Comparison, j: &Judgement) -> Option<usize> {
+    let noise = || {
+        c.records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| is_noise_key(&r.key))
+    };
+    noise()
+        .find(|(_, r)| r.bit_identical == Some(false))
+        .or_else(|| {
+            noise()
+                .next()
+                .filter(|_| j.verdict.class == VerdictClass::NoiseRng)
+        })
+        .map(|(i, _)| i)
+}
+
+/// Why two noise payloads cannot be pictured.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NoisePictureError {
+    #[error("the noise shapes differ ({a:?} vs {b:?})")]
+    Shapes { a: Vec<u64>, b: Vec<u64> },
+    #[error("the noise payload of {side} holds {got} values for shape {shape:?}")]
+    Length {
+        side: char,
+        shape: Vec<u64>,
+        got: usize,
+    },
+}
+
+/// How one noise element of A compares with B's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ElementMatch {
+    Identical = 0,
+    /// Within the noise diagnosis' agreement tolerance, not bit-identical.
+    Close = 1,
+    Differs = 2,
+}
+
+/// Buckets of the flat-index strip of [`ReportNoise`].
+pub const NOISE_STRIP: usize = 720;
+
+/// Which elements of two noise tensors differ, for the HTML report's picture: batch item 0
+/// element by element (its channels side by side), and the whole tensor along the flat index,
+/// where a GPU RNG wave shows as an agreeing prefix and a differing tail. Agreement is the
+/// noise diagnosis' ([`element_agrees`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportNoise {
+    /// The record pictured, e.g. `noise.initial` or `step 3 sampler.noise`.
+    pub label: String,
+    pub shape: Vec<u64>,
+    /// Batch item 0: channels × height × width (a tensor of rank < 3 is one channel; rank 1
+    /// one row).
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Batch item 0, channel-major.
+    pub map: Vec<ElementMatch>,
+    /// The whole tensor in flat-index order, in at most [`NOISE_STRIP`] equal runs: the
+    /// fraction of each run's elements that differ.
+    pub strip: Vec<f32>,
+    pub count: u64,
+    pub identical: u64,
+    pub differing: u64,
+    /// Flat index of the first element that differs; the elements before it agree.
+    pub first_differing: Option<u64>,
+}
+
+impl ReportNoise {
+    /// Compare two noise payloads (little-endian values of `dtype`, the trace's payload bytes).
+    pub fn from_payloads(
+        label: &str,
+        (dtype_a, shape_a, a): (DType, &[u64], &[u8]),
+        (dtype_b, shape_b, b): (DType, &[u64], &[u8]),
+    ) -> Result<Self, NoisePictureError> {
+        if shape_a != shape_b {
+            return Err(NoisePictureError::Shapes {
+                a: shape_a.to_vec(),
+                b: shape_b.to_vec(),
+            });
+        }
+        let count = shape_a
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .unwrap_or(u64::MAX);
+        let (va, vb) = (decode_all(dtype_a, a), decode_all(dtype_b, b));
+        for (side, v) in [('A', &va), ('B', &vb)] {
+            if v.len() as u64 != count {
+                return Err(NoisePictureError::Length {
+                    side,
+                    shape: shape_a.to_vec(),
+                    got: v.len(),
+                });
+            }
+        }
+        let dim = |k: usize| shape_a.get(k).map_or(1, |&d| d as usize);
+        let rank = shape_a.len();
+        let (channels, height, width) = match rank {
+            0 => (1, 1, 1),
+            1 => (1, 1, dim(0)),
+            2 => (1, dim(0), dim(1)),
+            _ => (dim(rank - 3), dim(rank - 2), dim(rank - 1)),
+        };
+        let item = (channels * height * width).min(va.len());
+        let matched = |(&x, &y): (&f64, &f64)| {
+            if x.to_bits() == y.to_bits() {
+                ElementMatch::Identical
+            } else if element_agrees(x, y) {
+                ElementMatch::Close
+            } else {
+                ElementMatch::Differs
+            }
+        };
+        let map: Vec<ElementMatch> = va[..item].iter().zip(&vb[..item]).map(matched).collect();
+        let n = va.len();
+        let runs = n.clamp(1, NOISE_STRIP);
+        let mut strip = vec![0f32; runs];
+        let (mut identical, mut differing, mut first_differing) = (0u64, 0u64, None);
+        for (i, m) in va.iter().zip(&vb).map(matched).enumerate() {
+            match m {
+                ElementMatch::Identical => identical += 1,
+                ElementMatch::Close => {}
+                ElementMatch::Differs => {
+                    differing += 1;
+                    first_differing.get_or_insert(i as u64);
+                    strip[(i as u128 * runs as u128 / n as u128) as usize] += 1.0;
+                }
+            }
+        }
+        // Run r holds the elements i with ⌊i·runs/n⌋ = r.
+        let first_of = |r: usize| (r as u128 * n as u128).div_ceil(runs as u128);
+        for (r, v) in strip.iter_mut().enumerate() {
+            *v /= (first_of(r + 1) - first_of(r)).max(1) as f32;
+        }
+        Ok(ReportNoise {
+            label: label.to_string(),
+            shape: shape_a.to_vec(),
+            channels,
+            height,
+            width,
+            map,
+            strip,
+            count: n as u64,
+            identical,
+            differing,
+            first_differing,
+        })
     }
 }
 
@@ -454,7 +615,7 @@ pub(crate) mod fixture {
     use crate::analysis::*;
     use crate::trace::RunHeader;
 
-    fn rec(step: Option<u32>, key: &str, order: u64, rel: f64) -> PairRecord {
+    pub fn rec(step: Option<u32>, key: &str, order: u64, rel: f64) -> PairRecord {
         let identical = rel == 0.0;
         PairRecord {
             step,
