@@ -27,6 +27,10 @@ Generators (--rng, and the entries of --compare): sdtrace, torch-cpu (or cpu),
 torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD or CARD alone, a1111-nv (or nv), file:PATH,
 device (needs --device cuda or metal).
 
+--compare prints one row per size and pair, then one line per pair: from the generators'
+definitions where they say it (\"gtx1070 vs t4: agree up to 696×696, differ from 704×704\",
+\"cpu vs gtx1070: differ at every size (different generators)\"), else from the sizes compared.
+
 Examples:
   sdtrace noise --rng torch-cuda:gtx1070 --seed 1744694513 --size 768x768 -o x_T.npy
   sdtrace noise --compare gtx1070,t4,p2000,cpu --seed 1744694513 --sizes 384..1024/64

@@ -695,12 +695,12 @@ impl RecordArgs {
         if self.png.is_some() {
             bail!("sweep names each PNG after its trace: leave out --png (or pass --no-png)");
         }
+        // Read (and check) the infotext once before any run, so that a refusal, such as a
+        // missing generator choice, comes before the folder is made.
+        let from_infotext = infotext_of(self)?.and_then(|(_, _, s)| s.seed);
         let mut seed = self.seed;
-        if seed.is_none() || seed == Some(-1) {
-            let from_infotext = infotext_of(self)?.and_then(|(_, _, s)| s.seed);
-            if from_infotext.is_none() || seed == Some(-1) {
-                seed = Some(seed_of(-1)? as i64);
-            }
+        if (seed.is_none() && from_infotext.is_none()) || seed == Some(-1) {
+            seed = Some(seed_of(-1)? as i64);
         }
         Ok(sizes
             .iter()
