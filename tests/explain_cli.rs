@@ -175,3 +175,45 @@ fn bad_inputs_name_the_file() {
         "{err}"
     );
 }
+
+/// PNGs `sdtrace record` wrote name their generator: an emulated card is read back from the
+/// `sdtrace RNG` field, so no --cards is needed.
+#[test]
+fn sdtrace_pngs_name_their_cards() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model("explain-test-model");
+    let record = |choice: &[&str], name: &str| {
+        let out = dir.path().join(format!("{name}.sdt"));
+        let o = sdtrace()
+            .arg("record")
+            .arg("--model")
+            .arg(model)
+            .args(["--size", "64x64", "--steps", "1", "--seed", "7", "-q"])
+            .args(["--prompt", "a house"])
+            .args(choice)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out.with_extension("png")
+    };
+    let gtx = record(&["--card", "gtx1070"], "gtx1070");
+    let t4 = record(&["--card", "t4"], "t4");
+    let cpu = record(&["--rng", "torch-cpu"], "cpu");
+    let (c, out, err) = explain(&gtx, &t4, &[]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(
+        out.contains("A: GPU, emulated by sdtrace as torch-cuda:gtx1070")
+            && out.contains("gtx1070 and t4 agree up to 696x696")
+            && out.contains("within it: the same noise"),
+        "{out}"
+    );
+    assert!(out.contains("A: ") && out.contains("(sdtrace)"), "{out}");
+    let (c, out, _) = explain(&gtx, &cpu, &[]);
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("gtx1070 and cpu are different generators"),
+        "{out}"
+    );
+}
