@@ -550,10 +550,8 @@ impl InfotextParams {
         {
             extra.push(("ENSD".to_string(), ensd.to_string()));
         }
-        match s.rng.as_deref() {
-            Some("torch-cpu") => extra.push(("RNG".to_string(), "CPU".to_string())),
-            Some("a1111-nv") => extra.push(("RNG".to_string(), "NV".to_string())),
-            _ => {}
+        if let Some(rng) = rng_fields(s) {
+            extra.push(rng);
         }
         Ok(InfotextParams {
             prompt: s.prompt.clone().unwrap_or_default(),
@@ -569,6 +567,48 @@ impl InfotextParams {
             clip_skip,
             extra,
         })
+    }
+}
+
+/// The infotext field that names a run's generator: the webui's `RNG: CPU` / `RNG: NV`; for
+/// PyTorch's CUDA noise (the webui's default GPU source, which it writes no field for) and for
+/// generators the webui does not have, `sdtrace RNG` ([`crate::params::SDTRACE_RNG_KEY`]),
+/// which the webui ignores and sdtrace reads back: the spec, then a note saying what the webui
+/// would draw.
+fn rng_fields(s: &Settings) -> Option<(String, String)> {
+    let rng = s.rng.as_deref()?;
+    let preset = s
+        .extra
+        .get("rng_params")
+        .and_then(|r| r["params"]["preset"].as_str())
+        .and_then(crate::sampling::rng::presets::find);
+    let ours = |v: String| Some((crate::params::SDTRACE_RNG_KEY.to_string(), v));
+    match rng {
+        "torch-cpu" => Some(("RNG".into(), "CPU".into())),
+        "a1111-nv" => Some(("RNG".into(), "NV".into())),
+        "sdtrace" => {
+            ours("sdtrace (sdtrace's own generator; the webui cannot redraw this noise)".into())
+        }
+        "device" => {
+            ours("device (candle's own GPU generator; the webui cannot redraw this noise)".into())
+        }
+        r if r.starts_with("torch-cuda:") => match preset {
+            Some(p) => ours(format!(
+                "torch-cuda:{} (the webui's GPU source, as drawn on a {})",
+                p.name, p.card
+            )),
+            None => {
+                let arg = &r["torch-cuda:".len()..];
+                let (sms, threads) = arg.split_once(',').unwrap_or((arg, "2048"));
+                ours(format!(
+                    "{r} (the webui's GPU source, as drawn on a card of {sms} SMs × {threads} threads)"
+                ))
+            }
+        },
+        r if r.starts_with("file:") => ours(format!(
+            "{r} (noise read from a file; the webui cannot redraw it)"
+        )),
+        _ => None,
     }
 }
 
@@ -1182,6 +1222,38 @@ mod tests {
         let p = InfotextParams::from_settings(&s, 32, 48).unwrap();
         let text = infotext(&p);
         assert!(text.ends_with("ENSD: 31337, RNG: CPU"), "{text}");
+        // Generators the webui has no field for are named where the webui does not look.
+        s.extra.remove("rng_params");
+        for (rng, preset, want) in [
+            ("a1111-nv", None, "RNG: NV"),
+            (
+                "torch-cuda:15,2048",
+                Some("gtx1070"),
+                "sdtrace RNG: \"torch-cuda:gtx1070 (the webui's GPU source, as drawn on a GeForce GTX 1070)\"",
+            ),
+            (
+                "torch-cuda:12,1024",
+                None,
+                "sdtrace RNG: \"torch-cuda:12,1024 (the webui's GPU source, as drawn on a card of 12 SMs × 1024 threads)\"",
+            ),
+            (
+                "sdtrace",
+                None,
+                "sdtrace RNG: sdtrace (sdtrace's own generator",
+            ),
+        ] {
+            s.rng = Some(rng.into());
+            if let Some(p) = preset {
+                s.extra.insert(
+                    "rng_params".into(),
+                    serde_json::json!({"params": {"preset": p}}),
+                );
+            }
+            let text = infotext(&InfotextParams::from_settings(&s, 32, 48).unwrap());
+            assert!(text.contains(want), "{rng}: {text}");
+            assert!(!text.contains("RNG: CPU"), "{rng}: {text}");
+            s.extra.remove("rng_params");
+        }
         s.cfg_scale = None;
         s.seed = None;
         let e = InfotextParams::from_settings(&s, 1, 1)

@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod dtype;
+pub mod explain;
 pub mod export;
 pub mod glob;
 pub mod host;

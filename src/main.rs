@@ -91,6 +91,11 @@ enum Command {
     /// size by size, without a model
     #[command(after_help = cli::noise::NOISE_HELP)]
     Noise(cli::noise::NoiseArgs),
+    /// Compare the generation parameters of two images (webui, Forge, ComfyUI, sdtrace PNGs):
+    /// every setting that differs, and whether their noise can agree, from which size it cannot,
+    /// and the fix. No model needed
+    #[command(after_help = cli::explain::EXPLAIN_HELP)]
+    Explain(cli::explain::ExplainArgs),
     /// Write a deterministic random-weight model in the diffusers folder layout, or as one
     /// single-file LDM checkpoint (tests, demos, benchmarks; no download)
     #[command(after_help = EXIT_CODES)]
@@ -376,6 +381,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sweep(args) => cli::sweep::run(args),
         Command::Demo(args) => cli::demo::run(args),
         Command::Noise(args) => cli::noise::run(args),
+        Command::Explain(args) => cli::explain::run(args),
         Command::Info {
             trace,
             verify,

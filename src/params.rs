@@ -10,9 +10,202 @@
 //! the typed fields are errors that name the field. The caller decides precedence: flags given
 //! on the command line win over the infotext, which wins over the defaults.
 //! [`parameters_of_png`] finds the `parameters` text of an A1111 PNG.
+//!
+//! The generator: the webui writes `RNG: CPU` or `RNG: NV` and no `RNG` field for its default
+//! source, the GPU, whose noise depends on the card. An infotext without a generator sdtrace can
+//! use sets [`InfotextSettings::gpu_source`] and is listed as not applied, so that the caller can
+//! ask for the card instead of guessing. The PNGs sdtrace writes add `sdtrace RNG` (a field the
+//! webui ignores: [`SDTRACE_RNG_KEY`]) for the generators the webui has no name for, and it is
+//! read back here, so a recording's PNG names its own generator.
+//!
+//! [`resolve_sampler`] reads a `--sampler` value: sdtrace's names or the webui's (with and
+//! without a schedule), through the same table the infotext's Sampler field goes through
+//! ([`crate::image::sampler_from_a1111`]); unknown names get the nearest known one.
 
-use crate::image::{ImageError, PARAMETERS_KEY, parse_infotext, png_text};
+use crate::image::{ImageError, PARAMETERS_KEY, parse_infotext, png_text, sampler_from_a1111};
 use crate::sampling::{RngSpec, SamplerKind};
+
+/// The infotext field sdtrace writes for the generator when the webui's `RNG` field cannot say
+/// it: `torch-cuda:CARD (…)` (the webui's GPU source, emulated for that card), `sdtrace (…)`,
+/// `file:PATH (…)`, `device (…)`. The value is the `--rng` spec, then a space and a
+/// parenthesised note for people.
+pub const SDTRACE_RNG_KEY: &str = "sdtrace RNG";
+
+/// The `--rng` spec of an `sdtrace RNG` value (the text before the parenthesised note).
+pub fn sdtrace_rng_value(value: &str) -> Option<RngSpec> {
+    let v = value.trim();
+    let spec = match v.rsplit_once(" (") {
+        Some((spec, _)) if v.ends_with(')') => spec,
+        _ => v,
+    };
+    spec.trim().parse().ok()
+}
+
+/// Errors of reading a sampler name.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SamplerNameError {
+    #[error("unknown sampler '{name}'{} ({})", suggestion.as_ref().map_or(String::new(), |s| format!("; did you mean '{s}'?")), known_samplers())]
+    Unknown {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("the webui's sampler '{name}'{} has no sdtrace equivalent ({})", schedule.as_ref().map_or(String::new(), |s| format!(" with schedule type '{s}'")), known_samplers())]
+    Unsupported {
+        name: String,
+        schedule: Option<String>,
+    },
+    #[error(
+        "'{name}' is sdtrace's name and includes its schedule; a schedule type goes with the webui's names, e.g. \"DPM++ 2M\" with schedule karras"
+    )]
+    ScheduleWithOurName { name: String },
+    #[error(
+        "'{name}' already names the schedule {named}; leave out the schedule type '{given}' or name the sampler without it"
+    )]
+    TwoSchedules {
+        name: String,
+        named: String,
+        given: String,
+    },
+}
+
+/// The webui's names of the samplers sdtrace has, without a schedule.
+const WEBUI_BASES: [&str; 4] = ["DPM++ 2M", "Euler a", "Euler", "DDIM"];
+
+/// The webui's combined names of the samplers sdtrace has (as written before webui 1.9).
+const WEBUI_NAMES: [&str; 5] = ["DPM++ 2M Karras", "DPM++ 2M", "Euler a", "Euler", "DDIM"];
+
+/// Schedules the webui writes after a sampler's name before 1.9 (and `Schedule type` after).
+const NAMED_SCHEDULES: [&str; 3] = ["Karras", "Uniform", "Automatic"];
+
+/// Samplers of the webui sdtrace does not have (for a clear refusal instead of a suggestion).
+const WEBUI_OTHERS: [&str; 20] = [
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Heun",
+    "DPM++ 2S a",
+    "DPM++ 3M SDE",
+    "DPM++ SDE",
+    "DPM2",
+    "DPM2 a",
+    "DPM fast",
+    "DPM adaptive",
+    "LMS",
+    "Heun",
+    "Restart",
+    "PLMS",
+    "UniPC",
+    "LCM",
+    "Euler CFG++",
+    "DDIM CFG++",
+    "DPM++ 2M CFG++",
+    "DEIS",
+    "IPNDM",
+];
+
+/// The sampler names `--sampler` takes, for messages.
+pub fn known_samplers() -> String {
+    format!(
+        "sdtrace's names: {}; the webui's: DPM++ 2M Karras, DPM++ 2M (schedule karras or uniform), Euler a, Euler, DDIM",
+        SamplerKind::ALL.map(|k| k.name()).join(", ")
+    )
+}
+
+/// Levenshtein distance over characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The candidate nearest to `word` (case-insensitive), when it is within half its length.
+pub fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let w = word.trim().to_lowercase();
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&w, &c.to_lowercase()), *c))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, c)| 2 * d <= c.chars().count())
+        .map(|(_, c)| c)
+}
+
+/// Case-insensitive match of `name` in `list`.
+fn find_ci<'a>(name: &str, list: &[&'a str]) -> Option<&'a str> {
+    list.iter().copied().find(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// The sampler a `--sampler` value names: sdtrace's names (`dpmpp-2m-karras`, …) or the
+/// webui's in any case, combined (`DPM++ 2M Karras`) or with `schedule` (the webui's `Schedule
+/// type`: `DPM++ 2M` + `karras`). A plain `DPM++ 2M` is the uniform schedule, as in the webui
+/// before 1.9 and in its infotexts; `automatic` is the webui's default for that sampler.
+///
+/// # Errors
+/// An unknown name (with the nearest known one), a webui sampler sdtrace does not have, or a
+/// schedule given twice or with one of sdtrace's names.
+pub fn resolve_sampler(
+    name: &str,
+    schedule: Option<&str>,
+) -> Result<SamplerKind, SamplerNameError> {
+    let t = name.trim();
+    let schedule = schedule.map(str::trim).filter(|s| !s.is_empty());
+    if let Ok(kind) = t.parse::<SamplerKind>() {
+        return match schedule {
+            None => Ok(kind),
+            Some(_) => Err(SamplerNameError::ScheduleWithOurName { name: t.into() }),
+        };
+    }
+    // A trailing schedule word, as the webui wrote names before 1.9.
+    let lower = t.to_lowercase();
+    let split = NAMED_SCHEDULES.iter().find_map(|s| {
+        let suffix = format!(" {}", s.to_lowercase());
+        lower
+            .strip_suffix(&suffix)
+            .map(|_| (t[..t.len() - suffix.len()].trim_end(), *s))
+    });
+    let (base, schedule) = match (split, schedule) {
+        (Some((_, named)), Some(given)) if !named.eq_ignore_ascii_case(given) => {
+            return Err(SamplerNameError::TwoSchedules {
+                name: t.into(),
+                named: named.into(),
+                given: given.into(),
+            });
+        }
+        (Some((base, named)), _) => (base, Some(named.to_string())),
+        (None, given) => (t, given.map(str::to_string)),
+    };
+    if let Some(webui) = find_ci(base, &WEBUI_BASES) {
+        return sampler_from_a1111(webui, schedule.as_deref())
+            .and_then(|ours| ours.parse().ok())
+            .ok_or_else(|| SamplerNameError::Unsupported {
+                name: webui.into(),
+                schedule,
+            });
+    }
+    if let Some(other) = find_ci(base, &WEBUI_OTHERS).or_else(|| find_ci(t, &WEBUI_OTHERS)) {
+        return Err(SamplerNameError::Unsupported {
+            name: other.into(),
+            schedule,
+        });
+    }
+    if schedule.is_some() && SamplerKind::ALL.iter().any(|k| k.name() == base) {
+        return Err(SamplerNameError::ScheduleWithOurName { name: base.into() });
+    }
+    let ours = SamplerKind::ALL.map(|k| k.name());
+    let candidates: Vec<&str> = ours.iter().chain(WEBUI_NAMES.iter()).copied().collect();
+    Err(SamplerNameError::Unknown {
+        name: t.into(),
+        suggestion: nearest(t, &candidates).map(str::to_string),
+    })
+}
 
 /// One infotext field as applied or set aside.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,10 +242,18 @@ pub struct InfotextSettings {
     pub rng: Option<RngSpec>,
     /// `ENSD` for a sampler that draws noise after the initial one.
     pub ensd: Option<u64>,
+    /// The infotext gives no generator sdtrace can use: the webui drew its noise with its
+    /// default source, the GPU (no `RNG` field, or `RNG: GPU`), or with a source sdtrace does
+    /// not know. GPU noise depends on the card, so the caller asks for one (`--card`) or for the
+    /// CPU (`--rng torch-cpu`) instead of guessing.
+    pub gpu_source: bool,
     pub applied: Vec<Field>,
     pub not_applied: Vec<Field>,
     pub unknown: Vec<Field>,
 }
+
+/// What an infotext without a usable generator needs from the command line.
+pub const RNG_CHOICE: &str = "the webui's GPU source, whose noise depends on the card: give --card NAME|SMS,THREADS (or --rng torch-cuda:…) for the card that made the image, or --rng torch-cpu if the webui's source was CPU";
 
 /// Fields the webui writes that describe a run but have no `sdtrace record` setting, and why.
 fn not_applied_reason(key: &str, sampler: Option<SamplerKind>) -> Option<String> {
@@ -65,9 +266,7 @@ fn not_applied_reason(key: &str, sampler: Option<SamplerKind>) -> Option<String>
             ),
             None => "not a whole number".into(),
         },
-        "RNG" => "the webui's GPU generator depends on the card: give --rng torch-cuda:CARD \
-                  (e.g. gtx1070, t4) or --rng device on that GPU"
-            .into(),
+        "RNG" => RNG_CHOICE.into(),
         "Version" => "the webui version that made the image (kept in the header)".into(),
         "VAE" | "VAE hash" => "the VAE comes from the model".into(),
         "Schedule type" => "read together with Sampler".into(),
@@ -146,6 +345,7 @@ impl InfotextSettings {
             }
             _ => {}
         }
+        let mut ours_rng: Option<(String, Option<RngSpec>)> = None;
         for (key, value) in &p.params {
             let applied = match key.as_str() {
                 "Steps" => p.steps.map(|s| {
@@ -218,13 +418,25 @@ impl InfotextSettings {
                     let spec = match value.trim() {
                         "CPU" => Some(RngSpec::TorchCpu),
                         "NV" => Some(RngSpec::A1111Nv),
-                        _ => None,
+                        "GPU" => None,
+                        other => {
+                            out.not_applied.push(field(
+                                key,
+                                value,
+                                format!("'{other}' is none of the webui's sources (GPU, CPU, NV); {RNG_CHOICE}"),
+                            ));
+                            continue;
+                        }
                     };
                     spec.map(|r| {
                         let note = format!("--rng {r}");
                         out.rng = Some(r);
                         note
                     })
+                }
+                SDTRACE_RNG_KEY => {
+                    ours_rng = Some((value.clone(), sdtrace_rng_value(value)));
+                    continue;
                 }
                 "Sampler" => continue,
                 _ => None,
@@ -237,15 +449,53 @@ impl InfotextSettings {
                 },
             }
         }
+        // sdtrace's own note of its generator, used when the webui's field names none.
+        if let Some((value, spec)) = ours_rng {
+            match (&out.rng, spec) {
+                (None, Some(spec)) => {
+                    out.applied.push(field(
+                        SDTRACE_RNG_KEY,
+                        &value,
+                        format!("--rng {}", rng_flag_text(&spec)),
+                    ));
+                    out.rng = Some(spec);
+                }
+                (Some(_), _) => out.not_applied.push(field(
+                    SDTRACE_RNG_KEY,
+                    &value,
+                    "the webui's RNG field wins".into(),
+                )),
+                _ => out.not_applied.push(field(
+                    SDTRACE_RNG_KEY,
+                    &value,
+                    "not a generator sdtrace knows".into(),
+                )),
+            }
+        }
+        if out.rng.is_none() {
+            out.gpu_source = true;
+            if !out.not_applied.iter().any(|f| f.key == "RNG") {
+                out.not_applied
+                    .push(field("RNG", "(absent: GPU)", RNG_CHOICE.to_string()));
+            }
+        }
         Ok(out)
     }
 
-    /// Mark the applied field `key` as overridden by the command-line flag `flag`.
+    /// Mark the applied field `key` as overridden by the command-line flag `flag` (for the
+    /// generator: say which flag settled an infotext that gave none).
     pub fn overridden(&mut self, key: &str, flag: &str) {
         if let Some(i) = self.applied.iter().position(|f| f.key == key) {
             let mut f = self.applied.remove(i);
             f.note = format!("{flag} given on the command line wins");
             self.not_applied.push(f);
+        } else if key == "RNG"
+            && self.gpu_source
+            && let Some(f) = self.not_applied.iter_mut().find(|f| f.key == "RNG")
+        {
+            f.note = format!(
+                "the webui's GPU source, whose noise depends on the card; {flag} given on the command line decides"
+            );
         }
     }
 
@@ -298,6 +548,16 @@ impl InfotextSettings {
     }
 }
 
+/// A spec as `--rng` takes it, presets by name (`torch-cuda:gtx1070`).
+pub fn rng_flag_text(spec: &RngSpec) -> String {
+    match spec {
+        RngSpec::TorchCuda {
+            preset: Some(p), ..
+        } => format!("torch-cuda:{p}"),
+        other => other.to_string(),
+    }
+}
+
 /// The `parameters` text of an A1111 PNG.
 ///
 /// # Errors
@@ -332,7 +592,19 @@ mod tests {
         assert_eq!(s.size, Some((576, 576)));
         assert_eq!(s.model_hash.as_deref(), Some("2700c435"));
         let keys = |l: &[Field]| l.iter().map(|f| f.key.clone()).collect::<Vec<_>>();
-        assert_eq!(keys(&s.not_applied), ["Model", "ENSD", "Hires upscale"]);
+        assert_eq!(
+            keys(&s.not_applied),
+            ["Model", "ENSD", "Hires upscale", "RNG"]
+        );
+        // No RNG field: the webui's GPU source, which sdtrace does not guess.
+        assert!(s.gpu_source);
+        assert_eq!(s.not_applied[3].value, "(absent: GPU)");
+        assert!(
+            s.not_applied[3].note.contains("--card")
+                && s.not_applied[3].note.contains("--rng torch-cpu"),
+            "{:?}",
+            s.not_applied
+        );
         assert!(
             s.not_applied[1].note.contains("no effect"),
             "{:?}",
@@ -353,13 +625,18 @@ mod tests {
         );
         let nv = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler a, RNG: NV").unwrap();
         assert_eq!(nv.rng, Some(RngSpec::A1111Nv));
+        assert!(!a.gpu_source && !nv.gpu_source);
         let gpu = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler a, RNG: GPU").unwrap();
         assert_eq!(gpu.rng, None);
+        assert!(gpu.gpu_source);
+        assert_eq!(gpu.not_applied.len(), 1, "{:?}", gpu.not_applied);
         assert!(
-            gpu.not_applied[0].note.contains("torch-cuda:CARD"),
+            gpu.not_applied[0].note.contains("--card NAME|SMS,THREADS"),
             "{:?}",
             gpu.not_applied
         );
+        let odd = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler a, RNG: XPU").unwrap();
+        assert!(odd.gpu_source && odd.not_applied[0].note.contains("'XPU' is none"));
         let e = InfotextSettings::parse(
             "x\nSteps: 2, Sampler: Euler, Emphasis: No norm, Downcast alphas_cumprod: True",
         )
@@ -375,6 +652,110 @@ mod tests {
             lines[0].starts_with("applied: Prompt 'a cat' (--prompt)"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn sdtrace_rng_field_names_the_generator_the_webui_cannot() {
+        let s = InfotextSettings::parse(
+            "x\nSteps: 2, Sampler: Euler, sdtrace RNG: \"torch-cuda:gtx1070 (the webui's GPU source, as drawn on a GeForce GTX 1070)\"",
+        )
+        .unwrap();
+        assert_eq!(s.rng, RngSpec::parse_card("--card", "gtx1070").ok());
+        assert!(!s.gpu_source);
+        let f = s.applied.iter().find(|f| f.key == SDTRACE_RNG_KEY).unwrap();
+        assert_eq!(f.note, "--rng torch-cuda:gtx1070");
+        let own = InfotextSettings::parse(
+            "x\nSteps: 2, Sampler: Euler, sdtrace RNG: sdtrace (sdtrace's own generator)",
+        )
+        .unwrap();
+        assert_eq!(own.rng, Some(RngSpec::Sdtrace));
+        // The webui's own field wins.
+        let both = InfotextSettings::parse(
+            "x\nSteps: 2, Sampler: Euler, RNG: CPU, sdtrace RNG: sdtrace (x)",
+        )
+        .unwrap();
+        assert_eq!(both.rng, Some(RngSpec::TorchCpu));
+        assert_eq!(both.not_applied[0].key, SDTRACE_RNG_KEY);
+        assert_eq!(
+            sdtrace_rng_value("file:a (b).npy (noise read from a file)"),
+            Some(RngSpec::File("a (b).npy".into()))
+        );
+        assert_eq!(sdtrace_rng_value("mt19937"), None);
+        // A command-line choice settles the account.
+        let mut g = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler").unwrap();
+        g.overridden("RNG", "--card");
+        assert!(
+            g.not_applied[0]
+                .note
+                .ends_with("--card given on the command line decides")
+        );
+    }
+
+    #[test]
+    fn sampler_names_of_sdtrace_and_the_webui() {
+        use SamplerKind::*;
+        for (name, schedule, want) in [
+            ("dpmpp-2m-karras", None, DpmPp2mKarras),
+            ("DPM++ 2M Karras", None, DpmPp2mKarras),
+            ("dpm++ 2m karras", None, DpmPp2mKarras),
+            ("DPM++ 2M", Some("karras"), DpmPp2mKarras),
+            ("DPM++ 2M", Some("Automatic"), DpmPp2mKarras),
+            ("DPM++ 2M Karras", Some("Karras"), DpmPp2mKarras),
+            ("DPM++ 2M", None, DpmPp2m),
+            ("DPM++ 2M", Some("uniform"), DpmPp2m),
+            ("Euler a", None, EulerA),
+            ("euler a", Some("automatic"), EulerA),
+            ("Euler", None, Euler),
+            ("euler", None, Euler),
+            ("DDIM", None, Ddim),
+        ] {
+            assert_eq!(
+                resolve_sampler(name, schedule),
+                Ok(want),
+                "{name} {schedule:?}"
+            );
+        }
+        let e = resolve_sampler("dpm++2m karas", None).unwrap_err();
+        assert_eq!(
+            e,
+            SamplerNameError::Unknown {
+                name: "dpm++2m karas".into(),
+                suggestion: Some("DPM++ 2M Karras".into())
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with("unknown sampler 'dpm++2m karas'; did you mean 'DPM++ 2M Karras'?"),
+            "{e}"
+        );
+        let e = resolve_sampler("eulr-a", None).unwrap_err().to_string();
+        assert!(
+            e.contains("; did you mean 'euler-a'? (sdtrace's names: dpmpp-2m-karras"),
+            "{e}"
+        );
+        let far = resolve_sampler("qwertyuiop", None).unwrap_err().to_string();
+        assert!(
+            !far.contains("did you mean") && far.contains("DPM++ 2M Karras"),
+            "{far}"
+        );
+        assert!(matches!(
+            resolve_sampler("DPM++ SDE Karras", None),
+            Err(SamplerNameError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            resolve_sampler("Euler", Some("Karras")),
+            Err(SamplerNameError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            resolve_sampler("dpmpp-2m", Some("karras")),
+            Err(SamplerNameError::ScheduleWithOurName { .. })
+        ));
+        assert!(matches!(
+            resolve_sampler("DPM++ 2M Karras", Some("uniform")),
+            Err(SamplerNameError::TwoSchedules { .. })
+        ));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

@@ -99,7 +99,8 @@ fn png_holds_the_pixels_and_a1111_parameters() {
         text[0].1,
         "a photo of an astronaut riding a horse\nNegative prompt: blurry, lowres\n\
          Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1001, \
-         Size: 8x8, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2"
+         Size: 8x8, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, \
+         sdtrace RNG: sdtrace (sdtrace's own generator; the webui cannot redraw this noise)"
     );
     let p = parse_infotext(&text[0].1).unwrap();
     assert_eq!(p.sampler.as_deref(), Some("dpmpp-2m-karras"));

@@ -36,7 +36,9 @@ fn the_original_reports_infotext_parses() {
     assert_eq!(s.model_hash.as_deref(), Some("2700c435"));
     assert_eq!(s.clip_skip, None);
     let not: Vec<&str> = s.not_applied.iter().map(|f| f.key.as_str()).collect();
-    assert_eq!(not, ["Model", "ENSD"]);
+    // No RNG field: the webui's GPU, which sdtrace asks about instead of guessing.
+    assert_eq!(not, ["Model", "ENSD", "RNG"]);
+    assert!(s.gpu_source);
     assert!(s.unknown.is_empty());
 }
 
@@ -226,8 +228,20 @@ const TINY: &str = "a (red:1.3) house, [blue] sky\nNegative prompt: blurry\nStep
 fn params_set_the_recording_and_are_accounted_for() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a.sdt");
-    // The infotext's model hash is checked: this is another file.
+    // No RNG field: the webui's GPU, whose noise depends on the card. Refused before any work,
+    // with both commands.
     let (c, err) = record(&["--params", TINY], &out);
+    assert_eq!(c, 2, "{err}");
+    assert!(
+        err.contains("--params: the infotext has no RNG field")
+            && err.contains("--card gtx1070")
+            && err.contains("--rng torch-cuda:SMS,THREADS")
+            && err.contains("--rng torch-cpu"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // The infotext's model hash is checked: this is another file.
+    let (c, err) = record(&["--params", TINY, "--rng", "torch-cpu"], &out);
     assert_eq!(c, 2, "{err}");
     assert!(
         err.contains("2700c435") && err.contains("--expect-hash off"),
@@ -235,11 +249,24 @@ fn params_set_the_recording_and_are_accounted_for() {
     );
     assert!(!out.exists());
     let (c, err) = record(
-        &["--params", TINY, "--expect-hash", "off", "--steps", "2"],
+        &[
+            "--params",
+            TINY,
+            "--expect-hash",
+            "off",
+            "--steps",
+            "2",
+            "--rng",
+            "torch-cpu",
+        ],
         &out,
     );
     assert_eq!(c, 0, "{err}");
     assert!(err.contains("applied: Prompt"), "{err}");
+    assert!(
+        err.contains("RNG '(absent: GPU)' (the webui's GPU source, whose noise depends on the card; --rng given on the command line decides)"),
+        "{err}"
+    );
     assert!(
         err.contains("Steps '3' (--steps given on the command line wins)"),
         "{err}"
@@ -267,11 +294,23 @@ fn params_set_the_recording_and_are_accounted_for() {
     let b = dir.path().join("b.sdt");
     let f = file.to_str().unwrap();
     let (c, err) = record(
-        &["--params-file", f, "--expect-hash", "off", "--steps", "2"],
+        &[
+            "--params-file",
+            f,
+            "--expect-hash",
+            "off",
+            "--steps",
+            "2",
+            "--rng",
+            "torch-cpu",
+        ],
         &b,
     );
     assert_eq!(c, 0, "{err}");
     let png = out.with_extension("png");
+    // The PNG says RNG: CPU, so --from-png needs no choice.
+    let text = sdtrace::params::parameters_of_png(&std::fs::read(&png).unwrap()).unwrap();
+    assert!(text.contains("RNG: CPU"), "{text}");
     let p = png.to_str().unwrap();
     let cc = dir.path().join("c.sdt");
     let (c, err) = record(&["--from-png", p, "--no-png"], &cc);
@@ -290,13 +329,23 @@ fn params_set_the_recording_and_are_accounted_for() {
     assert_eq!(c, 2, "{err}");
     assert!(err.contains("--from-png") && err.contains("PNG"), "{err}");
     let (c, err) = record(
-        &["--params", "x\nSteps: many, Sampler: Euler, Seed: 1"],
+        &[
+            "--params",
+            "x\nSteps: many, Sampler: Euler, Seed: 1",
+            "--rng",
+            "torch-cpu",
+        ],
         &dir.path().join("x.sdt"),
     );
     assert_eq!(c, 2, "{err}");
     assert!(err.contains("'Steps'") && err.contains("--params"), "{err}");
     let (c, err) = record(
-        &["--params", "x\nSteps: 2, Sampler: DPM++ SDE, Seed: 1"],
+        &[
+            "--params",
+            "x\nSteps: 2, Sampler: DPM++ SDE, Seed: 1",
+            "--card",
+            "t4",
+        ],
         &dir.path().join("x.sdt"),
     );
     assert_eq!(c, 2, "{err}");
@@ -443,4 +492,125 @@ fn a1111_batching_follows_the_webui() {
         padded.header().settings.extra["tokens"]["uncond"]["padding_chunks"],
         1
     );
+}
+
+/// The generator survives record → PNG → --from-png: the webui's names where it has them, and
+/// sdtrace's `sdtrace RNG` field (which the webui ignores) for an emulated card or sdtrace's own.
+#[test]
+fn the_png_names_its_generator_and_from_png_reads_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "--size",
+        "64x64",
+        "--steps",
+        "1",
+        "--seed",
+        "5",
+        "--prompt",
+        "a house",
+        "--sampler",
+        "euler",
+    ];
+    for (choice, field, want) in [
+        (
+            &["--card", "gtx1070"][..],
+            "sdtrace RNG: \"torch-cuda:gtx1070 (the webui's GPU source, as drawn on a GeForce GTX 1070)\"",
+            "torch-cuda:15,2048",
+        ),
+        (
+            &["--card", "12,1024"][..],
+            "sdtrace RNG: \"torch-cuda:12,1024 (",
+            "torch-cuda:12,1024",
+        ),
+        (&["--rng", "a1111-nv"][..], "RNG: NV", "a1111-nv"),
+        (
+            &["--rng", "sdtrace"][..],
+            "sdtrace RNG: sdtrace (sdtrace's own generator; the webui cannot redraw this noise)",
+            "sdtrace",
+        ),
+    ] {
+        let first = dir.path().join("first.sdt");
+        let args: Vec<&str> = base.iter().chain(choice).copied().collect();
+        let (c, err) = record(&args, &first);
+        assert_eq!(c, 0, "{err}");
+        let png = first.with_extension("png");
+        let text = sdtrace::params::parameters_of_png(&std::fs::read(&png).unwrap()).unwrap();
+        assert!(text.contains(field), "{choice:?}: {text}");
+        assert!(!text.contains("RNG: CPU"), "{choice:?}: {text}");
+        let again = dir.path().join("again.sdt");
+        let (c, err) = record(&["--from-png", png.to_str().unwrap(), "--no-png"], &again);
+        assert_eq!(c, 0, "{choice:?}: {err}");
+        let rng = |p: &Path| TraceReader::open(p).unwrap().header().settings.rng.clone();
+        assert_eq!(rng(&again).as_deref(), Some(want), "{choice:?}");
+        assert_eq!(rng(&first), rng(&again));
+        let noise = |p: &Path| {
+            let r = TraceReader::open(p).unwrap();
+            let e = r.find("noise.initial", None, 0).unwrap();
+            r.read_meta(e).unwrap().summary.bits_hash
+        };
+        assert_eq!(noise(&first), noise(&again), "{choice:?}");
+    }
+    // --card and --rng are one choice.
+    let (c, err) = record(
+        &["--card", "t4", "--rng", "torch-cpu"],
+        &dir.path().join("x.sdt"),
+    );
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("--card") && err.contains("--rng"), "{err}");
+    let (c, err) = record(&["--card", "gtx9999"], &dir.path().join("x.sdt"));
+    assert_eq!(c, 2, "{err}");
+    assert!(
+        err.contains("--card 'gtx9999'") && err.contains("gtx1070"),
+        "{err}"
+    );
+}
+
+/// `--sampler` takes the webui's names too, through the same table as the infotext's Sampler.
+#[test]
+fn sampler_takes_the_webuis_names_and_suggests_the_nearest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.sdt");
+    let (c, err) = record(
+        &[
+            "--sampler",
+            "DPM++ 2M",
+            "--schedule",
+            "karras",
+            "--size",
+            "64x64",
+            "--steps",
+            "1",
+            "--seed",
+            "1",
+            "--no-png",
+            "-q",
+        ],
+        &out,
+    );
+    assert_eq!(c, 0, "{err}");
+    let r = TraceReader::open(&out).unwrap();
+    assert_eq!(
+        r.header().settings.sampler.as_deref(),
+        Some("dpmpp-2m-karras")
+    );
+    for (args, want) in [
+        (
+            &["--sampler", "dpm++2m karas"][..],
+            "--sampler: unknown sampler 'dpm++2m karas'; did you mean 'DPM++ 2M Karras'?",
+        ),
+        (
+            &["--sampler", "DPM++ SDE Karras"][..],
+            "the webui's sampler 'DPM++ SDE' with schedule type 'Karras' has no sdtrace equivalent",
+        ),
+        (
+            &["--sampler", "dpmpp-2m", "--schedule", "karras"][..],
+            "'dpmpp-2m' is sdtrace's name and includes its schedule",
+        ),
+    ] {
+        let x = dir.path().join("x.sdt");
+        let (c, err) = record(args, &x);
+        assert_eq!(c, 2, "{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!x.exists());
+    }
 }

@@ -296,3 +296,52 @@ fn noise_from_a_file_and_its_refusals() {
     assert!(err.contains("cannot be seeded"), "{err}");
     assert!(!bad.exists());
 }
+
+#[test]
+fn noise_compare_concludes_each_pair_and_blames_compare_for_unknown_cards() {
+    let o = sdtrace()
+        .args(["noise", "--compare", "gtx1070,t4,cpu", "--sizes", "512,704"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    let tail = &lines[lines.len() - 3..];
+    assert_eq!(
+        tail,
+        [
+            "  gtx1070 vs t4: agree up to 696×696, differ from 704×704 (the first 30720 elements agree)",
+            "  gtx1070 vs cpu: differ at every size (different generators)",
+            "  t4 vs cpu: differ at every size (different generators)",
+        ],
+        "{out}"
+    );
+    let o = sdtrace()
+        .args([
+            "noise",
+            "--compare",
+            "gtx1070,t4",
+            "--sizes",
+            "512",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["conclusions"][0],
+        "gtx1070 vs t4: agree up to 696×696, differ from 704×704 (the first 30720 elements agree)"
+    );
+    // An unknown card is --compare's fault, and the known names are listed.
+    let o = sdtrace()
+        .args(["noise", "--compare", "gtx1070,gtx9999"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--compare 'gtx9999': unknown generator") && err.contains("rtx3060"),
+        "{err}"
+    );
+    assert!(!err.contains("--rng '"), "{err}");
+}

@@ -170,3 +170,18 @@ fn sweep_and_matrix_refusals() {
     assert_eq!(c, 2, "{err}");
     assert!(err.contains("no .sdt traces"), "{err}");
 }
+
+/// An infotext without a generator is refused before the folder is made, whatever the seed.
+#[test]
+fn sweep_refuses_an_infotext_without_a_generator_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    let text = "a house\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64";
+    let (c, err) = sweep(&out, &["--params", text, "--seed", "5"]);
+    assert_eq!(c, 2, "{err}");
+    assert!(
+        err.contains("no RNG field") && err.contains("--card") && err.contains("--rng torch-cpu"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

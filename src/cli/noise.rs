@@ -12,9 +12,11 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sdtrace::DType;
+use sdtrace::analysis::noise::max_square;
 use sdtrace::analysis::noise::{AGREE_ABS, AGREE_REL, NoiseClass, NoiseDiagnosis, diagnose};
 use sdtrace::export::{to_npy, to_safetensors, write_atomic};
 use sdtrace::pipeline::{DeviceChoice, parse_size};
+use sdtrace::sampling::rng::agree::{Agreement, agreement};
 use sdtrace::sampling::{NoiseSource, RngSpec, rng};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,10 @@ pub const NOISE_HELP: &str = "\
 Generators (--rng, and the entries of --compare): sdtrace, torch-cpu (or cpu),
 torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD or CARD alone, a1111-nv (or nv), file:PATH,
 device (needs --device cuda or metal).
+
+--compare prints one row per size and pair, then one line per pair: from the generators'
+definitions where they say it (\"gtx1070 vs t4: agree up to 696×696, differ from 704×704\",
+\"cpu vs gtx1070: differ at every size (different generators)\"), else from the sizes compared.
 
 Examples:
   sdtrace noise --rng torch-cuda:gtx1070 --seed 1744694513 --size 768x768 -o x_T.npy
@@ -128,7 +134,7 @@ pub fn parse_sources(s: &str) -> Result<Vec<RngSpec>, String> {
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(rng::parse_flag)
+        .map(|t| RngSpec::parse_as("--compare", t).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     if list.len() < 2 {
         return Err(format!(
@@ -255,6 +261,59 @@ pub fn compare_table(
     Ok(rows)
 }
 
+/// The one-line conclusion for the pair `a`, `b` of a comparison: from the generators'
+/// definitions where they say it (the exact square sizes), else from the sizes compared.
+pub fn conclusion(a: &RngSpec, b: &RngSpec, rows: &[PairRow]) -> String {
+    let (la, lb) = (a.label(), b.label());
+    let sq = |n: u64| format!("{n}×{n}");
+    let text = match agreement(a, b) {
+        Agreement::Always { exact: true } => match (a.wave(), b.wave()) {
+            (Some(w), Some(_)) if a != b => format!(
+                "agree at every size (the same wave of {w} elements: the same grid, so the same layout)"
+            ),
+            _ => "agree at every size (the same generator)".into(),
+        },
+        Agreement::Always { exact: false } => "the same values at every size".into(),
+        Agreement::UpTo { elements, exact } => {
+            let n = max_square(elements);
+            format!(
+                "{} up to {}, differ from {} (the first {elements} elements agree{})",
+                if exact { "agree" } else { "the same values" },
+                sq(n),
+                sq(n + 8),
+                if exact {
+                    ""
+                } else {
+                    "; NV computes them with numpy's math, so not bit for bit"
+                }
+            )
+        }
+        Agreement::Never => "differ at every size (different generators)".into(),
+        Agreement::Unknown => {
+            let pair: Vec<&PairRow> = rows
+                .iter()
+                .filter(|r| (r.a == la && r.b == lb) || (r.a == lb && r.b == la))
+                .collect();
+            let size = |r: &PairRow| format!("{}×{}", r.size.0, r.size.1);
+            let first_diff = pair.iter().position(|r| r.result() == "differs");
+            match first_diff {
+                None => "agree at every size compared".into(),
+                Some(0) => "differ at every size compared".into(),
+                Some(i) if pair[i..].iter().all(|r| r.result() == "differs") => format!(
+                    "agree up to {}, differ from {} (of the sizes compared)",
+                    size(pair[i - 1]),
+                    size(pair[i])
+                ),
+                Some(i) => format!(
+                    "agree at some sizes and differ at others; first differ at {}",
+                    size(pair[i])
+                ),
+            }
+        }
+    };
+    format!("{la} vs {lb}: {text}")
+}
+
 fn render(rows: &[PairRow], seed: u64) -> String {
     let mut s = format!(
         "noise of seed {seed}, shape [1, 4, H/8, W/8] per size; a pair agrees where elements are within {AGREE_ABS:.0e} + {AGREE_REL:.0e}·|b|\n{:<11} {:>9}  {:<24} result\n",
@@ -326,10 +385,23 @@ pub fn run(args: NoiseArgs) -> Result<ExitCode> {
         let sources = parse_sources(list).map_err(anyhow::Error::msg)?;
         let sizes = parse_sizes(&args.sizes).map_err(anyhow::Error::msg)?;
         let rows = compare_table(&sources, args.seed, &sizes, &device)?;
+        let mut conclusions = Vec::new();
+        for (i, a) in sources.iter().enumerate() {
+            for b in &sources[i + 1..] {
+                conclusions.push(conclusion(a, b, &rows));
+            }
+        }
         let text = if args.json {
-            serde_json::to_string_pretty(&rows_json(&rows, args.seed))? + "\n"
+            let mut j = rows_json(&rows, args.seed);
+            j["conclusions"] = json!(conclusions);
+            serde_json::to_string_pretty(&j)? + "\n"
         } else {
-            render(&rows, args.seed)
+            let mut t = render(&rows, args.seed);
+            t += "\nin one line per pair (one image per draw; a square of N×N draws 4·(N/8)² elements):\n";
+            for c in &conclusions {
+                t += &format!("  {c}\n");
+            }
+            t
         };
         crate::emit(&text)?;
         return Ok(ExitCode::SUCCESS);
@@ -439,6 +511,44 @@ mod tests {
                 assert_eq!(r.diagnosis.class, NoiseClass::Unrelated, "{n} {other}");
             }
         }
+        let one = |a: &str, b: &str| {
+            conclusion(
+                &RngSpec::parse_as("--compare", a).unwrap(),
+                &RngSpec::parse_as("--compare", b).unwrap(),
+                &rows,
+            )
+        };
+        assert_eq!(
+            one("gtx1070", "t4"),
+            "gtx1070 vs t4: agree up to 696×696, differ from 704×704 (the first 30720 elements agree)"
+        );
+        assert_eq!(
+            one("cpu", "gtx1070"),
+            "cpu vs gtx1070: differ at every size (different generators)"
+        );
+        assert!(
+            one("p2000", "a1111-nv").starts_with(
+                "p2000 vs a1111-nv: the same values up to 512×512, differ from 520×520"
+            ),
+            "{}",
+            one("p2000", "a1111-nv")
+        );
+        assert!(one("gtx1070", "rtx2060").contains("agree at every size (the same wave of 30720"));
+        // The measured rows agree with the prediction at every size compared.
+        for (a, b) in [("gtx1070", "t4"), ("p2000", "a1111-nv"), ("cpu", "t4")] {
+            let (sa, sb) = (
+                RngSpec::parse_as("--compare", a).unwrap(),
+                RngSpec::parse_as("--compare", b).unwrap(),
+            );
+            for &(n, _) in &sizes {
+                let predicted = agreement(&sa, &sb).at(4 * (n as u64 / 8).pow(2));
+                assert_eq!(
+                    predicted,
+                    Some(row(&rows, n, a, b).result() != "differs"),
+                    "{a} {b} {n}"
+                );
+            }
+        }
         let text = render(&rows, 1);
         assert!(
             text.contains("576x576")
@@ -462,10 +572,10 @@ mod tests {
         assert!(parse_sizes("1024..384/64").unwrap_err().contains("FROM"));
         assert!(parse_sizes("8..16384/8").unwrap_err().contains("more than"));
         assert!(parse_sources("t4").unwrap_err().contains("at least two"));
+        let e = parse_sources("t4,gtx9999").unwrap_err();
         assert!(
-            parse_sources("t4,gtx9999")
-                .unwrap_err()
-                .contains("valid forms")
+            e.starts_with("--compare 'gtx9999': unknown generator") && e.contains("valid forms"),
+            "{e}"
         );
     }
 

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sdtrace::image::{InfotextParams, encode_png, infotext, rgb8_from_chw};
-use sdtrace::params::InfotextSettings;
+use sdtrace::params::{InfotextSettings, SDTRACE_RNG_KEY, resolve_sampler};
 use sdtrace::pipeline::gpu::GemmPrecision;
 use sdtrace::pipeline::perturb::Perturbation;
 use sdtrace::pipeline::{
@@ -29,6 +29,13 @@ separated by commas, added to light or to a preset named first: 'sketch,sampler.
 'unet.up_blocks.*@0-4=full:zstd'. Attention q/k/v and probabilities are recorded only by rules
 whose pattern ends in their name (*.to_q, *.to_?, *.attn1.probs); broad rules such as unet.*=full
 or *=sketch, and every preset, leave them off.
+
+Generation parameters (--params, --params-file, --from-png): the flags given here win. An infotext
+without an RNG field was made with the webui's default source, the GPU, whose noise depends on the
+card: add --card NAME|SMS,THREADS (the card that made it) or --rng torch-cpu (if the webui's
+source was CPU); RNG: CPU and RNG: NV are read as they are. The PNG written names the generator
+for the webui (RNG: CPU, RNG: NV) or, where the webui has no name for it, in an `sdtrace RNG`
+field that --from-png reads back.
 
 Exit codes:
   0  the run completed; trace and PNG written
@@ -56,9 +63,15 @@ pub struct RecordArgs {
     /// Sampler steps [default: 20]
     #[arg(long)]
     steps: Option<u32>,
-    /// Sampler: dpmpp-2m-karras, dpmpp-2m, euler, euler-a, ddim [default: dpmpp-2m-karras]
-    #[arg(long, value_parser = parse_sampler)]
-    sampler: Option<SamplerKind>,
+    /// Sampler: sdtrace's names (dpmpp-2m-karras, dpmpp-2m, euler, euler-a, ddim) or the
+    /// webui's ("DPM++ 2M Karras", "DPM++ 2M" with --schedule, "Euler a", "Euler", "DDIM")
+    /// [default: dpmpp-2m-karras]
+    #[arg(long, value_name = "NAME")]
+    sampler: Option<String>,
+    /// The webui's Schedule type for a webui sampler name: karras, uniform or automatic
+    /// ("DPM++ 2M" + karras = "DPM++ 2M Karras")
+    #[arg(long, value_name = "TYPE", requires = "sampler")]
+    schedule: Option<String>,
     /// Classifier-free guidance scale [default: 7]
     #[arg(long)]
     cfg: Option<f64>,
@@ -70,6 +83,10 @@ pub struct RecordArgs {
     /// [default: sdtrace]
     #[arg(long, value_name = "RNG", value_parser = rng::parse_flag)]
     rng: Option<RngSpec>,
+    /// Emulate the webui's GPU noise on this card: a name (gtx1070, t4, rtx3060, …) or
+    /// SMS,THREADS_PER_SM; the same as --rng torch-cuda:NAME
+    #[arg(long, value_name = "NAME|SMS,THREADS", value_parser = rng::parse_card_flag, conflicts_with = "rng")]
+    card: Option<RngSpec>,
     /// A1111's eta noise seed delta: Euler a's per-step noise comes from seed + ENSD (0: the
     /// generator of the initial noise continues) [default: 0]
     #[arg(long, value_name = "N")]
@@ -205,7 +222,32 @@ fn infotext_of(args: &RecordArgs) -> Result<Option<(String, String, InfotextSett
     };
     let parsed =
         InfotextSettings::parse(&text).with_context(|| format!("{source}: A1111 infotext"))?;
+    if parsed.gpu_source && args.rng.is_none() && args.card.is_none() {
+        bail!("{}", rng_refusal(&source, &parsed));
+    }
     Ok(Some((source, text, parsed)))
+}
+
+/// Why an infotext without a usable generator needs a choice, and the two commands.
+fn rng_refusal(source: &str, parsed: &InfotextSettings) -> String {
+    let what = match parsed
+        .not_applied
+        .iter()
+        .find(|f| f.key == "RNG")
+        .map(|f| f.value.as_str())
+    {
+        Some("(absent: GPU)") | None => {
+            "has no RNG field, so the webui drew the noise with its default source, the GPU".into()
+        }
+        Some(v) => format!("says RNG: {v}, so the webui drew the noise on the GPU"),
+    };
+    format!(
+        "{source}: the infotext {what}; GPU noise depends on the card once an image is larger than the card's RNG wave (from 520×520 on a P2000, 704×704 on a GTX 1070), so sdtrace will not guess. Say which, by adding one of:\n  \
+         --card gtx1070   the card that made the image (a name, or SMS,THREADS such as --card 15,2048; the same as --rng torch-cuda:SMS,THREADS)\n  \
+         --rng torch-cpu  if the webui's source was CPU (Settings → Sampler parameters → Random number generator source)\n\
+         cards: {}",
+        rng::presets::names()
+    )
 }
 
 fn parse_syntax(s: &str) -> Result<PromptSyntax, String> {
@@ -214,10 +256,6 @@ fn parse_syntax(s: &str) -> Result<PromptSyntax, String> {
         "plain" => Ok(PromptSyntax::Plain),
         _ => Err(format!("'{s}': expected a1111 or plain")),
     }
-}
-
-fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
-    s.parse::<SamplerKind>().map_err(|e| e.to_string())
 }
 
 fn parse_bytes_arg(s: &str) -> Result<u64, String> {
@@ -415,6 +453,12 @@ fn seed_of(seed: i64) -> Result<u64> {
 
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let policy = Policy::from_spec(&args.capture).context("--capture")?;
+    let sampler_flag = args
+        .sampler
+        .as_deref()
+        .map(|name| resolve_sampler(name, args.schedule.as_deref()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
     let mut info = infotext_of(&args)?;
     if let Some((_, _, parsed)) = &mut info {
         for (given, key, flag) in [
@@ -429,6 +473,9 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             (args.expect_hash.is_some(), "Model hash", "--expect-hash"),
             (args.emphasis.is_some(), "Emphasis", "--emphasis"),
             (args.rng.is_some(), "RNG", "--rng"),
+            (args.rng.is_some(), SDTRACE_RNG_KEY, "--rng"),
+            (args.card.is_some(), "RNG", "--card"),
+            (args.card.is_some(), SDTRACE_RNG_KEY, "--card"),
             (args.ensd.is_some(), "ENSD", "--ensd"),
         ] {
             if given {
@@ -450,7 +497,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     }
     let from = info.as_ref().map(|(_, _, s)| s);
     let sampler = match (
-        args.sampler,
+        sampler_flag,
         from.and_then(|s| s.sampler),
         from.and_then(|s| s.unsupported_sampler.as_deref()),
     ) {
@@ -510,6 +557,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         rng: args
             .rng
             .clone()
+            .or(args.card.clone())
             .or(from.and_then(|s| s.rng.clone()))
             .unwrap_or_default(),
         ensd: args.ensd.or(from.and_then(|s| s.ensd)).unwrap_or(0),
@@ -648,12 +696,12 @@ impl RecordArgs {
         if self.png.is_some() {
             bail!("sweep names each PNG after its trace: leave out --png (or pass --no-png)");
         }
+        // Read (and check) the infotext once before any run, so that a refusal, such as a
+        // missing generator choice, comes before the folder is made.
+        let from_infotext = infotext_of(self)?.and_then(|(_, _, s)| s.seed);
         let mut seed = self.seed;
-        if seed.is_none() || seed == Some(-1) {
-            let from_infotext = infotext_of(self)?.and_then(|(_, _, s)| s.seed);
-            if from_infotext.is_none() || seed == Some(-1) {
-                seed = Some(seed_of(-1)? as i64);
-            }
+        if (seed.is_none() && from_infotext.is_none()) || seed == Some(-1) {
+            seed = Some(seed_of(-1)? as i64);
         }
         Ok(sizes
             .iter()

@@ -9,6 +9,7 @@
 //! spec's text form ([`std::fmt::Display`]) parses back to the same spec; every generator is a
 //! pure function of its parameters (recorded in the trace header) and of the shapes asked for.
 
+pub mod agree;
 pub mod device;
 pub mod file;
 pub mod philox;
@@ -32,8 +33,20 @@ pub const DEFAULT_THREADS_PER_SM: u32 = 2048;
 /// Errors of choosing, building or reading a generator; each names the flag or file and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum RngError {
-    #[error("--rng '{value}': {what}\n{}", valid_forms())]
-    BadSpec { value: String, what: String },
+    #[error("{flag} '{value}': {what}\n{}", valid_forms())]
+    BadSpec {
+        /// The flag that gave it (`--rng`, `--compare`).
+        flag: &'static str,
+        value: String,
+        what: String,
+    },
+    #[error("{flag} '{value}': {what}\n{}", card_forms())]
+    BadCard {
+        /// The flag that gave it (`--card`, `--cards`).
+        flag: &'static str,
+        value: String,
+        what: String,
+    },
     #[error("--rng file:{}: {what}", path.display())]
     File { path: PathBuf, what: String },
     #[error(
@@ -54,6 +67,14 @@ pub enum RngError {
 pub fn valid_forms() -> String {
     format!(
         "valid forms: sdtrace (default), torch-cpu, torch-cuda:SMS[,THREADS_PER_SM] (threads default {DEFAULT_THREADS_PER_SM}, a multiple of 256), torch-cuda:PRESET (or PRESET alone), a1111-nv, file:PATH (.npy or .safetensors), device (GPU only).\npresets: {}",
+        presets::names()
+    )
+}
+
+/// The valid card forms (`--card`, `explain --cards`), for error messages.
+pub fn card_forms() -> String {
+    format!(
+        "give a card name or SMS[,THREADS_PER_SM] (threads default {DEFAULT_THREADS_PER_SM}, a multiple of 256; e.g. 15,2048 for a GTX 1070).\ncards: {}",
         presets::names()
     )
 }
@@ -145,7 +166,15 @@ impl std::str::FromStr for RngSpec {
     type Err = RngError;
 
     fn from_str(s: &str) -> std::result::Result<Self, RngError> {
+        RngSpec::parse_as("--rng", s)
+    }
+}
+
+impl RngSpec {
+    /// Parse a generator given with `flag` (`--rng`, `--compare`): errors name that flag.
+    pub fn parse_as(flag: &'static str, s: &str) -> std::result::Result<Self, RngError> {
         let bad = |what: String| RngError::BadSpec {
+            flag,
             value: s.to_string(),
             what,
         };
@@ -178,40 +207,68 @@ impl std::str::FromStr for RngSpec {
                 None => Err(bad("unknown generator".into())),
             };
         };
-        if let Some(p) = presets::find(arg) {
-            return Ok(RngSpec::preset(p));
-        }
-        let (sms, threads) = match arg.split_once(',') {
-            Some((a, b)) => (a.trim(), Some(b.trim())),
-            None => (arg.trim(), None),
-        };
-        let sms: u32 = sms.parse().map_err(|_| {
-            bad(format!(
-                "'{arg}' is neither a preset nor SMS[,THREADS_PER_SM]"
-            ))
-        })?;
-        if !(1..=4096).contains(&sms) {
-            return Err(bad(format!("{sms} SMs: give 1 to 4096")));
-        }
-        let threads_per_sm = match threads {
-            None => DEFAULT_THREADS_PER_SM,
-            Some(t) => t.parse().map_err(|_| {
-                bad(format!(
-                    "threads per SM '{t}' is not a number (2048, 1536 or 1024)"
-                ))
-            })?,
-        };
-        if threads_per_sm == 0 || threads_per_sm % 256 != 0 || threads_per_sm > 4096 {
-            return Err(bad(format!(
-                "{threads_per_sm} threads per SM: PyTorch launches blocks of 256 threads, so give a multiple of 256 up to 4096 (2048 for compute capability 6.x/7.0/8.0/9.0, 1024 for 7.5, 1536 for 8.6/8.9/12.0)"
-            )));
-        }
-        Ok(RngSpec::TorchCuda {
-            sms,
-            threads_per_sm,
-            preset: None,
+        card(arg).map_err(bad)
+    }
+
+    /// Parse a card given with `flag` (`--card`, `--cards`): a preset name or
+    /// SMS[,THREADS_PER_SM], as `torch-cuda:` takes it.
+    pub fn parse_card(flag: &'static str, s: &str) -> std::result::Result<Self, RngError> {
+        let lower = s.trim().to_ascii_lowercase();
+        let arg = lower
+            .strip_prefix("torch-cuda:")
+            .unwrap_or(&lower)
+            .to_string();
+        card(&arg).map_err(|what| RngError::BadCard {
+            flag,
+            value: s.to_string(),
+            what,
         })
     }
+
+    /// Elements per grid-stride wave of a `torch-cuda` generator (SMs × threads per SM).
+    pub fn wave(&self) -> Option<u64> {
+        match self {
+            RngSpec::TorchCuda {
+                sms,
+                threads_per_sm,
+                ..
+            } => Some(*sms as u64 * (*threads_per_sm as u64 / 256 * 256)),
+            _ => None,
+        }
+    }
+}
+
+/// `torch-cuda`'s argument: a preset, or SMS[,THREADS_PER_SM].
+fn card(arg: &str) -> std::result::Result<RngSpec, String> {
+    if let Some(p) = presets::find(arg) {
+        return Ok(RngSpec::preset(p));
+    }
+    let (sms, threads) = match arg.split_once(',') {
+        Some((a, b)) => (a.trim(), Some(b.trim())),
+        None => (arg.trim(), None),
+    };
+    let sms: u32 = sms
+        .parse()
+        .map_err(|_| format!("'{arg}' is neither a preset nor SMS[,THREADS_PER_SM]"))?;
+    if !(1..=4096).contains(&sms) {
+        return Err(format!("{sms} SMs: give 1 to 4096"));
+    }
+    let threads_per_sm = match threads {
+        None => DEFAULT_THREADS_PER_SM,
+        Some(t) => t
+            .parse()
+            .map_err(|_| format!("threads per SM '{t}' is not a number (2048, 1536 or 1024)"))?,
+    };
+    if threads_per_sm == 0 || threads_per_sm % 256 != 0 || threads_per_sm > 4096 {
+        return Err(format!(
+            "{threads_per_sm} threads per SM: PyTorch launches blocks of 256 threads, so give a multiple of 256 up to 4096 (2048 for compute capability 6.x/7.0/8.0/9.0, 1024 for 7.5, 1536 for 8.6/8.9/12.0)"
+        ));
+    }
+    Ok(RngSpec::TorchCuda {
+        sms,
+        threads_per_sm,
+        preset: None,
+    })
 }
 
 impl NoiseSource for FileNoise {
@@ -356,6 +413,11 @@ pub fn parse_flag(s: &str) -> std::result::Result<RngSpec, String> {
     s.parse::<RngSpec>().map_err(|e| e.to_string())
 }
 
+/// `--card` value parser for clap: a card name or SMS[,THREADS_PER_SM].
+pub fn parse_card_flag(s: &str) -> std::result::Result<RngSpec, String> {
+    RngSpec::parse_card("--card", s).map_err(|e| e.to_string())
+}
+
 impl From<RngError> for SamplingError {
     fn from(e: RngError) -> Self {
         SamplingError::Rng(Box::new(e))
@@ -435,6 +497,33 @@ mod tests {
                 "{text}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn cards_and_flags_are_named_in_errors() {
+        let t4 = RngSpec::parse_card("--card", "T4").unwrap();
+        assert_eq!(t4.label(), "t4");
+        assert_eq!(t4.wave(), Some(40_960));
+        let custom = RngSpec::parse_card("--card", "15,2048").unwrap();
+        assert_eq!(custom.to_string(), "torch-cuda:15,2048");
+        assert_eq!(
+            RngSpec::parse_card("--card", "torch-cuda:gtx1070").unwrap(),
+            RngSpec::parse_as("--rng", "gtx1070").unwrap()
+        );
+        assert_eq!(RngSpec::TorchCpu.wave(), None);
+        for (text, part) in [("cpu", "neither a preset"), ("15,1000", "multiple of 256")] {
+            let e = RngSpec::parse_card("--card", text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--card '{text}'")), "{e}");
+            assert!(e.contains(part) && e.contains("cards: p2000"), "{e}");
+        }
+        let e = RngSpec::parse_as("--compare", "gtx9999")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--compare 'gtx9999': unknown generator"),
+            "{e}"
+        );
+        assert!(!e.contains("--rng '"), "{e}");
     }
 
     #[test]
