@@ -1,26 +1,21 @@
 //! sdtrace: a tensor-trace differential debugger for Stable Diffusion.
 //!
-//! Data flows one way: model → [`probe`] → [`trace`] file → analysis → views. This crate's
-//! trace, stats, probe and inspection modules never touch a tensor library: the probe takes a
-//! neutral [`probe::TensorView`] (dtype, shape, little-endian bytes).
+//! Data flows one way: model → [`probe`] → [`trace`] file → analysis → views. This crate holds
+//! the candle side — the instrumented model, sampling, the pipeline behind `sdtrace record` —
+//! and the views (CLI, TUI). The format, summaries, probe policy, analysis and report
+//! renderers live in `sdtrace-core` (no tensor library) and are re-exported here under their
+//! usual names, so `sdtrace::trace`, `sdtrace::analysis`, … are the same modules the Python
+//! package uses.
 
-pub mod analysis;
-pub mod dtype;
+pub use sdtrace_core::{
+    DType, analysis, dtype, export, glob, image, inspect, probe, report, stats, trace,
+};
+
 pub mod explain;
-pub mod export;
-pub mod glob;
 pub mod host;
-pub mod image;
-pub mod inspect;
 pub mod model;
 pub mod params;
 pub mod pipeline;
-pub mod probe;
-pub mod report;
 pub mod sampling;
-pub mod stats;
 pub mod text;
-pub mod trace;
 pub mod tui;
-
-pub use dtype::DType;

@@ -22,14 +22,9 @@
 //! without a schedule), through the same table the infotext's Sampler field goes through
 //! ([`crate::image::sampler_from_a1111`]); unknown names get the nearest known one.
 
+pub use crate::image::SDTRACE_RNG_KEY;
 use crate::image::{ImageError, PARAMETERS_KEY, parse_infotext, png_text, sampler_from_a1111};
 use crate::sampling::{RngSpec, SamplerKind};
-
-/// The infotext field sdtrace writes for the generator when the webui's `RNG` field cannot say
-/// it: `torch-cuda:CARD (…)` (the webui's GPU source, emulated for that card), `sdtrace (…)`,
-/// `file:PATH (…)`, `device (…)`. The value is the `--rng` spec, then a space and a
-/// parenthesised note for people.
-pub const SDTRACE_RNG_KEY: &str = "sdtrace RNG";
 
 /// The `--rng` spec of an `sdtrace RNG` value (the text before the parenthesised note).
 pub fn sdtrace_rng_value(value: &str) -> Option<RngSpec> {

@@ -13,7 +13,7 @@ pub mod agree;
 pub mod device;
 pub mod file;
 pub mod philox;
-pub mod presets;
+pub use sdtrace_core::cards as presets;
 pub mod torch_cpu;
 
 use super::noise::{NoiseSource, SdtraceNoise};

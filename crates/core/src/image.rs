@@ -43,6 +43,12 @@ pub const MAX_TEXT_CHUNK: usize = 16 << 20;
 /// The PNG text key A1111 stores the infotext under.
 pub const PARAMETERS_KEY: &str = "parameters";
 
+/// The infotext field sdtrace writes for the generator when the webui's `RNG` field cannot say
+/// it: `torch-cuda:CARD (…)` (the webui's GPU source, emulated for that card), `sdtrace (…)`,
+/// `file:PATH (…)`, `device (…)`. The value is the `--rng` spec, then a space and a
+/// parenthesised note for people.
+pub const SDTRACE_RNG_KEY: &str = "sdtrace RNG";
+
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
 /// Errors of image conversion, PNG encoding/decoding and infotext parsing.
@@ -572,7 +578,7 @@ impl InfotextParams {
 
 /// The infotext field that names a run's generator: the webui's `RNG: CPU` / `RNG: NV`; for
 /// PyTorch's CUDA noise (the webui's default GPU source, which it writes no field for) and for
-/// generators the webui does not have, `sdtrace RNG` ([`crate::params::SDTRACE_RNG_KEY`]),
+/// generators the webui does not have, `sdtrace RNG` ([`SDTRACE_RNG_KEY`]),
 /// which the webui ignores and sdtrace reads back: the spec, then a note saying what the webui
 /// would draw.
 fn rng_fields(s: &Settings) -> Option<(String, String)> {
@@ -581,8 +587,8 @@ fn rng_fields(s: &Settings) -> Option<(String, String)> {
         .extra
         .get("rng_params")
         .and_then(|r| r["params"]["preset"].as_str())
-        .and_then(crate::sampling::rng::presets::find);
-    let ours = |v: String| Some((crate::params::SDTRACE_RNG_KEY.to_string(), v));
+        .and_then(crate::cards::find);
+    let ours = |v: String| Some((SDTRACE_RNG_KEY.to_string(), v));
     match rng {
         "torch-cpu" => Some(("RNG".into(), "CPU".into())),
         "a1111-nv" => Some(("RNG".into(), "NV".into())),

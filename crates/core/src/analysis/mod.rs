@@ -41,7 +41,7 @@ pub use judge::{
     Required, Source, Status, VISUAL_PSNR_DB, VISUAL_SSIM, Verdict, VerdictClass, judge,
     tolerance_helps,
 };
-pub(crate) use metrics::decode_all;
+pub use metrics::decode_all;
 pub use metrics::{
     ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics, ulp_bins_p99,
 };

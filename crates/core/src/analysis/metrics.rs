@@ -677,7 +677,7 @@ fn image_metrics_rows(
 }
 
 /// Decode a whole tensor's bytes to f64 (for noise tensors, which are small).
-pub(crate) fn decode_all(dtype: DType, bytes: &[u8]) -> Vec<f64> {
+pub fn decode_all(dtype: DType, bytes: &[u8]) -> Vec<f64> {
     let mut out = Vec::with_capacity(bytes.len() / dtype.size());
     let mut vals = Box::new([0.0; BATCH]);
     let mut ords = Box::new([0i64; BATCH]);

@@ -23,10 +23,10 @@
 //! mismatched lengths), panics; non-finite elements never agree unless bit-identical and are
 //! left out of the moments.
 //!
-//! [`presets`]: crate::sampling::rng::presets
+//! [`presets`]: crate::cards
 
 use super::jf64;
-use crate::sampling::rng::presets;
+use crate::cards as presets;
 use serde::{Deserialize, Serialize};
 
 /// Absolute part of the agreement tolerance (the GPU's sincos differs from libm by ≤ 3·10⁻⁶).
