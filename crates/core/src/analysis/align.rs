@@ -124,6 +124,18 @@ pub struct HeaderDiff {
     pub structural: bool,
 }
 
+impl HeaderDiff {
+    /// `settings.dtype f32 vs f16` (`-` for a side without the field).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} vs {}",
+            self.field,
+            self.a.as_deref().unwrap_or("-"),
+            self.b.as_deref().unwrap_or("-")
+        )
+    }
+}
+
 /// Differences between two run headers, in a fixed field order.
 pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
     fn s<T: ToString>(v: &Option<T>) -> Option<String> {

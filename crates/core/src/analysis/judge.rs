@@ -30,6 +30,7 @@
 //! strict growth; log10(error) is fitted by least squares over the growing run, giving the
 //! growth factor per step (10^slope) and R².
 
+use super::align::HeaderDiff;
 use super::compare::{Basis, Comparison, PairRecord};
 use super::gaps::{AllowMissing, Gap, gaps};
 use super::jf64;
@@ -507,14 +508,7 @@ fn header_changes(c: &Comparison, fields: &[&str]) -> Vec<String> {
     c.header_diffs
         .iter()
         .filter(|d| fields.contains(&d.field.as_str()))
-        .map(|d| {
-            format!(
-                "{} {} vs {}",
-                d.field,
-                d.a.as_deref().unwrap_or("-"),
-                d.b.as_deref().unwrap_or("-")
-            )
-        })
+        .map(HeaderDiff::describe)
         .collect()
 }
 
@@ -832,14 +826,7 @@ fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
         .header_diffs
         .iter()
         .filter(|d| d.structural)
-        .map(|d| {
-            format!(
-                "{} {} vs {}",
-                d.field,
-                d.a.as_deref().unwrap_or("-"),
-                d.b.as_deref().unwrap_or("-")
-            )
-        })
+        .map(HeaderDiff::describe)
         .chain(
             recs.iter()
                 .filter(|r| r.basis == Basis::None)

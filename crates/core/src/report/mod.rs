@@ -609,10 +609,10 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// A small fixed comparison for the renderers' tests here and the TUI's in the `sdtrace` crate.
 #[doc(hidden)]
 pub mod fixture {
-    //! A small fixed comparison for renderer tests: 2 steps, a source at step 1.
+    //! A small fixed comparison for the renderers' tests here and the TUI's in the `sdtrace`
+    //! crate: 2 steps, a source at step 1.
     use crate::analysis::*;
     use crate::trace::RunHeader;
 
