@@ -9,6 +9,8 @@ Rust, and reached through ``sdtrace._native``).
 - ``sdtrace.Writer(path, header, capture="light")`` writes a trace from tensors a host hands it
   (numpy arrays or torch tensors, on any device); the capture policy decides per key what is
   kept, and a key the policy leaves out costs no copy.
+- ``with sdtrace.record(pipe, "run.sdt"): pipe(...)`` records a diffusers
+  ``StableDiffusionPipeline`` call under the keys ``sdtrace record`` uses.
 - ``sdtrace.summarize(x)`` is the summary ``sdtrace record`` stores for a tensor.
 """
 
@@ -16,6 +18,14 @@ from . import _native
 from ._native import SdtraceError
 from .trace import Record, Trace, compare, open, summarize
 from .writer import Writer
+
+
+def record(pipe, path, capture="light", header=None):
+    """Record the diffusers pipeline call made inside ``with sdtrace.record(pipe, path): ...``
+    (see :mod:`sdtrace.diffusers_host`; torch and diffusers are imported only here)."""
+    from .diffusers_host import record as _record
+
+    return _record(pipe, path, capture, header)
 
 __version__ = _native.version()
 
@@ -26,6 +36,7 @@ __all__ = [
     "Writer",
     "compare",
     "open",
+    "record",
     "summarize",
     "__version__",
 ]

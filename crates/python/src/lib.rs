@@ -49,6 +49,8 @@ fn run_status(name: &str) -> PyResult<RunStatus> {
 #[pyclass(module = "sdtrace._native")]
 struct Recorder {
     probe: RwLock<Option<Probe>>,
+    /// The probe's policy, to answer "would this key be recorded at that step" up front.
+    policy: Policy,
     path: PathBuf,
 }
 
@@ -98,7 +100,8 @@ impl Recorder {
         let writer = TraceWriter::create(&path, &header, WriterOptions::default())
             .map_err(|e| err(e.to_string()))?;
         Ok(Recorder {
-            probe: RwLock::new(Some(Probe::new(writer, policy))),
+            probe: RwLock::new(Some(Probe::new(writer, policy.clone()))),
+            policy,
             path,
         })
     }
@@ -113,6 +116,14 @@ impl Recorder {
     /// policy leaves it out — ask before copying a tensor off the device.
     fn plan(&self, key: &str) -> PyResult<Option<&'static str>> {
         self.with(|p| Ok(p.plan(key).capture.map(|(f, _)| f.name())))
+    }
+
+    /// Whether the policy records `key` at any of `steps` (None: outside the loop): a host
+    /// installs a hook only on modules for which this is true.
+    fn records_any(&self, key: &str, steps: Vec<Option<u32>>) -> bool {
+        steps
+            .into_iter()
+            .any(|s| !matches!(self.policy.action(key, s), sdtrace_core::probe::Action::Off))
     }
 
     /// Record a tensor given as little-endian bytes of `dtype` in row-major `shape`.

@@ -1,0 +1,144 @@
+"""`sdtrace.record` on a real diffusers StableDiffusionPipeline: the tiny model `sdtrace synth`
+writes, loaded by diffusers offline, 3 Euler steps at 64×64 on the CPU."""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import sdtrace
+
+diffusers = pytest.importorskip("diffusers")
+
+PROMPT = dict(prompt="a lighthouse at dusk", negative_prompt="blurry", num_inference_steps=3, height=64, width=64, guidance_scale=7.0)
+
+
+def sdtrace_bin():
+    exe = os.environ.get("SDTRACE_BIN") or shutil.which("sdtrace")
+    if not exe or not os.path.exists(exe):
+        pytest.skip("no sdtrace binary (tests/run.sh sets SDTRACE_BIN)")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    subprocess.run([sdtrace_bin(), "synth", "--out", str(out), "--size", "tiny"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture()
+def pipe(model_dir):
+    p = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(model_dir), safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    p.scheduler = diffusers.EulerDiscreteScheduler.from_config(p.scheduler.config)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def run(pipe, **kw):
+    args = {**PROMPT, **kw}
+    return pipe(generator=torch.Generator().manual_seed(1), output_type="np", **args).images
+
+
+def ids(path):
+    return {(r.key, r.step, r.eval) for r in sdtrace.open(path)}
+
+
+def test_the_image_is_bit_identical_with_capture_off_light_and_full(pipe, tmp_path):
+    plain = run(pipe)
+    for capture in ("off", "light", "full"):
+        with sdtrace.record(pipe, tmp_path / f"{capture}.sdt", capture=capture):
+            img = run(pipe)
+        assert np.array_equal(img, plain), capture
+    # Nothing is left behind: the class, the scheduler and every module are as they were.
+    assert type(pipe) is diffusers.StableDiffusionPipeline
+    assert "step" not in vars(pipe.scheduler) and "encode_prompt" not in vars(pipe)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pipe.unet.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pipe.text_encoder.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pipe.vae.modules())
+
+
+def test_keys_steps_and_evals_are_those_of_sdtrace_record(pipe, model_dir, tmp_path):
+    with sdtrace.record(pipe, tmp_path / "py.sdt"):
+        run(pipe)
+    rust = tmp_path / "rust.sdt"
+    subprocess.run(
+        [sdtrace_bin(), "record", "--model", str(model_dir), "--prompt", PROMPT["prompt"], "--negative", PROMPT["negative_prompt"],
+         "--steps", "3", "--size", "64x64", "--seed", "1", "--cfg", "7", "--rng", "torch-cpu", "--sampler", "euler",
+         "--prompt-syntax", "plain", "-q", "--no-png", "-o", str(rust)],
+        check=True, capture_output=True,
+    )
+    py_ids, rust_ids = ids(tmp_path / "py.sdt"), ids(rust)
+    assert py_ids == rust_ids, (sorted(py_ids - rust_ids, key=str), sorted(rust_ids - py_ids, key=str))
+
+
+def test_noise_header_and_payloads(pipe, tmp_path):
+    path = tmp_path / "a.sdt"
+    with sdtrace.record(pipe, path, capture="light") as rec:
+        run(pipe)
+    assert rec.status == "complete"
+    t = sdtrace.open(path)
+    s = t.header["settings"]
+    assert (s["rng"], s["seed"], s["steps"], s["width"], s["sampler"]) == ("torch-cpu", 1, 3, 64, "diffusers:EulerDiscreteScheduler")
+    assert s["numerics"]["cond_uncond"] == "diffusers ([uncond; cond])"
+    assert s["host"]["name"] == "diffusers" and s["host"]["versions"]["diffusers"] == diffusers.__version__
+    assert t.run_end["status"] == "complete" and t.run_end["steps_completed"] == 3
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(t.payload("noise.initial", as_="torch"), noise)
+    # ε halves are the UNet's own output rows, [uncond; cond].
+    eps_u = t.payload("sampler.eps.uncond", step=0, as_="torch")
+    eps_c = t.payload("sampler.eps.cond", step=0, as_="torch")
+    assert eps_u.shape == eps_c.shape == (1, 4, 8, 8) and not torch.equal(eps_u, eps_c)
+    # The same run recorded twice judges identical.
+    with sdtrace.record(pipe, tmp_path / "b.sdt"):
+        run(pipe)
+    rep = sdtrace.compare(path, tmp_path / "b.sdt")
+    assert rep["verdict"]["class"] == "identical", rep["verdict"]["summary"]
+
+
+def test_an_interrupted_call_leaves_a_valid_trace_marked_interrupted(pipe, tmp_path):
+    def stop(p, i, t, kw):
+        if i == 1:
+            raise KeyboardInterrupt
+        return kw
+
+    path = tmp_path / "int.sdt"
+    with pytest.raises(KeyboardInterrupt):
+        with sdtrace.record(pipe, path):
+            run(pipe, callback_on_step_end=stop)
+    end = sdtrace.open(path).run_end
+    assert end["status"] == "interrupted" and end["steps_completed"] == 2
+    assert type(pipe) is diffusers.StableDiffusionPipeline
+    assert all(not m._forward_hooks for m in pipe.unet.modules())
+    # The pipeline works as before afterwards.
+    assert run(pipe).shape == (1, 64, 64, 3)
+
+
+def test_refusals(pipe, tmp_path):
+    with pytest.raises(sdtrace.SdtraceError, match="one record block records one pipeline call"):
+        with sdtrace.record(pipe, tmp_path / "twice.sdt"):
+            run(pipe)
+            run(pipe)
+    assert sdtrace.open(tmp_path / "twice.sdt").run_end["status"] == "complete"
+    with pytest.raises(sdtrace.SdtraceError, match="cannot write there"):
+        sdtrace.record(pipe, tmp_path / "missing" / "x.sdt")
+    with pytest.raises(sdtrace.SdtraceError, match="was not called"):
+        with sdtrace.record(pipe, tmp_path / "never.sdt"):
+            pass
+
+    class Flux:
+        transformer = object()
+
+    with pytest.raises(sdtrace.SdtraceError, match="not an SD 1.x/2.x pipeline"):
+        sdtrace.record(Flux(), tmp_path / "f.sdt")
+
+    class XL:
+        unet = vae = text_encoder = tokenizer = scheduler = text_encoder_2 = object()
+
+    with pytest.raises(sdtrace.SdtraceError, match="SDXL"):
+        sdtrace.record(XL(), tmp_path / "xl.sdt")
