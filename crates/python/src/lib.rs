@@ -68,23 +68,6 @@ impl Recorder {
             ))),
         }
     }
-
-    fn observe(
-        &self,
-        py: Python<'_>,
-        key: &str,
-        dtype: &str,
-        shape: Vec<usize>,
-        data: &[u8],
-    ) -> PyResult<()> {
-        let dtype = dtype_of(dtype)?;
-        let view = TensorView::new(dtype, &shape, data).map_err(|e| err(format!("{key}: {e}")))?;
-        self.with(|p| {
-            py.detach(|| p.tensor(key, view))
-                .map(|_| ())
-                .map_err(|e| err(format!("{key}: {e}")))
-        })
-    }
 }
 
 #[pymethods]
@@ -135,7 +118,13 @@ impl Recorder {
         shape: Vec<usize>,
         data: &[u8],
     ) -> PyResult<()> {
-        self.observe(py, key, dtype, shape, data)
+        let dtype = dtype_of(dtype)?;
+        let view = TensorView::new(dtype, &shape, data).map_err(|e| err(format!("{key}: {e}")))?;
+        self.with(|p| {
+            py.detach(|| p.tensor(key, view))
+                .map(|_| ())
+                .map_err(|e| err(format!("{key}: {e}")))
+        })
     }
 
     /// Record the `nbytes` bytes at `address`: a contiguous CPU buffer of `dtype` in `shape`
@@ -164,7 +153,7 @@ impl Recorder {
             // outlive the call.
             unsafe { std::slice::from_raw_parts(address as *const u8, nbytes) }
         };
-        self.observe(py, key, dtype, shape, data)
+        self.tensor(py, key, dtype, shape, data)
     }
 
     /// NaN/Inf records seen so far, as JSON (`[{key, step, eval, nan, pos_inf, neg_inf}]`).
