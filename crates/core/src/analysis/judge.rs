@@ -945,23 +945,21 @@ fn verdict(c: &Comparison, f: &Findings, k: &Criteria) -> Verdict {
     } else {
         compared
     };
-    let mut summary = String::new();
-    if class == VerdictClass::Incomplete {
+    let mut summary = if class == VerdictClass::Incomplete {
         let what: Vec<String> = failing_gaps.iter().map(|g| g.describe()).collect();
-        summary = format!(
+        let mut lead = lead.chars();
+        format!(
             "Incomplete: {}. What was not compared cannot pass (--allow-missing KEYS|all \
-             relaxes this). Of what pairs up: ",
-            what.join(". ")
-        );
-    }
-    if summary.is_empty() {
-        summary = lead;
+             relaxes this). Of what pairs up: {}{}",
+            what.join(". "),
+            lead.next()
+                .map(|c| c.to_ascii_lowercase())
+                .unwrap_or_default(),
+            lead.as_str()
+        )
     } else {
-        // Continues "Of what pairs up: ".
-        let mut chars = lead.chars();
-        summary.extend(chars.next().map(|c| c.to_ascii_lowercase()));
-        summary.extend(chars);
-    }
+        lead
+    };
     let mut tail = findings_tail(c, f, k, compared);
     tail.extend(image_why.map(|w| format!("Fails: {w}.")));
     if compared == VerdictClass::NoiseRng {
