@@ -83,8 +83,9 @@ def to_array(dtype, shape, data, as_="numpy"):
         import torch
 
         names = {v: k for k, v in _torch_names(torch).items()}
-        t = torch.frombuffer(bytearray(data), dtype=names[dtype]) if data else torch.empty(0, dtype=names[dtype])
-        return t.reshape(shape)
+        if not data:
+            return torch.empty(shape, dtype=names[dtype])
+        return torch.frombuffer(bytearray(data), dtype=names[dtype]).reshape(shape)
     if as_ != "numpy":
         raise ValueError(f"as_={as_!r}: expected 'numpy' or 'torch'")
     if dtype == "bf16":

@@ -4,7 +4,6 @@ Everything is computed by the Rust reader and judge (``sdtrace._native``); this 
 their JSON and bytes into Python values.
 """
 
-import builtins
 import ctypes
 import json
 import os
@@ -114,7 +113,7 @@ def compare(a, b, tol=None, tol_key=(), allow_missing=None, fail_on=None, min_ps
         os.fspath(a),
         os.fspath(b),
         tol=_tol_text(tol),
-        tol_key=builtins.list(tol_key),
+        tol_key=list(tol_key),
         allow_missing=allow_missing,
         fail_on=fail_on,
         min_psnr=min_psnr,
