@@ -23,7 +23,7 @@
 //! in its own PNGs), a table of common cards shows where each one parts from the others.
 //! [`render`] is a pure function of the result.
 
-use crate::analysis::noise::max_square;
+use crate::analysis::noise::{max_square, square_sizes};
 use crate::image::{ImageError, PARAMETERS_KEY, ParsedInfotext, parse_infotext, png_text};
 use crate::params::{SDTRACE_RNG_KEY, sdtrace_rng_value};
 use crate::sampling::RngSpec;
@@ -1015,7 +1015,7 @@ pub fn explain(a: &Generation, b: &Generation, cards: Option<&(RngSpec, RngSpec)
                 if exact { "" } else { " (to rounding)" }
             )),
             Agreement::UpTo { elements: k, exact } => {
-                let n = max_square(k);
+                let (n, m) = square_sizes(k);
                 noise.push(format!(
                     "{} and {} {} up to {n}x{n} and differ from {m}x{m} on: the first {} elements of a draw {}, the rest does not",
                     x.label(),
@@ -1023,7 +1023,6 @@ pub fn explain(a: &Generation, b: &Generation, cards: Option<&(RngSpec, RngSpec)
                     if exact { "agree" } else { "give the same values" },
                     thousands(k),
                     if exact { "agree bit for bit" } else { "agree to rounding" },
-                    m = n + 8
                 ));
                 match elements {
                     Some(e) if e <= k => noise.push(format!(

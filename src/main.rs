@@ -248,28 +248,12 @@ impl JudgeArgs {
 
     /// What decides the verdict besides tolerances; --min-psnr/--min-ssim judge the final image.
     fn criteria(&self) -> Result<Criteria> {
-        let thresholds = self.min_psnr.is_some() || self.min_ssim.is_some();
-        let fail_on = match self.fail_on {
-            Some(f) if thresholds && f != FailOn::Image => bail!(
-                "--min-psnr/--min-ssim judge the final image, but --fail-on is {}: drop --fail-on or give --fail-on image",
-                f.name()
-            ),
-            Some(f) => f,
-            None if thresholds => FailOn::Image,
-            None => FailOn::FirstExceed,
-        };
-        if let Some(p) = self.min_psnr.filter(|p| !p.is_finite()) {
-            bail!("--min-psnr {p}: give a finite number of dB, e.g. --min-psnr 40");
-        }
-        if let Some(x) = self.min_ssim.filter(|x| !(-1.0..=1.0).contains(x)) {
-            bail!("--min-ssim {x}: SSIM lies in [-1, 1]; e.g. --min-ssim 0.98");
-        }
-        Ok(Criteria {
-            fail_on,
-            allow_missing: self.allow_missing.clone().unwrap_or_default(),
-            min_psnr: self.min_psnr,
-            min_ssim: self.min_ssim,
-        })
+        Ok(Criteria::from_flags(
+            self.fail_on,
+            self.allow_missing.clone(),
+            self.min_psnr,
+            self.min_ssim,
+        )?)
     }
 
     fn compare_options(&self) -> Result<CompareOptions> {

@@ -24,7 +24,6 @@ import inspect
 import os
 import re
 import sys
-import time
 
 import torch
 
@@ -406,7 +405,6 @@ class record:
         cfg = header["settings"]["cfg_scale"] > 1.0
         writer = Writer(self.path, header, self.capture)
         run = _Run(pipe, sys.modules[self._cls.__module__], writer, cfg, steps)
-        started = time.monotonic()
         try:
             run.install()
             out = original_call(pipe, *args, **kwargs)
@@ -417,7 +415,6 @@ class record:
             self._close(run, "failed", f"{type(e).__name__}: {e}")
             raise
         self._close(run, "complete", None)
-        self.elapsed = time.monotonic() - started
         return out
 
     def _close(self, run, status, reason):

@@ -12,7 +12,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sdtrace::DType;
-use sdtrace::analysis::noise::max_square;
+use sdtrace::analysis::noise::square_sizes;
 use sdtrace::analysis::noise::{AGREE_ABS, AGREE_REL, NoiseClass, NoiseDiagnosis, diagnose};
 use sdtrace::export::{to_npy, to_safetensors, write_atomic};
 use sdtrace::pipeline::{DeviceChoice, parse_size};
@@ -275,12 +275,12 @@ pub fn conclusion(a: &RngSpec, b: &RngSpec, rows: &[PairRow]) -> String {
         },
         Agreement::Always { exact: false } => "the same values at every size".into(),
         Agreement::UpTo { elements, exact } => {
-            let n = max_square(elements);
+            let (agree, differ) = square_sizes(elements);
             format!(
                 "{} up to {}, differ from {} (the first {elements} elements agree{})",
                 if exact { "agree" } else { "the same values" },
-                sq(n),
-                sq(n + 8),
+                sq(agree),
+                sq(differ),
                 if exact {
                     ""
                 } else {

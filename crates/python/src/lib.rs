@@ -339,23 +339,17 @@ fn compare(
     min_ssim: Option<f64>,
 ) -> PyResult<String> {
     let tols = TolConfig::from_flags(tol.as_deref(), &tol_key, 3.0).map_err(err)?;
-    let thresholds = min_psnr.is_some() || min_ssim.is_some();
-    let fail_on = match fail_on.as_deref() {
-        Some(f) => f.parse::<FailOn>().map_err(err)?,
-        None if thresholds => FailOn::Image,
-        None => FailOn::FirstExceed,
-    };
-    let criteria = Criteria {
-        fail_on,
-        allow_missing: allow_missing
-            .as_deref()
-            .map(str::parse::<AllowMissing>)
-            .transpose()
-            .map_err(err)?
-            .unwrap_or_default(),
-        min_psnr,
-        min_ssim,
-    };
+    let fail_on = fail_on
+        .as_deref()
+        .map(str::parse::<FailOn>)
+        .transpose()
+        .map_err(err)?;
+    let allow_missing = allow_missing
+        .as_deref()
+        .map(str::parse::<AllowMissing>)
+        .transpose()
+        .map_err(err)?;
+    let criteria = Criteria::from_flags(fail_on, allow_missing, min_psnr, min_ssim).map_err(err)?;
     let opts = CompareOptions {
         tol: tols.clone(),
         ..CompareOptions::default()

@@ -88,10 +88,20 @@ pub struct Gap {
 }
 
 impl Gap {
+    /// The side this one lacks records of.
+    pub fn other(&self) -> &'static str {
+        if self.side == "A" { "B" } else { "A" }
+    }
+
+    /// The records the other trace holds and this one lacks (allowed or not).
+    pub fn lacks<'a>(&self, c: &'a Comparison) -> &'a [RecordRef] {
+        lacks(c, &self.side)
+    }
+
     /// One sentence: `B (b.sdt) is a truncated or damaged file (…); it lacks 630 of A's
     /// records (first: step 3 unet.conv_in), and its last step is 2 where A's is 4.`
     pub fn describe(&self) -> String {
-        let other = if self.side == "A" { "B" } else { "A" };
+        let other = self.other();
         let mut parts = Vec::new();
         if let Some(why) = &self.shortfall {
             parts.push(format!("is {why}"));
@@ -124,12 +134,18 @@ impl Gap {
     }
 }
 
+/// The records of the other trace that `side` (`A` or `B`) lacks.
+fn lacks<'a>(c: &'a Comparison, side: &str) -> &'a [RecordRef] {
+    if side == "A" { &c.only_b } else { &c.only_a }
+}
+
 /// The gaps of both sides (A first), each only when the side lacks something.
 pub fn gaps(c: &Comparison, allow: &AllowMissing) -> Vec<Gap> {
     let paired_last = c.records.iter().filter_map(|r| r.step).max();
     let last = |own: &[RecordRef]| own.iter().filter_map(|r| r.step).max().max(paired_last);
     let (last_a, last_b) = (last(&c.only_a), last(&c.only_b));
-    let side = |name: &str, t: &TraceSide, lacks: &[RecordRef], own, other| {
+    let side = |name: &str, t: &TraceSide, own, other| {
+        let lacks = lacks(c, name);
         let (allowed, missing): (Vec<&RecordRef>, Vec<&RecordRef>) =
             lacks.iter().partition(|r| allow.allows_key(&r.key));
         let shortfall = t.shortfall();
@@ -147,8 +163,8 @@ pub fn gaps(c: &Comparison, allow: &AllowMissing) -> Vec<Gap> {
         })
     };
     [
-        side("A", &c.a, &c.only_b, last_a, last_b),
-        side("B", &c.b, &c.only_a, last_b, last_a),
+        side("A", &c.a, last_a, last_b),
+        side("B", &c.b, last_b, last_a),
     ]
     .into_iter()
     .flatten()

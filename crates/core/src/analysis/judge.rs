@@ -33,8 +33,8 @@
 use super::align::HeaderDiff;
 use super::compare::{Basis, Comparison, PairRecord};
 use super::gaps::{AllowMissing, Gap, gaps};
-use super::jf64;
 use super::tolerance::{Tol, TolConfig};
+use super::{AnalysisError, jf64};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -105,6 +105,46 @@ impl From<FailOn> for Criteria {
 }
 
 impl Criteria {
+    /// The criteria the judging flags give (`--fail-on`, `--allow-missing`, `--min-psnr`,
+    /// `--min-ssim`): image thresholds imply `--fail-on image` and conflict with any other;
+    /// a PSNR must be finite and an SSIM in [−1, 1].
+    pub fn from_flags(
+        fail_on: Option<FailOn>,
+        allow_missing: Option<AllowMissing>,
+        min_psnr: Option<f64>,
+        min_ssim: Option<f64>,
+    ) -> Result<Self, AnalysisError> {
+        let bad = |what: String| Err(AnalysisError::Criteria { what });
+        let thresholds = min_psnr.is_some() || min_ssim.is_some();
+        let fail_on = match fail_on {
+            Some(f) if thresholds && f != FailOn::Image => {
+                return bad(format!(
+                    "--min-psnr/--min-ssim judge the final image, but --fail-on is {}: drop --fail-on or give --fail-on image",
+                    f.name()
+                ));
+            }
+            Some(f) => f,
+            None if thresholds => FailOn::Image,
+            None => FailOn::FirstExceed,
+        };
+        if let Some(p) = min_psnr.filter(|p| !p.is_finite()) {
+            return bad(format!(
+                "--min-psnr {p}: give a finite number of dB, e.g. --min-psnr 40"
+            ));
+        }
+        if let Some(x) = min_ssim.filter(|x| !(-1.0..=1.0).contains(x)) {
+            return bad(format!(
+                "--min-ssim {x}: SSIM lies in [-1, 1]; e.g. --min-ssim 0.98"
+            ));
+        }
+        Ok(Criteria {
+            fail_on,
+            allow_missing: allow_missing.unwrap_or_default(),
+            min_psnr,
+            min_ssim,
+        })
+    }
+
     /// Whether PSNR/SSIM thresholds replace the image's numeric tolerance.
     fn image_thresholds(&self) -> bool {
         self.fail_on == FailOn::Image && (self.min_psnr.is_some() || self.min_ssim.is_some())

@@ -81,6 +81,9 @@ pub enum AnalysisError {
     SavedComparison { path: PathBuf, what: String },
     #[error("{what}")]
     Worker { what: String },
+    /// Judging flags that do not go together (`--min-psnr` with `--fail-on amplify`, …).
+    #[error("{what}")]
+    Criteria { what: String },
     #[error("the comparison was cancelled")]
     Cancelled,
 }

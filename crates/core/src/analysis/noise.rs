@@ -223,11 +223,14 @@ pub fn max_square(elements: u64) -> u64 {
 /// draw the same noise at every size. With waves of 30 720 (GTX 1070) and 40 960 (T4)
 /// elements: (696, 704). Every statement of a card pair's boundary (demo, docs) comes from here.
 pub fn square_boundary(wave_a: u64, wave_b: u64) -> Option<(u64, u64)> {
-    if wave_a == wave_b {
-        return None;
-    }
-    let agree = max_square(wave_a.min(wave_b));
-    Some((agree, agree + 8))
+    (wave_a != wave_b).then(|| square_sizes(wave_a.min(wave_b)))
+}
+
+/// For two draws whose first `elements` agree: `(agree, differ)`, the largest N×N single image
+/// (N a multiple of 8) within them and the first size past them.
+pub fn square_sizes(elements: u64) -> (u64, u64) {
+    let agree = max_square(elements);
+    (agree, agree + 8)
 }
 
 /// What a wave of `elements` implies: candidate SM counts and named cards.

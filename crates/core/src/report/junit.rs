@@ -93,7 +93,7 @@ fn gap_cases(c: &Comparison, j: &Judgement) -> Vec<Case> {
     let allow = &j.criteria.allow_missing;
     let mut cases = Vec::new();
     for g in &j.gaps {
-        let other = if g.side == "A" { "B" } else { "A" };
+        let other = g.other();
         if let Some(why) = &g.shortfall {
             let message = format!("{} is {why}", g.side);
             cases.push(Case {
@@ -112,8 +112,7 @@ fn gap_cases(c: &Comparison, j: &Judgement) -> Vec<Case> {
                 },
             });
         }
-        let lacks = if g.side == "A" { &c.only_b } else { &c.only_a };
-        for (key, recs) in by_key(lacks) {
+        for (key, recs) in by_key(g.lacks(c)) {
             let message = format!(
                 "{} of {other}'s records are missing in {}, first at {}",
                 recs.len(),

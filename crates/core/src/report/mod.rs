@@ -462,19 +462,16 @@ impl Labels {
 
     /// Where a record is, without its key: `step 3`, `step 3 (cond)`, `(uncond)`, `eval 2`.
     pub fn at(&self, r: &crate::analysis::PairRecord) -> String {
-        let name = self.eval_name(r.step, r.eval, &r.key);
-        let plain = match (r.step, r.eval) {
-            (Some(s), 0) => format!("step {s}"),
-            (Some(s), e) if name.is_none() => format!("step {s} eval {e}"),
-            (Some(s), _) => format!("step {s}"),
-            (None, e) if e > 0 && name.is_none() => format!("eval {e}"),
-            (None, _) => String::new(),
-        };
-        match name {
-            Some(n) if plain.is_empty() => format!("({n})"),
-            Some(n) => format!("{plain} ({n})"),
-            None => plain,
+        let mut parts = Vec::new();
+        if let Some(s) = r.step {
+            parts.push(format!("step {s}"));
         }
+        match self.eval_name(r.step, r.eval, &r.key) {
+            Some(n) => parts.push(format!("({n})")),
+            None if r.eval > 0 => parts.push(format!("eval {}", r.eval)),
+            None => {}
+        }
+        parts.join(" ")
     }
 }
 
