@@ -354,7 +354,8 @@ impl LdmMap {
         unet_rows(arch, &mut rows);
         vae_rows(arch, &mut rows);
         text_rows(arch.text, arch.text_layers, &mut rows);
-        LdmMap::from_rows(rows)
+        let n = rows.len();
+        LdmMap::from_rows(rows, n)
     }
 
     /// SD 1.x and 2.x at once: their UNet and VAE names are the same and their text towers live
@@ -363,15 +364,20 @@ impl LdmMap {
     pub fn sd() -> Self {
         let sd2 = LdmArch::sd2();
         let mut rows = LdmMap::new(&LdmArch::sd1()).entries;
+        let sd1 = rows.len();
         text_rows(sd2.text, sd2.text_layers, &mut rows);
-        LdmMap::from_rows(rows)
+        LdmMap::from_rows(rows, sd1)
     }
 
-    fn from_rows(entries: Vec<Entry>) -> Self {
+    /// Index `entries`; only the first `forward` rows answer [`LdmMap::to_ldm`] and
+    /// [`LdmMap::weight`].
+    fn from_rows(entries: Vec<Entry>, forward: usize) -> Self {
         let mut by_ours = BTreeMap::new();
         let mut by_ldm = BTreeMap::new();
         for (i, e) in entries.iter().enumerate() {
-            by_ours.entry(e.ours.clone()).or_insert(i);
+            if i < forward {
+                by_ours.entry(e.ours.clone()).or_insert(i);
+            }
             by_ldm.entry(e.ldm.clone()).or_insert(i);
         }
         LdmMap {
@@ -808,6 +814,15 @@ mod tests {
             both.from_ldm("cond_stage_model.transformer.text_model.final_layer_norm")
                 .as_deref(),
             Some("text_encoder.final_layer_norm")
+        );
+        assert_eq!(
+            both.to_ldm("text_encoder.encoder.layers.11").as_deref(),
+            Some("cond_stage_model.transformer.text_model.encoder.layers.11")
+        );
+        assert_eq!(
+            both.from_ldm("cond_stage_model.model.transformer.resblocks.11")
+                .as_deref(),
+            Some("text_encoder.encoder.layers.11")
         );
         assert_eq!(
             both.to_ldm("text_encoder.final_layer_norm").as_deref(),
