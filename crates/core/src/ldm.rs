@@ -93,9 +93,11 @@ impl LdmArch {
 
     /// Read the architecture off LDM names: a checkpoint's keys or a host model's
     /// `named_modules()`/`state_dict()` names, rooted as in a checkpoint
-    /// (`model.diffusion_model.…`, `first_stage_model.…`, `cond_stage_model.…`). `None` when
-    /// the names lack a UNet, VAE or text encoder of this structure, or the UNet has a label
-    /// embedding (SDXL); what is unsupported is for the caller to say.
+    /// (`model.diffusion_model.…`, `first_stage_model.…`, `cond_stage_model.…`). Each component
+    /// is read off its own names, and one that is absent keeps SD's values (a host may hook its
+    /// UNet and its VAE at different times). `None` when no component is there, when one that
+    /// is there does not have this structure, or when the UNet has a label embedding (SDXL);
+    /// what is unsupported is for the caller to say.
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
         let names: BTreeSet<&str> = names.into_iter().collect();
         let has = |p: &str| {
@@ -112,46 +114,58 @@ impl LdmArch {
                 .filter_map(|n| n[p.len()..].split('.').next()?.parse().ok())
                 .collect()
         };
+        let mut arch = LdmArch::sd1();
+        let mut found = false;
         if has(&format!("{UNET_ROOT}.label_emb")) {
             return None;
         }
-        let inputs = indices(&format!("{UNET_ROOT}.input_blocks"));
-        let last = *inputs.last()?;
-        let per = (1..=last)
-            .find(|i| has(&format!("{UNET_ROOT}.input_blocks.{i}.0.op")))
-            .unwrap_or(last + 1);
-        if per < 2 || !(last + 1).is_multiple_of(per) {
-            return None;
+        if has(UNET_ROOT) {
+            let inputs = indices(&format!("{UNET_ROOT}.input_blocks"));
+            let last = *inputs.last()?;
+            let per = (1..=last)
+                .find(|i| has(&format!("{UNET_ROOT}.input_blocks.{i}.0.op")))
+                .unwrap_or(last + 1);
+            if per < 2
+                || !(last + 1).is_multiple_of(per)
+                || !has(&format!("{UNET_ROOT}.middle_block"))
+            {
+                return None;
+            }
+            arch.unet_attention = (0..(last + 1) / per)
+                .map(|b| has(&format!("{UNET_ROOT}.input_blocks.{}.1", 1 + per * b)))
+                .collect();
+            arch.unet_layers_per_block = per - 1;
+            found = true;
         }
-        let unet_attention = (0..(last + 1) / per)
-            .map(|b| has(&format!("{UNET_ROOT}.input_blocks.{}.1", 1 + per * b)))
-            .collect();
-        let vae_levels = indices(&format!("{VAE_ROOT}.decoder.up")).len();
-        let vae_layers_per_block = indices(&format!("{VAE_ROOT}.encoder.down.0.block")).len();
-        if vae_levels == 0 || vae_layers_per_block == 0 {
-            return None;
+        if has(VAE_ROOT) {
+            arch.vae_levels = indices(&format!("{VAE_ROOT}.decoder.up")).len();
+            let encoder = indices(&format!("{VAE_ROOT}.encoder.down.0.block")).len();
+            // A decoder alone (hosts may drop the encoder): its levels hold one more resnet.
+            let decoder = indices(&format!("{VAE_ROOT}.decoder.up.0.block")).len();
+            arch.vae_layers_per_block = if encoder > 0 {
+                encoder
+            } else {
+                decoder.checked_sub(1)?
+            };
+            if arch.vae_levels == 0 || arch.vae_layers_per_block == 0 {
+                return None;
+            }
+            found = true;
         }
         let openai = [OPENAI_CLIP_ROOT, OPENAI_CLIP_OLD_ROOT]
             .into_iter()
             .find(|r| has(&format!("{r}.encoder.layers")));
-        let (text, text_layers) = match openai {
-            Some(root) => (
-                TextTower::OpenAi { root },
-                indices(&format!("{root}.encoder.layers")).len(),
-            ),
-            None => {
-                let n = indices(&format!("{OPENCLIP_ROOT}.transformer.resblocks")).len();
-                (TextTower::OpenClip, n.checked_sub(1).filter(|n| *n > 0)?)
-            }
-        };
-        Some(LdmArch {
-            unet_attention,
-            unet_layers_per_block: per - 1,
-            vae_levels,
-            vae_layers_per_block,
-            text,
-            text_layers,
-        })
+        if let Some(root) = openai {
+            arch.text = TextTower::OpenAi { root };
+            arch.text_layers = indices(&format!("{root}.encoder.layers")).len();
+            found = true;
+        } else if has(&format!("{OPENCLIP_ROOT}.transformer.resblocks")) {
+            let n = indices(&format!("{OPENCLIP_ROOT}.transformer.resblocks")).len();
+            arch.text = TextTower::OpenClip;
+            arch.text_layers = n.checked_sub(1).filter(|n| *n > 0)?;
+            found = true;
+        }
+        found.then_some(arch)
     }
 }
 
@@ -297,6 +311,8 @@ pub struct LdmMap {
     entries: Vec<Entry>,
     by_ours: BTreeMap<String, usize>,
     by_ldm: BTreeMap<String, usize>,
+    /// Where the OpenAI text tower's rows are rooted, if the map has one.
+    openai_root: Option<&'static str>,
 }
 
 /// `a` == `b`, or `a` starts with `b` followed by a dot: the rest after the dot.
@@ -380,10 +396,16 @@ impl LdmMap {
             }
             by_ldm.entry(e.ldm.clone()).or_insert(i);
         }
+        let openai_root = entries.iter().find_map(|e| {
+            [OPENAI_CLIP_ROOT, OPENAI_CLIP_OLD_ROOT]
+                .into_iter()
+                .find(|r| e.ours == "text_encoder" && e.ldm == *r)
+        });
         LdmMap {
             entries,
             by_ours,
             by_ldm,
+            openai_root,
         }
     }
 
@@ -414,12 +436,22 @@ impl LdmMap {
 
     /// The sdtrace key of LDM module path `path`, or `None`. Rooted as in a checkpoint
     /// (`model.diffusion_model.input_blocks.4.1`, `first_stage_model.decoder.up.1`,
-    /// `cond_stage_model.transformer.text_model.encoder.layers.3`); also taken: ComfyUI's
+    /// `cond_stage_model.transformer.text_model.encoder.layers.3`, also without the
+    /// `text_model` level as transformers 5 names it); also taken: ComfyUI's
     /// `diffusion_model.…`, paths inside the UNet (`middle_block.1`, `output_blocks.5.2`,
     /// `time_embed`, `out.0`), and the webui's wrapped text encoder
     /// (`cond_stage_model.wrapped.…`).
     pub fn from_ldm(&self, path: &str) -> Option<String> {
-        let path = normalize(path);
+        let mut path = normalize(path);
+        // HF CLIP with or without its `text_model` level (transformers 5 dropped it from
+        // `CLIPTextModel`): re-rooted where this map has the OpenAI tower.
+        if let Some(root) = self.openai_root {
+            let rest = strip_segments(&path, OPENAI_CLIP_ROOT)
+                .or_else(|| strip_segments(&path, OPENAI_CLIP_OLD_ROOT));
+            if let Some(rest) = rest {
+                path = join(root, rest);
+            }
+        }
         let (i, rest) = longest(&self.by_ldm, &path)?;
         let e = &self.entries[i];
         if rest.is_empty() {
@@ -749,6 +781,15 @@ mod tests {
                 "cond_stage_model.wrapped.transformer.text_model.encoder.layers.11",
                 "text_encoder.encoder.layers.11",
             ),
+            // transformers 5's CLIPTextModel has no `text_model` level.
+            (
+                "cond_stage_model.transformer.encoder.layers.2",
+                "text_encoder.encoder.layers.2",
+            ),
+            (
+                "cond_stage_model.wrapped.transformer.final_layer_norm",
+                "text_encoder.final_layer_norm",
+            ),
         ] {
             assert_eq!(m.from_ldm(host).as_deref(), Some(ours), "{host}");
         }
@@ -872,5 +913,27 @@ mod tests {
         names.push(format!("{UNET_ROOT}.label_emb.0.0.weight"));
         assert_eq!(LdmArch::from_names(names.iter().map(String::as_str)), None);
         assert_eq!(LdmArch::from_names(["foo.bar"]), None);
+        // One component alone: the others keep SD's values.
+        let unet_only = LdmMap::new(&LdmArch {
+            unet_attention: vec![true, false],
+            ..LdmArch::sd1()
+        });
+        let names: Vec<String> = unet_only
+            .entries()
+            .iter()
+            .filter(|e| e.ldm.starts_with(UNET_ROOT))
+            .map(|e| format!("{}.weight", e.ldm))
+            .chain(["model.diffusion_model.input_blocks.3.0.op.weight".to_string()])
+            .collect();
+        let got = LdmArch::from_names(names.iter().map(String::as_str));
+        assert_eq!(
+            got.map(|a| (a.unet_attention, a.vae_levels)),
+            Some((vec![true, false], 4))
+        );
+        // A UNet without a middle block is not this structure.
+        assert_eq!(
+            LdmArch::from_names(["model.diffusion_model.input_blocks.0.0.weight"]),
+            None
+        );
     }
 }

@@ -38,12 +38,13 @@ impl PyLdmMap {
 
     /// The map of the model whose LDM names (module or weight names rooted as in a checkpoint:
     /// `model.diffusion_model.…`, `first_stage_model.…`, `cond_stage_model.…`) are `names`;
-    /// an error if they do not describe an SD 1.x/2.x-structured model (SDXL, SD3, Flux, …).
+    /// each component present is read off its names, an absent one keeps SD's values; an error
+    /// if they do not describe an SD 1.x/2.x-structured model (SDXL, SD3, Flux, …).
     #[staticmethod]
     fn from_names(names: Vec<String>) -> PyResult<Self> {
         let arch = LdmArch::from_names(names.iter().map(String::as_str)).ok_or_else(|| {
             err(format!(
-                "these {} names do not describe an SD 1.x/2.x-structured LDM model (expected model.diffusion_model.input_blocks.*, first_stage_model.decoder.up.*, and cond_stage_model.transformer.text_model.* or cond_stage_model.model.transformer.resblocks.*, and no label_emb); record it with pipeline points only",
+                "these {} names do not describe an SD 1.x/2.x-structured LDM model (expected model.diffusion_model.input_blocks.* with a middle_block and no label_emb, first_stage_model.decoder.up.*, or cond_stage_model.transformer[.text_model].encoder.layers.* / cond_stage_model.model.transformer.resblocks.*); record it with pipeline points only",
                 names.len()
             ))
         })?;
