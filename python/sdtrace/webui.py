@@ -74,6 +74,31 @@ def _webui():
     return rng, script_callbacks, shared
 
 
+# The webui's sampler names (and, since 1.9, its schedule type) as sdtrace names them.
+SAMPLERS = {("Euler", None): "euler", ("Euler a", None): "euler-a", ("DDIM", None): "ddim", ("DPM++ 2M Karras", None): "dpmpp-2m-karras", ("DPM++ 2M", "Karras"): "dpmpp-2m-karras", ("DPM++ 2M", None): "dpmpp-2m"}
+
+
+def sampler_name(name, schedule=None):
+    """sdtrace's name for the webui's sampler ``name`` with ``schedule`` (its own name if sdtrace
+    has none)."""
+    schedule = None if schedule in (None, "", "Automatic") else schedule
+    return SAMPLERS.get((name, schedule), name)
+
+
+# The webui's cross-attention optimisations (`model_hijack.optimization_method`) in sdtrace's
+# `settings.attention` words where sdtrace has the same kernel (Doggettx = split); others keep
+# the webui's name.
+ATTENTION = {None: "full", "none": "full", "Doggettx": "split:auto"}
+
+
+def _dtype_name(module):
+    try:
+        d = next(module.parameters()).dtype
+    except Exception:  # noqa: BLE001
+        return None
+    return {"torch.float32": "f32", "torch.float16": "f16", "torch.bfloat16": "bf16"}.get(str(d), str(d))
+
+
 def _rng_spec(source, device):
     if source == "NV":
         return "a1111-nv"
@@ -390,6 +415,8 @@ class Recorder:
             "flags": {f: getattr(cmd, f, None) for f in NUMERIC_FLAGS if cmd is not None and hasattr(cmd, f)},
             "cross_attention_optimization": optimization,
             "cross_attention_optimization_setting": getattr(opts, "cross_attention_optimization", None),
+            "sampler_name": getattr(p, "sampler_name", None),
+            "scheduler": getattr(p, "scheduler", None),
             "batch_number": batch_number,
             "seeds": list(seeds or []),
             "extra_networks": _extra_networks(p),
@@ -402,7 +429,7 @@ class Recorder:
             "model": getattr(getattr(p.sd_model, "sd_checkpoint_info", None), "name_for_extra", None),
             "prompt": (getattr(p, "prompts", None) or [getattr(p, "prompt", None)])[0],
             "negative_prompt": (getattr(p, "negative_prompts", None) or [getattr(p, "negative_prompt", None)])[0],
-            "sampler": getattr(p, "sampler_name", None),
+            "sampler": sampler_name(getattr(p, "sampler_name", None), getattr(p, "scheduler", None)),
             "steps": int(getattr(p, "steps", 0) or 0),
             "cfg_scale": getattr(p, "cfg_scale", None),
             "seed": (seeds or [getattr(p, "seed", None)])[0],
@@ -410,6 +437,8 @@ class Recorder:
             "height": getattr(p, "height", None),
             "batch_size": getattr(p, "batch_size", None),
             "rng": _rng_spec(source, device),
+            "dtype": _dtype_name(_models(p.sd_model)["unet"][1]),
+            "attention": ATTENTION.get(optimization, f"webui:{optimization}"),
             "capture": capture,
             "extra": {
                 "host": host,

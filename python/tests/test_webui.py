@@ -40,6 +40,27 @@ def files(tmp_path_factory):
     return ckpt, folder
 
 
+def openai_clip_tokenizer_files(out):
+    """vocab.json and merges.txt of OpenAI's CLIP tokenizer, built from the BPE file sdtrace
+    embeds (src/text/bpe_simple_vocab_16e6.txt.gz) as OpenAI's SimpleTokenizer builds its
+    vocabulary: the same token ids as `sdtrace record`, offline."""
+    import gzip
+    import json
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    # GPT-2's byte-to-character table, in its order: printable bytes as themselves, the rest
+    # from U+0100 on.
+    byte_chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+    with gzip.open(os.path.join(ROOT, "src", "text", "bpe_simple_vocab_16e6.txt.gz"), "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out / "vocab.json", out / "merges.txt"
+
+
 @pytest.fixture(scope="module")
 def webui(files):
     """The fake `modules` package, the tiny model as the webui holds it, and the extension's
@@ -54,7 +75,8 @@ def webui(files):
         from modules import processing, rng, script_callbacks, scripts, sd_hijack, shared
 
         model = ldm_tiny.load(ckpt)
-        tok = CLIPTokenizer(str(folder / "tokenizer" / "vocab.json"), str(folder / "tokenizer" / "merges.txt"))
+        vocab, merges = openai_clip_tokenizer_files(folder.parent)
+        tok = CLIPTokenizer(str(vocab), str(merges))
         model.cond_stage_model = processing.FrozenCLIPEmbedderWithCustomWords(
             processing.FrozenCLIPEmbedder(model.cond_stage_model.transformer, tok)
         )
@@ -160,7 +182,8 @@ def test_header_names_the_webuis_numerics(webui, tmp_path):
     assert os.path.basename(t.path) == "5_0.sdt"
     s = t.header["settings"]
     host = s["extra"]["host"]
-    assert (s["rng"], s["seed"], s["steps"], s["sampler"], s["cfg_scale"]) == ("torch-cpu", 5, 3, "Euler", 7.0)
+    assert (s["rng"], s["seed"], s["steps"], s["sampler"], s["cfg_scale"]) == ("torch-cpu", 5, 3, "euler", 7.0)
+    assert host["sampler_name"] == "Euler"
     assert s["extra"]["a1111"]["ensd"] == 31337
     assert host["flags"]["opt_sdp_attention"] is True and host["flags"]["precision"] == "full"
     assert host["cross_attention_optimization"] == "none"
@@ -174,6 +197,9 @@ def test_rng_source_names(webui):
 
     assert ext._rng_spec("NV", torch.device("cpu")) == "a1111-nv"
     assert ext._rng_spec("CPU", torch.device("cpu")) == "torch-cpu"
+    assert [ext.sampler_name(*a) for a in [("Euler",), ("DPM++ 2M", "Karras"), ("DPM++ 2M", "Automatic"), ("Heun",)]] == [
+        "euler", "dpmpp-2m-karras", "dpmpp-2m", "Heun"
+    ]
 
 
 def test_one_trace_per_batch_and_hires_as_its_own_block(webui, tmp_path):
@@ -236,3 +262,25 @@ def test_a_bad_capture_setting_skips_recording_not_the_image(webui, tmp_path, ca
     assert all(torch.equal(a, b) for a, b in zip(images, plain))
     assert "not recording this batch" in caplog.text and "bogus" in caplog.text
     assert clean(webui)
+
+
+def test_cross_host_agreement_with_sdtrace_record(webui, files, tmp_path):
+    """The same weights, prompt, seed and sampler through the webui path and through
+    `sdtrace record --a1111-cond-uncond --rng torch-cpu` agree key by key at f32 tolerances."""
+    generate(webui, tmp_path / "webui", capture="full")
+    (t,) = trace_in(tmp_path / "webui")
+    rust = tmp_path / "rust.sdt"
+    subprocess.run(
+        [sdtrace_bin(), "record", "--model", str(files[0]), "--prompt", PROMPT, "--negative", NEGATIVE, "--steps", "3",
+         "--size", "64x64", "--seed", "1", "--cfg", "7", "--rng", "torch-cpu", "--sampler", "euler", "--a1111-cond-uncond",
+         "--capture", "full", "-q", "--no-png", "-o", str(rust)],
+        check=True, capture_output=True,
+    )
+    report = sdtrace.compare(rust, t.path, tol="rel=1e-4,abs=1e-6")
+    assert report["verdict"]["passed"], report["verdict"]["summary"]
+    assert report["verdict"]["exit_code"] == 0
+    # Not vacuous: the same comparison at the default, tighter tolerance names a drift of f32
+    # size (HF CLIP and PyTorch kernels vs candle's), and the final images are the same.
+    tight = sdtrace.compare(rust, t.path)
+    assert not tight["verdict"]["passed"] and "over tolerance" in tight["verdict"]["summary"], tight["verdict"]
+    assert "visually identical" in report["verdict"]["summary"]
