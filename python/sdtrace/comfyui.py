@@ -152,7 +152,8 @@ class _Run:
                 "rng": "torch-cpu",
                 "dtype": str(noise.dtype).replace("torch.", ""),
                 "capture": self.settings["capture"],
-                "extra": {"host": host, "numerics": {"cond_uncond": host["cond_uncond"]}},
+                "host": host,
+                "numerics": {"cond_uncond": host["cond_uncond"]},
             },
             "device": _device(noise),
         }

@@ -10,7 +10,7 @@ What is recorded, under the keys ``sdtrace record`` uses:
   ``text.uncond`` (the embeddings the CFG denoiser gets at the first step);
 - ``noise.initial``: what ``modules.rng.ImageRNG.first`` returns, whichever source draws it
   (``settings.rng``: ``torch-cpu`` for CPU, ``torch-cuda:SMS,THREADS`` for GPU, ``a1111-nv`` for
-  NV); ENSD in ``settings.extra.a1111.ensd``;
+  NV); ENSD in ``settings.a1111.ensd``;
 - per step i (``on_cfg_denoiser`` / ``on_cfg_after_cfg``): ``sampler.x`` (the k-diffusion x the
   denoiser gets), every UNet probe point (eval = UNet call within the step), ``sampler.eps.cond``
   / ``sampler.eps.uncond`` (the UNet outputs, rows labelled by the webui's batch layout:
@@ -20,7 +20,7 @@ What is recorded, under the keys ``sdtrace record`` uses:
   recorded once, concatenated) and ``image`` (what ``postprocess_batch`` gets).
 
 A hires-fix second pass is its own block: its steps are recorded at ``first_step + i`` with
-``first_step`` = first-pass steps + 1 (``settings.extra.host.hires``), its noise as
+``first_step`` = first-pass steps + 1 (``settings.host.hires``), its noise as
 ``noise.initial`` at step ``first_step``, its final ``sampler.x`` at ``first_step`` + its steps;
 the first pass's own final latent is not recorded then.
 
@@ -440,11 +440,11 @@ class Recorder:
             "dtype": _dtype_name(_models(p.sd_model)["unet"][1]),
             "attention": ATTENTION.get(optimization, f"webui:{optimization}"),
             "capture": capture,
-            "extra": {
-                "host": host,
-                "numerics": {"cond_uncond": cond_uncond, "batch_cond_uncond": batched, "pad_cond_uncond": pad},
-                "a1111": {"ensd": getattr(opts, "eta_noise_seed_delta", 0), "randn_source": source, "cond_uncond": cond_uncond},
-            },
+            # Free keys (RunHeader's flattened `extra`), as sdtrace record and the diffusers
+            # recorder write them.
+            "host": host,
+            "numerics": {"cond_uncond": cond_uncond, "batch_cond_uncond": batched, "pad_cond_uncond": pad},
+            "a1111": {"ensd": getattr(opts, "eta_noise_seed_delta", 0), "randn_source": source, "cond_uncond": cond_uncond},
         }
         facts = {"device": str(device)}
         try:

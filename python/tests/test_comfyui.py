@@ -148,8 +148,8 @@ def test_keys_are_those_of_sdtrace_record(host, ckpt, tmp_path):
     assert ours == theirs, (sorted(ours - theirs), sorted(theirs - ours))
     s = trace.header["settings"]
     assert (s["seed"], s["steps"], s["sampler"], s["rng"], s["cfg_scale"]) == (SEED, STEPS, "euler", "torch-cpu", 7.0)
-    assert s["extra"]["host"]["name"] == "comfyui"
-    assert "cond_or_uncond" in s["extra"]["numerics"]["cond_uncond"]
+    assert s["host"]["name"] == "comfyui"
+    assert "cond_or_uncond" in s["numerics"]["cond_uncond"]
     assert trace.run_end["status"] == "complete"
 
 
@@ -224,7 +224,7 @@ def test_an_unsupported_model_is_recorded_with_pipeline_points_only(host, tmp_pa
     keys = {r.key for r in trace}
     assert not any(k.startswith("unet.") for k in keys)
     assert {"noise.initial", "sampler.x", "sampler.eps.cond", "sampler.denoised"} <= keys
-    assert "pipeline points only" in trace.header["settings"]["extra"]["host"]["skipped"]
+    assert "pipeline points only" in trace.header["settings"]["host"]["skipped"]
     assert "pipeline points only" in caplog.text
 
 

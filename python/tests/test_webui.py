@@ -164,7 +164,7 @@ def test_cond_and_uncond_rows(webui, tmp_path, batched):
         assert torch.allclose(got_c, c, atol=1e-5) and torch.allclose(got_u, u, atol=1e-5), step
         assert not torch.allclose(got_c, u, atol=1e-5)
     assert {r.eval for r in t if r.key.startswith("unet.") and r.step == 0} == ({0} if batched else {0, 1})
-    assert t.header["settings"]["extra"]["numerics"]["batch_cond_uncond"] is batched
+    assert t.header["settings"]["numerics"]["batch_cond_uncond"] is batched
 
 
 def test_header_names_the_webuis_numerics(webui, tmp_path):
@@ -181,15 +181,15 @@ def test_header_names_the_webuis_numerics(webui, tmp_path):
     (t,) = trace_in(tmp_path)
     assert os.path.basename(t.path) == "5_0.sdt"
     s = t.header["settings"]
-    host = s["extra"]["host"]
+    host = s["host"]
     assert (s["rng"], s["seed"], s["steps"], s["sampler"], s["cfg_scale"]) == ("torch-cpu", 5, 3, "euler", 7.0)
     assert host["sampler_name"] == "Euler"
-    assert s["extra"]["a1111"]["ensd"] == 31337
+    assert s["a1111"]["ensd"] == 31337
     assert host["flags"]["opt_sdp_attention"] is True and host["flags"]["precision"] == "full"
     assert host["cross_attention_optimization"] == "none"
     assert host["extra_networks"] == [{"type": "lora", "name": "detail", "weights": ["0.8"]}]
     assert host["embeddings"] == ["my-style"]
-    assert "[cond; uncond]" in s["extra"]["numerics"]["cond_uncond"]
+    assert "[cond; uncond]" in s["numerics"]["cond_uncond"]
 
 
 def test_rng_source_names(webui):
@@ -207,7 +207,7 @@ def test_one_trace_per_batch_and_hires_as_its_own_block(webui, tmp_path):
     assert [os.path.basename(t.path) for t in trace_in(tmp_path / "iter")] == ["3_0.sdt", "4_1.sdt"]
     generate(webui, tmp_path / "hr", enable_hr=True, hr_steps=4, denoising_strength=0.5)
     (t,) = trace_in(tmp_path / "hr")
-    first = t.header["settings"]["extra"]["host"]["hires"]["first_step"]
+    first = t.header["settings"]["host"]["hires"]["first_step"]
     assert first == 4
     steps = {r.step for r in t if r.key == "sampler.x"}
     # First pass: steps 0..2; hires: 3 steps (4 at strength 0.5 → sigmas[1:]) from `first_step`,
@@ -251,7 +251,7 @@ def test_an_unsupported_model_is_recorded_with_pipeline_points_only(webui, tmp_p
     keys = set(t.keys())
     assert not any(k.startswith(("unet.", "vae.", "text_encoder.")) for k in keys)
     assert {"noise.initial", "text.cond", "sampler.x", "sampler.eps.cond", "sampler.denoised", "image"} <= keys
-    assert "pipeline points only" in t.header["settings"]["extra"]["host"]["skipped"]
+    assert "pipeline points only" in t.header["settings"]["host"]["skipped"]
     assert "pipeline points only" in caplog.text
 
 

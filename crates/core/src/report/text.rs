@@ -36,10 +36,12 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
     let outcome = v.outcome_loud();
     let _ = writeln!(
         s,
-        "sdtrace report: A = {}{}  B = {}{}",
+        "sdtrace report: A = {} [{}]{}  B = {} [{}]{}",
         c.a.path,
+        c.a.host(),
         c.a.incomplete_note(),
         c.b.path,
+        c.b.host(),
         c.b.incomplete_note()
     );
     let _ = writeln!(
