@@ -95,6 +95,8 @@ class _Run:
             self._open(guider, noise, sampler, sigmas, seed)
         except Exception as e:  # noqa: BLE001 - a bad setting must not stop the generation
             log.warning("sdtrace Record: not recording this run: %s: %s", type(e).__name__, e)
+            if self.session is not None:
+                self.session.close("failed", f"opening the trace: {type(e).__name__}: {e}")
             self.session = None
         session = self.session
         if session is None:
@@ -278,9 +280,6 @@ class SdtraceRecord:
     def patch(self, model, folder="sdtrace", prefix="comfyui", capture="light"):
         try:
             # A bad capture string is the user's setting: say so now, not mid-generation.
-            _native.Recorder  # noqa: B018 - the extension is importable
-            from .writer import Writer  # noqa: F401
-
             check_capture(capture)
         except _native.SdtraceError as e:
             raise ValueError(f"sdtrace Record: capture '{capture}': {e}") from None

@@ -232,12 +232,27 @@ class Batch:
 
         rng_module.ImageRNG.first = first
         self.restore.append((rng_module.ImageRNG, "first", original))
+        # The webui closes `p` however the generation ends (txt2img/img2img run it in
+        # `with closing(p)`), while `postprocess` is skipped after an error: closing `p`
+        # closes a batch still open, so no hook outlives the generation.
+        original_close = getattr(self.p, "close", None)
+        if callable(original_close):
+
+            def close(*args, **kwargs):
+                RECORDER.close(_abandoned_status(), "the generation ended before the batch was postprocessed")
+                return original_close(*args, **kwargs)
+
+            self.p.close = close
+            self.restore.append((self.p, "close", None))
 
     def uninstall(self):
         self.s.remove_hooks()
         while self.restore:
             owner, name, original = self.restore.pop()
-            setattr(owner, name, original)
+            if original is None:
+                vars(owner).pop(name, None)
+            else:
+                setattr(owner, name, original)
 
     # -- events ----------------------------------------------------------------------------------
     def _on_text_call(self, module, args):
@@ -492,6 +507,17 @@ class Recorder:
             b.s.guard("recording a step", b.on_cfg_after_cfg, params)
 
 
+def _abandoned_status():
+    """How a batch that never reached postprocess_batch ended: interrupted (the user's Interrupt
+    or Skip) or failed."""
+    try:
+        _, _, shared = _webui()
+        state = shared.state
+        return "interrupted" if getattr(state, "interrupted", False) or getattr(state, "skipped", False) else "failed"
+    except Exception:  # noqa: BLE001
+        return "failed"
+
+
 def _data_path():
     try:
         from modules import paths_internal
@@ -542,11 +568,6 @@ def make_script_class(scripts):
             RECORDER.postprocess_batch(kwargs.get("images"))
 
         def postprocess(self, p, processed, *args):
-            try:
-                _, _, shared = _webui()
-                interrupted = bool(getattr(shared.state, "interrupted", False))
-            except Exception:  # noqa: BLE001
-                interrupted = False
-            RECORDER.close("interrupted" if interrupted else "failed", "the generation ended before the batch was postprocessed")
+            RECORDER.close(_abandoned_status(), "the generation ended before the batch was postprocessed")
 
     return SdtraceScript

@@ -284,3 +284,22 @@ def test_cross_host_agreement_with_sdtrace_record(webui, files, tmp_path):
     tight = sdtrace.compare(rust, t.path)
     assert not tight["verdict"]["passed"] and "over tolerance" in tight["verdict"]["summary"], tight["verdict"]
     assert "visually identical" in report["verdict"]["summary"]
+
+
+def test_a_generation_that_raises_leaves_no_hooks_and_a_failed_trace(webui, tmp_path, monkeypatch):
+    """The webui skips `postprocess` after an error but closes `p` (txt2img runs it in
+    `with closing(p)`): the open batch is closed there."""
+    from contextlib import closing
+
+    def broken(z):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(webui.model, "decode_first_stage", broken)
+    p = webui.processing.StableDiffusionProcessingTxt2Img(webui.model, webui.runner, [True, "light", str(tmp_path)], PROMPT, NEGATIVE)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with closing(p):
+            webui.processing.process_images(p)
+    assert p.closed and "close" not in vars(p)
+    assert clean(webui)
+    (t,) = trace_in(tmp_path)
+    assert t.run_end["status"] == "failed" and "before the batch was postprocessed" in t.run_end["reason"]

@@ -114,6 +114,10 @@ class StableDiffusionProcessingTxt2Img:
         self.sampler_name = "Euler"
         self.extra_network_data = {}
 
+    def close(self):
+        """The webui runs generations in `with closing(p)`."""
+        self.closed = True
+
     def get_conds(self, cache, prompts):
         if cache[0] != prompts:
             cache[0], cache[1] = list(prompts), self.sd_model.cond_stage_model(prompts)
