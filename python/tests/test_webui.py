@@ -303,3 +303,25 @@ def test_a_generation_that_raises_leaves_no_hooks_and_a_failed_trace(webui, tmp_
     assert clean(webui)
     (t,) = trace_in(tmp_path)
     assert t.run_end["status"] == "failed" and "before the batch was postprocessed" in t.run_end["reason"]
+
+
+def test_a_webui_trace_is_a_first_class_trace(webui, files, tmp_path):
+    """info, ls, export and report work on it unchanged; report names each side's recorder."""
+    generate(webui, tmp_path / "w", capture="full")
+    (t,) = trace_in(tmp_path / "w")
+    exe = sdtrace_bin()
+    run = lambda *args: subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
+    assert run("info", t.path).returncode == 0
+    assert "unet.mid_block" in run("ls", t.path).stdout
+    assert run("export", t.path, "image", tmp_path / "image.png").returncode == 0
+    assert run("export", t.path, "sampler.x", tmp_path / "x.npy", "--step", 1).returncode == 0
+    rust = tmp_path / "rust.sdt"
+    subprocess.run(
+        [exe, "record", "--model", str(files[0]), "--prompt", PROMPT, "--negative", NEGATIVE, "--steps", "3", "--size", "64x64",
+         "--seed", "1", "--cfg", "7", "--rng", "torch-cpu", "--sampler", "euler", "--a1111-cond-uncond", "-q", "--no-png", "-o", str(rust)],
+        check=True, capture_output=True,
+    )
+    report = run("report", rust, t.path, "--tol", "rel=1e-4,abs=1e-6")
+    assert report.returncode == 0, report.stdout + report.stderr
+    first = report.stdout.splitlines()[0]
+    assert "[sdtrace record]" in first and "[webui]" in first, first
