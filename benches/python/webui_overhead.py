@@ -26,8 +26,8 @@ sys.path[:0] = [str(TESTS), str(TESTS / "fakes")]
 import torch  # noqa: E402
 
 import ldm_tiny  # noqa: E402
+from ldm_tiny import openai_clip_tokenizer_files  # noqa: E402
 from modules import processing, scripts  # noqa: E402
-from test_webui import openai_clip_tokenizer_files  # noqa: E402
 
 
 def main():

@@ -152,7 +152,7 @@ class _Run:
                 "height": h * 8,
                 "batch_size": b,
                 "rng": "torch-cpu",
-                "dtype": str(noise.dtype).replace("torch.", ""),
+                "dtype": _dtype_name(unet, noise),
                 "capture": self.settings["capture"],
                 "host": host,
                 "numerics": {"cond_uncond": host["cond_uncond"]},
@@ -228,6 +228,16 @@ class _Run:
 
         s.guard("splitting the UNet output by cond_or_uncond", rows)
         return out
+
+
+def _dtype_name(unet, noise):
+    """The UNet's weight dtype (what it computes in), else the noise's, in sdtrace's words."""
+    dtype = noise.dtype
+    try:
+        dtype = next(unet.parameters()).dtype
+    except Exception:  # noqa: BLE001
+        pass
+    return {"torch.float32": "f32", "torch.float16": "f16", "torch.bfloat16": "bf16"}.get(str(dtype), str(dtype))
 
 
 def _comfy_version():

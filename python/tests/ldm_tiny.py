@@ -10,12 +10,15 @@ Written for these tests from the published structure; not the hosts' code."""
 
 import json
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sdtrace.keys import LdmMap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def group_norm(ch, eps=1e-5):
@@ -378,3 +381,24 @@ def load(path):
     if missing or unexpected:
         raise ValueError(f"{path}: the LDM model does not match the file: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
+
+
+def openai_clip_tokenizer_files(out):
+    """vocab.json and merges.txt of OpenAI's CLIP tokenizer, built from the BPE file sdtrace
+    embeds (src/text/bpe_simple_vocab_16e6.txt.gz) as OpenAI's SimpleTokenizer builds its
+    vocabulary: the same token ids as `sdtrace record`, offline."""
+    import gzip
+    import json
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    # GPT-2's byte-to-character table, in its order: printable bytes as themselves, the rest
+    # from U+0100 on.
+    byte_chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+    with gzip.open(os.path.join(ROOT, "src", "text", "bpe_simple_vocab_16e6.txt.gz"), "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out / "vocab.json", out / "merges.txt"

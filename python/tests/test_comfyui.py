@@ -69,7 +69,7 @@ def conds(ldm):
     return out
 
 
-def generate(host, model_patcher, batch=True, order=(1, 0)):
+def generate(host, model_patcher, batch=True, order=(1, 0), text=None):
     """What KSampler + VAE Decode do: noise, sigmas, CFGGuider.sample, decode."""
     comfy, ldm = host["comfy"], host["ldm"]
     comfy.samplers.BATCH_COND_UNCOND = batch
@@ -78,7 +78,7 @@ def generate(host, model_patcher, batch=True, order=(1, 0)):
     noise = comfy.sample.prepare_noise(latent, SEED)
     base = model_patcher.model
     sigmas = comfy.samplers.get_sigmas(base, STEPS)
-    positive, negative = conds(ldm)
+    positive, negative = text or conds(ldm)
     guider = comfy.samplers.CFGGuider(model_patcher)
     guider.set_conds(positive, negative)
     guider.set_cfg(7.0)
@@ -244,3 +244,43 @@ def test_the_repository_loads_as_a_custom_node_package():
     assert set(module.NODE_CLASS_MAPPINGS) == {"SdtraceRecord", "SdtraceVAEDecode"}
     for cls in module.NODE_CLASS_MAPPINGS.values():
         assert callable(getattr(cls(), cls.FUNCTION)) and "required" in cls.INPUT_TYPES()
+
+
+def test_cross_host_agreement_with_sdtrace_record(host, ckpt, tmp_path):
+    """ComfyUI's path (noise from the global CPU generator, [uncond; cond] in one batch, Euler
+    on the model's σ schedule) and `sdtrace record --rng torch-cpu` (its default batching is
+    [uncond; cond] too) agree key by key at f32 tolerances; the text encoder's layers run
+    before sampling in ComfyUI and are not in its trace."""
+    from transformers import CLIPTokenizer
+
+    import ldm_tiny
+
+    vocab, merges = ldm_tiny.openai_clip_tokenizer_files(tmp_path)
+    tok = CLIPTokenizer(str(vocab), str(merges))
+    clip = host["ldm"].cond_stage_model.transformer
+
+    def encode(text):  # CLIPTextEncode: [BOS] ids [EOS], padded with EOS to 77; the last layer
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        tokens = torch.tensor([[tok.bos_token_id] + ids + [tok.eos_token_id] * (76 - len(ids))])
+        with torch.no_grad():
+            return [[clip(input_ids=tokens).last_hidden_state, {}]]
+
+    nodes = host["nodes"]
+    vae = host["comfy"].sd.VAE(host["ldm"].first_stage_model)
+    (recorded,) = nodes.SdtraceRecord().patch(patcher(host), folder=str(tmp_path / "c"), prefix="c", capture="full")
+    samples, _ = generate(host, recorded, text=(encode("a lighthouse at dusk"), encode("blurry")))
+    nodes.SdtraceVAEDecode().decode(vae, {"samples": samples})
+    (path,) = [os.path.join(tmp_path / "c", p) for p in os.listdir(tmp_path / "c")]
+    rust = tmp_path / "rust.sdt"
+    subprocess.run(
+        [sdtrace_bin(), "record", "--model", str(ckpt), "--prompt", "a lighthouse at dusk", "--negative", "blurry", "--steps", str(STEPS),
+         "--size", "64x64", "--seed", str(SEED), "--cfg", "7", "--rng", "torch-cpu", "--sampler", "euler", "--capture", "full",
+         "-q", "--no-png", "-o", str(rust)],
+        check=True, capture_output=True,
+    )
+    report = sdtrace.compare(rust, path, tol="rel=1e-4,abs=1e-6", allow_missing="text_encoder.*")
+    assert report["verdict"]["passed"], report["verdict"]["summary"]
+    assert "visually identical" in report["verdict"]["summary"]
+    a = {(r.key, r.step, r.eval) for r in sdtrace.open(rust) if not r.key.startswith("text_encoder.")}
+    b = {(r.key, r.step, r.eval) for r in sdtrace.open(path)}
+    assert a == b, (sorted(a - b, key=str)[:10], sorted(b - a, key=str)[:10])

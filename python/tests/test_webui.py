@@ -40,27 +40,6 @@ def files(tmp_path_factory):
     return ckpt, folder
 
 
-def openai_clip_tokenizer_files(out):
-    """vocab.json and merges.txt of OpenAI's CLIP tokenizer, built from the BPE file sdtrace
-    embeds (src/text/bpe_simple_vocab_16e6.txt.gz) as OpenAI's SimpleTokenizer builds its
-    vocabulary: the same token ids as `sdtrace record`, offline."""
-    import gzip
-    import json
-
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    # GPT-2's byte-to-character table, in its order: printable bytes as themselves, the rest
-    # from U+0100 on.
-    byte_chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
-
-    with gzip.open(os.path.join(ROOT, "src", "text", "bpe_simple_vocab_16e6.txt.gz"), "rt", encoding="utf-8") as f:
-        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
-    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return out / "vocab.json", out / "merges.txt"
-
-
 @pytest.fixture(scope="module")
 def webui(files):
     """The fake `modules` package, the tiny model as the webui holds it, and the extension's
@@ -72,6 +51,7 @@ def webui(files):
         from transformers import CLIPTokenizer
 
         import ldm_tiny
+        from ldm_tiny import openai_clip_tokenizer_files
         from modules import processing, rng, script_callbacks, scripts, sd_hijack, shared
 
         model = ldm_tiny.load(ckpt)
