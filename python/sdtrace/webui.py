@@ -28,8 +28,10 @@ The header has the webui's version and commit, the command-line flags that chang
 active cross-attention optimisation, the RNG source, ENSD, the CFG row order and batching
 options, and the extra networks of the batch (LoRA etc. with their weights, embeddings named in
 the prompts). Known gaps (TODO): the Doggettx/InvokeAI split slice counts per layer are not
-observed; second-order samplers are numbered by denoiser call, not by step; Forge is located
-(``forge_objects``) but its ComfyUI-style batching is not labelled; TODO(rows): declare the
+observed; second-order samplers are numbered by denoiser call, not by step; on Forge (located
+through ``forge_objects``) the rows of each UNet call are split by the labels Forge passes it
+(``transformer_options["cond_or_uncond"]``, its ComfyUI-style ``[uncond; cond]`` batching), which
+is tested against a stand-in only; TODO(rows): declare the
 [cond; uncond] row order with the probe-level facility once the Recorder has it.
 
 Nothing here raises inside a generation (:mod:`sdtrace.ldm_host`): a failure is logged, the hooks
@@ -192,6 +194,7 @@ class Batch:
         self.restore = []
         self.first_step_seen = False
         self.pass_steps = steps
+        self.call_labels = None
 
     # -- installing ------------------------------------------------------------------------------
     def install(self, rng_module):
@@ -213,7 +216,7 @@ class Batch:
                 )
             s.add_handle(calls.register_forward_pre_hook(self._on_text_call))
         if unet is not None:
-            s.add_handle(unet.register_forward_pre_hook(self._on_unet_in))
+            s.add_handle(unet.register_forward_pre_hook(self._on_unet_in, with_kwargs=True))
             s.add_handle(unet.register_forward_hook(self._on_unet_out))
         if vae is not None and self.map is not None:
             for key in ("vae.post_quant_conv", "vae.decoder"):
@@ -282,9 +285,15 @@ class Batch:
         self.s.set_step(step, 0)
         self.s.tensor("sampler.x", params.x[-uncond:] if uncond else params.x[: total])
 
-    def _on_unet_in(self, module, args):
+    def _on_unet_in(self, module, args, kwargs):
         if self.s.active and self.step is not None:
             self.s.set_step(self.step, self.calls)
+            # Forge batches the ComfyUI way and says so: transformer_options["cond_or_uncond"]
+            # labels each block of rows (0 = cond, 1 = uncond). The webui passes no labels.
+            options = kwargs.get("transformer_options") if isinstance(kwargs, dict) else None
+            labels = options.get("cond_or_uncond") if isinstance(options, dict) else None
+            self.call_labels = list(labels) if labels else None
+        return None
 
     def _on_unet_out(self, module, args, out):
         if not self.s.active or self.step is None:
@@ -296,6 +305,10 @@ class Batch:
             first = self.rows_seen
             self.rows_seen += n
             self.calls += 1
+            if self.call_labels:
+                for label, rows in ldm_host.split_rows(eps, self.call_labels).items():
+                    self.eps.setdefault(label, []).append(rows)
+                return
             c = max(0, min(n, self.cond_rows - first))
             if c:
                 self.eps.setdefault("cond", []).append(eps[:c])

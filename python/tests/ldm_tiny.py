@@ -203,7 +203,7 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*mods))
         self.out = nn.Sequential(GroupNorm32(32, c0), nn.SiLU(), nn.Conv2d(c0, in_ch, 3, padding=1))
 
-    def forward(self, x, timesteps, context):
+    def forward(self, x, timesteps, context, transformer_options=None):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         hs, h = [], x
         for block in self.input_blocks:

@@ -126,15 +126,18 @@ def eps_direct(w, trace, step, context):
         return w.model.apply_model(x / (sigma**2 + 1) ** 0.5, inner.sigma_to_t(sigma).float(), context)
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_cond_and_uncond_rows(webui, tmp_path, batched):
-    """The webui batches [cond; uncond] (or calls them separately, cond first): `sampler.eps.cond`
-    is the UNet's output for the prompt either way — a swapped pair fails here."""
+@pytest.mark.parametrize("batched,forge", [(True, False), (False, False), (True, True)])
+def test_cond_and_uncond_rows(webui, tmp_path, batched, forge):
+    """The webui batches [cond; uncond] (or calls them separately, cond first), Forge [uncond;
+    cond] with row labels: `sampler.eps.cond` is the UNet's output for the prompt in every
+    case — a swapped pair fails here."""
     webui.shared.opts.batch_cond_uncond = batched
+    webui.shared.forge_batching = forge
     try:
         p, _ = generate(webui, tmp_path, "full")
     finally:
         webui.shared.opts.batch_cond_uncond = True
+        webui.shared.forge_batching = False
     (t,) = trace_in(tmp_path)
     for step in range(3):
         c = eps_direct(webui, t, step, p.c)

@@ -61,9 +61,13 @@ class CompVisDenoiser:
         low, high, w = t.floor().long(), t.ceil().long(), t.frac()
         return torch.cat([((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp(), torch.zeros(1)])
 
-    def __call__(self, x, sigma, cond):
+    def __call__(self, x, sigma, cond, labels=None):
         c_in = 1 / (sigma**2 + 1) ** 0.5
-        eps = self.model.apply_model(x * c_in[:, None, None, None], self.sigma_to_t(sigma).float(), cond)
+        xc, t = x * c_in[:, None, None, None], self.sigma_to_t(sigma).float()
+        if labels is None:
+            eps = self.model.apply_model(xc, t, cond)
+        else:  # Forge's KModel: the labels travel with the call
+            eps = self.model.model.diffusion_model(xc, t, context=cond, transformer_options={"cond_or_uncond": labels})
         return x - eps * sigma[:, None, None, None]
 
 
@@ -79,7 +83,10 @@ class CFGDenoiser:
         script_callbacks.cfg_denoiser_callback(params)
         x_in, sigma_in, cond, uncond = params.x, params.sigma, params.text_cond, params.text_uncond
         same_tokens = cond.shape[1] == uncond.shape[1]
-        if shared.opts.batch_cond_uncond and same_tokens:
+        if shared.forge_batching:
+            out = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, cond]), labels=[1, 0])
+            x_out = torch.cat([out[b:], out[:b]])  # back to [cond; uncond] for the combination below
+        elif shared.opts.batch_cond_uncond and same_tokens:
             x_out = self.inner(x_in, sigma_in, torch.cat([cond, uncond]))
         else:
             x_out = torch.zeros_like(x_in)

@@ -11,6 +11,9 @@ opts = SimpleNamespace(
     pad_cond_uncond=False,
     cross_attention_optimization="Automatic",
 )
+# Test knob: batch the Forge way ([uncond; cond], rows labelled to the UNet by
+# transformer_options["cond_or_uncond"]) instead of the webui's [cond; uncond].
+forge_batching = False
 cmd_opts = SimpleNamespace(
     xformers=False, opt_sdp_attention=False, opt_split_attention=False, medvram=False, lowvram=False,
     no_half=True, no_half_vae=True, upcast_sampling=False, precision="full",
