@@ -27,6 +27,7 @@ Nothing here raises inside a generation (see :mod:`sdtrace.ldm_host`); the sampl
 the decoded image are the host's own, bit-identical with and without the nodes.
 """
 
+import atexit
 import itertools
 import logging
 import os
@@ -57,6 +58,10 @@ def _close_pending(reason):
     while _PENDING:
         session, _ = _PENDING.pop()
         session.close("complete", reason)
+
+
+# A trace still waiting for its image when ComfyUI exits is closed (complete, no image).
+atexit.register(lambda: _close_pending("ComfyUI exited before these latents were decoded by sdtrace VAE Decode"))
 
 
 def _sampler_name(sampler):
