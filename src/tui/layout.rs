@@ -113,10 +113,10 @@ impl Layout {
             return l;
         }
         let findings = app.findings().len().max(4) as u16;
-        let diffs = app
-            .analysis
-            .as_ref()
-            .is_some_and(|a| !a.comparison.header_diffs.is_empty());
+        let diffs = app.analysis.as_ref().is_some_and(|a| {
+            let c = &a.comparison;
+            !c.header_diffs.is_empty() || c.a.host() != c.b.host()
+        });
         // title line + verdict + findings (+ header differences)
         let summary_h = 2 + findings + u16::from(diffs);
         let mut heat = rest;

@@ -284,6 +284,12 @@ fn summary(app: &App, area: Rect, buf: &mut Buffer) {
             )
         })
         .collect();
+    // Traces from different recorders (a webui or ComfyUI add-on, the diffusers recorder,
+    // `sdtrace record`): name both.
+    let (host_a, host_b) = (c.a.host(), c.b.host());
+    if host_a != host_b {
+        notes.insert(0, format!("recorded by {host_a} ≠ {host_b}"));
+    }
     for (name, side) in [("A", &c.a), ("B", &c.b)] {
         let n = side.incomplete_note();
         if !n.is_empty() {
@@ -970,6 +976,27 @@ mod tests {
             let t = row_text(buf, y);
             t.find(needle).map(|b| (t[..b].chars().count() as u16, y))
         })
+    }
+
+    #[test]
+    fn traces_from_different_recorders_are_named() {
+        let mut app = app(ColorMode::TrueColor);
+        let mut c = fixture();
+        c.b.header.settings.extra.insert(
+            "host".into(),
+            serde_json::json!({"name": "webui", "version": "v1.10.1"}),
+        );
+        let a = c.a.host();
+        app.set_comparison(c, Phase::Done);
+        let buf = draw(&mut app, 120, 30);
+        assert!(
+            find(&buf, &format!("headers: recorded by {a} ≠ webui")).is_some(),
+            "{}",
+            (0..30)
+                .map(|y| row_text(&buf, y))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 
     #[test]
