@@ -12,6 +12,7 @@ use sdtrace::pipeline::{
     parse_dtype, parse_size,
 };
 use sdtrace::probe::Policy;
+use sdtrace::sampling::SamplerImpl;
 use sdtrace::sampling::{RngSpec, SamplerKind, rng};
 use sdtrace::text::PromptSyntax;
 use sdtrace::trace::{NonFinite, RunHeader, RunStatus};
@@ -68,6 +69,11 @@ pub struct RecordArgs {
     /// [default: dpmpp-2m-karras]
     #[arg(long, value_name = "NAME")]
     sampler: Option<String>,
+    /// Whose sampler semantics to follow: k-diffusion (the webuis' and ComfyUI's; default) or
+    /// diffusers (its EulerDiscrete, DPMSolverMultistep and DDIM schedulers, configured from the
+    /// model folder's scheduler/scheduler_config.json, as a diffusers pipeline runs them)
+    #[arg(long, value_name = "IMPL", default_value = "k-diffusion", value_parser = parse_sampler_impl)]
+    sampler_impl: SamplerImpl,
     /// The webui's Schedule type for a webui sampler name: karras, uniform or automatic
     /// ("DPM++ 2M" + karras = "DPM++ 2M Karras")
     #[arg(long, value_name = "TYPE", requires = "sampler")]
@@ -552,6 +558,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         syntax: args.prompt_syntax,
         steps: args.steps.or(from.and_then(|s| s.steps)).unwrap_or(20),
         sampler,
+        sampler_impl: args.sampler_impl,
         cfg_scale: args.cfg.or(from.and_then(|s| s.cfg_scale)).unwrap_or(7.0),
         seed,
         rng: args
@@ -717,5 +724,13 @@ impl RecordArgs {
     /// The trace this run writes.
     pub fn output(&self) -> &Path {
         &self.output
+    }
+}
+
+fn parse_sampler_impl(s: &str) -> std::result::Result<SamplerImpl, String> {
+    match s {
+        "k-diffusion" | "kdiffusion" | "webui" => Ok(SamplerImpl::KDiffusion),
+        "diffusers" => Ok(SamplerImpl::Diffusers),
+        _ => Err(format!("'{s}': expected k-diffusion or diffusers")),
     }
 }

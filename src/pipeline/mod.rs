@@ -26,10 +26,11 @@ use crate::model::observe::{observe, trace_dtype};
 use crate::model::unet::UNet;
 use crate::model::vae::Vae;
 use crate::probe::{Policy, Probe, ProbeError};
+use crate::sampling::diffusers::SchedulerConfig;
 use crate::sampling::noise::randn;
 use crate::sampling::{
     AlphasPrecision, Batching, DiscreteSchedule, KarrasBounds, NoiseSource, RngSpec, RunRng,
-    Sampler, SamplerKind, SamplerSpec, SamplingError, UNetDenoiser,
+    Sampler, SamplerImpl, SamplerKind, SamplerSpec, SamplingError, UNetDenoiser,
 };
 use crate::text::{PromptSyntax, TextError, tokenize_prompt};
 use crate::trace::{
@@ -217,6 +218,8 @@ pub struct RecordSpec {
     pub syntax: PromptSyntax,
     pub steps: u32,
     pub sampler: SamplerKind,
+    /// k-diffusion's semantics (the webuis', default) or diffusers' schedulers.
+    pub sampler_impl: SamplerImpl,
     pub cfg_scale: f64,
     pub seed: u64,
     /// The noise generator (`--rng`); its spec and parameters go into the header.
@@ -318,6 +321,8 @@ struct ModelFiles {
     vae_weights: PathBuf,
     vae_dir: PathBuf,
     tokenizer_dir: PathBuf,
+    /// `scheduler/scheduler_config.json`, validated (absent: `None`).
+    scheduler: Option<SchedulerConfig>,
 }
 
 fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
@@ -354,8 +359,18 @@ impl ModelFiles {
                 "diffusion_pytorch_model.fp16.safetensors",
             ],
         )?;
+        let sched = dir.join("scheduler/scheduler_config.json");
+        let scheduler = if sched.is_file() {
+            Some(SchedulerConfig::read(&sched)?)
+        } else {
+            None
+        };
+        let mut unet_config = UNetConfig::from_diffusers_file(&unet_cfg)?;
+        if let Some(s) = &scheduler {
+            unet_config.prediction = s.prediction;
+        }
         Ok(ModelFiles {
-            unet_config: UNetConfig::from_diffusers_file(&unet_cfg)?,
+            unet_config,
             unet_weights: first_existing(
                 dir,
                 "unet",
@@ -373,6 +388,7 @@ impl ModelFiles {
             vae_weights,
             vae_dir: dir.join("vae"),
             tokenizer_dir: dir.join("tokenizer"),
+            scheduler,
         })
     }
 }
@@ -491,6 +507,14 @@ fn settings(
             "vram_budget_bytes": spec.a1111.vram_budget,
         }),
     );
+    // The row order of the batched CFG call ([uncond; cond] or the webui's [cond; uncond]).
+    s.extra.insert(
+        "cfg_rows".into(),
+        json!(match spec.a1111.batching {
+            Batching::UncondFirst => "uncond,cond",
+            Batching::A1111 => "cond,uncond",
+        }),
+    );
     if let Some(info) = &spec.a1111.infotext {
         s.extra.insert("infotext".into(), info.clone());
     }
@@ -514,6 +538,29 @@ fn attention_name(a: &AttentionImpl) -> String {
         AttentionImpl::Split { budget: None } => "split:unlimited".into(),
         AttentionImpl::SubQuad { q_chunk, kv_chunk } => format!("subquad:{q_chunk},{kv_chunk}"),
     }
+}
+
+/// The k-diffusion sampler runs SD's LDM schedule (1000 scaled-linear betas from 0.00085 to
+/// 0.012): a folder whose scheduler says otherwise is refused rather than silently ignored.
+fn kdiffusion_follows(c: &SchedulerConfig) -> Result<()> {
+    let sd = SchedulerConfig::sd();
+    let same = c.num_train_timesteps == sd.num_train_timesteps
+        && c.beta_schedule == sd.beta_schedule
+        && (c.beta_start - sd.beta_start).abs() < 1e-12
+        && (c.beta_end - sd.beta_end).abs() < 1e-12;
+    if same {
+        return Ok(());
+    }
+    Err(PipelineError::Setting(format!(
+        "{}: the scheduler's betas ({:?} from {} to {} over {} steps) are not SD's, which the k-diffusion sampler (the webuis') uses; record with --sampler-impl diffusers to follow the file",
+        c.file
+            .as_ref()
+            .map_or("scheduler_config.json".into(), |f| f.display().to_string()),
+        c.beta_schedule,
+        c.beta_start,
+        c.beta_end,
+        c.num_train_timesteps
+    )))
 }
 
 /// Every record the run will offer the probe, in order.
@@ -661,7 +708,28 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     } else {
         AlphasPrecision::F32
     };
-    let sampler = Sampler::new(sampler_spec, &DiscreteSchedule::sd(precision))?;
+    let sampler = match spec.sampler_impl {
+        SamplerImpl::KDiffusion => {
+            if let Some(c) = files.scheduler_config() {
+                kdiffusion_follows(c)?;
+            }
+            Sampler::new(sampler_spec, &DiscreteSchedule::sd(precision))?
+        }
+        SamplerImpl::Diffusers => {
+            let config = files.scheduler_config().ok_or_else(|| {
+                PipelineError::Setting(format!(
+                    "--sampler-impl diffusers follows the model's scheduler/scheduler_config.json, and {} has none; give a diffusers folder that has one",
+                    spec.model.display()
+                ))
+            })?;
+            if spec.a1111.alphas_fp16 || spec.a1111.old_karras {
+                return Err(PipelineError::Setting(
+                    "--sampler-impl diffusers: the webui's fp16 alphas and old Karras bounds are k-diffusion settings; drop them or use --sampler-impl k-diffusion".into(),
+                ));
+            }
+            Sampler::diffusers(sampler_spec, config)?
+        }
+    };
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
     // The webui's separate calls (token counts differ) run batches of one.
     let plan_batch = if tokens_u == tokens { 2 } else { 1 };

@@ -18,6 +18,7 @@ use crate::model::hash::{ModelHashes, hash_file};
 use crate::model::ldm::{LdmLayout, TextTower};
 use crate::model::unet::UNet;
 use crate::model::vae::Vae;
+use crate::sampling::diffusers::SchedulerConfig;
 use crate::text::ClipTokenizer;
 use crate::trace::Settings;
 use candle_core::{DType, Device};
@@ -140,6 +141,15 @@ impl ModelSource {
         match self {
             ModelSource::Folder(f) => &f.unet_config,
             ModelSource::File(f) => &f.layout.unet,
+        }
+    }
+
+    /// The folder's validated `scheduler_config.json` (`None` for a single file or a folder
+    /// without one).
+    pub(super) fn scheduler_config(&self) -> Option<&SchedulerConfig> {
+        match self {
+            ModelSource::Folder(f) => f.scheduler.as_ref(),
+            ModelSource::File(_) => None,
         }
     }
 

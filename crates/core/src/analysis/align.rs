@@ -11,7 +11,7 @@
 //! prompt, cfg scale) explain a divergence but do not prevent comparing.
 
 use super::AnalysisError;
-use crate::trace::RunHeader;
+use crate::trace::{RunHeader, Settings};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -136,6 +136,91 @@ impl HeaderDiff {
     }
 }
 
+/// Header fields that say how the sampler steps: a difference means the latents part by
+/// design, not by rounding.
+pub const SAMPLER_FIELDS: [&str; 3] = [
+    "settings.sampler_impl",
+    "settings.cfg_rows",
+    "settings.init_sigma",
+];
+
+/// Whether a header field is one of the sampler's ([`SAMPLER_FIELDS`], `settings.sigmas[k]`,
+/// `settings.timesteps[k]`).
+pub fn is_sampler_field(field: &str) -> bool {
+    SAMPLER_FIELDS.contains(&field)
+        || field.starts_with("settings.sigmas[")
+        || field.starts_with("settings.timesteps[")
+}
+
+/// Relative difference of schedule values below which two runs step alike (f32 betas against
+/// f64 betas, or linear against log-linear σ interpolation, differ by a few 1e-6).
+const SCHEDULE_REL: f64 = 1e-5;
+
+/// The numbers of a header fact (`sigmas`, `timesteps`, `init_sigma`).
+fn numbers(s: &Settings, key: &str) -> Option<Vec<f64>> {
+    match s.extra.get(key)? {
+        serde_json::Value::Array(v) => v.iter().map(|x| x.as_f64()).collect(),
+        x => x.as_f64().map(|f| vec![f]),
+    }
+}
+
+/// The first index at which the header fact `key` differs beyond [`SCHEDULE_REL`], when both
+/// headers have it.
+fn first_schedule_diff(sa: &Settings, sb: &Settings, key: &str) -> Option<usize> {
+    let (x, y) = (numbers(sa, key)?, numbers(sb, key)?);
+    let differs = |p: f64, q: f64| (p - q).abs() > SCHEDULE_REL * p.abs().max(q.abs()).max(1e-3);
+    x.iter()
+        .zip(&y)
+        .position(|(&p, &q)| differs(p, q))
+        .or((x.len() != y.len()).then(|| x.len().min(y.len())))
+}
+
+/// The sampler's header facts that differ: `sampler_impl` and `cfg_rows` as text;
+/// `init_sigma`, and the first step whose σ or timestep differs as `settings.sigmas[STEP]`.
+fn sampler_fields(sa: &Settings, sb: &Settings) -> Vec<(String, Option<String>, Option<String>)> {
+    let text = |s: &Settings, k: &str| s.extra.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let mut out = Vec::new();
+    for (field, key) in [
+        ("settings.sampler_impl", "sampler_impl"),
+        ("settings.cfg_rows", "cfg_rows"),
+    ] {
+        let (x, y) = (text(sa, key), text(sb, key));
+        if x != y {
+            out.push((field.to_string(), x, y));
+        }
+    }
+    for key in ["init_sigma", "sigmas", "timesteps"] {
+        if let Some(i) = first_schedule_diff(sa, sb, key) {
+            let at = |s: &Settings| {
+                let v = numbers(s, key).and_then(|v| v.get(i).copied());
+                Some(v.map_or("-".to_string(), |v| format!("{}", v as f32)))
+            };
+            let field = if key == "init_sigma" {
+                "settings.init_sigma".to_string()
+            } else {
+                format!("settings.{key}[{i}]")
+            };
+            out.push((field, at(sa), at(sb)));
+        }
+    }
+    out
+}
+
+/// The first step at which the two runs' samplers step differently, from their headers: 0
+/// when they start from a different multiple of the noise (`init_sigma`), else the first step
+/// whose σ or timestep differs.
+pub fn sampler_parts_at(a: &RunHeader, b: &RunHeader) -> Option<u32> {
+    let (sa, sb) = (&a.settings, &b.settings);
+    if first_schedule_diff(sa, sb, "init_sigma").is_some() {
+        return Some(0);
+    }
+    ["sigmas", "timesteps"]
+        .into_iter()
+        .filter_map(|k| first_schedule_diff(sa, sb, k))
+        .min()
+        .map(|i| i as u32)
+}
+
 /// Differences between two run headers, in a fixed field order.
 pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
     fn s<T: ToString>(v: &Option<T>) -> Option<String> {
@@ -207,6 +292,7 @@ pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
             (format!("settings.model_hashes.{n}"), x, y, structural)
         })
         .collect();
+    let sampler = sampler_fields(sa, sb);
     let ga = a.device.gpu.as_ref();
     let gb = b.device.gpu.as_ref();
     let gpu =
@@ -242,6 +328,12 @@ pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
             b: y,
         })
         .collect();
+    out.extend(sampler.into_iter().map(|(field, a, b)| HeaderDiff {
+        field,
+        a,
+        b,
+        structural: false,
+    }));
     out.extend(
         hash_fields
             .into_iter()

@@ -30,7 +30,7 @@
 //! strict growth; log10(error) is fitted by least squares over the growing run, giving the
 //! growth factor per step (10^slope) and R².
 
-use super::align::HeaderDiff;
+use super::align::{HeaderDiff, is_sampler_field, sampler_parts_at};
 use super::compare::{Basis, Comparison, PairRecord};
 use super::gaps::{AllowMissing, Gap, gaps};
 use super::tolerance::{Tol, TolConfig};
@@ -248,6 +248,8 @@ pub enum VerdictClass {
     Incomplete,
     NoiseRng,
     Conditioning,
+    /// The samplers step differently by design (another implementation, schedule or start).
+    Sampler,
     NumericDrift,
     NanInf,
     Structural,
@@ -260,6 +262,7 @@ impl VerdictClass {
             VerdictClass::Incomplete => "incomplete",
             VerdictClass::NoiseRng => "noise/RNG",
             VerdictClass::Conditioning => "conditioning",
+            VerdictClass::Sampler => "sampler",
             VerdictClass::NumericDrift => "numeric drift",
             VerdictClass::NanInf => "NaN/Inf",
             VerdictClass::Structural => "structural mismatch",
@@ -303,7 +306,10 @@ impl Verdict {
 /// Whether "would pass with rel ≥ …" means anything for a verdict of this class: a looser
 /// tolerance is no answer to other noise or another model.
 pub fn tolerance_helps(class: VerdictClass) -> bool {
-    !matches!(class, VerdictClass::NoiseRng | VerdictClass::Structural)
+    !matches!(
+        class,
+        VerdictClass::NoiseRng | VerdictClass::Sampler | VerdictClass::Structural
+    )
 }
 
 /// Record counts by status.
@@ -541,7 +547,12 @@ pub fn amplification(points: &[LatentPoint]) -> Option<Amplification> {
 }
 
 /// Header fields whose difference changes the numerics, not the inputs.
-const PRECISION_FIELDS: [&str; 3] = ["settings.dtype", "settings.attention", "device.device"];
+const PRECISION_FIELDS: [&str; 4] = [
+    "settings.dtype",
+    "settings.attention",
+    "device.device",
+    "settings.sampler_impl",
+];
 
 /// `field A vs B` for each header difference among `fields`.
 fn header_changes(c: &Comparison, fields: &[&str]) -> Vec<String> {
@@ -622,9 +633,17 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
     let first_non_identical = recs.iter().position(|r| r.bit_identical == Some(false));
     let first_over_tolerance = out.iter().position(|j| j.status == Status::Fail);
     let first_nonfinite = recs.iter().position(|r| r.nonfinite_mismatch > 0);
-    let source_idx = out
-        .iter()
-        .position(|j| j.creates && j.status == Status::Fail)
+    // Samplers that step differently by design part at the sampler's state of that step.
+    let parts = sampler_parts_at(&c.a.header, &c.b.header).and_then(|k| {
+        recs.iter().position(|r| {
+            r.key == "sampler.x" && r.step == Some(k) && r.bit_identical == Some(false)
+        })
+    });
+    let source_idx = parts
+        .or_else(|| {
+            out.iter()
+                .position(|j| j.creates && j.status == Status::Fail)
+        })
         .or_else(|| out.iter().position(|j| j.creates));
     let source = source_idx.map(|i| Source {
         index: i,
@@ -906,6 +925,24 @@ fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
             format!(
                 "Conditioning: {} differs while the noise is identical (prompt, tokenizer, clip skip or text encoder).",
                 recs[i].key
+            ),
+        );
+    }
+    if let Some(s) = f.source.filter(|s| {
+        s.key == "sampler.x"
+            && Some(s.step.unwrap_or(0)) == sampler_parts_at(&c.a.header, &c.b.header)
+    }) {
+        return (
+            VerdictClass::Sampler,
+            format!(
+                "Sampler: the runs step differently by design ({}), so the latents part at {}; the UNet is not the cause. Compare runs of one sampler implementation (sdtrace record --sampler-impl diffusers follows a diffusers pipeline's scheduler).",
+                c.header_diffs
+                    .iter()
+                    .filter(|d| is_sampler_field(&d.field))
+                    .map(HeaderDiff::describe)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                recs[s.index].label()
             ),
         );
     }
