@@ -426,6 +426,7 @@ class record:
             "prompt_syntax": "plain",
             "numerics": {"cond_uncond": "diffusers ([uncond; cond])"},
             "cfg_rows": "uncond,cond",
+            "cfg_rows_stored": "uncond,cond",
             "scheduler": {"class": type(sched).__name__, "config": dict(sched.config)},
             "host": {
                 "name": "diffusers",

@@ -46,6 +46,11 @@ class Writer:
         """The fidelity ``key`` would be recorded at now, or None when the policy leaves it out."""
         return self._rec.plan(key)
 
+    def cond_first(self, on):
+        """Say that the model call about to run batches [cond; uncond] (``True``), or no longer
+        does: records are then stored [uncond; cond], the order every trace holds."""
+        self._rec.set_cond_first(bool(on))
+
     def tensor(self, key, x):
         """Record ``x`` (numpy array or torch tensor, any device) under ``key``; returns whether
         it was recorded."""

@@ -507,13 +507,18 @@ fn settings(
             "vram_budget_bytes": spec.a1111.vram_budget,
         }),
     );
-    // The row order of the batched CFG call ([uncond; cond] or the webui's [cond; uncond]).
+    // The row order of the batched CFG call ([uncond; cond] or the webui's [cond; uncond]),
+    // and the order the trace stores its rows in (always [uncond; cond]).
     s.extra.insert(
         "cfg_rows".into(),
         json!(match spec.a1111.batching {
             Batching::UncondFirst => "uncond,cond",
             Batching::A1111 => "cond,uncond",
         }),
+    );
+    s.extra.insert(
+        "cfg_rows_stored".into(),
+        json!(crate::probe::CFG_ROWS_STORED),
     );
     if let Some(info) = &spec.a1111.infotext {
         s.extra.insert("infotext".into(), info.clone());

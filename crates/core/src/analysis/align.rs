@@ -206,6 +206,25 @@ fn sampler_fields(sa: &Settings, sb: &Settings) -> Vec<(String, Option<String>, 
     out
 }
 
+/// The CFG row order a trace stores its batched records in: `cfg_rows_stored`; traces from
+/// before that field stored the order they ran, which was [cond; uncond] only for
+/// `sdtrace record --a1111-cond-uncond`.
+fn stored_rows(s: &Settings) -> &str {
+    if let Some(v) = s.extra.get("cfg_rows_stored").and_then(|v| v.as_str()) {
+        return v;
+    }
+    let legacy_webui = s
+        .extra
+        .get("a1111")
+        .and_then(|a| a["cond_uncond"].as_str())
+        .is_some_and(|t| t.starts_with("webui"));
+    if legacy_webui {
+        "cond,uncond"
+    } else {
+        "uncond,cond"
+    }
+}
+
 /// The first step at which the two runs' samplers step differently, from their headers: 0
 /// when they start from a different multiple of the noise (`init_sigma`), else the first step
 /// whose σ or timestep differs.
@@ -293,6 +312,13 @@ pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
         })
         .collect();
     let sampler = sampler_fields(sa, sb);
+    // Rows stored in different CFG orders would pair uncond with cond: not comparable.
+    fields.push((
+        "settings.cfg_rows_stored",
+        Some(stored_rows(sa).to_string()),
+        Some(stored_rows(sb).to_string()),
+        true,
+    ));
     let ga = a.device.gpu.as_ref();
     let gb = b.device.gpu.as_ref();
     let gpu =
@@ -375,6 +401,94 @@ mod tests {
             let e = KeyMap::parse(bad, p).unwrap_err().to_string();
             assert!(e.starts_with(&format!("map.txt: line {line}:")), "{e}");
         }
+    }
+
+    #[test]
+    fn cfg_rows_stored_in_another_order_are_not_comparable() {
+        let with = |extra: serde_json::Value| {
+            let mut h = RunHeader::default();
+            if let serde_json::Value::Object(m) = extra {
+                h.settings.extra.extend(m);
+            }
+            h
+        };
+        let new =
+            with(serde_json::json!({"cfg_rows": "cond,uncond", "cfg_rows_stored": "uncond,cond"}));
+        let diffusers =
+            with(serde_json::json!({"cfg_rows": "uncond,cond", "cfg_rows_stored": "uncond,cond"}));
+        let legacy = with(
+            serde_json::json!({"a1111": {"cond_uncond": "webui ([cond; uncond], separate calls when token counts differ)"}}),
+        );
+        let d = header_diffs(&new, &diffusers);
+        assert!(d.iter().all(|d| !d.structural), "{d:?}");
+        assert!(d.iter().any(|d| d.field == "settings.cfg_rows"));
+        let d = header_diffs(&legacy, &diffusers);
+        let stored = d
+            .iter()
+            .find(|d| d.field == "settings.cfg_rows_stored")
+            .unwrap();
+        assert!(
+            stored.structural && stored.a.as_deref() == Some("cond,uncond"),
+            "{d:?}"
+        );
+        // A trace from before these fields stored [uncond; cond].
+        assert!(
+            header_diffs(&RunHeader::default(), &diffusers)
+                .iter()
+                .all(|d| !d.structural)
+        );
+    }
+
+    #[test]
+    fn sampler_schedules_part_at_their_first_differing_step() {
+        let with = |sigmas: &[f64], init: f64, imp: &str| {
+            let mut h = RunHeader::default();
+            h.settings
+                .extra
+                .insert("sigmas".into(), serde_json::json!(sigmas));
+            h.settings
+                .extra
+                .insert("init_sigma".into(), serde_json::json!(init));
+            h.settings
+                .extra
+                .insert("sampler_impl".into(), serde_json::json!(imp));
+            h
+        };
+        let kd = with(
+            &[14.614642, 1.6155803, 0.02916753, 0.0],
+            14.614642,
+            "k-diffusion",
+        );
+        // f32 against f64 betas: a few 1e-7 apart, the same schedule.
+        let df = with(
+            &[14.614647, 1.6155834, 0.029167535, 0.0],
+            14.614647,
+            "diffusers",
+        );
+        assert_eq!(sampler_parts_at(&kd, &df), None);
+        let d = header_diffs(&kd, &df);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].describe(),
+            "settings.sampler_impl k-diffusion vs diffusers"
+        );
+        let lead = with(
+            &[4.1166983, 1.623693, 0.6983986, 0.0],
+            4.236414,
+            "diffusers",
+        );
+        assert_eq!(sampler_parts_at(&kd, &lead), Some(0));
+        let later = with(
+            &[14.614642, 2.9183085, 0.929, 0.0],
+            14.614642,
+            "k-diffusion",
+        );
+        assert_eq!(sampler_parts_at(&kd, &later), Some(1));
+        assert!(
+            header_diffs(&kd, &later)
+                .iter()
+                .any(|d| d.describe() == "settings.sigmas[1] 1.6155803 vs 2.9183085")
+        );
     }
 
     #[test]
