@@ -127,6 +127,19 @@ def _numerics_flags():
     }
 
 
+def _offload(pipe):
+    """accelerate's offloading in effect: ``model`` (``enable_model_cpu_offload``: a hook on each
+    model), ``sequential`` (``enable_sequential_cpu_offload``: hooks on the submodules) or None.
+    Either way module forward hooks still see every output on the execution device, so an
+    offloaded pipeline records like any other; the header says which was used."""
+    models = [m for m in (pipe.unet, pipe.vae, pipe.text_encoder) if isinstance(m, torch.nn.Module)]
+    if any(hasattr(m, "_hf_hook") and type(m._hf_hook).__name__ != "AlignDevicesHook" for m in models):
+        return "model"
+    if any(hasattr(sub, "_hf_hook") for m in models for sub in m.modules()):
+        return "sequential"
+    return None
+
+
 def _sampler_name(sched):
     """sdtrace's name of a diffusers scheduler where sdtrace has one (``sdtrace record
     --sampler-impl diffusers`` runs the same class), else ``diffusers:ClassName``."""
@@ -435,7 +448,7 @@ class record:
                 "flags": _numerics_flags(),
                 "attention_processors": {k: type(p).__name__ for k, p in pipe.unet.attn_processors.items()},
                 "latent_space": latent_space,
-                "offload": "model" if any(hasattr(m, "_hf_hook") for m in (pipe.unet, pipe.vae, pipe.text_encoder)) else None,
+                "offload": _offload(pipe),
                 "vae_tiling": bool(getattr(pipe.vae, "use_tiling", False)),
             },
         }
