@@ -557,11 +557,11 @@ fn kdiffusion_follows(c: &SchedulerConfig) -> Result<()> {
         return Ok(());
     }
     Err(PipelineError::Setting(format!(
-        "{}: the scheduler's betas ({:?} from {} to {} over {} steps) are not SD's, which the k-diffusion sampler (the webuis') uses; record with --sampler-impl diffusers to follow the file",
+        "{}: the scheduler's betas ({} from {} to {} over {} steps) are not SD's, which the k-diffusion sampler (the webuis') uses; record with --sampler-impl diffusers to follow the file",
         c.file
             .as_ref()
             .map_or("scheduler_config.json".into(), |f| f.display().to_string()),
-        c.beta_schedule,
+        c.beta_schedule.name(),
         c.beta_start,
         c.beta_end,
         c.num_train_timesteps

@@ -82,6 +82,15 @@ pub enum BetaSchedule {
     Linear,
 }
 
+impl BetaSchedule {
+    pub fn name(self) -> &'static str {
+        match self {
+            BetaSchedule::ScaledLinear => "scaled_linear",
+            BetaSchedule::Linear => "linear",
+        }
+    }
+}
+
 /// A validated `scheduler_config.json`: what it says, `None` where it is silent (the scheduler
 /// class then decides).
 #[derive(Clone, Debug, PartialEq)]
@@ -648,7 +657,7 @@ impl DiffusersSchedule {
             "num_train_timesteps": c.num_train_timesteps,
             "beta_start": c.beta_start,
             "beta_end": c.beta_end,
-            "beta_schedule": match c.beta_schedule { BetaSchedule::ScaledLinear => "scaled_linear", BetaSchedule::Linear => "linear" },
+            "beta_schedule": c.beta_schedule.name(),
             "timestep_spacing": self.spacing.name(),
             "steps_offset": c.steps_offset,
             "init_noise_sigma": self.init_noise_sigma,
@@ -881,6 +890,8 @@ mod tests {
     /// Values printed by diffusers 0.42.1 with torch 2.x (`Class.from_config` of SD's PNDM
     /// config, then `set_timesteps`): `timesteps`, `sigmas`, `init_noise_sigma`.
     #[test]
+    // The literals are diffusers' f32 values as Python prints them, kept verbatim.
+    #[allow(clippy::excessive_precision, clippy::type_complexity)]
     fn schedules_match_diffusers() {
         use SchedulerClass::*;
         let cases: [(
