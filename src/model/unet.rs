@@ -260,14 +260,14 @@ impl Attention {
         let v = observe(probe, &self.fine_keys[2], &self.to_v.forward(context)?)?;
         let want_probs =
             self.imp == AttentionImpl::Full && !probe.plan(&self.fine_keys[3]).is_noop();
-        if self.imp == AttentionImpl::Full {
-            if let Some(r) = cpu::attention(&q, &k, &v, self.heads, self.scale, want_probs) {
-                let (out, probs) = r?;
-                if let Some(p) = probs {
-                    observe(probe, &self.fine_keys[3], &p)?;
-                }
-                return observe(probe, &self.key, &self.to_out.forward(&out)?);
+        if self.imp == AttentionImpl::Full
+            && let Some(r) = cpu::attention(&q, &k, &v, self.heads, self.scale, want_probs)
+        {
+            let (out, probs) = r?;
+            if let Some(p) = probs {
+                observe(probe, &self.fine_keys[3], &p)?;
             }
+            return observe(probe, &self.key, &self.to_out.forward(&out)?);
         }
         let (b, n, dim) = q.dims3()?;
         let dtype = q.dtype();
