@@ -484,6 +484,7 @@ fn infer_unet(s: &Shapes, heads: Option<Vec<usize>>) -> std::result::Result<UNet
         center_input_sample: false,
         prediction: Prediction::Epsilon,
         sample_size: 64,
+        addition: None,
     })
 }
 
