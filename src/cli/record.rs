@@ -200,7 +200,9 @@ fn read_limited(path: &Path, limit: u64, flag: &str) -> Result<Vec<u8>> {
             human(limit)
         );
     }
-    std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+    sdtrace::files::require_regular(path)
+        .and_then(|_| std::fs::read(path))
+        .with_context(|| format!("{flag} {}", path.display()))
 }
 
 /// The infotext of --params / --params-file / --from-png, typed, with where it came from.

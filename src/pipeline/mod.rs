@@ -385,6 +385,7 @@ fn file_hash(path: &Path) -> Result<String> {
         op: "cannot read",
         source: e,
     };
+    crate::files::require_regular(path).map_err(io)?;
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -1,7 +1,9 @@
 //! What `sdtrace info` and `sdtrace ls` show: data gathered from a reader, then pure renderers
-//! from that data to text or JSON.
+//! from that data to text or JSON. The text renderers escape control characters in every string
+//! that came from the trace ([`printable`]); the JSON ones need not (JSON escapes them).
 
 use crate::dtype::DType;
+use crate::escape::printable;
 use crate::glob;
 use crate::stats::Summary;
 use crate::trace::{
@@ -101,7 +103,7 @@ pub fn render_info(i: &TraceInfo) -> String {
     let _ = writeln!(
         s,
         "trace     {} ({}, format {}.{})",
-        i.path,
+        printable(&i.path),
         human_bytes(i.file_len),
         i.version.0,
         i.version.1
@@ -115,7 +117,7 @@ pub fn render_info(i: &TraceInfo) -> String {
             valid_len,
             file_len,
         } => {
-            let _ = writeln!(s, "status    TRUNCATED: {reason}");
+            let _ = writeln!(s, "status    TRUNCATED: {}", printable(reason));
             let _ = writeln!(
                 s,
                 "          {} complete records survived in the first {valid_len} of {file_len} bytes",
@@ -124,13 +126,16 @@ pub fn render_info(i: &TraceInfo) -> String {
         }
     }
     if let Some(end) = &i.run_end {
-        let _ = writeln!(s, "run       {}", end.describe());
+        let _ = writeln!(s, "run       {}", printable(&end.describe()));
         for n in end.nonfinite.iter().take(5) {
             let step = n.step.map_or("-".to_string(), |s| s.to_string());
             let _ = writeln!(
                 s,
                 "          non-finite: {} step {step}: {} NaN, {} +Inf, {} -Inf",
-                n.key, n.nan, n.pos_inf, n.neg_inf
+                printable(&n.key),
+                n.nan,
+                n.pos_inf,
+                n.neg_inf
             );
         }
     }
@@ -146,7 +151,7 @@ pub fn render_info(i: &TraceInfo) -> String {
     ];
     let versions: Vec<String> = versions.into_iter().flatten().collect();
     if !versions.is_empty() {
-        let _ = writeln!(s, "written   by {}", versions.join(", "));
+        let _ = writeln!(s, "written   by {}", printable(&versions.join(", ")));
     }
     if let Some(ms) = h.created_unix_ms {
         let _ = writeln!(s, "created   {}", format_unix_ms(ms));
@@ -235,7 +240,11 @@ pub fn render_info(i: &TraceInfo) -> String {
     let _ = writeln!(s, "steps     {}", steps_text(&i.steps));
     let _ = writeln!(s, "keys");
     for (g, (keys, n)) in &i.groups {
-        let _ = writeln!(s, "  {g:<14} {keys:>5} keys {n:>8} records");
+        let _ = writeln!(
+            s,
+            "  {} {keys:>5} keys {n:>8} records",
+            pad(&printable(g), 14, true)
+        );
     }
     let _ = writeln!(s, "stored by fidelity");
     for (f, (n, b)) in &i.by_fidelity {
@@ -258,10 +267,15 @@ fn section(
 ) {
     let _ = writeln!(s, "\n{title}");
     for (k, v) in rows.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
-        let _ = writeln!(s, "  {k:<11} {v}");
+        let _ = writeln!(s, "  {k:<11} {}", printable(v));
     }
     for (k, v) in extra {
-        let _ = writeln!(s, "  {k:<11} {}", compact(v));
+        let _ = writeln!(
+            s,
+            "  {} {}",
+            pad(&printable(k), 11, true),
+            printable(&compact(v))
+        );
     }
 }
 
@@ -351,6 +365,17 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// `v` padded with spaces to `width` characters, on the right when `left` (left-aligned) or on
+/// the left. By hand, not with a format width, which panics above 65 535 (a key can be longer).
+fn pad(v: &str, width: usize, left: bool) -> String {
+    let fill = " ".repeat(width.saturating_sub(v.chars().count()));
+    if left {
+        format!("{v}{fill}")
+    } else {
+        format!("{fill}{v}")
+    }
+}
+
 /// `sdtrace ls` as aligned text.
 pub fn render_ls(rows: &[LsRow]) -> String {
     let head = [
@@ -376,7 +401,7 @@ pub fn render_ls(rows: &[LsRow]) -> String {
             r.order.to_string(),
             r.step.map_or("-".into(), |v| v.to_string()),
             r.eval.to_string(),
-            r.key.clone(),
+            printable(&r.key).into_owned(),
             r.dtype.to_string(),
             format!("[{}]", shape.join(",")),
             match r.codec {
@@ -405,13 +430,7 @@ pub fn render_ls(rows: &[LsRow]) -> String {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(c, v)| {
-                if c == 3 || c == 5 || c == 6 || c == 4 {
-                    format!("{v:<w$}", w = widths[c])
-                } else {
-                    format!("{v:>w$}", w = widths[c])
-                }
-            })
+            .map(|(c, v)| pad(v, widths[c], matches!(c, 3..=6)))
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

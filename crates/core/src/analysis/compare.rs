@@ -230,7 +230,7 @@ impl Comparison {
             path: path.to_path_buf(),
             what,
         };
-        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let text = read_regular(path).map_err(|e| err(e.to_string()))?;
         let v: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| err(format!("not JSON: {e}")))?;
         match v.get("schema").and_then(|s| s.as_str()) {
@@ -301,6 +301,12 @@ pub struct Hooks<'a> {
     pub progress: Option<&'a Progress>,
     /// Set it to stop early: the comparison then ends with [`AnalysisError::Cancelled`].
     pub cancel: Option<&'a AtomicBool>,
+}
+
+/// A whole regular file (a FIFO or device is refused before it is opened).
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    crate::files::require_regular(path)?;
+    std::fs::read(path)
 }
 
 /// Open the traces and compare them.

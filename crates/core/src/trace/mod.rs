@@ -52,6 +52,10 @@ pub enum TraceError {
     )]
     NotATrace { path: PathBuf },
     #[error(
+        "{path}: it is {kind}, not a regular file; sdtrace reads and writes traces by position, so pass a trace file (copy a stream to a file first)"
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
         "{path}: trace format version {major}.{minor} is newer than this sdtrace reads (major {supported}); upgrade sdtrace"
     )]
     UnsupportedVersion {

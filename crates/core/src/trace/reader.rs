@@ -112,16 +112,21 @@ impl TraceReader {
     /// Open a trace: header and index only.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // Before opening: opening a FIFO without a writer blocks forever.
+        crate::files::check_regular(&path).map_err(|kind| TraceError::NotRegular {
+            path: path.clone(),
+            kind,
+        })?;
         let file = File::open(&path).map_err(|e| TraceError::io(&path, "cannot open trace", e))?;
         let meta = file
             .metadata()
             .map_err(|e| TraceError::io(&path, "cannot stat trace", e))?;
-        if meta.is_dir() {
-            return Err(TraceError::io(
-                &path,
-                "cannot open trace",
-                std::io::Error::other("it is a directory"),
-            ));
+        if !meta.is_file() {
+            // Replaced between the check and the open.
+            return Err(TraceError::NotRegular {
+                path,
+                kind: "not a regular file",
+            });
         }
         let file_len = meta.len();
         let mut r = TraceReader {
