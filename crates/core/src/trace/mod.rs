@@ -31,7 +31,7 @@ pub use format::{FILE_MAGIC, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, FrameKind
 pub use header::{
     DeviceFacts, GpuFacts, NonFinite, RunEnd, RunHeader, RunStatus, Settings, format_unix_ms,
 };
-pub use reader::{Integrity, RecordEntry, TraceReader};
+pub use reader::{Damage, Integrity, RecordEntry, TraceReader};
 pub use record::{Fidelity, PayloadRef, RecordId, RecordMeta};
 pub use writer::{RecordInput, TraceWriter, WriterOptions, WrittenTrace};
 

@@ -2,9 +2,13 @@
 //!
 //! Opening reads the file header, the run header frame and, through the footer, the index
 //! frame; nothing else. Without a valid footer and index it scans the frames instead and keeps
-//! every complete record before the first damaged byte. All reads are positioned reads on the
-//! file (no mmap, so a file that shrinks under us yields an error, not a SIGBUS), and every
-//! length is checked against the file size before a buffer is allocated for it.
+//! every record that checks: a frame that fails its checksum or does not decode is skipped
+//! (its length is still known from its frame header) and listed in [`TraceReader::damage`];
+//! the scan ends at the end of the file or at a frame header that does not fit in it. A valid
+//! footer whose index does not check is damage too; a file that merely ends early (no footer:
+//! a killed recording) is truncated, not damaged. All reads are positioned reads on the file
+//! (no mmap, so a file that shrinks under us yields an error, not a SIGBUS), and every length
+//! is checked against the file size before a buffer is allocated for it.
 
 use super::codec::{BLOCK, BlockDecoder, Codec};
 use super::format::{
@@ -38,6 +42,15 @@ impl Integrity {
     pub fn is_complete(&self) -> bool {
         matches!(self, Integrity::Complete)
     }
+}
+
+/// A part of the file that failed its checks and was left out: a frame (while scanning), the
+/// index, or a record listed by the index (found by [`TraceReader::verify_all`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Byte offset of the damaged frame.
+    pub offset: u64,
+    pub what: String,
 }
 
 /// One record as listed by the index.
@@ -83,6 +96,9 @@ pub struct TraceReader {
     entries: Vec<RecordEntry>,
     integrity: Integrity,
     run_end: Option<RunEnd>,
+    damage: Vec<Damage>,
+    /// The footer checked, so a failure after it is damage, not truncation.
+    footer_valid: bool,
 }
 
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -138,12 +154,22 @@ impl TraceReader {
             entries: Vec::new(),
             integrity: Integrity::Complete,
             run_end: None,
+            damage: Vec::new(),
+            footer_valid: false,
         };
         r.read_file_header()?;
         let data_start = r.read_run_header()?;
         match r.read_index(data_start) {
             Ok(()) => {}
-            Err(reason) => r.scan(data_start, reason)?,
+            Err(reason) => {
+                if r.footer_valid {
+                    r.damage.push(Damage {
+                        offset: r.file_len - FOOTER_LEN,
+                        what: format!("the footer checks but its index does not: {reason}"),
+                    });
+                }
+                r.scan(data_start, reason)?
+            }
         }
         Ok(r)
     }
@@ -178,6 +204,13 @@ impl TraceReader {
     /// without a run-end frame, and for runs killed before they could close the file).
     pub fn run_end(&self) -> Option<&RunEnd> {
         self.run_end.as_ref()
+    }
+
+    /// What failed its checks while opening and was left out (empty for an intact file, and
+    /// for a file that merely ends early). Records listed by an intact index are checked only
+    /// when read ([`read_meta`](Self::read_meta), [`verify_all`](Self::verify_all)).
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
     }
 
     /// The record with this identity, if recorded.
@@ -310,6 +343,7 @@ impl TraceReader {
         let (index_at, run_end_len) = parse_footer(&f).ok_or(
             "no valid footer: the recording did not finish (killed, crashed, or out of disk)",
         )?;
+        self.footer_valid = true;
         if index_at < data_start || index_at % 8 != 0 {
             return Err(format!(
                 "footer points at byte offset {index_at}, outside the data"
@@ -386,44 +420,58 @@ impl TraceReader {
             .map_err(|e| format!("run-end frame at byte offset {at} is not valid JSON: {e}"))
     }
 
-    /// Rebuild the record list by walking frames from `data_start` up to the first damage.
+    /// Rebuild the record list by walking frames from `data_start`, skipping (and listing in
+    /// `damage`) every frame that fails its checks, up to the end of the file or the first frame
+    /// header that does not fit in it.
     fn scan(&mut self, data_start: u64, why_no_index: String) -> Result<()> {
         let mut entries = Vec::new();
         let mut keys: HashMap<String, Arc<str>> = HashMap::new();
         let mut payloads: HashMap<u64, (u64, u64)> = HashMap::new(); // offset -> (body_len, total_len)
+        let mut damage = Vec::new();
         let mut at = data_start;
-        let stop: Option<String> = loop {
+        // Why the scan stopped early, and whether that is the file ending early (truncation).
+        let stop: Option<(String, bool)> = loop {
             if at == self.file_len {
                 break None;
             }
             let h = match self.frame_header(at, self.file_len) {
                 Ok(h) => h,
-                Err(e) => break Some(e),
+                Err(e) => break Some((e, true)),
             };
             let total = h.total_len().unwrap_or(0);
+            let here = at;
+            let mut bad = |what: String| damage.push(Damage { offset: here, what });
             match h.kind {
-                FrameKind::Payload => {
-                    if let Err(e) = self.check_crc_streaming(at, &h) {
-                        break Some(e);
+                FrameKind::Payload => match self.check_crc_streaming(at, &h) {
+                    Ok(()) => {
+                        payloads.insert(at, (h.body_len, total));
                     }
-                    payloads.insert(at, (h.body_len, total));
-                }
+                    Err(e) => bad(e),
+                },
                 FrameKind::Record => {
                     let meta = match self
                         .frame_body(at, &h, MAX_RECORD_BODY)
                         .and_then(|b| decode_meta(&b, at))
                     {
                         Ok(m) => m,
-                        Err(e) => break Some(e),
+                        Err(e) => {
+                            bad(e);
+                            at += total;
+                            continue;
+                        }
                     };
                     let payload_len = match meta.payload {
                         None => 0,
                         Some(p) => match payloads.get(&p.frame_offset) {
                             Some(&(body, total)) if body == p.stored_len => total,
                             _ => {
-                                break Some(format!(
-                                    "record at byte offset {at} points at a missing payload frame"
+                                bad(format!(
+                                    "record {} at byte offset {at} points at a payload frame that is missing or damaged (byte offset {})",
+                                    meta.id(),
+                                    p.frame_offset
                                 ));
+                                at += total;
+                                continue;
                             }
                         },
                     };
@@ -444,29 +492,52 @@ impl TraceReader {
                         payload_len,
                     });
                 }
-                // The index ends the records; only the footer can follow it.
+                // The index ends the records; only the footer can follow it. With a valid
+                // footer the index was tried (and its damage noted) before the scan.
+                FrameKind::Index if self.footer_valid => break None,
                 FrameKind::Index => {
-                    break Some("the index frame is present but the footer is damaged".into());
+                    break Some((
+                        "the index frame is present but the footer is damaged".into(),
+                        false,
+                    ));
                 }
-                FrameKind::Header => {
-                    break Some(format!("a second run header at byte offset {at}"));
-                }
+                FrameKind::Header => bad(format!(
+                    "a second run header at byte offset {at} (ignored: the first one counts)"
+                )),
                 FrameKind::RunEnd => match self.read_run_end(at, at + total) {
                     Ok(end) => self.run_end = Some(end),
-                    Err(e) => break Some(e),
+                    Err(e) => bad(e),
                 },
                 FrameKind::Unknown(_) => {
                     if let Err(e) = self.check_crc_streaming(at, &h) {
-                        break Some(e);
+                        bad(e);
                     }
                 }
             }
             at += total;
         };
-        let reason = match stop {
-            Some(s) => format!("{why_no_index}; scan stopped: {s}"),
+        // A stop before the end is damage when the file claims to be whole (a valid footer)
+        // or the stop is not at a frame that runs past the end (an index without footer).
+        if let Some((s, truncated)) = &stop
+            && (self.footer_valid || !truncated)
+        {
+            damage.push(Damage {
+                offset: at,
+                what: format!("scan stopped: {s}"),
+            });
+        }
+        let mut reason = match stop {
+            Some((s, _)) => format!("{why_no_index}; scan stopped: {s}"),
             None => why_no_index,
         };
+        if !damage.is_empty() {
+            reason += &format!(
+                "; {} damaged frame{} skipped",
+                damage.len(),
+                if damage.len() == 1 { "" } else { "s" }
+            );
+        }
+        self.damage.extend(damage);
         self.entries = entries;
         self.integrity = Integrity::Recovered {
             reason,
@@ -521,8 +592,11 @@ impl TraceReader {
             return Err(self.corrupt(
                 at,
                 format!(
-                    "record frame holds '{}', but the index says '{}'",
-                    meta.key, e.key
+                    "the record frame holds {} (order {}), but the index lists {} (order {}) there",
+                    meta.id(),
+                    meta.order,
+                    e.id(),
+                    e.order
                 ),
             ));
         }
@@ -642,13 +716,30 @@ impl TraceReader {
         Ok(had.then_some(data))
     }
 
-    /// Read and checksum every record and payload; returns the number of records checked.
+    /// Read and checksum every record and payload; returns the number of records checked, or
+    /// the first damage.
     pub fn verify(&self) -> Result<u64> {
         for e in &self.entries {
-            let meta = self.read_meta(e)?;
-            self.payload_chunks(&meta, |_| Ok(()))?;
+            self.check(e)?;
         }
         Ok(self.entries.len() as u64)
+    }
+
+    /// Read and checksum one record and its payload.
+    pub fn check(&self, e: &RecordEntry) -> Result<RecordMeta> {
+        let meta = self.read_meta(e)?;
+        self.payload_chunks(&meta, |_| Ok(()))?;
+        Ok(meta)
+    }
+
+    /// Read and checksum every record and payload, going on past damage: the index of every
+    /// entry that failed, with why.
+    pub fn verify_all(&self) -> Vec<(usize, TraceError)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| self.check(e).err().map(|err| (i, err)))
+            .collect()
     }
 }
 
