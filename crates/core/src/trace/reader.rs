@@ -600,6 +600,22 @@ impl TraceReader {
                 ),
             ));
         }
+        if meta.dtype != e.dtype || meta.shape != e.shape || meta.fidelity != e.fidelity {
+            // The record frame wins; an index that disagrees with it is damaged.
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "the record frame of {} holds {} {:?} ({}), but the index lists {} {:?} ({})",
+                    meta.id(),
+                    meta.dtype,
+                    meta.shape,
+                    meta.fidelity,
+                    e.dtype,
+                    e.shape,
+                    e.fidelity
+                ),
+            ));
+        }
         Ok(meta)
     }
 
