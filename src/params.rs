@@ -717,13 +717,29 @@ mod tests {
         );
         assert_eq!(sdtrace_rng_value("mt19937"), None);
         // A command-line choice settles the account.
-        let mut g = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler").unwrap();
+        let mut g = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler, Seed: 1").unwrap();
         g.overridden("RNG", "--card");
         assert!(
             g.not_applied[0]
                 .note
                 .ends_with("--card given on the command line decides")
         );
+    }
+
+    #[test]
+    fn a_short_line_that_names_settings_is_refused() {
+        for text in [
+            "Steps: abc, Size: 0x0",
+            "a cat\nSteps: 20",
+            "a cat\nNegative prompt: ugly\nSeed: 1, Size: 512x512",
+        ] {
+            let e = InfotextSettings::parse(text).unwrap_err().to_string();
+            assert!(e.contains("settings line") && e.contains("3 fields"), "{e}");
+        }
+        // A prompt that merely has a colon, and a whole settings line, are fine.
+        assert!(InfotextSettings::parse("a cat: sitting, photo").is_ok());
+        let ok = InfotextSettings::parse("a cat\nSteps: 3, Seed: 1, Size: 64x64").unwrap();
+        assert_eq!(ok.steps, Some(3));
     }
 
     #[test]
