@@ -444,3 +444,40 @@ fn unparsable_settings_lines_and_oversized_sizes_are_refused() {
     );
     assert!(!Path::new("never.sdt").exists());
 }
+
+/// Item 7, without an index: the scan resynchronises after a frame whose length field is
+/// damaged (too long to fit, or fitting but failing its checksum) and keeps every later record.
+#[test]
+fn a_scan_resynchronises_after_a_damaged_length_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.sdt");
+    let n = write_mini_run(&good, 3, 7) as usize;
+    let (at, _) = record_frame(&good, "unet.conv_in", Some(1));
+    let bytes = std::fs::read(&good).unwrap();
+    // No footer: the reader must scan.
+    let unfooted = &bytes[..bytes.len() - 24];
+    for (flip, what) in [(at + 15, "claims"), (at + 8, "checksum mismatch")] {
+        let mut b = unfooted.to_vec();
+        b[flip] ^= 0x01;
+        let path = dir.path().join("resync.sdt");
+        std::fs::write(&path, &b).unwrap();
+        let r = TraceReader::open(&path).unwrap();
+        assert_eq!(r.entries().len(), n - 1, "{what}");
+        assert!(r.find("unet.conv_in", Some(1), 0).is_none());
+        assert!(r.find("sampler.x", Some(2), 0).is_some());
+        assert!(
+            r.run_end().is_some(),
+            "the run-end after the damage is found"
+        );
+        assert!(
+            r.damage()
+                .iter()
+                .any(|d| d.offset == at as u64 && d.what.contains(what)),
+            "{:?}",
+            r.damage()
+        );
+        r.verify().unwrap();
+        let a = sdtrace().arg("ls").arg(&path).assert().code(2);
+        assert_eq!(stdout_of(&a).lines().count() - 1, n - 1);
+    }
+}

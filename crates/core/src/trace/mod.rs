@@ -13,8 +13,8 @@
 //! - The writer only appends, and writes a record's payload frame before the record frame
 //!   that points to it, so a record is complete exactly when its record frame is.
 //! - A file without a valid footer (a killed process, a full disk) is still readable: the
-//!   reader scans frames from the start and keeps every complete record before the first
-//!   damaged or missing byte, and says so ([`Integrity::Recovered`]).
+//!   reader scans frames from the start and keeps every complete record that checks, skipping
+//!   damaged frames, and says so ([`Integrity::Recovered`], [`TraceReader::damage`]).
 //! - Readers check every length against the file size before allocating and verify every
 //!   checksum before trusting a body; damage yields a [`TraceError`] naming the byte offset.
 //! - Nothing here depends on a tensor library.

@@ -2,11 +2,11 @@
 //!
 //! Opening reads the file header, the run header frame and, through the footer, the index
 //! frame; nothing else. Without a valid footer and index it scans the frames instead and keeps
-//! every record that checks: a frame that fails its checksum or does not decode is skipped
-//! (its length is still known from its frame header) and listed in [`TraceReader::damage`];
-//! the scan ends at the end of the file or at a frame header that does not fit in it. A valid
-//! footer whose index does not check is damage too; a file that merely ends early (no footer:
-//! a killed recording) is truncated, not damaged. All reads are positioned reads on the file
+//! every record that checks: a frame that does not decode is skipped by its length, one whose
+//! checksum fails (its length may be the damaged part) by resynchronising at the next frame
+//! that checks, and both are listed in [`TraceReader::damage`]. A valid footer whose index does
+//! not check is damage too; a file that merely ends early (no footer: a killed recording) is
+//! truncated, not damaged. All reads are positioned reads on the file
 //! (no mmap, so a file that shrinks under us yields an error, not a SIGBUS), and every length
 //! is checked against the file size before a buffer is allocated for it.
 
@@ -420,14 +420,20 @@ impl TraceReader {
             .map_err(|e| format!("run-end frame at byte offset {at} is not valid JSON: {e}"))
     }
 
-    /// Rebuild the record list by walking frames from `data_start`, skipping (and listing in
-    /// `damage`) every frame that fails its checks, up to the end of the file or the first frame
-    /// header that does not fit in it.
+    /// Rebuild the record list by walking frames from `data_start`, keeping every record that
+    /// checks and listing in `damage` every frame that does not. A frame whose checksum fails
+    /// may have a damaged length, so the walk then resynchronises: it goes on at the next
+    /// 8-aligned offset that holds a whole frame with a valid checksum ([`Self::resync`]). A
+    /// frame that checks but does not make sense (a record that does not decode, or whose
+    /// payload frame is missing) is skipped by its length, which its checksum vouches for.
     fn scan(&mut self, data_start: u64, why_no_index: String) -> Result<()> {
         let mut entries = Vec::new();
         let mut keys: HashMap<String, Arc<str>> = HashMap::new();
         let mut payloads: HashMap<u64, (u64, u64)> = HashMap::new(); // offset -> (body_len, total_len)
-        let mut damage = Vec::new();
+        let mut damage: Vec<Damage> = Vec::new();
+        // Bytes resynchronisation may still read to check candidate frames: it cannot be
+        // made to read the file over and over.
+        let mut budget = self.file_len.saturating_mul(2).max(1 << 20);
         let mut at = data_start;
         // Why the scan stopped early, and whether that is the file ending early (truncation).
         let stop: Option<(String, bool)> = loop {
@@ -436,62 +442,95 @@ impl TraceReader {
             }
             let h = match self.frame_header(at, self.file_len) {
                 Ok(h) => h,
-                Err(e) => break Some((e, true)),
+                Err(e) => match self.resync(at + 8, &mut budget) {
+                    // Damage in the middle: a frame that checks follows.
+                    Some(next) => {
+                        damage.push(Damage {
+                            offset: at,
+                            what: format!(
+                                "{e}; {} bytes skipped to the next frame that checks",
+                                next - at
+                            ),
+                        });
+                        at = next;
+                        continue;
+                    }
+                    None => break Some((e, true)),
+                },
             };
             let total = h.total_len().unwrap_or(0);
-            let here = at;
-            let mut bad = |what: String| damage.push(Damage { offset: here, what });
-            match h.kind {
-                FrameKind::Payload => match self.check_crc_streaming(at, &h) {
-                    Ok(()) => {
-                        payloads.insert(at, (h.body_len, total));
-                    }
-                    Err(e) => bad(e),
-                },
-                FrameKind::Record => {
-                    let meta = match self
-                        .frame_body(at, &h, MAX_RECORD_BODY)
-                        .and_then(|b| decode_meta(&b, at))
-                    {
-                        Ok(m) => m,
-                        Err(e) => {
-                            bad(e);
-                            at += total;
+            // The checksum (and, for bodies read whole, the size limit) first.
+            let body = match h.kind {
+                FrameKind::Payload | FrameKind::Unknown(_) => {
+                    self.check_crc_streaming(at, &h).map(|()| Vec::new())
+                }
+                FrameKind::Record => self.frame_body(at, &h, MAX_RECORD_BODY),
+                FrameKind::Header | FrameKind::RunEnd => self.frame_body(at, &h, MAX_HEADER_BODY),
+                FrameKind::Index => Ok(Vec::new()),
+            };
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => {
+                    let next = self.resync(at + 8, &mut budget);
+                    damage.push(Damage {
+                        offset: at,
+                        what: e,
+                    });
+                    match next {
+                        Some(next) => {
+                            at = next;
                             continue;
                         }
-                    };
-                    let payload_len = match meta.payload {
-                        None => 0,
-                        Some(p) => match payloads.get(&p.frame_offset) {
-                            Some(&(body, total)) if body == p.stored_len => total,
-                            _ => {
-                                bad(format!(
-                                    "record {} at byte offset {at} points at a payload frame that is missing or damaged (byte offset {})",
-                                    meta.id(),
-                                    p.frame_offset
-                                ));
-                                at += total;
-                                continue;
-                            }
-                        },
-                    };
-                    let key = keys
-                        .entry(meta.key.clone())
-                        .or_insert_with(|| Arc::from(meta.key.as_str()))
-                        .clone();
-                    entries.push(RecordEntry {
-                        key,
-                        step: meta.step,
-                        eval: meta.eval,
-                        order: meta.order,
-                        dtype: meta.dtype,
-                        fidelity: meta.fidelity,
-                        shape: meta.shape,
-                        record_offset: at,
-                        record_len: total,
-                        payload_len,
-                    });
+                        // Nothing that checks follows: the damage (noted) ends the walk.
+                        None => {
+                            at += total;
+                            break None;
+                        }
+                    }
                 }
+            };
+            let mut bad = |what: String| damage.push(Damage { offset: at, what });
+            match h.kind {
+                FrameKind::Payload => {
+                    payloads.insert(at, (h.body_len, total));
+                }
+                FrameKind::Record => match decode_meta(&body, at) {
+                    Err(e) => bad(e),
+                    Ok(meta) => {
+                        let payload_len = match meta.payload {
+                            None => Some(0),
+                            Some(p) => match payloads.get(&p.frame_offset) {
+                                Some(&(body, total)) if body == p.stored_len => Some(total),
+                                _ => None,
+                            },
+                        };
+                        match payload_len {
+                            None => bad(format!(
+                                "record {} at byte offset {at} points at a payload frame that is missing or damaged (byte offset {})",
+                                meta.id(),
+                                meta.payload.map_or(0, |p| p.frame_offset)
+                            )),
+                            Some(payload_len) => {
+                                let key = keys
+                                    .entry(meta.key.clone())
+                                    .or_insert_with(|| Arc::from(meta.key.as_str()))
+                                    .clone();
+                                entries.push(RecordEntry {
+                                    key,
+                                    step: meta.step,
+                                    eval: meta.eval,
+                                    order: meta.order,
+                                    dtype: meta.dtype,
+                                    fidelity: meta.fidelity,
+                                    shape: meta.shape,
+                                    record_offset: at,
+                                    record_len: total,
+                                    payload_len,
+                                });
+                            }
+                        }
+                    }
+                },
                 // The index ends the records; only the footer can follow it. With a valid
                 // footer the index was tried (and its damage noted) before the scan.
                 FrameKind::Index if self.footer_valid => break None,
@@ -504,15 +543,13 @@ impl TraceReader {
                 FrameKind::Header => bad(format!(
                     "a second run header at byte offset {at} (ignored: the first one counts)"
                 )),
-                FrameKind::RunEnd => match self.read_run_end(at, at + total) {
+                FrameKind::RunEnd => match serde_json::from_slice(&body) {
                     Ok(end) => self.run_end = Some(end),
-                    Err(e) => bad(e),
+                    Err(e) => bad(format!(
+                        "run-end frame at byte offset {at} is not valid JSON: {e}"
+                    )),
                 },
-                FrameKind::Unknown(_) => {
-                    if let Err(e) = self.check_crc_streaming(at, &h) {
-                        bad(e);
-                    }
-                }
+                FrameKind::Unknown(_) => {}
             }
             at += total;
         };
@@ -532,7 +569,7 @@ impl TraceReader {
         };
         if !damage.is_empty() {
             reason += &format!(
-                "; {} damaged frame{} skipped",
+                "; {} damaged part{} skipped",
                 damage.len(),
                 if damage.len() == 1 { "" } else { "s" }
             );
@@ -545,6 +582,43 @@ impl TraceReader {
             file_len: self.file_len,
         };
         Ok(())
+    }
+
+    /// The first 8-aligned offset from `from` (rounded up) that starts a whole frame of a kind
+    /// that may follow the run header (record, payload, index, run end), with zero flags and
+    /// reserved bytes and a valid checksum; `None` when there is none before the end of the
+    /// file or `budget` (bytes read to check candidates) runs out.
+    fn resync(&self, from: u64, budget: &mut u64) -> Option<u64> {
+        let end = self.file_len;
+        let mut chunk_at = from.div_ceil(8) * 8;
+        let mut buf = vec![0u8; 1 << 20];
+        while chunk_at + FRAME_HEADER_LEN <= end {
+            let n = (end - chunk_at).min(buf.len() as u64) as usize;
+            read_at(&self.file, &mut buf[..n], chunk_at).ok()?;
+            *budget = budget.checked_sub(n as u64)?;
+            let mut i = 0;
+            while i + FRAME_HEADER_LEN as usize <= n {
+                let b = &buf[i..i + FRAME_HEADER_LEN as usize];
+                if matches!(b[0], 2..=5) && b[1..4] == [0, 0, 0] {
+                    let at = chunk_at + i as u64;
+                    if let Ok(h) = self.frame_header(at, end) {
+                        *budget = budget.checked_sub(h.body_len)?;
+                        let checks = match h.kind {
+                            FrameKind::Record => self.frame_body(at, &h, MAX_RECORD_BODY).is_ok(),
+                            FrameKind::RunEnd => self.frame_body(at, &h, MAX_HEADER_BODY).is_ok(),
+                            FrameKind::Index => self.frame_body(at, &h, MAX_INDEX_BODY).is_ok(),
+                            _ => self.check_crc_streaming(at, &h).is_ok(),
+                        };
+                        if checks {
+                            return Some(at);
+                        }
+                    }
+                }
+                i += 8;
+            }
+            chunk_at += (n as u64 - FRAME_HEADER_LEN) / 8 * 8 + 8;
+        }
+        None
     }
 
     fn check_crc_streaming(&self, at: u64, h: &FrameHeader) -> Result<(), String> {
