@@ -93,6 +93,16 @@ fn fifos_and_devices_are_refused_instead_of_blocking() {
         .assert()
         .code(2);
     assert!(stderr_of(&a).contains("FIFO (named pipe), not a regular file"));
+    let rng = format!("file:{}", fifo.display());
+    let a = sdtrace()
+        .args([
+            "noise", "--rng", &rng, "--seed", "1", "--size", "64x64", "-o",
+        ])
+        .arg(dir.path().join("n.npy"))
+        .timeout(t)
+        .assert()
+        .code(2);
+    assert!(stderr_of(&a).contains("FIFO"), "{}", stderr_of(&a));
 }
 
 /// Item 3: `--threads` above 4 per logical CPU (and 0) is refused with the limit.

@@ -85,7 +85,7 @@ pub struct RecordArgs {
     /// Noise generator: sdtrace, torch-cpu, torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD
     /// (e.g. gtx1070, t4), a1111-nv, file:PATH (.npy/.safetensors), device (GPU only)
     /// [default: sdtrace]
-    #[arg(long, value_name = "RNG", value_parser = rng::parse_flag)]
+    #[arg(long, value_name = "RNG", value_parser = parse_rng)]
     rng: Option<RngSpec>,
     /// Emulate the webui's GPU noise on this card: a name (gtx1070, t4, rtx3060, …) or
     /// SMS,THREADS_PER_SM; the same as --rng torch-cuda:NAME
@@ -254,6 +254,15 @@ fn rng_refusal(source: &str, parsed: &InfotextSettings) -> String {
          cards: {}",
         rng::presets::names()
     )
+}
+
+/// `--rng`, refusing a `file:PATH` that is a FIFO or device before anything waits on it.
+pub fn parse_rng(s: &str) -> Result<RngSpec, String> {
+    let spec = rng::parse_flag(s)?;
+    if let RngSpec::File(path) = &spec {
+        sdtrace::files::require_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(spec)
 }
 
 /// Most compute threads per logical CPU that `--threads` accepts.
