@@ -491,3 +491,59 @@ fn a_scan_resynchronises_after_a_damaged_length_field() {
         assert_eq!(stdout_of(&a).lines().count() - 1, n - 1);
     }
 }
+
+/// Item 7 (`dtype_9.sdt`): a record frame with a valid checksum but an unknown dtype code is a
+/// damaged record — through the index and through a scan — and `info --verify` exits 2.
+#[test]
+fn a_checksum_valid_record_with_an_unknown_dtype_is_damaged_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dtype.sdt");
+    write_keys(
+        &path,
+        &[
+            ("noise.initial", None),
+            ("sampler.x", Some(0)),
+            ("sampler.x", Some(1)),
+        ],
+    );
+    let (at, _) = record_frame(&path, "sampler.x", Some(0));
+    let mut b = std::fs::read(&path).unwrap();
+    // Body: key (1 + 9 bytes), step Some(0) (2), eval (1), order (1), then the dtype code.
+    let dtype_at = at + 16 + 1 + 9 + 2 + 1 + 1;
+    assert_eq!(b[dtype_at], 0, "the dtype code of f32");
+    b[dtype_at] = 9;
+    let len = u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap()) as usize;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[at..at + 4]);
+    h.update(&b[at + 8..at + 16 + len]);
+    b[at + 4..at + 8].copy_from_slice(&h.finalize().to_le_bytes());
+    std::fs::write(&path, &b).unwrap();
+
+    let a = sdtrace().arg("ls").arg(&path).assert().code(2);
+    assert_eq!(stdout_of(&a).lines().count() - 1, 2);
+    assert!(
+        stderr_of(&a).contains("does not decode"),
+        "{}",
+        stderr_of(&a)
+    );
+    let v = sdtrace()
+        .args(["info", "--verify"])
+        .arg(&path)
+        .assert()
+        .code(2);
+    assert!(
+        stdout_of(&v).contains("verified  2 of 3 records"),
+        "{}",
+        stdout_of(&v)
+    );
+    // Without the footer the scan skips the record and keeps the one after it.
+    std::fs::write(&path, &b[..b.len() - 24]).unwrap();
+    let r = TraceReader::open(&path).unwrap();
+    assert_eq!(r.entries().len(), 2);
+    assert!(r.find("sampler.x", Some(1), 0).is_some());
+    assert!(
+        r.damage().iter().any(|d| d.offset == at as u64),
+        "{:?}",
+        r.damage()
+    );
+}
