@@ -312,14 +312,15 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
 }
 
-/// Called with (index in `Comparison::records`, the measured pair).
+/// Called with (index of the pair, the measured pair): its index in `Comparison::records`,
+/// unless a pair before it was left out as damaged (callers match the pair's identity too).
 pub type PairHook<'a> = &'a (dyn Fn(usize, &PairRecord) + Sync);
 
 /// Hooks into a running comparison, for interactive views.
 #[derive(Clone, Copy, Default)]
 pub struct Hooks<'a> {
-    /// Called from worker threads with (index in `Comparison::records`, the measured pair) as
-    /// each A–B pair is done (before a noise floor is attached).
+    /// Called from worker threads with (index of the pair, the measured pair) as each A–B pair
+    /// is done (before a noise floor is attached); see [`PairHook`] for the index.
     pub on_pair: Option<PairHook<'a>>,
     pub progress: Option<&'a Progress>,
     /// Set it to stop early: the comparison then ends with [`AnalysisError::Cancelled`].
