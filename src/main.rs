@@ -319,14 +319,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // Messages quote keys and paths from the inputs: no control character reaches the
-            // terminal (line breaks of the message itself stay).
-            let text = format!("{e:#}");
-            let lines: Vec<_> = text.split('\n').map(printable).collect();
-            eprintln!("error: {}", lines.join("\n"));
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error for the terminal: its chain of causes, each said once (an I/O error's text is
+/// often part of the message that wraps it), with control characters escaped (messages quote
+/// keys and paths from the inputs; the message's own line breaks stay).
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    let lines: Vec<_> = text.split('\n').map(printable).collect();
+    lines.join("\n")
 }
 
 /// Print to stdout; a closed pipe (`| head`) is not an error.

@@ -547,3 +547,33 @@ fn a_checksum_valid_record_with_an_unknown_dtype_is_damaged_not_fatal() {
         r.damage()
     );
 }
+
+/// Campaign notes (cosmetic): an OS error is said once, and a PNG that cannot be written after a
+/// complete run says that the trace is complete.
+#[test]
+fn os_errors_are_said_once_and_a_failed_png_says_the_trace_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sdt");
+    let a = sdtrace().arg("info").arg(&missing).assert().code(2);
+    let err = stderr_of(&a);
+    assert_eq!(err.matches("(os error").count(), 1, "{err}");
+    let out = dir.path().join("t.sdt");
+    let a = sdtrace()
+        .args(["record", "--model"])
+        .arg(tiny_model("reliability-model"))
+        .args([
+            "--prompt", "a cat", "--steps", "1", "--size", "64x64", "-q", "-o",
+        ])
+        .arg(&out)
+        .arg("--png")
+        .arg(dir.path().join("no-such-dir/x.png"))
+        .assert()
+        .code(2);
+    let err = stderr_of(&a);
+    assert!(
+        err.contains("is complete, only the PNG is missing")
+            && err.matches("(os error").count() == 1,
+        "{err}"
+    );
+    TraceReader::open(&out).unwrap().verify().unwrap();
+}

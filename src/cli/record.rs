@@ -39,7 +39,8 @@ field that --from-png reads back.
 
 Exit codes:
   0  the run completed; trace and PNG written
-  2  bad usage or model files, or the trace would not fit (nothing written)
+  2  bad usage or model files, or the trace would not fit (nothing written); or, after a
+     complete run, the PNG could not be written (the trace is complete; the message says so)
   4  stopped early by Ctrl-C, SIGTERM or --stop-on-nan: the trace is valid and marked
      interrupted
   5  an error during the run: the trace is valid and marked failed
@@ -737,7 +738,15 @@ fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitCod
             .png
             .clone()
             .unwrap_or_else(|| args.output.with_extension("png"));
-        write_png(&path, shape, data, &rec.header)?;
+        if let Err(e) = write_png(&path, shape, data, &rec.header) {
+            // The run is done and its trace complete: only the picture is missing.
+            eprintln!(
+                "error: {}; the trace {written} is complete, only the PNG is missing (`sdtrace export {} image OUT.png` writes it when the trace kept the image)",
+                crate::error_text(&e),
+                rec.trace.path.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
         png_note = format!(", image {}", path.display());
     }
     if !args.quiet {
