@@ -45,9 +45,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Errors of a recording. Those before the trace exists leave no file behind; [`Run`] means
-/// the trace was written and closed, marked failed.
+/// the trace was written and closed, marked failed; [`Unclosed`] that it could not be closed.
 ///
 /// [`Run`]: PipelineError::Run
+/// [`Unclosed`]: PipelineError::Unclosed
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("{0}")]
@@ -87,6 +88,18 @@ pub enum PipelineError {
         trace: PathBuf,
         #[source]
         source: Box<PipelineError>,
+    },
+    /// The run failed and closing the trace failed too (typically a full disk): the file holds
+    /// the records written before the failure but no run-end and no index.
+    #[error(
+        "{source}; the trace {} could not be closed either ({close}): it holds the records written before the error, readable as a truncated trace (`sdtrace info` counts them), but no run-end and no index",
+        trace.display()
+    )]
+    Unclosed {
+        trace: PathBuf,
+        #[source]
+        source: Box<PipelineError>,
+        close: String,
     },
 }
 
@@ -185,7 +198,10 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// Parse `--size WxH` (multiples of 8, at least 8).
+/// Largest image side `--size` accepts.
+pub const MAX_SIDE: u32 = 16384;
+
+/// Parse `--size WxH` (multiples of 8, from 8 to [`MAX_SIDE`]).
 pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
@@ -197,10 +213,17 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     };
     let (w, h) = (num(w)?, num(h)?);
     for (name, v) in [("width", w), ("height", h)] {
-        if v == 0 || v % 8 != 0 || v > 16384 {
-            let (lo, hi) = ((v / 8).max(1) * 8, (v / 8 + 1) * 8);
+        if v == 0 || v % 8 != 0 || v > MAX_SIDE {
+            // The nearest valid sizes, within 8..=MAX_SIDE.
+            let lo = (v / 8 * 8).clamp(8, MAX_SIDE);
+            let hi = (v / 8 * 8 + 8).clamp(8, MAX_SIDE);
+            let suggest = if lo == hi {
+                format!("try {lo}")
+            } else {
+                format!("try {lo} or {hi}")
+            };
             return Err(format!(
-                "'{s}': the {name} {v} must be a multiple of 8 between 8 and 16384 (the VAE works on 8x8 pixel blocks); try {lo} or {hi}"
+                "'{s}': the {name} {v} must be a multiple of 8 between 8 and {MAX_SIDE} (the VAE works on 8x8 pixel blocks); {suggest}"
             ));
         }
     }
@@ -401,6 +424,7 @@ fn file_hash(path: &Path) -> Result<String> {
         op: "cannot read",
         source: e,
     };
+    crate::files::require_regular(path).map_err(io)?;
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -802,6 +826,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         text_calls,
         (tokens_u, tokens),
     );
+    perturb::check_targets(&spec.perturb, &records).map_err(PipelineError::Setting)?;
     let est = estimate::estimate(&records, &spec.policy);
     let free = free_disk(out);
     monitor.plan(&RunPlan {
@@ -868,15 +893,24 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         Err(e) => {
             end.status = RunStatus::Failed;
             end.reason = Some(e.to_string());
-            let closed = probe.finish_with(end);
-            return Err(PipelineError::Run {
-                trace: out.to_path_buf(),
-                source: Box::new(match closed {
-                    Ok(_) => e,
-                    Err(close) => PipelineError::Conditioning(format!(
-                        "{e}; closing the trace also failed: {close}"
-                    )),
-                }),
+            return Err(match probe.finish_with(end) {
+                Ok(_) => PipelineError::Run {
+                    trace: out.to_path_buf(),
+                    source: Box::new(e),
+                },
+                Err(close) => {
+                    // A full disk fails the run and the close alike: say it once.
+                    let close = close.to_string();
+                    PipelineError::Unclosed {
+                        trace: out.to_path_buf(),
+                        close: if close == e.to_string() {
+                            "the same error".into()
+                        } else {
+                            close
+                        },
+                        source: Box::new(e),
+                    }
+                }
             });
         }
     };
@@ -1022,7 +1056,10 @@ mod tests {
             "{e}"
         );
         assert!(parse_size("512").unwrap_err().contains("WIDTHxHEIGHT"));
-        assert!(parse_size("0x8").is_err());
+        assert!(parse_size("0x8").unwrap_err().ends_with("try 8"));
+        let e = parse_size("100000x100000").unwrap_err();
+        assert!(e.ends_with("try 16384"), "{e}");
+        assert!(parse_size("16392x8").unwrap_err().ends_with("try 16384"));
         assert_eq!("cuda:1".parse(), Ok(DeviceChoice::Cuda(1)));
         assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
         assert!("gpu".parse::<DeviceChoice>().is_err());

@@ -43,14 +43,17 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     }
 }
 
-/// Write `text` at (x, y), clipped to `area` and the buffer; returns the x after it.
+/// Write `text` at (x, y), clipped to `area` and the buffer; returns the x after it. Control
+/// characters (from keys, paths or header strings of the traces) are shown escaped, `\x1b`,
+/// rather than dropped: every string of the TUI goes through here.
 pub fn put(buf: &mut Buffer, area: Rect, x: u16, y: u16, text: &str, style: Style) -> u16 {
     let area = area.intersection(buf.area);
     if y < area.y || y >= area.bottom() || x >= area.right() || x < area.x {
         return x;
     }
     let max = (area.right() - x) as usize;
-    buf.set_stringn(x, y, text, max, style).0
+    buf.set_stringn(x, y, crate::escape::printable(text), max, style)
+        .0
 }
 
 /// Write `text` word-wrapped from row `y`, at most `rows` rows (the last one clipped); returns
@@ -102,6 +105,20 @@ pub fn set_cell(buf: &mut Buffer, area: Rect, x: u16, y: u16, sym: &str, style: 
     }
     if let Some(c) = buf.cell_mut((x, y)) {
         c.set_symbol(sym).set_style(style);
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn put_shows_control_characters_escaped() {
+        let area = Rect::new(0, 0, 40, 1);
+        let mut buf = Buffer::empty(area);
+        put(&mut buf, area, 0, 0, "k\u{1b}[2J\nx", Style::default());
+        let row: String = (0..40).map(|x| buf[(x, 0)].symbol().to_string()).collect();
+        assert!(row.starts_with("k\\x1b[2J\\nx"), "{row:?}");
     }
 }
 

@@ -59,10 +59,12 @@ impl KeyMap {
 
     /// Read and parse a key map file.
     pub fn load(path: &Path) -> Result<Self, AnalysisError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AnalysisError::MapIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::require_regular(path)
+            .and_then(|_| std::fs::read_to_string(path))
+            .map_err(|source| AnalysisError::MapIo {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(&text, path)
     }
 
@@ -103,8 +105,10 @@ impl RecordRef {
 }
 
 /// How a record is named for people: `step 3 unet.mid_block`, `step 3 eval 1 unet.mid_block`,
-/// `noise.initial`, `eval 1 text_encoder.final_layer_norm`.
+/// `noise.initial`, `eval 1 text_encoder.final_layer_norm`. Control characters in the key are
+/// escaped ([`crate::escape::printable`]): labels are printed to terminals.
 pub fn label(step: Option<u32>, eval: u32, key: &str) -> String {
+    let key = crate::escape::printable(key);
     match (step, eval) {
         (Some(s), 0) => format!("step {s} {key}"),
         (Some(s), e) => format!("step {s} eval {e} {key}"),
