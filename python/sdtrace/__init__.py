@@ -12,9 +12,11 @@ Rust, and reached through ``sdtrace._native``).
 - ``with sdtrace.record(pipe, "run.sdt"): pipe(...)`` records a diffusers
   ``StableDiffusionPipeline`` call under the keys ``sdtrace record`` uses.
 - ``sdtrace.summarize(x)`` is the summary ``sdtrace record`` stores for a tensor.
+- ``sdtrace.keys.from_ldm(path)`` / ``sdtrace.keys.to_ldm(key)`` map the module paths of
+  LDM-structured hosts (AUTOMATIC1111, Forge, ComfyUI) to sdtrace's keys and back.
 """
 
-from . import _native
+from . import _native, keys
 from ._native import SdtraceError
 from .trace import Record, Trace, compare, open, summarize
 from .writer import Writer

@@ -17,13 +17,10 @@
 //! The `*_source` methods map a diffusers weight name (as our modules ask for it) to where it
 //! lives in the file ([`Source`]): the key, a row range (OpenCLIP's fused `in_proj` holds q, k
 //! and v) and whether a 1×1 convolution weight `[C, C, 1, 1]` is read as a linear `[C, C]`
-//! (the VAE's attention). The rules (documented in `research/domain-facts.md` §5.1):
-//! `down_blocks.b.{resnets|attentions}.l` ↔ `input_blocks.(1 + (L+1)b + l).{0|1}`,
-//! `down_blocks.b.downsamplers.0.conv` ↔ `input_blocks.((L+1)(b+1)).0.op`, `mid_block` ↔
-//! `middle_block.{0,1,2}`, `up_blocks.b.{resnets|attentions}.l` ↔
-//! `output_blocks.((L+1)b + l).{0|1}`, the up-sampler in the level's last output block after
-//! its attention (`.2.conv`) or resnet (`.1.conv`), L = layers per level (2 in SD); the VAE's
-//! decoder levels are numbered the other way (`decoder.up_blocks.i` ↔ `decoder.up.(n−1−i)`).
+//! (the VAE's attention). They read the one table of LDM names, [`sdtrace_core::ldm::LdmMap`],
+//! which also maps the module paths the webui, Forge and ComfyUI hook to our probe keys (its
+//! module doc has the index rules); [`LdmLayout::map`] builds it for this layout, once per
+//! architecture.
 //! [`LdmLayout::is_ignored`] names what a checkpoint may hold besides the model: EMA copies
 //! (`model_ema.*`), the DDPM schedule buffers, CLIP's `position_ids`, OpenCLIP's projection,
 //! logit scale and the last transformer layer SD 2.x does not use.
@@ -31,9 +28,11 @@
 use super::clip::{ClipActivation, ClipConfig};
 use super::config::{BlockConfig, Prediction, UNetConfig};
 use super::vae::{SD_SCALING_FACTOR, VaeConfig};
+use sdtrace_core::ldm::{LdmArch, LdmMap};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Where the UNet lives in an LDM checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
@@ -337,28 +336,66 @@ impl LdmLayout {
         })
     }
 
+    /// The names-only description of this layout that the LDM table is built from.
+    pub fn arch(&self) -> LdmArch {
+        LdmArch {
+            unet_attention: self
+                .unet
+                .blocks
+                .iter()
+                .map(|b| b.cross_attention.is_some())
+                .collect(),
+            unet_layers_per_block: self.unet.layers_per_block,
+            vae_levels: self.vae.block_out_channels.len(),
+            vae_layers_per_block: self.vae.layers_per_block,
+            text: match self.tower {
+                TextTower::OpenAi { prefix } => sdtrace_core::ldm::TextTower::OpenAi {
+                    root: prefix.trim_end_matches('.'),
+                },
+                TextTower::OpenClip => sdtrace_core::ldm::TextTower::OpenClip,
+            },
+            text_layers: self.clip.num_hidden_layers,
+        }
+    }
+
+    /// The LDM table for this layout, built once per architecture and shared.
+    pub fn map(&self) -> Arc<LdmMap> {
+        static BUILT: Mutex<Vec<(LdmArch, Arc<LdmMap>)>> = Mutex::new(Vec::new());
+        let arch = self.arch();
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = built.iter().find(|(a, _)| *a == arch) {
+            return m.clone();
+        }
+        let m = Arc::new(LdmMap::new(&arch));
+        built.push((arch, m.clone()));
+        m
+    }
+
+    /// Where the weight `component.name` (`unet.…`, `vae.…`, `text_encoder.…`) is stored.
+    fn source_of(&self, name: &str) -> Option<Source> {
+        let w = self.map().weight(name)?;
+        let d = self.clip.hidden_size;
+        Some(Source {
+            key: w.key,
+            rows: w.fused.map(|i| i * d..(i + 1) * d),
+            squeeze_1x1: w.squeeze_1x1,
+        })
+    }
+
     /// The UNet weight `name` (diffusers naming, no `unet.` prefix).
     pub fn unet_source(&self, name: &str) -> Option<Source> {
-        unet_key(name, &self.unet).map(|k| Source::plain(format!("{UNET_PREFIX}{k}")))
+        self.source_of(&format!("unet.{name}"))
     }
 
     /// The VAE weight `name` (diffusers naming).
     pub fn vae_source(&self, name: &str) -> Option<Source> {
-        let (key, squeeze) = vae_key(name, self.vae.block_out_channels.len())?;
-        Some(Source {
-            key: format!("{VAE_PREFIX}{key}"),
-            rows: None,
-            squeeze_1x1: squeeze,
-        })
+        self.source_of(&format!("vae.{name}"))
     }
 
     /// The text-encoder weight `name` (HF naming, `text_model.…`).
     pub fn clip_source(&self, name: &str) -> Option<Source> {
         let rest = name.strip_prefix("text_model.")?;
-        match self.tower {
-            TextTower::OpenAi { prefix } => Some(Source::plain(format!("{prefix}{rest}"))),
-            TextTower::OpenClip => openclip_source(rest, self.clip.hidden_size),
-        }
+        self.source_of(&format!("text_encoder.{rest}"))
     }
 
     /// Whether `key` is something a checkpoint holds besides the model (see the module doc).
@@ -597,189 +634,6 @@ fn infer_clip(
     ))
 }
 
-/// A resnet's inner names: diffusers → LDM UNet.
-fn unet_resnet(r: &str) -> Option<String> {
-    const MAP: [(&str, &str); 6] = [
-        ("norm1.", "in_layers.0."),
-        ("conv1.", "in_layers.2."),
-        ("time_emb_proj.", "emb_layers.1."),
-        ("norm2.", "out_layers.0."),
-        ("conv2.", "out_layers.3."),
-        ("conv_shortcut.", "skip_connection."),
-    ];
-    MAP.iter()
-        .find_map(|(d, l)| r.strip_prefix(d).map(|rest| format!("{l}{rest}")))
-}
-
-/// A UNet weight's LDM key (without `model.diffusion_model.`).
-fn unet_key(name: &str, cfg: &UNetConfig) -> Option<String> {
-    let per = cfg.layers_per_block + 1;
-    let n = cfg.blocks.len();
-    for (d, l) in [
-        ("conv_in.", "input_blocks.0.0."),
-        ("time_embedding.linear_1.", "time_embed.0."),
-        ("time_embedding.linear_2.", "time_embed.2."),
-        ("conv_norm_out.", "out.0."),
-        ("conv_out.", "out.2."),
-    ] {
-        if let Some(rest) = name.strip_prefix(d) {
-            return Some(format!("{l}{rest}"));
-        }
-    }
-    if let Some(rest) = name.strip_prefix("down_blocks.") {
-        let (b, rest) = split_index(rest)?;
-        if let Some(r) = rest.strip_prefix("resnets.") {
-            let (l, r) = split_index(r)?;
-            return Some(format!(
-                "input_blocks.{}.0.{}",
-                1 + per * b + l,
-                unet_resnet(r)?
-            ));
-        }
-        if let Some(r) = rest.strip_prefix("attentions.") {
-            let (l, r) = split_index(r)?;
-            return Some(format!("input_blocks.{}.1.{r}", 1 + per * b + l));
-        }
-        let r = rest.strip_prefix("downsamplers.0.conv.")?;
-        return Some(format!("input_blocks.{}.0.op.{r}", per * (b + 1)));
-    }
-    if let Some(rest) = name.strip_prefix("mid_block.") {
-        if let Some(r) = rest.strip_prefix("resnets.") {
-            let (k, r) = split_index(r)?;
-            return Some(format!("middle_block.{}.{}", 2 * k, unet_resnet(r)?));
-        }
-        let r = rest.strip_prefix("attentions.0.")?;
-        return Some(format!("middle_block.1.{r}"));
-    }
-    let rest = name.strip_prefix("up_blocks.")?;
-    let (b, rest) = split_index(rest)?;
-    if let Some(r) = rest.strip_prefix("resnets.") {
-        let (l, r) = split_index(r)?;
-        return Some(format!(
-            "output_blocks.{}.0.{}",
-            per * b + l,
-            unet_resnet(r)?
-        ));
-    }
-    if let Some(r) = rest.strip_prefix("attentions.") {
-        let (l, r) = split_index(r)?;
-        return Some(format!("output_blocks.{}.1.{r}", per * b + l));
-    }
-    let r = rest.strip_prefix("upsamplers.0.conv.")?;
-    let has_attention = cfg
-        .blocks
-        .get(n.checked_sub(1 + b)?)?
-        .cross_attention
-        .is_some();
-    Some(format!(
-        "output_blocks.{}.{}.conv.{r}",
-        per * b + per - 1,
-        if has_attention { 2 } else { 1 }
-    ))
-}
-
-/// A VAE weight's LDM key (without `first_stage_model.`) and whether it is stored as a 1×1
-/// convolution; `levels` = number of resolution levels.
-fn vae_key(name: &str, levels: usize) -> Option<(String, bool)> {
-    if name.starts_with("quant_conv.") || name.starts_with("post_quant_conv.") {
-        return Some((name.to_string(), false));
-    }
-    let (side, rest) = name.split_once('.')?;
-    if side != "encoder" && side != "decoder" {
-        return None;
-    }
-    let resnet = |r: &str| match r.strip_prefix("conv_shortcut.") {
-        Some(x) => format!("nin_shortcut.{x}"),
-        None => r.to_string(),
-    };
-    let (inner, squeeze) = if let Some(r) = rest.strip_prefix("conv_norm_out.") {
-        (format!("norm_out.{r}"), false)
-    } else if rest.starts_with("conv_in.") || rest.starts_with("conv_out.") {
-        (rest.to_string(), false)
-    } else if let Some(r) = rest.strip_prefix("mid_block.resnets.") {
-        let (k, r) = split_index(r)?;
-        (format!("mid.block_{}.{}", k + 1, resnet(r)), false)
-    } else if let Some(r) = rest.strip_prefix("mid_block.attentions.0.") {
-        const MAP: [(&str, &str); 9] = [
-            ("group_norm.", "norm."),
-            ("to_q.", "q."),
-            ("query.", "q."),
-            ("to_k.", "k."),
-            ("key.", "k."),
-            ("to_v.", "v."),
-            ("value.", "v."),
-            ("to_out.0.", "proj_out."),
-            ("proj_attn.", "proj_out."),
-        ];
-        let (l, x) = MAP
-            .iter()
-            .find_map(|(d, l)| r.strip_prefix(d).map(|x| (*l, x)))?;
-        (format!("mid.attn_1.{l}{x}"), l != "norm." && x == "weight")
-    } else if side == "encoder" {
-        let r = rest.strip_prefix("down_blocks.")?;
-        let (i, r) = split_index(r)?;
-        if let Some(r) = r.strip_prefix("resnets.") {
-            let (j, r) = split_index(r)?;
-            (format!("down.{i}.block.{j}.{}", resnet(r)), false)
-        } else {
-            let r = r.strip_prefix("downsamplers.0.conv.")?;
-            (format!("down.{i}.downsample.conv.{r}"), false)
-        }
-    } else {
-        let r = rest.strip_prefix("up_blocks.")?;
-        let (i, r) = split_index(r)?;
-        let level = levels.checked_sub(1 + i)?;
-        if let Some(r) = r.strip_prefix("resnets.") {
-            let (j, r) = split_index(r)?;
-            (format!("up.{level}.block.{j}.{}", resnet(r)), false)
-        } else {
-            let r = r.strip_prefix("upsamplers.0.conv.")?;
-            (format!("up.{level}.upsample.conv.{r}"), false)
-        }
-    };
-    Some((format!("{side}.{inner}"), squeeze))
-}
-
-/// An HF CLIP text weight (after `text_model.`) in OpenCLIP's layout of width `d`.
-fn openclip_source(rest: &str, d: usize) -> Option<Source> {
-    let p = OPENCLIP_PREFIX;
-    let plain = |k: String| Some(Source::plain(format!("{p}{k}")));
-    match rest {
-        "embeddings.token_embedding.weight" => return plain("token_embedding.weight".into()),
-        "embeddings.position_embedding.weight" => return plain("positional_embedding".into()),
-        _ => {}
-    }
-    if let Some(x) = rest.strip_prefix("final_layer_norm.") {
-        return plain(format!("ln_final.{x}"));
-    }
-    let (n, r) = split_index(rest.strip_prefix("encoder.layers.")?)?;
-    let block = format!("transformer.resblocks.{n}.");
-    for (i, q) in ["q_proj.", "k_proj.", "v_proj."].iter().enumerate() {
-        if let Some(x) = r.strip_prefix("self_attn.").and_then(|r| r.strip_prefix(q)) {
-            let fused = match x {
-                "weight" => "in_proj_weight",
-                "bias" => "in_proj_bias",
-                _ => return None,
-            };
-            return Some(Source {
-                key: format!("{p}{block}attn.{fused}"),
-                rows: Some(i * d..(i + 1) * d),
-                squeeze_1x1: false,
-            });
-        }
-    }
-    const MAP: [(&str, &str); 5] = [
-        ("layer_norm1.", "ln_1."),
-        ("layer_norm2.", "ln_2."),
-        ("self_attn.out_proj.", "attn.out_proj."),
-        ("mlp.fc1.", "mlp.c_fc."),
-        ("mlp.fc2.", "mlp.c_proj."),
-    ];
-    MAP.iter()
-        .find_map(|(h, o)| r.strip_prefix(h).map(|x| format!("{block}{o}{x}")))
-        .and_then(plain)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -981,6 +835,94 @@ mod tests {
             "{OPENCLIP_PREFIX}transformer.resblocks.22.ln_1.weight"
         )));
         assert!(l.is_ignored(&format!("{OPENCLIP_PREFIX}text_projection")));
+    }
+
+    /// The module map and the weight-key mapping are one table: for every weight our modules
+    /// ask for, the module that owns it maps (both ways) to the module that owns its LDM key,
+    /// and every probe point maps to an LDM module that holds exactly the LDM keys of the
+    /// weights under it — for the tiny synthetic model, SD 1.5 and SD 2.1.
+    #[test]
+    fn module_paths_agree_with_the_weight_keys() {
+        use crate::model::attention::AttentionImpl;
+        use crate::model::checkpoint::{Component, required_weights, unet_without_weights};
+        use crate::model::synth::{SynthSize, ldm_layout};
+        let mut sd21 = sd15_layout();
+        sd21.unet = UNetConfig::sd21();
+        sd21.clip = ClipConfig::sd21();
+        sd21.tower = TextTower::OpenClip;
+        let parent = |k: &str| k.rsplit_once('.').map(|(p, _)| p.to_string());
+        for (name, layout) in [
+            ("tiny", ldm_layout(SynthSize::Tiny)),
+            ("SD 1.5", ldm_layout(SynthSize::Sd15)),
+            ("SD 2.1", sd21),
+        ] {
+            let map = layout.map();
+            // (our weight name with its component, its LDM key)
+            let mut weights = Vec::new();
+            for c in Component::ALL {
+                for w in required_weights(&layout, c).unwrap().into_keys() {
+                    let src = layout.source(c, &w).unwrap();
+                    let ours = match w.strip_prefix("text_model.") {
+                        Some(rest) => format!("text_encoder.{rest}"),
+                        None => format!("{}.{w}", c.name()),
+                    };
+                    if src.rows.is_none() && !src.key.ends_with("positional_embedding") {
+                        let (m, l) = (parent(&ours).unwrap(), parent(&src.key).unwrap());
+                        assert_eq!(map.to_ldm(&m).as_ref(), Some(&l), "{name}: {ours}");
+                        assert_eq!(map.from_ldm(&l).as_ref(), Some(&m), "{name}: {}", src.key);
+                    }
+                    weights.push((ours, src.key));
+                }
+            }
+            let unet =
+                unet_without_weights(&layout.unet, candle_core::DType::F32, AttentionImpl::Full)
+                    .unwrap();
+            let mut keys: Vec<String> = unet
+                .probe_points(2, 8, 8, 77)
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| !k.ends_with(".probs"))
+                .collect();
+            keys.extend(
+                (0..layout.clip.num_hidden_layers)
+                    .map(|n| format!("text_encoder.encoder.layers.{n}")),
+            );
+            keys.extend(
+                [
+                    "text_encoder.final_layer_norm",
+                    "vae.post_quant_conv",
+                    "vae.decoder",
+                ]
+                .map(String::from),
+            );
+            assert!(keys.len() > 40, "{name}: {} probe keys", keys.len());
+            for k in keys {
+                let l = map
+                    .to_ldm(&k)
+                    .unwrap_or_else(|| panic!("{name}: {k} has no LDM path"));
+                assert_eq!(map.from_ldm(&l).as_ref(), Some(&k), "{name}: {l}");
+                let ours_under: BTreeSet<&str> = weights
+                    .iter()
+                    .filter(|(w, _)| w.starts_with(&format!("{k}.")))
+                    .map(|(_, key)| key.as_str())
+                    .collect();
+                let ldm_under: BTreeSet<&str> = weights
+                    .iter()
+                    .filter(|(_, key)| key.starts_with(&format!("{l}.")))
+                    .map(|(_, key)| key.as_str())
+                    .collect();
+                assert!(!ldm_under.is_empty(), "{name}: {k} -> {l} holds no weights");
+                // A level output's LDM sequential holds only part of the level (its last layer
+                // and sampler); everything else holds the same weights on both sides.
+                let level = k.matches('.').count() == 2 && !k.contains("mid_block")
+                    || k == "unet.mid_block";
+                if level {
+                    assert!(ldm_under.is_subset(&ours_under), "{name}: {k} -> {l}");
+                } else {
+                    assert_eq!(ours_under, ldm_under, "{name}: {k} -> {l}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! metrics, judgement) → [`report`] (text, JSON, Markdown, JUnit, HTML). [`inspect`] and
 //! [`export`] read traces for people and for other tools; [`image`] decodes final images and
 //! reads and writes PNGs with their generation parameters; [`cards`] names the GPUs whose
-//! noise layouts the analysis recognises.
+//! noise layouts the analysis recognises; [`ldm`] maps the module paths of LDM-structured hosts
+//! (AUTOMATIC1111, Forge, ComfyUI, single-file checkpoints) to sdtrace's keys.
 //!
 //! Invariants: no candle, no ratatui (`cargo tree -p sdtrace-core` shows neither); the probe
 //! takes a neutral [`probe::TensorView`] (dtype, shape, little-endian bytes); no input, however
@@ -22,6 +23,7 @@ pub mod files;
 pub mod glob;
 pub mod image;
 pub mod inspect;
+pub mod ldm;
 pub mod probe;
 pub mod report;
 pub mod stats;

@@ -17,6 +17,8 @@ use sdtrace_core::trace::{RunEnd, RunHeader, RunStatus, TraceReader, TraceWriter
 use std::path::PathBuf;
 use std::sync::RwLock;
 
+mod keys;
+
 pyo3::create_exception!(
     _native,
     SdtraceError,
@@ -382,6 +384,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SdtraceError", m.py().get_type::<SdtraceError>())?;
     m.add_class::<Recorder>()?;
     m.add_class::<Trace>()?;
+    m.add_class::<keys::PyLdmMap>()?;
     m.add_function(wrap_pyfunction!(open_trace, m)?)?;
     m.add_function(wrap_pyfunction!(summarize, m)?)?;
     m.add_function(wrap_pyfunction!(compare, m)?)?;

@@ -156,6 +156,27 @@ impl TraceSide {
         }
     }
 
+    /// Which program recorded the trace, for report headers: the host a Python recorder names
+    /// in `settings.host` (`webui v1.10.1`, `comfyui`, `diffusers`), `sdtrace record`
+    /// for the command line's traces (they carry candle's version), else `unknown recorder`.
+    pub fn host(&self) -> String {
+        let host = self.header.settings.extra.get("host");
+        let field = |k: &str| {
+            host.and_then(|h| h.get(k))
+                .and_then(|v| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        match field("name") {
+            Some(name) => match field("version") {
+                Some(v) => format!("{name} {v}"),
+                None => name.to_string(),
+            },
+            None if host.is_some() => "a Python host".to_string(),
+            None if self.header.candle_version.is_some() => "sdtrace record".to_string(),
+            None => "unknown recorder".to_string(),
+        }
+    }
+
     /// `""`, or why the trace is not a whole run (for report headers).
     pub fn incomplete_note(&self) -> String {
         self.shortfall()
@@ -793,4 +814,36 @@ fn stream_pair(
             (Ok(_), Err(e)) => Err(e.into()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(header: &str) -> TraceSide {
+        TraceSide {
+            path: "t.sdt".into(),
+            records: 0,
+            complete: true,
+            header: RunHeader::from_json(header.as_bytes()).unwrap(),
+            run_end: None,
+            damage: None,
+            expects_run_end: false,
+        }
+    }
+
+    #[test]
+    fn the_recorder_of_a_trace_is_named() {
+        let webui =
+            r#"{"settings": {"host": {"name": "webui", "version": "v1.10.1"}}, "device": {}}"#;
+        assert_eq!(side(webui).host(), "webui v1.10.1");
+        let comfy = r#"{"settings": {"host": {"name": "comfyui", "version": null}}, "device": {}}"#;
+        assert_eq!(side(comfy).host(), "comfyui");
+        let cli = r#"{"candle_version": "0.11", "settings": {}, "device": {}}"#;
+        assert_eq!(side(cli).host(), "sdtrace record");
+        assert_eq!(
+            side(r#"{"settings": {}, "device": {}}"#).host(),
+            "unknown recorder"
+        );
+    }
 }

@@ -536,9 +536,11 @@ pub fn render_html(c: &Comparison, j: &Judgement, extras: &ReportExtras) -> Stri
     let _ = writeln!(s, "<p>{}</p>", esc(&v.summary));
     let _ = writeln!(
         s,
-        "<p>A: <code>{}</code><br>B: <code>{}</code><br>tolerance: {}; exit code {}</p>",
+        "<p>A: <code>{}</code> ({})<br>B: <code>{}</code> ({})<br>tolerance: {}; exit code {}</p>",
         esc(&c.a.path),
+        esc(&c.a.host()),
         esc(&c.b.path),
+        esc(&c.b.host()),
         esc(&j.tolerance),
         v.exit_code
     );

@@ -33,14 +33,16 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
     let _ = writeln!(s, "| | |\n|---|---|");
     let _ = writeln!(
         s,
-        "| A | `{}`{} |",
+        "| A | `{}` ({}){} |",
         cell(&c.a.path),
+        cell(&c.a.host()),
         cell(&c.a.incomplete_note())
     );
     let _ = writeln!(
         s,
-        "| B | `{}`{} |",
+        "| B | `{}` ({}){} |",
         cell(&c.b.path),
+        cell(&c.b.host()),
         cell(&c.b.incomplete_note())
     );
     let k = &j.counts;

@@ -37,10 +37,12 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
     let outcome = v.outcome_loud();
     let _ = writeln!(
         s,
-        "sdtrace report: A = {}{}  B = {}{}",
+        "sdtrace report: A = {} [{}]{}  B = {} [{}]{}",
         printable(&c.a.path),
+        printable(&c.a.host()),
         printable(&c.a.incomplete_note()),
         printable(&c.b.path),
+        printable(&c.b.host()),
         printable(&c.b.incomplete_note())
     );
     let _ = writeln!(

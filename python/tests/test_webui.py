@@ -1,0 +1,305 @@
+"""The webui extension (scripts/sdtrace_webui.py → `sdtrace.webui`) on the LDM-structured tiny
+model from the single-file checkpoint `sdtrace synth --format ldm`, driven through a stand-in of
+the webui's txt2img path (python/tests/fakes/modules: Script runner, ImageRNG, the CFG denoiser
+and its callbacks, per-image VAE decode, hires fix): the image unchanged, the keys of `sdtrace
+record --a1111-cond-uncond`, cond/uncond rows, the header, hires as its own block, and errors
+that never reach the generation."""
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import sdtrace
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PROMPT, NEGATIVE = "a lighthouse at dusk", "blurry"
+
+
+def sdtrace_bin():
+    exe = os.environ.get("SDTRACE_BIN")
+    if not exe or not os.path.exists(exe):
+        pytest.skip("no sdtrace binary (tests/run.sh sets SDTRACE_BIN)")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    pytest.importorskip("safetensors")
+    pytest.importorskip("transformers")
+    d = tmp_path_factory.mktemp("webui")
+    ckpt, folder = d / "tiny.safetensors", d / "tiny"
+    subprocess.run([sdtrace_bin(), "synth", "--out", str(ckpt), "--format", "ldm"], check=True, capture_output=True)
+    subprocess.run([sdtrace_bin(), "synth", "--out", str(folder)], check=True, capture_output=True)
+    return ckpt, folder
+
+
+def openai_clip_tokenizer_files(out):
+    """vocab.json and merges.txt of OpenAI's CLIP tokenizer, built from the BPE file sdtrace
+    embeds (src/text/bpe_simple_vocab_16e6.txt.gz) as OpenAI's SimpleTokenizer builds its
+    vocabulary: the same token ids as `sdtrace record`, offline."""
+    import gzip
+    import json
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    # GPT-2's byte-to-character table, in its order: printable bytes as themselves, the rest
+    # from U+0100 on.
+    byte_chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+    with gzip.open(os.path.join(ROOT, "src", "text", "bpe_simple_vocab_16e6.txt.gz"), "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out / "vocab.json", out / "merges.txt"
+
+
+@pytest.fixture(scope="module")
+def webui(files):
+    """The fake `modules` package, the tiny model as the webui holds it, and the extension's
+    script loaded from its file the way the webui loads extension scripts."""
+    ckpt, folder = files
+    sys.path.insert(0, HERE)
+    sys.path.insert(0, os.path.join(HERE, "fakes"))
+    try:
+        from transformers import CLIPTokenizer
+
+        import ldm_tiny
+        from modules import processing, rng, script_callbacks, scripts, sd_hijack, shared
+
+        model = ldm_tiny.load(ckpt)
+        vocab, merges = openai_clip_tokenizer_files(folder.parent)
+        tok = CLIPTokenizer(str(vocab), str(merges))
+        model.cond_stage_model = processing.FrozenCLIPEmbedderWithCustomWords(
+            processing.FrozenCLIPEmbedder(model.cond_stage_model.transformer, tok)
+        )
+        spec = importlib.util.spec_from_file_location("sdtrace_webui_script", os.path.join(ROOT, "scripts", "sdtrace_webui.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        script = module.SdtraceScript()
+        script.args_from, script.args_to = 0, 3
+        yield SimpleNamespace(
+            model=model, processing=processing, rng=rng, callbacks=script_callbacks, shared=shared, hijack=sd_hijack,
+            runner=scripts.ScriptRunner([script]), script=script,
+        )
+    finally:
+        for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.") or m == "ldm_tiny"]:
+            del sys.modules[name]
+        sys.path.remove(os.path.join(HERE, "fakes"))
+        sys.path.remove(HERE)
+
+
+def generate(w, folder=None, capture="light", enabled=True, **kw):
+    p = w.processing.StableDiffusionProcessingTxt2Img(
+        w.model, w.runner, [enabled, capture, str(folder) if folder else "sdtrace"], PROMPT, NEGATIVE, **kw
+    )
+    return p, w.processing.process_images(p)
+
+
+def trace_in(folder):
+    paths = sorted(f for f in os.listdir(folder) if f.endswith(".sdt"))
+    return [sdtrace.open(os.path.join(folder, f)) for f in paths]
+
+
+def clean(w):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in w.model.modules()) and "first" in vars(w.rng.ImageRNG) and w.rng.ImageRNG.first.__qualname__ == "ImageRNG.first"
+
+
+def test_image_unchanged_hooks_removed(webui, tmp_path):
+    _, plain = generate(webui, enabled=False)
+    for capture in ("off", "light", "full"):
+        _, images = generate(webui, tmp_path / capture, capture)
+        assert all(torch.equal(a, b) for a, b in zip(images, plain)), capture
+        assert clean(webui)
+        (t,) = trace_in(tmp_path / capture)
+        assert t.run_end["status"] == "complete"
+
+
+def test_keys_are_those_of_sdtrace_record_a1111(webui, files, tmp_path):
+    generate(webui, tmp_path)
+    (t,) = trace_in(tmp_path)
+    ours = {(r.key, r.step, r.eval) for r in t}
+    rust = tmp_path / "rust.sdt"
+    subprocess.run(
+        [sdtrace_bin(), "record", "--model", str(files[0]), "--prompt", PROMPT, "--negative", NEGATIVE, "--steps", "3",
+         "--size", "64x64", "--seed", "1", "--cfg", "7", "--rng", "torch-cpu", "--sampler", "euler", "--a1111-cond-uncond",
+         "-q", "--no-png", "-o", str(rust)],
+        check=True, capture_output=True,
+    )
+    theirs = {(r.key, r.step, r.eval) for r in sdtrace.open(rust)}
+    assert len(theirs) > 100
+    assert ours == theirs, (sorted(ours - theirs, key=str)[:20], sorted(theirs - ours, key=str)[:20])
+
+
+def eps_direct(w, trace, step, context):
+    inner = w.processing.CompVisDenoiser(w.model)
+    x = trace.payload("sampler.x", step=step, as_="torch")
+    sigma = inner.get_sigmas(3)[step].reshape(1)
+    with torch.no_grad():
+        return w.model.apply_model(x / (sigma**2 + 1) ** 0.5, inner.sigma_to_t(sigma).float(), context)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_cond_and_uncond_rows(webui, tmp_path, batched):
+    """The webui batches [cond; uncond] (or calls them separately, cond first): `sampler.eps.cond`
+    is the UNet's output for the prompt either way — a swapped pair fails here."""
+    webui.shared.opts.batch_cond_uncond = batched
+    try:
+        p, _ = generate(webui, tmp_path, "full")
+    finally:
+        webui.shared.opts.batch_cond_uncond = True
+    (t,) = trace_in(tmp_path)
+    for step in range(3):
+        c = eps_direct(webui, t, step, p.c)
+        u = eps_direct(webui, t, step, p.uc)
+        got_c = t.payload("sampler.eps.cond", step=step, as_="torch")
+        got_u = t.payload("sampler.eps.uncond", step=step, as_="torch")
+        assert torch.allclose(got_c, c, atol=1e-5) and torch.allclose(got_u, u, atol=1e-5), step
+        assert not torch.allclose(got_c, u, atol=1e-5)
+    assert {r.eval for r in t if r.key.startswith("unet.") and r.step == 0} == ({0} if batched else {0, 1})
+    assert t.header["settings"]["numerics"]["batch_cond_uncond"] is batched
+
+
+def test_header_names_the_webuis_numerics(webui, tmp_path):
+    w = webui
+    w.shared.opts.eta_noise_seed_delta = 31337
+    w.shared.cmd_opts.opt_sdp_attention = True
+    try:
+        p = w.processing.StableDiffusionProcessingTxt2Img(w.model, w.runner, [True, "light", str(tmp_path)], PROMPT + " my-style", NEGATIVE, seed=5)
+        p.extra_network_data = {"lora": [SimpleNamespace(items=["detail", "0.8"])]}
+        w.processing.process_images(p)
+    finally:
+        w.shared.opts.eta_noise_seed_delta = 0
+        w.shared.cmd_opts.opt_sdp_attention = False
+    (t,) = trace_in(tmp_path)
+    assert os.path.basename(t.path) == "5_0.sdt"
+    s = t.header["settings"]
+    host = s["host"]
+    assert (s["rng"], s["seed"], s["steps"], s["sampler"], s["cfg_scale"]) == ("torch-cpu", 5, 3, "euler", 7.0)
+    assert host["sampler_name"] == "Euler"
+    assert s["a1111"]["ensd"] == 31337
+    assert host["flags"]["opt_sdp_attention"] is True and host["flags"]["precision"] == "full"
+    assert host["cross_attention_optimization"] == "none"
+    assert host["extra_networks"] == [{"type": "lora", "name": "detail", "weights": ["0.8"]}]
+    assert host["embeddings"] == ["my-style"]
+    assert "[cond; uncond]" in s["numerics"]["cond_uncond"]
+
+
+def test_rng_source_names(webui):
+    from sdtrace import webui as ext
+
+    assert ext._rng_spec("NV", torch.device("cpu")) == "a1111-nv"
+    assert ext._rng_spec("CPU", torch.device("cpu")) == "torch-cpu"
+    assert [ext.sampler_name(*a) for a in [("Euler",), ("DPM++ 2M", "Karras"), ("DPM++ 2M", "Automatic"), ("Heun",)]] == [
+        "euler", "dpmpp-2m-karras", "dpmpp-2m", "Heun"
+    ]
+
+
+def test_one_trace_per_batch_and_hires_as_its_own_block(webui, tmp_path):
+    generate(webui, tmp_path / "iter", n_iter=2, seed=3)
+    assert [os.path.basename(t.path) for t in trace_in(tmp_path / "iter")] == ["3_0.sdt", "4_1.sdt"]
+    generate(webui, tmp_path / "hr", enable_hr=True, hr_steps=4, denoising_strength=0.5)
+    (t,) = trace_in(tmp_path / "hr")
+    first = t.header["settings"]["host"]["hires"]["first_step"]
+    assert first == 4
+    steps = {r.step for r in t if r.key == "sampler.x"}
+    # First pass: steps 0..2; hires: 3 steps (4 at strength 0.5 → sigmas[1:]) from `first_step`,
+    # and its final x after them.
+    assert steps == {0, 1, 2, first, first + 1, first + 2, first + 3}
+    assert {r.step for r in t if r.key == "noise.initial"} == {None, first}
+    assert t.payload("image", as_="numpy").shape[-1] == 128
+
+
+def test_a_failing_recorder_never_reaches_the_generation(webui, tmp_path, monkeypatch, caplog):
+    _, plain = generate(webui, enabled=False)
+    from sdtrace import writer
+
+    real = writer.Writer.tensor
+
+    def broken(self, key, x):
+        if key == "sampler.denoised":
+            raise RuntimeError("disk full")
+        return real(self, key, x)
+
+    monkeypatch.setattr(writer.Writer, "tensor", broken)
+    with caplog.at_level(logging.WARNING):
+        _, images = generate(webui, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(images, plain))
+    assert clean(webui)
+    assert "disk full" in caplog.text and "generation goes on" in caplog.text
+    assert "Error running" not in caplog.text, "nothing reached the webui's script runner"
+    (t,) = trace_in(tmp_path)
+    assert t.run_end["status"] == "failed" and "disk full" in t.run_end["reason"]
+
+
+def test_an_unsupported_model_is_recorded_with_pipeline_points_only(webui, tmp_path, caplog):
+    unet = webui.model.model.diffusion_model
+    unet.label_emb = torch.nn.Linear(1, 1)  # SDXL's class embedding: not SD 1.x/2.x
+    try:
+        with caplog.at_level(logging.WARNING):
+            _, images = generate(webui, tmp_path)
+    finally:
+        del unet.label_emb
+    (t,) = trace_in(tmp_path)
+    keys = set(t.keys())
+    assert not any(k.startswith(("unet.", "vae.", "text_encoder.")) for k in keys)
+    assert {"noise.initial", "text.cond", "sampler.x", "sampler.eps.cond", "sampler.denoised", "image"} <= keys
+    assert "pipeline points only" in t.header["settings"]["host"]["skipped"]
+    assert "pipeline points only" in caplog.text
+
+
+def test_a_bad_capture_setting_skips_recording_not_the_image(webui, tmp_path, caplog):
+    _, plain = generate(webui, enabled=False)
+    with caplog.at_level(logging.WARNING):
+        _, images = generate(webui, tmp_path, capture="bogus")
+    assert all(torch.equal(a, b) for a, b in zip(images, plain))
+    assert "not recording this batch" in caplog.text and "bogus" in caplog.text
+    assert clean(webui)
+
+
+def test_cross_host_agreement_with_sdtrace_record(webui, files, tmp_path):
+    """The same weights, prompt, seed and sampler through the webui path and through
+    `sdtrace record --a1111-cond-uncond --rng torch-cpu` agree key by key at f32 tolerances."""
+    generate(webui, tmp_path / "webui", capture="full")
+    (t,) = trace_in(tmp_path / "webui")
+    rust = tmp_path / "rust.sdt"
+    subprocess.run(
+        [sdtrace_bin(), "record", "--model", str(files[0]), "--prompt", PROMPT, "--negative", NEGATIVE, "--steps", "3",
+         "--size", "64x64", "--seed", "1", "--cfg", "7", "--rng", "torch-cpu", "--sampler", "euler", "--a1111-cond-uncond",
+         "--capture", "full", "-q", "--no-png", "-o", str(rust)],
+        check=True, capture_output=True,
+    )
+    report = sdtrace.compare(rust, t.path, tol="rel=1e-4,abs=1e-6")
+    assert report["verdict"]["passed"], report["verdict"]["summary"]
+    assert report["verdict"]["exit_code"] == 0
+    # Not vacuous: the same comparison at the default, tighter tolerance names a drift of f32
+    # size (HF CLIP and PyTorch kernels vs candle's), and the final images are the same.
+    tight = sdtrace.compare(rust, t.path)
+    assert not tight["verdict"]["passed"] and "over tolerance" in tight["verdict"]["summary"], tight["verdict"]
+    assert "visually identical" in report["verdict"]["summary"]
+
+
+def test_a_generation_that_raises_leaves_no_hooks_and_a_failed_trace(webui, tmp_path, monkeypatch):
+    """The webui skips `postprocess` after an error but closes `p` (txt2img runs it in
+    `with closing(p)`): the open batch is closed there."""
+    from contextlib import closing
+
+    def broken(z):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(webui.model, "decode_first_stage", broken)
+    p = webui.processing.StableDiffusionProcessingTxt2Img(webui.model, webui.runner, [True, "light", str(tmp_path)], PROMPT, NEGATIVE)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with closing(p):
+            webui.processing.process_images(p)
+    assert p.closed and "close" not in vars(p)
+    assert clean(webui)
+    (t,) = trace_in(tmp_path)
+    assert t.run_end["status"] == "failed" and "before the batch was postprocessed" in t.run_end["reason"]
