@@ -29,8 +29,9 @@ active cross-attention optimisation, the RNG source, ENSD, the CFG row order and
 options, and the extra networks of the batch (LoRA etc. with their weights, embeddings named in
 the prompts). Known gaps (TODO): the Doggettx/InvokeAI split slice counts per layer are not
 observed; second-order samplers are numbered by denoiser call, not by step; Forge is located
-(``forge_objects``) but its ComfyUI-style batching is not labelled; TODO(rows): declare the
-[cond; uncond] row order with the probe-level facility once the Recorder has it.
+(``forge_objects``) but its ComfyUI-style batching is not labelled. A call of cond rows followed
+by as many uncond rows is stored [uncond; cond] (``cfg_rows_stored``), so it pairs with any other
+host's records; calls of other shapes (several sub-prompts) are stored as they ran.
 
 Nothing here raises inside a generation (:mod:`sdtrace.ldm_host`): a failure is logged, the hooks
 are removed and the trace is closed as failed; the image is the webui's own, bit-identical.
@@ -285,10 +286,16 @@ class Batch:
     def _on_unet_in(self, module, args):
         if self.s.active and self.step is not None:
             self.s.set_step(self.step, self.calls)
+            # One call of cond rows then as many uncond rows is stored [uncond; cond].
+            x = args[0] if args else None
+            n = x.shape[0] if hasattr(x, "shape") else 0
+            c = max(0, min(n, self.cond_rows - self.rows_seen))
+            self.s.cond_first(c > 0 and 2 * c == n)
 
     def _on_unet_out(self, module, args, out):
         if not self.s.active or self.step is None:
             return None
+        self.s.cond_first(False)
 
         def split():
             eps = ldm_host.tensor_of(out)
@@ -459,6 +466,8 @@ class Recorder:
             # recorder write them.
             "host": host,
             "numerics": {"cond_uncond": cond_uncond, "batch_cond_uncond": batched, "pad_cond_uncond": pad},
+            "cfg_rows": "cond,uncond",
+            "cfg_rows_stored": "uncond,cond",
             "a1111": {"ensd": getattr(opts, "eta_noise_seed_delta", 0), "randn_source": source, "cond_uncond": cond_uncond},
         }
         facts = {"device": str(device)}
