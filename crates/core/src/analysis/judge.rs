@@ -360,9 +360,10 @@ fn status_of(r: &PairRecord, tol: Tol) -> (Status, Option<Required>, Option<Stri
         } else {
             "counts"
         };
+        // No tolerance passes a NaN/Inf mismatch: no "smallest passing tolerance" either.
         return (
             Status::Fail,
-            required,
+            None,
             Some(format!(
                 "NaN/Inf {how} differ ({} elements)",
                 r.nonfinite_mismatch
@@ -1105,6 +1106,18 @@ mod tests {
         let a = amplification(&pts(&[1.0, 10.0, 1000.0])).unwrap();
         assert!((a.rate_per_step - 10f64.powf(1.5)).abs() < 1e-9);
         assert!((a.r2 - (4.5 / (14.0 / 3.0))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_nonfinite_mismatch_fails_with_no_passing_tolerance() {
+        let mut r = crate::report::fixture::rec(Some(0), "sampler.x", 3, 0.0);
+        r.bit_identical = Some(false);
+        r.nonfinite_mismatch = 2;
+        let tol = Tol { rel: 1.0, abs: 1.0 };
+        let (status, required, reason) = status_of(&r, tol);
+        assert_eq!(status, Status::Fail);
+        assert_eq!(required, None, "no tolerance passes NaN/Inf");
+        assert!(reason.unwrap().contains("NaN/Inf"));
     }
 
     #[test]
