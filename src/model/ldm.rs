@@ -629,6 +629,7 @@ fn infer_clip(
             num_attention_heads: heads,
             intermediate_size: inter,
             activation,
+            projection_dim: None,
         },
         tower,
     ))
