@@ -109,7 +109,9 @@ enum Command {
         /// Output folder (created; existing files in it are replaced), or file with --format ldm
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32)
+        /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32);
+        /// sdxl-tiny: SDXL's structure (two text encoders, text_time UNet) at tiny widths; sdxl:
+        /// SDXL base's real shapes (10 GB of f32). SDXL sizes are diffusers folders only
         #[arg(long, default_value = "tiny", value_name = "SIZE")]
         size: sdtrace::model::synth::SynthSize,
         /// Seed of the weights

@@ -703,6 +703,12 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     }
     let attention = AttentionImpl::parse(&spec.attention, spec.a1111.vram_budget)?;
     let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
+    if files.unet_config().addition.is_some() {
+        return Err(PipelineError::Setting(format!(
+            "{}: an SDXL model (its UNet has addition_embed_type text_time); sdtrace record runs SD 1.x/2.x so far (its SDXL UNet and text encoders exist, the SDXL pipeline does not yet)",
+            spec.model.display()
+        )));
+    }
     let (tokenizer, tokenizer_origin) = files.tokenizer(&spec.model_options)?;
     if spec.clip_skip as usize > files.clip_config().num_hidden_layers {
         return Err(PipelineError::Setting(format!(
