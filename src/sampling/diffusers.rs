@@ -449,7 +449,7 @@ fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
 }
 
 /// `_convert_to_karras`: ρ = 7 between the given bounds, in f64.
-fn karras(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
     let rho = super::schedule::KARRAS_RHO;
     let (lo, hi) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
     np_linspace(0.0, 1.0, n)
@@ -529,7 +529,7 @@ impl DiffusersSchedule {
                 };
                 let s: Vec<f64> = t.iter().map(|&x| interp(x, &table)).collect();
                 if karras {
-                    let s = super::diffusers::karras(s[n - 1], s[0], n);
+                    let s = karras_sigmas(s[n - 1], s[0], n);
                     let t = s.iter().map(|&x| sigma_to_t(x, &log_table)).collect();
                     (t, s)
                 } else {
@@ -554,7 +554,7 @@ impl DiffusersSchedule {
                         .collect(),
                 };
                 if karras {
-                    let s = super::diffusers::karras(table[0] as f64, table[n_train - 1] as f64, n);
+                    let s = karras_sigmas(table[0] as f64, table[n_train - 1] as f64, n);
                     let t = s
                         .iter()
                         .map(|&x| sigma_to_t(x, &log_table).round_ties_even())
