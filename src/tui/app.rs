@@ -19,7 +19,7 @@ use super::palette::Palette;
 use crate::analysis::{
     Comparison, Criteria, Judgement, PairRecord, Status, TolConfig, TolSpec, judge,
 };
-use crossterm::event::{KeyEvent, MouseButton, MouseEvent, MouseEventKind};
+use crossterm::event::{KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
 use std::collections::{HashMap, HashSet};
 
@@ -53,6 +53,23 @@ impl Prompt {
             Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => text,
         }
     }
+
+    fn text_mut(&mut self) -> &mut String {
+        match self {
+            Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => text,
+        }
+    }
+}
+
+/// Readline's Ctrl-w: delete the separators at the end, then the word before them. Words are
+/// separated by spaces and by the separators of keys and tolerances (`.`, `,`, `=`); the
+/// separator before the deleted word stays, so `unet.mid_block` becomes `unet.`.
+fn delete_word(text: &mut String) {
+    let sep = |c: char| c == ' ' || c == '.' || c == ',' || c == '=';
+    let end = text.trim_end_matches(sep).len();
+    text.truncate(end);
+    let keep = text.rfind(sep).map_or(0, |i| i + 1);
+    text.truncate(keep);
 }
 
 /// Where the background comparison is.
@@ -180,6 +197,8 @@ pub struct App {
     scales: HashMap<Metric, Option<(i32, i32)>>,
     /// Cell statistics of the current judgement and metric (empty when stale).
     cache: StatCache,
+    /// The user has moved the cursor or left the overview: new findings no longer move it.
+    user_moved: bool,
 }
 
 impl App {
@@ -211,6 +230,7 @@ impl App {
             complete: false,
             scales: HashMap::new(),
             cache: StatCache::default(),
+            user_moved: false,
         }
     }
 
@@ -244,7 +264,6 @@ impl App {
         };
         let judgement = judge(&c, &self.tol, &self.opts.criteria);
         let findings = Findings::of(&c, &judgement);
-        let first = self.analysis.is_none();
         self.analysis = Some(Analysis {
             comparison: c,
             judgement,
@@ -257,18 +276,25 @@ impl App {
         self.complete = matches!(phase, Phase::Done | Phase::Following);
         self.phase = phase;
         match here {
-            Some((key, step)) if !first => self.place_cursor(&key, step),
+            Some((key, step)) if self.user_moved => self.place_cursor(&key, step),
             _ => self.clamp(),
         }
-        if first {
-            // Open on the first exceedance, else the first difference.
-            let target = self
-                .analysis
-                .as_ref()
-                .and_then(|a| a.findings.first_exceed.or(a.findings.first_diff));
-            if let Some(i) = target {
-                self.goto_record(i);
-            }
+        self.follow_findings();
+    }
+
+    /// Until the user moves it, the cursor follows the findings as they arrive (the summaries
+    /// pass, pair updates, the payload pass): it stands on the first exceedance, else the
+    /// source, else the first difference, never on whatever row happened to be first.
+    fn follow_findings(&mut self) {
+        if self.user_moved {
+            return;
+        }
+        let target = self.analysis.as_ref().and_then(|a| {
+            let f = &a.findings;
+            f.first_exceed.or(f.source).or(f.first_diff)
+        });
+        if let Some(i) = target {
+            self.goto_record(i);
         }
     }
 
@@ -290,6 +316,7 @@ impl App {
     pub fn rejudge_if_stale(&mut self) -> bool {
         if self.stale {
             self.rejudge();
+            self.follow_findings();
             true
         } else {
             false
@@ -602,6 +629,13 @@ impl App {
     }
 
     pub fn handle_key(&mut self, ev: KeyEvent) -> Effect {
+        let before = (self.cursor_place(), self.view);
+        let effect = self.key(ev);
+        self.user_moved |= (self.cursor_place(), self.view) != before;
+        effect
+    }
+
+    fn key(&mut self, ev: KeyEvent) -> Effect {
         self.message = None;
         let action = lookup(self.scope(), &ev);
         if self.prompt.is_some() {
@@ -777,7 +811,11 @@ impl App {
                 self.switch(View::Image);
                 return self.load_for_view();
             }
-            Action::PromptAccept | Action::PromptCancel | Action::PromptDelete => {}
+            Action::PromptAccept
+            | Action::PromptCancel
+            | Action::PromptDelete
+            | Action::PromptDeleteWord
+            | Action::PromptClear => {}
         }
         self.clamp();
         if matches!(self.view, View::Tensor) {
@@ -981,15 +1019,21 @@ impl App {
                 self.clamp();
                 return Effect::None;
             }
-            Some(Action::PromptDelete) => match prompt {
-                Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => {
-                    text.pop();
-                }
-            },
+            Some(Action::PromptDelete) => {
+                prompt.text_mut().pop();
+            }
+            Some(Action::PromptDeleteWord) => delete_word(prompt.text_mut()),
+            Some(Action::PromptClear) => prompt.text_mut().clear(),
             _ => match ev.code {
-                KeyCode::Char(ch) if !ch.is_control() => match prompt {
-                    Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => text.push(ch),
-                },
+                // A key chord with Ctrl or Alt is a command, never text.
+                KeyCode::Char(ch)
+                    if !ch.is_control()
+                        && !ev
+                            .modifiers
+                            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
+                {
+                    prompt.text_mut().push(ch)
+                }
                 _ => return Effect::None,
             },
         }
@@ -1021,6 +1065,13 @@ impl App {
     }
 
     pub fn handle_mouse(&mut self, ev: MouseEvent) -> Effect {
+        let before = (self.cursor_place(), self.view);
+        let effect = self.mouse(ev);
+        self.user_moved |= (self.cursor_place(), self.view) != before;
+        effect
+    }
+
+    fn mouse(&mut self, ev: MouseEvent) -> Effect {
         if !self.opts.mouse {
             return Effect::None;
         }
@@ -1040,9 +1091,15 @@ impl App {
                 }
                 match layout.hit(ev.column, ev.row, self) {
                     Some(Hit::Cell { row, col }) => {
+                        // A click on the selected cell opens it, as the help says.
+                        let again =
+                            self.pane == Pane::Heatmap && row == self.row && col == self.col;
                         self.pane = Pane::Heatmap;
                         self.row = row;
                         self.col = col;
+                        if again {
+                            return self.enter();
+                        }
                     }
                     Some(Hit::Label { row }) => {
                         self.pane = Pane::Heatmap;
@@ -1127,7 +1184,7 @@ mod tests {
     use super::*;
     use crate::report::fixture::comparison as fixture;
     use crate::tui::palette::{ColorMode, Palette};
-    use crossterm::event::{KeyCode, KeyModifiers};
+    use crossterm::event::KeyCode;
 
     pub(crate) fn app() -> App {
         let mut app = App::new(AppOptions {
@@ -1362,6 +1419,9 @@ mod tests {
     #[test]
     fn pair_updates_rejudge_and_keep_the_cursor() {
         let mut app = app();
+        // Once the user has moved the cursor, it stays where they put it.
+        ch(&mut app, 'k');
+        ch(&mut app, 'j');
         let mut rec = app.analysis.as_ref().unwrap().comparison.records[2].clone();
         rec.bit_identical = Some(false);
         rec.rel_l2 = Some(0.5);
@@ -1375,5 +1435,120 @@ mod tests {
         let other = app.analysis.as_ref().unwrap().comparison.records[3].clone();
         app.update_pair(2, other);
         assert!(!app.stale);
+    }
+
+    fn ctrl(app: &mut App, c: char) -> Effect {
+        app.handle_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+    }
+
+    /// #24: Ctrl-U and Ctrl-W typed `u` and `w` into the `/` and `t` prompts.
+    #[test]
+    fn ctrl_u_and_ctrl_w_edit_the_prompts() {
+        use crate::tui::testing::{SIZES, draw, row_text};
+        for (w, h) in SIZES {
+            let mut app = app();
+            ch(&mut app, '/');
+            for c in "unet.mid_block".chars() {
+                ch(&mut app, c);
+            }
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "unet.");
+            assert_eq!(app.filter, "unet.", "applied live");
+            let buf = draw(&mut app, w, h);
+            assert!(row_text(&buf, h - 1).starts_with("filter keys: unet.▏"));
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            for c in "vae dec".chars() {
+                ch(&mut app, c);
+            }
+            ctrl(&mut app, 'u');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            assert_eq!(app.rows().len(), 4, "an empty filter shows every row");
+            // Other chords are not text either.
+            ctrl(&mut app, 'x');
+            app.handle_key(KeyEvent::new(KeyCode::Char('b'), KeyModifiers::ALT));
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            key(&mut app, KeyCode::Esc);
+            // The tolerance prompt edits the same way and re-judges as it goes.
+            ch(&mut app, 't');
+            for c in "rel=1e-2,abs=1".chars() {
+                ch(&mut app, c);
+            }
+            assert_eq!(app.tol.global.unwrap().abs, Some(1.0));
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "rel=1e-2,abs=");
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "rel=1e-2,");
+            let buf = draw(&mut app, w, h);
+            assert!(row_text(&buf, h - 1).starts_with("tolerance: rel=1e-2,▏"));
+            ctrl(&mut app, 'u');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            key(&mut app, KeyCode::Enter);
+            assert_eq!(app.tol.global, None, "empty: per-dtype defaults");
+        }
+    }
+
+    #[test]
+    fn delete_word_stops_at_separators() {
+        for (before, after) in [
+            ("unet.mid_block", "unet."),
+            ("unet.", ""),
+            ("a b  ", "a "),
+            ("rel=1e-3", "rel="),
+            ("", ""),
+        ] {
+            let mut t = before.to_string();
+            delete_word(&mut t);
+            assert_eq!(t, after, "{before:?}");
+        }
+    }
+
+    /// #24: the first cursor landed on whatever row came first (the summaries pass has no
+    /// exceedance yet, and the payload pass then kept that place).
+    #[test]
+    fn the_cursor_follows_the_findings_until_the_user_moves_it() {
+        use crate::tui::testing::{SIZES, draw, find, screen_text};
+        for (w, h) in SIZES {
+            let mut app = App::new(AppOptions {
+                a: "a.sdt".into(),
+                b: "b.sdt".into(),
+                tol: TolConfig::default(),
+                criteria: Criteria::default(),
+                palette: Palette::new(ColorMode::TrueColor),
+                mouse: true,
+            });
+            app.resize(Rect::new(0, 0, w, h));
+            // The summaries pass: nothing measured yet.
+            let mut summaries = fixture();
+            for r in &mut summaries.records {
+                r.rel_l2 = None;
+                r.abs_error = None;
+                r.bit_identical = None;
+            }
+            app.set_comparison(summaries, Phase::Payloads);
+            // The payload pass finds the source: the cursor goes there.
+            app.set_comparison(fixture(), Phase::Done);
+            assert_eq!(here(&app), ("unet.mid_block".into(), Some(1)));
+            let buf = draw(&mut app, w, h);
+            assert!(
+                find(&buf, "step 1 · unet.mid_block · FAIL").is_some(),
+                "{}",
+                screen_text(&buf)
+            );
+            // Pair updates that move the first exceedance move the cursor too.
+            let mut rec = app.analysis.as_ref().unwrap().comparison.records[3].clone();
+            rec.bit_identical = Some(false);
+            rec.rel_l2 = Some(0.5);
+            rec.abs_error = Some(0.5);
+            app.update_pair(3, rec);
+            app.rejudge_if_stale();
+            assert_eq!(here(&app), ("sampler.x".into(), Some(1)));
+            // Once the user moves, new results leave the cursor where it is.
+            ch(&mut app, 'j');
+            assert_eq!(here(&app), ("unet.mid_block".into(), Some(1)));
+            ch(&mut app, 'l');
+            app.set_comparison(fixture(), Phase::Done);
+            assert_eq!(here(&app), ("unet.mid_block".into(), Some(2)));
+        }
     }
 }

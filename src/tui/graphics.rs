@@ -155,11 +155,10 @@ pub fn iterm(png: &[u8], cols: u16, rows: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{Criteria, TolConfig};
     use crate::report::ReportImages;
-    use crate::tui::app::{AppOptions, Detail, Phase, Request, View};
+    use crate::tui::app::{Detail, Phase, Request, View};
     use crate::tui::detail::ImageDetail;
-    use crate::tui::palette::{ColorMode, Palette};
+    use crate::tui::palette::ColorMode;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {
@@ -222,14 +221,7 @@ mod tests {
 
     #[test]
     fn overlay_places_the_three_pictures_only_in_the_image_view() {
-        let mut app = App::new(AppOptions {
-            a: "a.sdt".into(),
-            b: "b.sdt".into(),
-            tol: TolConfig::default(),
-            criteria: Criteria::default(),
-            palette: Palette::new(ColorMode::TrueColor),
-            mouse: true,
-        });
+        let mut app = crate::tui::testing::app(ColorMode::TrueColor);
         let mut c = crate::report::fixture::comparison();
         let mut image = c.records[0].clone();
         image.key = "image".into();

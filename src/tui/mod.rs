@@ -22,6 +22,9 @@ pub mod loader;
 pub mod model;
 pub mod palette;
 pub mod render;
+pub mod summary;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod views;
 
 use crate::analysis::{AnalysisError, CompareOptions, Criteria, KeyMap, TolConfig};

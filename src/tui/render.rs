@@ -27,7 +27,11 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     title(app, l.title, buf);
     match app.view {
         View::Overview => {
-            summary(app, l.summary, buf);
+            super::summary::draw(
+                &super::summary::lines(app, l.summary.width, l.explain, l.compact),
+                l.summary,
+                buf,
+            );
             heatmap(app, &l, buf);
             legend(app, l.legend, buf);
             cell_detail(app, l.detail, buf);
@@ -53,8 +57,9 @@ pub fn put(buf: &mut Buffer, area: Rect, x: u16, y: u16, text: &str, style: Styl
     buf.set_stringn(x, y, text, max, style).0
 }
 
-/// Write `text` word-wrapped from row `y`, at most `rows` rows (the last one clipped); returns
-/// the row after the last one written.
+/// Write `text` word-wrapped to the area's width less one column each side, from row `y`, at
+/// most `rows` rows; when it needs more, the last row ends in `…`. Returns the row after the
+/// last one written.
 pub fn put_wrapped(
     buf: &mut Buffer,
     area: Rect,
@@ -64,22 +69,25 @@ pub fn put_wrapped(
     style: Style,
 ) -> u16 {
     let width = area.width.saturating_sub(2).max(1) as usize;
-    let mut row = y;
-    let mut line = String::new();
-    for word in text.split_whitespace() {
-        let needed = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
-        if needed > width && !line.is_empty() && row + 1 < y + rows {
-            put(buf, area, area.x + 1, row, &line, style);
-            row += 1;
-            line.clear();
+    let wrapped = super::summary::wrap(&[(text.to_string(), style)], width, 0);
+    let shown = wrapped.len().min(rows as usize);
+    for (k, line) in wrapped.iter().take(shown).enumerate() {
+        let mut t: String = line.iter().map(|(s, _)| s.as_str()).collect();
+        if k + 1 == shown && shown < wrapped.len() {
+            if t.chars().count() >= width {
+                t.pop();
+            }
+            t.push('…');
         }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
+        put(buf, area, area.x + 1, y + k as u16, &t, style);
     }
-    put(buf, area, area.x + 1, row, &line, style);
-    row + 1
+    y + shown as u16
+}
+
+/// Rows `text` needs when word-wrapped by [`put_wrapped`] in `area`.
+pub fn wrapped_rows(area: Rect, text: &str) -> u16 {
+    let width = area.width.saturating_sub(2).max(1) as usize;
+    super::summary::wrap(&[(text.to_string(), Style::new())], width, 0).len() as u16
 }
 
 /// Fill a rectangle's cells with `style` and a blank symbol.
@@ -119,6 +127,52 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// `text` in at most `width` columns, cut on the left (`…` marks the cut): tree labels, whose
+/// indentation and own name are at the end.
+pub fn fit_left(text: &str, width: usize) -> String {
+    let n = text.chars().count();
+    if n <= width || width <= 1 {
+        return text.to_string();
+    }
+    let tail: String = text.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+/// A dotted key path in at most `width` columns, shortened in the middle so that rows which
+/// differ only in their block (`down_blocks.1.attentions.0` …) stay apart: first the inner
+/// names are cut to their first word's first four characters (`transformer_blocks` → `tran`),
+/// from the right, keeping the first and last segment and every index; only when that is not
+/// enough are characters cut from the middle (`…`), keeping both ends.
+pub fn fit_path(path: &str, width: usize) -> String {
+    let len = |v: &[String]| v.iter().map(|s| s.chars().count()).sum::<usize>() + v.len() - 1;
+    let mut segs: Vec<String> = path.split('.').map(str::to_string).collect();
+    if len(&segs) <= width {
+        return path.to_string();
+    }
+    let inner: Vec<usize> = (1..segs.len().saturating_sub(1))
+        .filter(|&i| !segs[i].chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    // From the right: the deeper names are the generic ones (`transformer_blocks`), the
+    // first ones say where in the model (`down_blocks`), and every row shortens alike.
+    for i in inner.into_iter().rev() {
+        let word = segs[i].split('_').next().unwrap_or_default();
+        segs[i] = word.chars().take(4).collect();
+        if len(&segs) <= width {
+            return segs.join(".");
+        }
+    }
+    let short = segs.join(".");
+    let n = short.chars().count();
+    if width <= 1 {
+        return short;
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let h: String = short.chars().take(head).collect();
+    let t: String = short.chars().skip(n - tail).collect();
+    format!("{h}…{t}")
 }
 
 /// Progress and state of the background work, for the title bar.
@@ -179,139 +233,6 @@ fn title(app: &App, area: Rect, buf: &mut Buffer) {
     let sx = area.right().saturating_sub(sw);
     if sx > x {
         put(buf, area, sx, area.y, &status, st);
-    }
-}
-
-fn summary(app: &App, area: Rect, buf: &mut Buffer) {
-    if area.is_empty() {
-        return;
-    }
-    let p = app.palette();
-    let focused = app.pane == Pane::Summary;
-    let head = if focused {
-        p.accent().add_modifier(Modifier::REVERSED)
-    } else {
-        p.accent()
-    };
-    let y0 = area.y;
-    let x = put(buf, area, area.x, y0, " Summary ", head);
-    let Some(a) = &app.analysis else {
-        put(
-            buf,
-            area,
-            area.x + 1,
-            y0 + 1,
-            "reading the record summaries of both traces…",
-            p.dim(),
-        );
-        return;
-    };
-    let (c, j) = (&a.comparison, &a.judgement);
-    put(
-        buf,
-        area,
-        x + 1,
-        y0,
-        &format!(
-            "tolerance: {} · fail on {}",
-            j.tolerance,
-            j.criteria.fail_on.name()
-        ),
-        p.dim(),
-    );
-    let v = &j.verdict;
-    let outcome = v.outcome_loud();
-    let vstyle = p.status(Some(if v.passed { Status::Pass } else { Status::Fail }));
-    let x = put(
-        buf,
-        area,
-        area.x + 1,
-        y0 + 1,
-        &format!("verdict: {} — {outcome}", v.class.name()),
-        vstyle.add_modifier(Modifier::BOLD),
-    );
-    let k = &j.counts;
-    put(
-        buf,
-        area,
-        x,
-        y0 + 1,
-        &format!(
-            " · {} pairs: {} identical, {} pass, {} fail, {} unknown · {} only A, {} only B",
-            c.records.len(),
-            k.identical,
-            k.pass,
-            k.fail,
-            k.unknown,
-            c.only_a.len(),
-            c.only_b.len()
-        ),
-        p.dim(),
-    );
-    let findings = app.findings();
-    for (i, f) in findings.iter().enumerate() {
-        let y = y0 + 2 + i as u16;
-        let sel = focused && i == app.summary_sel;
-        let base = if sel {
-            Style::new().add_modifier(Modifier::REVERSED)
-        } else {
-            Style::new()
-        };
-        let x = put(
-            buf,
-            area,
-            area.x + 1,
-            y,
-            &format!("{:<11}", f.name),
-            base.patch(p.accent()),
-        );
-        let st = match f.record {
-            Some(i) => p.status(j.records.get(i).map(|r| r.status)),
-            None => p.dim(),
-        };
-        put(buf, area, x, y, &f.text, base.patch(st));
-    }
-    let y = y0 + 2 + findings.len() as u16;
-    let mut notes: Vec<String> = c
-        .header_diffs
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {} ≠ {}",
-                d.field,
-                d.a.as_deref().unwrap_or("-"),
-                d.b.as_deref().unwrap_or("-")
-            )
-        })
-        .collect();
-    for (name, side) in [("A", &c.a), ("B", &c.b)] {
-        let n = side.incomplete_note();
-        if !n.is_empty() {
-            notes.push(format!("{name}{n}"));
-        }
-    }
-    if !notes.is_empty() {
-        // Wrap the header differences over the rows left.
-        let mut line = String::from("headers: ");
-        let mut row = y;
-        for (i, n) in notes.iter().enumerate() {
-            let piece = if i == 0 {
-                n.clone()
-            } else {
-                format!(" · {n}")
-            };
-            if line.chars().count() + piece.chars().count() > area.width.saturating_sub(2) as usize
-                && row + 1 < area.bottom()
-                && line.len() > 9
-            {
-                put(buf, area, area.x + 1, row, &line, p.dim());
-                row += 1;
-                line = format!("  {n}");
-            } else {
-                line.push_str(&piece);
-            }
-        }
-        put(buf, area, area.x + 1, row, &line, p.dim());
     }
 }
 
@@ -525,11 +446,10 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             format!("{}{}", "  ".repeat(node.depth), node.label)
         };
         let lw = (l.labels.right().saturating_sub(x + 1)) as usize;
-        let shown = if text.chars().count() > lw && lw > 1 {
-            let skip = text.chars().count() - (lw - 1);
-            format!("…{}", text.chars().skip(skip).collect::<String>())
+        let shown = if filtered {
+            fit_path(&text, lw)
         } else {
-            text
+            fit_left(&text, lw)
         };
         put(buf, l.labels, x, y, &shown, row_style);
         for vc in 0..vis_cols {
@@ -925,52 +845,13 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{Criteria, TolConfig};
-    use crate::report::fixture::comparison as fixture;
-    use crate::tui::app::{AppOptions, Phase};
     use crate::tui::palette::ColorMode;
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-    use ratatui::Terminal;
-    use ratatui::backend::TestBackend;
     use ratatui::style::Color;
 
-    fn app(mode: ColorMode) -> App {
-        let mut app = App::new(AppOptions {
-            a: "a.sdt".into(),
-            b: "b.sdt".into(),
-            tol: TolConfig::default(),
-            // The fixture's one-sided vae.decoder record is allowed, as in the report tests.
-            criteria: Criteria {
-                allow_missing: "vae.*".parse().unwrap(),
-                ..Criteria::default()
-            },
-            palette: Palette::new(mode),
-            mouse: true,
-        });
-        app.set_comparison(fixture(), Phase::Done);
-        app
-    }
-
-    fn draw(app: &mut App, w: u16, h: u16) -> Buffer {
-        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        app.resize(Rect::new(0, 0, w, h));
-        app.prepare();
-        t.draw(|f| render(app, f.area(), f.buffer_mut())).unwrap();
-        t.backend().buffer().clone()
-    }
-
-    fn row_text(buf: &Buffer, y: u16) -> String {
-        (0..buf.area.width)
-            .map(|x| buf[(x, y)].symbol().to_string())
-            .collect()
-    }
-
-    fn find(buf: &Buffer, needle: &str) -> Option<(u16, u16)> {
-        (0..buf.area.height).find_map(|y| {
-            let t = row_text(buf, y);
-            t.find(needle).map(|b| (t[..b].chars().count() as u16, y))
-        })
-    }
+    use crate::tui::testing::{
+        SIZES, app, attn2_comparison, draw, find, row_text, screen_text, snapshot, words, words_in,
+    };
 
     #[test]
     fn overview_fits_80x24() {
@@ -1063,9 +944,10 @@ mod tests {
     fn wide_layout_and_help_overlay() {
         let mut app = app(ColorMode::Indexed);
         let buf = draw(&mut app, 160, 40);
-        // Summary in the side column.
+        // Summary in the side column: the columns the heatmap's cells do not use, up to half
+        // the screen.
         let (x, _) = find(&buf, " Summary ").unwrap();
-        assert_eq!(x, 160 - 46);
+        assert_eq!(x, 80);
         app.handle_key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE));
         let buf = draw(&mut app, 80, 24);
         assert!(find(&buf, "─ Keys (? or Esc closes").is_some());
@@ -1076,38 +958,19 @@ mod tests {
         }
     }
 
-    fn screen_text(buf: &Buffer) -> String {
-        (0..buf.area.height)
-            .map(|y| row_text(buf, y).trim_end().to_string() + "\n")
-            .collect()
-    }
-
-    /// Compare with `src/tui/snapshots/NAME.txt`; `SDTRACE_REGENERATE=1` rewrites it.
-    fn snapshot(name: &str, text: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/tui/snapshots")
-            .join(format!("{name}.txt"));
-        if std::env::var_os("SDTRACE_REGENERATE").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (SDTRACE_REGENERATE=1 writes it)", path.display()));
-        assert_eq!(text, want, "snapshot {name} differs:\n{text}");
-    }
-
     #[test]
     fn snapshots() {
         let mut app = app(ColorMode::TrueColor);
         snapshot("overview-80x24", &screen_text(&draw(&mut app, 80, 24)));
         snapshot("overview-140x30", &screen_text(&draw(&mut app, 140, 30)));
-        let mut app = self::app(ColorMode::NoColor);
+        snapshot("overview-200x60", &screen_text(&draw(&mut app, 200, 60)));
+        let mut plain = crate::tui::testing::app(ColorMode::NoColor);
         snapshot(
             "overview-nocolor-80x24",
-            &screen_text(&draw(&mut app, 80, 24)),
+            &screen_text(&draw(&mut plain, 80, 24)),
         );
-        app.handle_key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE));
-        snapshot("help-80x24", &screen_text(&draw(&mut app, 80, 24)));
+        plain.handle_key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE));
+        snapshot("help-80x24", &screen_text(&draw(&mut plain, 80, 24)));
     }
 
     #[test]
@@ -1148,5 +1011,173 @@ mod tests {
         app.handle_key(KeyEvent::new(KeyCode::Char('m'), KeyModifiers::NONE));
         let buf = draw(&mut app, 80, 24);
         assert!(row_text(&buf, 23).starts_with("metric: max |a−b|"));
+    }
+
+    fn press(app: &mut App, c: KeyCode) {
+        app.handle_key(KeyEvent::new(c, KeyModifiers::NONE));
+    }
+
+    /// #24: the summary was 46 columns at every size and clipped the verdict line, and never
+    /// showed the verdict's explanation.
+    #[test]
+    fn summary_shows_the_whole_verdict_and_its_explanation() {
+        for (w, h) in SIZES {
+            let mut app = app(ColorMode::TrueColor);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            let text = words_in(&buf, l.summary);
+            let v = app.analysis.as_ref().unwrap().judgement.verdict.clone();
+            assert!(
+                text.contains("verdict: numeric drift — DIVERGES · 10 pairs: 4 identical, 0 pass, 6 fail, 0 unknown · 0 only A, 1 only B"),
+                "{w}×{h}:\n{}",
+                screen_text(&buf)
+            );
+            let lead: String = v
+                .summary
+                .split_whitespace()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                text.contains(&lead),
+                "{w}×{h}: no explanation:\n{}",
+                screen_text(&buf)
+            );
+            assert!(
+                text.contains(
+                    "first >tol step 1 unet.mid_block (passes at rel ≥ 1.00e-3 or abs ≥ 2.00e-3)"
+                ),
+                "{w}×{h}:\n{}",
+                screen_text(&buf)
+            );
+            // No row of the summary is cut at its right edge.
+            for y in l.summary.y..l.summary.bottom() {
+                let edge = buf[(l.summary.right() - 1, y)].symbol();
+                assert_eq!(
+                    edge,
+                    " ",
+                    "{w}×{h}: row {y} runs to the edge:\n{}",
+                    screen_text(&buf)
+                );
+            }
+            if w >= 120 {
+                // The summary takes the columns the heatmap does not use, and shows the whole
+                // explanation.
+                assert!(l.summary.width > 46, "{l:?}");
+                assert!(text.contains(&v.summary), "{}", screen_text(&buf));
+            }
+            // With Tab the summary shows the whole explanation at every size.
+            press(&mut app, KeyCode::Tab);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            assert!(
+                words_in(&buf, l.summary).contains(&v.summary),
+                "{}",
+                screen_text(&buf)
+            );
+            snapshot(&format!("summary-tab-{w}x{h}"), &screen_text(&buf));
+        }
+    }
+
+    /// #24: a filter such as `/attn2` showed eleven identical left-truncated rows.
+    #[test]
+    fn filtered_rows_are_shortened_in_the_middle_and_stay_apart() {
+        for (w, h) in SIZES {
+            let mut app = app(ColorMode::TrueColor);
+            app.set_comparison(attn2_comparison(), Phase::Done);
+            app.handle_key(KeyEvent::new(KeyCode::Char('/'), KeyModifiers::NONE));
+            for c in "attn2".chars() {
+                app.handle_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+            }
+            press(&mut app, KeyCode::Enter);
+            assert_eq!(app.rows().len(), 16);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            let shown = l.heat_rows().min(16);
+            let labels: Vec<String> = (0..shown as u16)
+                .map(|k| {
+                    (l.labels.x + 4..l.labels.right())
+                        .map(|x| buf[(x, l.grid.y + k)].symbol())
+                        .collect::<String>()
+                        .trim_end_matches(['↑', '↓', ' '])
+                        .to_string()
+                })
+                .collect();
+            let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+            assert_eq!(distinct.len(), labels.len(), "{w}×{h}: {labels:#?}");
+            for t in &labels {
+                assert!(t.starts_with("unet."), "{w}×{h}: {t}");
+                assert!(t.ends_with(".attn2"), "{w}×{h}: {t}");
+            }
+            snapshot(&format!("filter-attn2-{w}x{h}"), &screen_text(&buf));
+        }
+    }
+
+    #[test]
+    fn fit_path_keeps_the_block_and_the_end() {
+        let p = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2";
+        assert_eq!(fit_path(p, 80), p);
+        assert_eq!(
+            fit_path(p, 50),
+            "unet.down_blocks.1.attentions.0.tran.0.attn2"
+        );
+        assert_eq!(fit_path(p, 39), "unet.down_blocks.1.atte.0.tran.0.attn2");
+        assert_eq!(fit_path(p, 31), "unet.down.1.atte.0.tran.0.attn2");
+        assert_eq!(
+            fit_path(
+                "unet.up_blocks.1.attentions.2.transformer_blocks.0.attn2",
+                31
+            ),
+            "unet.up.1.atte.2.tran.0.attn2"
+        );
+        let tight = fit_path(p, 20);
+        assert_eq!(tight.chars().count(), 20);
+        assert!(
+            tight.starts_with("unet.down") && tight.ends_with(".attn2"),
+            "{tight}"
+        );
+        assert_eq!(fit_left("  sampler.x", 6), "…ler.x");
+    }
+
+    /// #24: `?` says a click on the selected cell opens it; it did nothing.
+    #[test]
+    fn clicking_the_selected_cell_opens_it() {
+        use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+        let click = |x: u16, y: u16| MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: x,
+            row: y,
+            modifiers: KeyModifiers::NONE,
+        };
+        for (w, h) in SIZES {
+            let mut app = app(ColorMode::TrueColor);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            // Row 1 is sampler.x; column 4 is step 3: the first click selects it.
+            let (x, y) = (l.grid.x + 4 * l.cw, l.grid.y + 1);
+            app.handle_mouse(click(x, y));
+            assert_eq!(app.view, View::Overview);
+            assert_eq!(app.current_record(), Some(7));
+            let buf2 = draw(&mut app, w, h);
+            assert!(buf2[(x, y)].modifier.contains(Modifier::REVERSED));
+            assert_ne!(buf, buf2);
+            // The second opens it, as the help promises.
+            app.handle_mouse(click(x, y));
+            assert_eq!(app.view, View::Layer);
+            let buf = draw(&mut app, w, h);
+            assert!(
+                find(&buf, "Layer · sampler.x").is_some(),
+                "{}",
+                screen_text(&buf)
+            );
+            if h >= 60 {
+                press(&mut app, KeyCode::Char('?'));
+                let text = words(&draw(&mut app, w, h));
+                assert!(
+                    text.contains("select a cell or key (again: open it)"),
+                    "{text}"
+                );
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@
 use super::app::{App, Detail, Loadable, Request, View};
 use super::detail::{DIFF_LO, Map2, group_digits};
 use super::palette::{Palette, SHADES};
-use super::render::{put, put_wrapped, set_cell};
+use super::render::{put, put_wrapped, set_cell, wrapped_rows};
 use crate::analysis::Status;
 use crate::report::{ReportImages, sci};
 use crate::stats::HIST_OFFSET;
@@ -20,8 +20,6 @@ use ratatui::style::{Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Widget};
 
-/// Draw a picture of `w`×`h` pixels into `area` (scaled to fit, nearest pixel), two pixels
-/// per cell. `px` gives a pixel's colour, `None` for no data.
 /// The cells a `w`×`h`-pixel picture fills in `area`, keeping its aspect ratio (a cell is one
 /// pixel wide and two pixels tall), from the top left; empty when nothing fits.
 pub fn fit(area: Rect, w: usize, h: usize) -> Rect {
@@ -38,6 +36,8 @@ pub fn fit(area: Rect, w: usize, h: usize) -> Rect {
     )
 }
 
+/// Draw a picture of `w`×`h` pixels into `area` (scaled to fit, nearest pixel), two pixels
+/// per cell; returns the cells it fills. `px` gives a pixel's colour, `None` for no data.
 pub fn picture(
     p: &Palette,
     buf: &mut Buffer,
@@ -188,6 +188,19 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
         g.steps.first().copied().unwrap_or(0) as f64,
         g.steps.last().copied().unwrap_or(1).max(1) as f64,
     );
+    if !identical.is_empty() {
+        // On a row of its own: inside the chart it covered the x axis labels.
+        let list: Vec<String> = identical.iter().map(u32::to_string).collect();
+        put(
+            buf,
+            area,
+            area.x + 1,
+            y,
+            &format!("identical at steps {}", list.join(", ")),
+            p.dim(),
+        );
+        y += 1;
+    }
     let body = Rect::new(area.x, y, area.width, area.bottom().saturating_sub(y));
     let top_h = body.height * 3 / 5;
     let top = Rect::new(body.x, body.y, body.width, top_h);
@@ -209,17 +222,6 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
         &[("‖A‖", &na, 0), ("‖B‖", &nb, 1)],
         cursor_x,
     );
-    if !identical.is_empty() && top.height > 0 {
-        let list: Vec<String> = identical.iter().map(u32::to_string).collect();
-        put(
-            buf,
-            top,
-            top.x + 1,
-            top.bottom() - 1,
-            &format!("identical at steps {}", list.join(", ")),
-            p.dim(),
-        );
-    }
 }
 
 /// (name, points, colour index) of a chart line.
@@ -275,17 +277,14 @@ fn chart(
     } else {
         vec![format!("1e{lo}"), format!("1e{hi}")]
     };
-    let xlabels = vec![
-        format!("{x0}"),
-        format!("{}", ((x0 + x1) / 2.0).round()),
-        format!("{x1}"),
-    ];
+    let x1 = x1.max(x0 + 1.0);
+    let xlabels = step_labels(x0, x1);
     Chart::new(sets)
         .hidden_legend_constraints((Constraint::Percentage(50), Constraint::Percentage(60)))
         .x_axis(
             Axis::default()
                 .title("step")
-                .bounds([x0, x1.max(x0 + 1.0)])
+                .bounds([x0, x1])
                 .labels(xlabels)
                 .style(p.dim()),
         )
@@ -296,6 +295,18 @@ fn chart(
                 .style(p.dim()),
         )
         .render(area, buf);
+}
+
+/// Labels of a step axis from `x0` to `x1`: the ends and, when it is a step of its own, the
+/// middle (so two steps read `0 … 1`, never `0 … 1 … 1`). Ratatui spreads them evenly.
+fn step_labels(x0: f64, x1: f64) -> Vec<String> {
+    let mid = ((x0 + x1) / 2.0).floor();
+    let exact = (x1 - x0) % 2.0 == 0.0;
+    if exact && mid > x0 && mid < x1 {
+        vec![format!("{x0}"), format!("{mid}"), format!("{x1}")]
+    } else {
+        vec![format!("{x0}"), format!("{x1}")]
+    }
 }
 
 fn spark(values: &[u64]) -> String {
@@ -697,13 +708,24 @@ pub fn noise(app: &App, area: Rect, buf: &mut Buffer) {
         p.status(Some(Status::Fail))
     };
     let verdict = format!("{}: {}", d.diagnosis.class.name(), d.diagnosis.summary);
-    let y2 = put_wrapped(buf, area, y + 1, 6, &verdict, st) + 1;
+    let per_elem_text = |per_px: usize| {
+        let per_elem = (d.count as f64 / d.buckets.len().max(1) as f64).ceil() as usize * per_px;
+        format!(
+            "each pixel: {} consecutive elements, row-major from the top left · dark: identical · bright: all differ",
+            group_digits(per_elem as u64)
+        )
+    };
+    // The diagnosis and its fix come first: they get every row but the caption's and three
+    // of the map's; the map takes what is left.
+    let caption_rows = wrapped_rows(area, &per_elem_text(1));
+    let room = area.height.saturating_sub(1 + 1 + caption_rows + 3).max(1);
+    let y2 = put_wrapped(buf, area, y + 1, room, &verdict, st) + 1;
     // Buckets laid out row-major over the picture: each pixel is a flat-index range.
     let pic_area = Rect::new(
         area.x + 1,
         y2,
         area.width.saturating_sub(2),
-        area.bottom().saturating_sub(y2 + 2),
+        area.bottom().saturating_sub(y2 + caption_rows),
     );
     let npx_w = pic_area.width as usize;
     let npx_h = pic_area.height as usize * 2;
@@ -727,16 +749,16 @@ pub fn noise(app: &App, area: Rect, buf: &mut Buffer) {
             super::palette::viridis(0.25 + 0.75 * f as f64)
         })
     });
-    let per_elem = (d.count as f64 / buckets.len().max(1) as f64).ceil() as usize * per_px;
-    put(
+    let cy = pic
+        .bottom()
+        .max(y2)
+        .min(area.bottom().saturating_sub(caption_rows));
+    put_wrapped(
         buf,
-        area,
-        area.x + 1,
-        pic.bottom().min(area.bottom().saturating_sub(1)),
-        &format!(
-            "each pixel: {} consecutive elements, row-major from the top left · dark: identical · bright: all differ",
-            group_digits(per_elem as u64)
-        ),
+        Rect::new(area.x, area.y, area.width, area.height),
+        cy,
+        caption_rows,
+        &per_elem_text(per_px),
         p.dim(),
     );
 }
@@ -831,25 +853,15 @@ pub fn shown_images(app: &App) -> Option<&ReportImages> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{Criteria, TolConfig};
     use crate::dtype::DType;
     use crate::report::fixture::comparison as fixture;
-    use crate::tui::app::{AppOptions, Phase, View};
+    use crate::tui::app::{Phase, View};
     use crate::tui::detail::{NoiseDetail, Side, TensorDetail, payload_diff};
     use crate::tui::palette::ColorMode;
     use ratatui::style::Color;
 
     fn app() -> App {
-        let mut app = App::new(AppOptions {
-            a: "a.sdt".into(),
-            b: "b.sdt".into(),
-            tol: TolConfig::default(),
-            criteria: Criteria::default(),
-            palette: Palette::new(ColorMode::TrueColor),
-            mouse: true,
-        });
-        app.set_comparison(fixture(), Phase::Done);
-        app
+        crate::tui::testing::app(ColorMode::TrueColor)
     }
 
     fn text(buf: &Buffer) -> String {
@@ -1017,5 +1029,137 @@ mod tests {
         let dark = &buf[(1, row)];
         assert_eq!(dark.symbol(), "▀");
         assert_eq!(dark.fg, Color::Rgb(30, 30, 30));
+    }
+
+    fn noise_detail(app: &mut App) -> String {
+        let mut buckets = vec![0.0f32; 100];
+        for b in buckets.iter_mut().skip(30) {
+            *b = 1.0;
+        }
+        let diagnosis = crate::analysis::noise::diagnose(
+            &[100],
+            &(0..100).map(|i| i as f64).collect::<Vec<_>>(),
+            &[100],
+            &(0..100)
+                .map(|i| i as f64 + f64::from(i >= 30))
+                .collect::<Vec<_>>(),
+        );
+        let text = format!("{}: {}", diagnosis.class.name(), diagnosis.summary);
+        let d = NoiseDetail {
+            record: 0,
+            count: 100,
+            shape: vec![1, 4, 5, 5],
+            first_diff: Some(30),
+            differing: 70,
+            buckets,
+            diagnosis,
+        };
+        app.set_detail(Request::Noise(0), Ok(Detail::Noise(Box::new(d))));
+        text
+    }
+
+    /// #24: at 80×24 the noise view cut its diagnosis, fix advice included.
+    #[test]
+    fn noise_view_shows_the_whole_advice() {
+        use crate::tui::testing::{SIZES, draw, screen_text, snapshot, words};
+        for (w, h) in SIZES {
+            let mut app = app();
+            app.view = View::Noise;
+            let text = noise_detail(&mut app);
+            let buf = draw(&mut app, w, h);
+            let shown = words(&buf);
+            let want = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(shown.contains(&want), "{w}×{h}:\n{}", screen_text(&buf));
+            assert!(
+                shown.contains("bright: all differ"),
+                "{w}×{h}: the caption is cut:\n{}",
+                screen_text(&buf)
+            );
+            // The map is still there.
+            assert!(
+                (0..h).any(|y| buf[(1, y)].symbol() == "▀"),
+                "{}",
+                screen_text(&buf)
+            );
+            snapshot(&format!("noise-{w}x{h}"), &screen_text(&buf));
+        }
+    }
+
+    /// #24: with two steps the layer chart's x axis read `0 … 1 … 1`.
+    #[test]
+    fn layer_chart_axis_labels_are_steps() {
+        assert_eq!(step_labels(0.0, 1.0), ["0", "1"]);
+        assert_eq!(step_labels(0.0, 4.0), ["0", "2", "4"]);
+        assert_eq!(step_labels(0.0, 3.0), ["0", "3"]);
+        assert_eq!(step_labels(5.0, 25.0), ["5", "15", "25"]);
+    }
+
+    /// #24: the layer chart's x axis and its tolerance line, at both sizes.
+    #[test]
+    fn layer_chart_stays_in_its_plot() {
+        use crate::tui::testing::{SIZES, draw, screen_text, snapshot};
+        for (w, h) in SIZES {
+            // Two steps: the axis reads 0 and 1, once each.
+            let mut c = fixture();
+            c.records.retain(|r| r.step.is_none_or(|s| s <= 1));
+            let mut two = app();
+            two.set_comparison(c, Phase::Done);
+            two.view = View::Layer;
+            let buf = draw(&mut two, w, h);
+            let t = screen_text(&buf);
+            let axis: Vec<&str> = t
+                .lines()
+                .filter(|l| l.trim_start().starts_with('0'))
+                .collect();
+            assert!(
+                axis.iter()
+                    .all(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "1"]),
+                "{w}×{h}: {axis:?}\n{t}"
+            );
+            // Five steps: every braille cell of the tolerance line lies inside the plot, right
+            // of the y axis and above the x axis.
+            let mut app = app();
+            app.view = View::Layer;
+            let buf = draw(&mut app, w, h);
+            let t = screen_text(&buf);
+            let tol_colour = app.palette().series(2);
+            let axis_x = (0..w)
+                .find(|&x| (1..h).any(|y| buf[(x, y)].symbol() == "│"))
+                .expect("a y axis");
+            let axis_y = (0..h)
+                .find(|&y| buf[(axis_x, y)].symbol() == "└")
+                .expect("an x axis");
+            let mut drawn = 0;
+            for y in 0..h {
+                for x in 0..w {
+                    let c = &buf[(x, y)];
+                    let braille = c
+                        .symbol()
+                        .chars()
+                        .all(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch));
+                    if braille && c.fg == tol_colour {
+                        drawn += 1;
+                        assert!(
+                            x > axis_x && y < axis_y,
+                            "{w}×{h}: tolerance at ({x}, {y}) outside the plot:\n{t}"
+                        );
+                    }
+                }
+            }
+            assert!(drawn > 0, "{w}×{h}: no tolerance line:\n{t}");
+            // The axis labels are not covered: the first chart's label row starts with 0.
+            let labels = t
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with('└'))
+                .nth(1)
+                .unwrap_or_default();
+            assert_eq!(
+                labels.split_whitespace().collect::<Vec<_>>(),
+                ["0", "2", "4"],
+                "{w}×{h}:\n{t}"
+            );
+            assert!(t.contains("identical at steps 0"), "{t}");
+            snapshot(&format!("layer-{w}x{h}"), &t);
+        }
     }
 }
