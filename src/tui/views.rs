@@ -2,18 +2,22 @@
 //! side by side, histograms, spatial difference map, worst channels), noise (flat-index map of
 //! `noise.initial`) and image (A, B and |A−B| in half-block colour).
 //!
+//! The tensor view is drawn in parts, each a function of the loaded detail alone:
+//! the statistics table, the value histograms, the |a−b| map and the worst channels (or,
+//! without payloads, the thumbnails).
+//!
 //! Pure like [`super::render`]: `&App` and a rectangle in, buffer cells out. Pictures use the
 //! upper-half block `▀` with the foreground for the upper pixel and the background for the
 //! lower one, so a W×H area shows W×2H pixels; without colour they fall back to `░▒▓█`
 //! shading of the pixels' brightness.
 
 use super::app::{App, Detail, Loadable, Request, View};
-use super::detail::{DIFF_LO, Map2, group_digits};
+use super::detail::{ChannelDiff, DIFF_LO, Map2, PayloadDiff, TensorDetail, group_digits};
 use super::palette::{Palette, SHADES};
 use super::render::{put, put_wrapped, set_cell, wrapped_rows};
-use crate::analysis::Status;
+use crate::analysis::{PairRecord, RecordJudgement, Status};
 use crate::report::{ReportImages, sci};
-use crate::stats::HIST_OFFSET;
+use crate::stats::{HIST_OFFSET, Summary};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Modifier, Style};
@@ -371,6 +375,40 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
         area.width.saturating_sub(left_w + 1),
         left.height,
     );
+    stats_table(&p, buf, left, d, r, rj);
+    // Right: histograms, the map, worst channels.
+    if right.width < 16 {
+        return;
+    }
+    let ry = histograms(&p, buf, right, right.y, &d.a.summary, &d.b.summary);
+    match (&d.diff, &d.thumb_diff) {
+        (Some(diff), _) => {
+            let ry = diff_map(&p, buf, right, ry, diff);
+            worst_channels(&p, buf, right, ry, &diff.channels);
+        }
+        (None, Some(td)) => thumbnails(&p, buf, right, ry, d, td),
+        (None, None) => {
+            put(
+                buf,
+                right,
+                right.x,
+                ry,
+                "no payloads and no thumbnails: record this key at full fidelity to see where it differs",
+                p.dim(),
+            );
+        }
+    }
+}
+
+/// The statistics of both sides and the pair's metrics, as a table.
+fn stats_table(
+    p: &Palette,
+    buf: &mut Buffer,
+    left: Rect,
+    d: &TensorDetail,
+    r: &PairRecord,
+    rj: &RecordJudgement,
+) {
     let (sa, sb) = (&d.a.summary, &d.b.summary);
     let f = |v: f64| {
         if v == 0.0 {
@@ -468,11 +506,18 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
     if let Some(note) = &d.note {
         put(buf, left, left.x, yy, note, p.dim());
     }
-    // Right: histograms, the map, worst channels.
-    if right.width < 16 {
-        return;
-    }
-    let mut ry = right.y;
+}
+
+/// The log2|x| histograms of both sides over the bins either uses; returns the next free row.
+fn histograms(
+    p: &Palette,
+    buf: &mut Buffer,
+    right: Rect,
+    y: u16,
+    sa: &Summary,
+    sb: &Summary,
+) -> u16 {
+    let mut ry = y;
     // log2|x| histograms over the bins either side uses.
     let used: Vec<usize> = (0..sa.log2_hist.len().max(sb.log2_hist.len()))
         .filter(|&k| {
@@ -489,7 +534,7 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
                 .collect()
         };
         heading(
-            &p,
+            p,
             buf,
             right,
             ry,
@@ -521,150 +566,151 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
         );
         ry += 2;
     }
-    match (&d.diff, &d.thumb_diff) {
-        (Some(diff), _) => {
-            let used: Vec<usize> = (0..diff.hist.len()).filter(|&k| diff.hist[k] > 0).collect();
-            heading(
-                &p,
-                buf,
-                right,
-                ry,
-                &format!(
-                    "|a−b|: {} of {} differ · {} equal",
-                    group_digits(diff.differing),
-                    group_digits(diff.count),
-                    group_digits(diff.zero)
-                ),
-            );
-            ry += 1;
-            if let (Some(&k0), Some(&k1)) = (used.first(), used.last()) {
-                let x = put(
-                    buf,
-                    right,
-                    right.x,
-                    ry,
-                    &format!("1e{} ", k0 as i32 + DIFF_LO),
-                    p.dim(),
-                );
-                let x = put(
-                    buf,
-                    right,
-                    x,
-                    ry,
-                    &spark(&diff.hist[k0..=k1]),
-                    Style::new().fg(p.series(2)),
-                );
-                put(
-                    buf,
-                    right,
-                    x,
-                    ry,
-                    &format!(" 1e{}", k1 as i32 + DIFF_LO + 1),
-                    p.dim(),
-                );
-                ry += 1;
-            }
-            ry += 1;
-            let ch_lines = diff.channels.len().min(super::detail::WORST) as u16;
-            let map_h = right.bottom().saturating_sub(ry + 2 + ch_lines + 1);
-            heading(
-                &p,
-                buf,
-                right,
-                ry,
-                &format!(
-                    "where: max |a−b| over {}×{} (bright = max {}; 4 decades)",
-                    diff.map.width,
-                    diff.map.height,
-                    sci(Some(diff.max_abs))
-                ),
-            );
-            ry += 1;
-            let pic = map_picture(
-                &p,
-                buf,
-                Rect::new(right.x, ry, right.width, map_h),
-                &diff.map,
-                4.0,
-            );
-            ry += pic.height + 1;
-            if !diff.channels.is_empty() {
-                heading(
-                    &p,
-                    buf,
-                    right,
-                    ry,
-                    "worst channels: channel · rel L2 · max |a−b|",
-                );
-                ry += 1;
-                for c in &diff.channels {
-                    put(
-                        buf,
-                        right,
-                        right.x,
-                        ry,
-                        &format!(
-                            "  {:>5} · {} · {}",
-                            c.channel,
-                            sci(Some(c.rel_l2)),
-                            sci(Some(c.max_abs))
-                        ),
-                        Style::new(),
-                    );
-                    ry += 1;
-                }
-            }
-        }
-        (None, Some(td)) => {
-            heading(
-                &p,
-                buf,
-                right,
-                ry,
-                "no payloads: thumbnails (channel mean |x|) A · B · |A−B|",
-            );
-            ry += 1;
-            let h = right.bottom().saturating_sub(ry);
-            let w3 = right.width / 3;
-            for (k, m) in [
-                d.a.thumbnail.as_ref().and_then(|t| {
-                    t.item(0).map(|v| Map2 {
-                        width: t.width as usize,
-                        height: t.height as usize,
-                        values: v.to_vec(),
-                    })
-                }),
-                d.b.thumbnail.as_ref().and_then(|t| {
-                    t.item(0).map(|v| Map2 {
-                        width: t.width as usize,
-                        height: t.height as usize,
-                        values: v.to_vec(),
-                    })
-                }),
-                Some(td.clone()),
-            ]
-            .iter()
-            .enumerate()
-            {
-                if let Some(m) = m {
-                    map_picture(
-                        &p,
-                        buf,
-                        Rect::new(right.x + k as u16 * w3, ry, w3.saturating_sub(1), h),
-                        m,
-                        3.0,
-                    );
-                }
-            }
-        }
-        (None, None) => {
+    ry
+}
+
+/// The |a−b| histogram and where the differences are; returns the next free row.
+fn diff_map(p: &Palette, buf: &mut Buffer, right: Rect, y: u16, diff: &PayloadDiff) -> u16 {
+    let mut ry = y;
+    let used: Vec<usize> = (0..diff.hist.len()).filter(|&k| diff.hist[k] > 0).collect();
+    heading(
+        p,
+        buf,
+        right,
+        ry,
+        &format!(
+            "|a−b|: {} of {} differ · {} equal",
+            group_digits(diff.differing),
+            group_digits(diff.count),
+            group_digits(diff.zero)
+        ),
+    );
+    ry += 1;
+    if let (Some(&k0), Some(&k1)) = (used.first(), used.last()) {
+        let x = put(
+            buf,
+            right,
+            right.x,
+            ry,
+            &format!("1e{} ", k0 as i32 + DIFF_LO),
+            p.dim(),
+        );
+        let x = put(
+            buf,
+            right,
+            x,
+            ry,
+            &spark(&diff.hist[k0..=k1]),
+            Style::new().fg(p.series(2)),
+        );
+        put(
+            buf,
+            right,
+            x,
+            ry,
+            &format!(" 1e{}", k1 as i32 + DIFF_LO + 1),
+            p.dim(),
+        );
+        ry += 1;
+    }
+    ry += 1;
+    let ch_lines = diff.channels.len().min(super::detail::WORST) as u16;
+    let map_h = right.bottom().saturating_sub(ry + 2 + ch_lines + 1);
+    heading(
+        p,
+        buf,
+        right,
+        ry,
+        &format!(
+            "where: max |a−b| over {}×{} (bright = max {}; 4 decades)",
+            diff.map.width,
+            diff.map.height,
+            sci(Some(diff.max_abs))
+        ),
+    );
+    ry += 1;
+    let pic = map_picture(
+        p,
+        buf,
+        Rect::new(right.x, ry, right.width, map_h),
+        &diff.map,
+        4.0,
+    );
+    ry += pic.height + 1;
+    ry
+}
+
+/// The channels that differ most.
+fn worst_channels(p: &Palette, buf: &mut Buffer, right: Rect, y: u16, channels: &[ChannelDiff]) {
+    let mut ry = y;
+    if !channels.is_empty() {
+        heading(
+            p,
+            buf,
+            right,
+            ry,
+            "worst channels: channel · rel L2 · max |a−b|",
+        );
+        ry += 1;
+        for c in channels {
             put(
                 buf,
                 right,
                 right.x,
                 ry,
-                "no payloads and no thumbnails: record this key at full fidelity to see where it differs",
-                p.dim(),
+                &format!(
+                    "  {:>5} · {} · {}",
+                    c.channel,
+                    sci(Some(c.rel_l2)),
+                    sci(Some(c.max_abs))
+                ),
+                Style::new(),
+            );
+            ry += 1;
+        }
+    }
+}
+
+/// Without payloads: the thumbnails of both sides and their difference.
+fn thumbnails(p: &Palette, buf: &mut Buffer, right: Rect, y: u16, d: &TensorDetail, td: &Map2) {
+    let mut ry = y;
+    heading(
+        p,
+        buf,
+        right,
+        ry,
+        "no payloads: thumbnails (channel mean |x|) A · B · |A−B|",
+    );
+    ry += 1;
+    let h = right.bottom().saturating_sub(ry);
+    let w3 = right.width / 3;
+    for (k, m) in [
+        d.a.thumbnail.as_ref().and_then(|t| {
+            t.item(0).map(|v| Map2 {
+                width: t.width as usize,
+                height: t.height as usize,
+                values: v.to_vec(),
+            })
+        }),
+        d.b.thumbnail.as_ref().and_then(|t| {
+            t.item(0).map(|v| Map2 {
+                width: t.width as usize,
+                height: t.height as usize,
+                values: v.to_vec(),
+            })
+        }),
+        Some(td.clone()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        if let Some(m) = m {
+            map_picture(
+                p,
+                buf,
+                Rect::new(right.x + k as u16 * w3, ry, w3.saturating_sub(1), h),
+                m,
+                3.0,
             );
         }
     }
