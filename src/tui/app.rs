@@ -9,8 +9,9 @@
 //! happens here, so every transition is testable without a terminal.
 //!
 //! Invariants: the cursor row indexes [`App::rows`] and the column [`Grid::columns`] (both
-//! clamped after every change); `judgement` always belongs to `comparison` and the current
-//! tolerance.
+//! clamped after every change, and the scroll offsets show them); `judgement` always belongs
+//! to `comparison` and the current tolerance. The fields are private, so only the transitions
+//! here change them; the layout, the renderers and the run loop read them through accessors.
 
 use super::keys::{Action, Scope, lookup};
 use super::layout::{Hit, Layout};
@@ -164,35 +165,36 @@ pub struct Finding {
     pub text: String,
 }
 
+/// The state of one `sdtrace diff` session. Fields are private so that the invariants of the
+/// module doc hold: they change only through the transitions below, and renderers read them
+/// through the accessors.
 pub struct App {
-    pub opts: AppOptions,
-    pub analysis: Option<Analysis>,
-    pub tol: TolConfig,
-    pub phase: Phase,
-    pub counts: Counts,
-    pub view: View,
-    pub back: Vec<View>,
-    pub pane: Pane,
-    pub row: usize,
-    pub col: usize,
-    pub scroll_row: usize,
-    pub scroll_col: usize,
+    opts: AppOptions,
+    analysis: Option<Analysis>,
+    tol: TolConfig,
+    phase: Phase,
+    counts: Counts,
+    view: View,
+    back: Vec<View>,
+    pane: Pane,
+    row: usize,
+    col: usize,
+    scroll_row: usize,
+    scroll_col: usize,
     /// Groups whose expansion differs from the default (top level expanded, deeper collapsed).
-    pub toggled: HashSet<String>,
-    pub filter: String,
-    pub prompt: Option<Prompt>,
-    pub metric: Metric,
-    pub help: bool,
-    pub help_scroll: usize,
-    pub summary_sel: usize,
-    pub message: Option<Message>,
-    pub details: HashMap<Request, Loadable<Detail>>,
+    toggled: HashSet<String>,
+    filter: String,
+    prompt: Option<Prompt>,
+    metric: Metric,
+    help: bool,
+    help_scroll: usize,
+    summary_sel: usize,
+    message: Option<Message>,
+    details: HashMap<Request, Loadable<Detail>>,
     /// Screen size the last layout was made for.
-    pub area: Rect,
+    area: Rect,
     /// Pair updates arrived since the last judgement.
-    pub stale: bool,
-    /// The comparison is the final one of its generation (payloads done).
-    pub complete: bool,
+    stale: bool,
     /// Decade range of each metric over all records, cached per judgement.
     scales: HashMap<Metric, Option<(i32, i32)>>,
     /// Cell statistics of the current judgement and metric (empty when stale).
@@ -227,7 +229,6 @@ impl App {
             details: HashMap::new(),
             area: Rect::new(0, 0, 80, 24),
             stale: false,
-            complete: false,
             scales: HashMap::new(),
             cache: StatCache::default(),
             user_moved: false,
@@ -236,6 +237,104 @@ impl App {
 
     pub fn palette(&self) -> Palette {
         self.opts.palette
+    }
+
+    // ----- read-only state, for the layout, the renderers and the run loop ---------------
+
+    pub fn opts(&self) -> &AppOptions {
+        &self.opts
+    }
+
+    /// The comparison, its judgement, grid and findings (`None` until the first arrives).
+    pub fn analysis(&self) -> Option<&Analysis> {
+        self.analysis.as_ref()
+    }
+
+    /// The tolerance the judgement was made with (the prompt's, while typing).
+    pub fn tol(&self) -> &TolConfig {
+        &self.tol
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    pub fn pane(&self) -> Pane {
+        self.pane
+    }
+
+    /// The cursor's row: an index into [`App::rows`] (0 when there are none).
+    pub fn row(&self) -> usize {
+        self.row
+    }
+
+    /// The cursor's column of the grid.
+    pub fn col(&self) -> usize {
+        self.col
+    }
+
+    /// The first heatmap row shown.
+    pub fn scroll_row(&self) -> usize {
+        self.scroll_row
+    }
+
+    /// The first heatmap column shown.
+    pub fn scroll_col(&self) -> usize {
+        self.scroll_col
+    }
+
+    /// The key filter (empty: the tree).
+    pub fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    pub fn prompt(&self) -> Option<&Prompt> {
+        self.prompt.as_ref()
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// The help overlay is open.
+    pub fn help(&self) -> bool {
+        self.help
+    }
+
+    pub fn help_scroll(&self) -> usize {
+        self.help_scroll
+    }
+
+    /// The selected finding of the summary pane.
+    pub fn summary_sel(&self) -> usize {
+        self.summary_sel
+    }
+
+    pub fn message(&self) -> Option<&Message> {
+        self.message.as_ref()
+    }
+
+    /// A detail asked for, loading or loaded.
+    pub fn detail(&self, req: Request) -> Option<&Loadable<Detail>> {
+        self.details.get(&req)
+    }
+
+    /// The screen size the layout is made for.
+    pub fn area(&self) -> Rect {
+        self.area
+    }
+
+    /// Pair updates arrived since the last judgement.
+    pub fn stale(&self) -> bool {
+        self.stale
     }
 
     // ----- data arriving from the background -------------------------------------------
@@ -273,7 +372,6 @@ impl App {
         self.scales.clear();
         self.cache = StatCache::default();
         self.stale = false;
-        self.complete = matches!(phase, Phase::Done | Phase::Following);
         self.phase = phase;
         match here {
             Some((key, step)) if self.user_moved => self.place_cursor(&key, step),
@@ -363,7 +461,13 @@ impl App {
     /// Compute what drawing needs (colour scale, cell statistics) for the current judgement
     /// and metric; call before rendering so a frame costs O(visible cells).
     pub fn prepare(&mut self) {
-        let _ = self.scale();
+        let missing = match self.scales.get(&self.metric) {
+            Some(_) => None,
+            None => Some(self.compute_scale()),
+        };
+        if let Some(s) = missing {
+            self.scales.insert(self.metric, s);
+        }
         if self.cache.metric != Some(self.metric)
             && let Some(a) = &self.analysis
         {
@@ -377,32 +481,21 @@ impl App {
         }
     }
 
-    /// The decade range of the current metric over all records.
-    pub fn scale(&mut self) -> Option<(i32, i32)> {
-        let metric = self.metric;
-        if let Some(s) = self.scales.get(&metric) {
-            return *s;
-        }
-        let s =
-            self.analysis.as_ref().and_then(|a| {
-                decade_range((0..a.comparison.records.len()).filter_map(|i| {
-                    super::model::metric_value(&a.comparison, &a.judgement, i, metric)
-                }))
-            });
-        self.scales.insert(metric, s);
-        s
-    }
-
-    /// The cached scale (as last computed by [`App::scale`]), for renderers.
-    pub fn cached_scale(&self) -> Option<(i32, i32)> {
+    /// The decade range of the current metric over all records: computed once per judgement
+    /// and metric by [`App::prepare`], computed here when not prepared.
+    pub fn scale(&self) -> Option<(i32, i32)> {
         match self.scales.get(&self.metric) {
             Some(s) => *s,
-            None => self.analysis.as_ref().and_then(|a| {
-                decade_range((0..a.comparison.records.len()).filter_map(|i| {
-                    super::model::metric_value(&a.comparison, &a.judgement, i, self.metric)
-                }))
-            }),
+            None => self.compute_scale(),
         }
+    }
+
+    fn compute_scale(&self) -> Option<(i32, i32)> {
+        self.analysis.as_ref().and_then(|a| {
+            decade_range((0..a.comparison.records.len()).filter_map(|i| {
+                super::model::metric_value(&a.comparison, &a.judgement, i, self.metric)
+            }))
+        })
     }
 
     pub fn is_expanded(&self, n: usize) -> bool {
@@ -1549,6 +1642,68 @@ mod tests {
             ch(&mut app, 'l');
             app.set_comparison(fixture(), Phase::Done);
             assert_eq!(here(&app), ("unet.mid_block".into(), Some(2)));
+        }
+    }
+
+    /// The invariants of the module doc hold after every key of a long, varied sequence.
+    #[test]
+    fn the_cursor_stays_within_the_rows_and_columns() {
+        let mut app = app();
+        let mut c = fixture();
+        for (i, k) in [
+            (2, "unet.down_blocks.0.resnets.0"),
+            (4, "unet.down_blocks.0.attentions.0"),
+        ] {
+            c.records[i].key = k.into();
+        }
+        app.set_comparison(c, Phase::Done);
+        let keys = "jjjjjjjjjLLLL +-gGhhhh lkjn N f s a d m /unet\x08\x08\x08\x08\x1b t rel=1\x1b 2 3 4 5 1 \t j j \t G  kkkk- ";
+        let mut seed = 7u32;
+        for (step, c) in keys.chars().cycle().take(600).enumerate() {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let code = match c {
+                '\x08' => KeyCode::Backspace,
+                '\x1b' => KeyCode::Esc,
+                '\t' => KeyCode::Tab,
+                _ if seed % 7 == 0 => KeyCode::Enter,
+                c => KeyCode::Char(c),
+            };
+            if seed % 5 == 0 {
+                let (w, h) = (40 + (seed % 200) as u16, 10 + (seed % 60) as u16);
+                app.resize(Rect::new(0, 0, w, h));
+            }
+            key(&mut app, code);
+            let rows = app.rows().len();
+            let cols = app.analysis.as_ref().unwrap().grid.columns();
+            assert!(
+                app.row < rows.max(1),
+                "step {step}: row {} of {rows}",
+                app.row
+            );
+            assert!(
+                app.col < cols.max(1),
+                "step {step}: col {} of {cols}",
+                app.col
+            );
+            let l = Layout::new(app.area, &app);
+            if l.heat_rows() > 0 && app.view == View::Overview && rows > 0 {
+                assert!(
+                    (app.scroll_row..app.scroll_row + l.heat_rows()).contains(&app.row),
+                    "step {step}: row {} not shown from {}",
+                    app.row,
+                    app.scroll_row
+                );
+            }
+            let j = &app.analysis.as_ref().unwrap().judgement;
+            assert_eq!(
+                j,
+                &judge(
+                    &app.analysis.as_ref().unwrap().comparison,
+                    &app.tol,
+                    &app.opts.criteria
+                ),
+                "step {step}: the judgement is not that of the comparison and tolerance"
+            );
         }
     }
 }

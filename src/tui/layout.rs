@@ -84,8 +84,8 @@ fn take_right(r: &mut Rect, w: u16) -> Rect {
 /// Display width of the widest tree label (over all nodes, so that folding does not move
 /// the heatmap; over the matching keys while filtering).
 pub fn label_width(app: &App) -> u16 {
-    let Some(a) = &app.analysis else { return 12 };
-    let filtered = !app.filter.is_empty();
+    let Some(a) = app.analysis() else { return 12 };
+    let filtered = !app.filter().is_empty();
     let rows: Vec<usize> = if filtered {
         app.rows()
     } else {
@@ -116,15 +116,15 @@ impl Layout {
             ..Layout::default()
         };
         l.body = rest;
-        if app.view != View::Overview {
+        if app.view() != View::Overview {
             return l;
         }
         let mut heat = rest;
-        let focused = app.pane == Pane::Summary;
+        let focused = app.pane() == Pane::Summary;
         if area.width >= WIDE {
             // The heatmap keeps what its cells can use; the summary gets the rest (at least
             // SIDE, at most half the screen), so the verdict is not clipped beside empty space.
-            let ncols = app.analysis.as_ref().map_or(0, |a| a.grid.columns()) as u16;
+            let ncols = app.analysis().map_or(0, |a| a.grid.columns()) as u16;
             let need = label_width(app)
                 .min(44)
                 .saturating_add(ncols.saturating_mul(6))
@@ -152,7 +152,7 @@ impl Layout {
         // Block title line of the heatmap, then the step header.
         let _title = take_top(&mut heat, 1);
         l.header = take_top(&mut heat, 1);
-        let ncols = app.analysis.as_ref().map_or(0, |a| a.grid.columns()) as u16;
+        let ncols = app.analysis().map_or(0, |a| a.grid.columns()) as u16;
         let lw = label_width(app)
             .max(12)
             .min(heat.width.saturating_mul(9) / 20)
@@ -178,16 +178,16 @@ impl Layout {
     pub fn hit(&self, x: u16, y: u16, app: &App) -> Option<Hit> {
         let inside = |r: Rect| x >= r.x && x < r.x + r.width && y >= r.y && y < r.y + r.height;
         if inside(self.grid) {
-            let row = app.scroll_row + (y - self.grid.y) as usize;
-            let col = app.scroll_col + ((x - self.grid.x) / self.cw.max(1)) as usize;
-            let ncols = app.analysis.as_ref().map_or(0, |a| a.grid.columns());
+            let row = app.scroll_row() + (y - self.grid.y) as usize;
+            let col = app.scroll_col() + ((x - self.grid.x) / self.cw.max(1)) as usize;
+            let ncols = app.analysis().map_or(0, |a| a.grid.columns());
             if row < app.rows().len() && col < ncols {
                 return Some(Hit::Cell { row, col });
             }
             return None;
         }
         if inside(self.labels) {
-            let row = app.scroll_row + (y - self.labels.y) as usize;
+            let row = app.scroll_row() + (y - self.labels.y) as usize;
             return (row < app.rows().len()).then_some(Hit::Label { row });
         }
         if inside(self.summary) {

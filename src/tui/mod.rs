@@ -322,7 +322,7 @@ where
     pub fn draw(&mut self) -> Result<(), TuiError> {
         let size = self.terminal.size()?;
         let area = Rect::new(0, 0, size.width, size.height);
-        if area != self.app.area {
+        if area != self.app.area() {
             self.app.resize(area);
         }
         self.app.prepare();
@@ -352,10 +352,10 @@ where
             tm.key_ms.push(ms(k));
         }
         tm.first_frame_ms.get_or_insert_with(|| ms(self.t0));
-        if app.analysis.is_some() {
+        if app.analysis().is_some() {
             tm.summaries_frame_ms.get_or_insert_with(|| ms(self.t0));
         }
-        if app.phase == Phase::Done {
+        if *app.phase() == Phase::Done {
             tm.payloads_done_ms.get_or_insert_with(|| ms(self.t0));
         }
         self.dirty = false;
@@ -365,8 +365,7 @@ where
     /// Carry out what a transition asked for; `Some(code)` ends the session.
     pub fn perform(&mut self, effect: Effect) -> Option<u8> {
         let pair = |app: &App, i: usize| {
-            app.analysis
-                .as_ref()
+            app.analysis()
                 .and_then(|a| a.comparison.records.get(i).cloned())
         };
         match effect {
@@ -456,19 +455,19 @@ where
     /// The payload pass's progress counters, and re-judging after pair updates (at most
     /// every 250 ms).
     fn tick(&mut self, progress: &Progress) {
-        if self.app.phase == Phase::Payloads {
+        if *self.app.phase() == Phase::Payloads {
             let counts = Counts {
                 pairs_done: progress.pairs_done.load(Ordering::Relaxed),
                 pairs_total: progress.pairs_total.load(Ordering::Relaxed),
                 bytes_done: progress.bytes_done.load(Ordering::Relaxed),
                 bytes_total: progress.bytes_total.load(Ordering::Relaxed),
             };
-            if counts != self.app.counts {
+            if counts != self.app.counts() {
                 self.app.set_progress(counts);
                 self.dirty = true;
             }
         }
-        if self.app.stale && self.last_judge.elapsed() >= Duration::from_millis(250) {
+        if self.app.stale() && self.last_judge.elapsed() >= Duration::from_millis(250) {
             self.app.rejudge_if_stale();
             self.last_judge = Instant::now();
             self.dirty = true;
@@ -590,9 +589,9 @@ mod tests {
                 phase: Phase::Done,
                 readers: readers(dir.path()),
             });
-            let a = s.app.analysis.as_ref().unwrap();
+            let a = s.app.analysis().unwrap();
             assert_eq!(a.comparison.records.len(), 10);
-            assert_eq!(s.app.phase, Phase::Payloads);
+            assert_eq!(*s.app.phase(), Phase::Payloads);
             // Nor do its pair updates and phases.
             let mut rec = a.comparison.records[2].clone();
             rec.rel_l2 = Some(0.5);
@@ -601,24 +600,24 @@ mod tests {
                 index: 2,
                 record: Box::new(rec.clone()),
             });
-            assert!(!s.app.stale);
+            assert!(!s.app.stale());
             s.on_loader(LoaderMsg::Phase {
                 generation: 0,
                 phase: Phase::Done,
             });
-            assert_eq!(s.app.phase, Phase::Payloads);
+            assert_eq!(*s.app.phase(), Phase::Payloads);
             // Those of the current generation apply.
             s.on_loader(LoaderMsg::Pair {
                 generation: 1,
                 index: 2,
                 record: Box::new(rec),
             });
-            assert!(s.app.stale);
+            assert!(s.app.stale());
             s.on_loader(LoaderMsg::Phase {
                 generation: 1,
                 phase: Phase::Done,
             });
-            assert_eq!(s.app.phase, Phase::Done);
+            assert_eq!(*s.app.phase(), Phase::Done);
             s.draw().unwrap();
             assert!(
                 screen(&s).contains("all metrics computed"),
@@ -642,7 +641,7 @@ mod tests {
         assert_eq!(s.perform(Effect::Quit), Some(0));
         // Before any comparison there is nothing to read from.
         assert_eq!(s.perform(Effect::Export(4)), None);
-        assert!(s.app.message.as_ref().unwrap().error);
+        assert!(s.app.message().unwrap().error);
         s.on_loader(LoaderMsg::Comparison {
             generation: 0,
             comparison: Box::new(fixture()),

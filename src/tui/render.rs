@@ -25,7 +25,7 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let l = Layout::new(area, app);
     title(app, l.title, buf);
-    match app.view {
+    match app.view() {
         View::Overview => {
             super::summary::draw(
                 &super::summary::lines(app, l.summary.width, l.explain, l.compact),
@@ -42,7 +42,7 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
         View::Image => views::image(app, l.body, buf),
     }
     footer(app, l.footer, buf);
-    if app.help {
+    if app.help() {
         help(app, area, buf);
     }
 }
@@ -177,8 +177,8 @@ pub fn fit_path(path: &str, width: usize) -> String {
 
 /// Progress and state of the background work, for the title bar.
 pub fn status_text(app: &App) -> String {
-    let k = &app.counts;
-    match &app.phase {
+    let k = app.counts();
+    match app.phase() {
         Phase::Summaries => "reading summaries…".into(),
         Phase::Payloads => {
             let pct = if k.bytes_total > 0 {
@@ -220,12 +220,12 @@ fn title(app: &App, area: Rect, buf: &mut Buffer) {
         " sdtrace diff ",
         bar.add_modifier(Modifier::BOLD),
     );
-    let names = format!("A {} ⇄ B {}", app.opts.a, app.opts.b);
+    let names = format!("A {} ⇄ B {}", app.opts().a, app.opts().b);
     let status = status_text(app);
     let sw = status.chars().count() as u16 + 1;
     let room = area.right().saturating_sub(x + sw + 1);
     put(buf, Rect::new(x, area.y, room, 1), x, area.y, &names, bar);
-    let st = match app.phase {
+    let st = match app.phase() {
         Phase::Failed(_) if p.color() => bar.fg(p.rgb((255, 120, 100))),
         Phase::Payloads | Phase::Summaries if p.color() => bar.fg(p.rgb((255, 210, 120))),
         _ => bar,
@@ -318,7 +318,7 @@ pub fn cell_look(p: &Palette, st: &CellStat, scale: Option<(i32, i32)>) -> (&'st
 
 fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
     let p = app.palette();
-    let focused = app.pane == Pane::Heatmap;
+    let focused = app.pane() == Pane::Heatmap;
     let title_area = Rect::new(
         l.labels.x,
         l.header.y.saturating_sub(1),
@@ -338,7 +338,7 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
         " Heatmap ",
         head,
     );
-    let Some(a) = &app.analysis else {
+    let Some(a) = app.analysis() else {
         put(
             buf,
             l.grid,
@@ -358,7 +358,7 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
         title_area.y,
         &format!(
             "{} · {} keys × {} steps{}{}",
-            app.metric.name(),
+            app.metric().name(),
             g.keys.len(),
             g.steps.len(),
             if g.outside {
@@ -366,44 +366,44 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             } else {
                 ""
             },
-            if app.filter.is_empty() {
+            if app.filter().is_empty() {
                 String::new()
             } else {
-                format!(" · filter '{}': {} keys", app.filter, rows.len())
+                format!(" · filter '{}': {} keys", app.filter(), rows.len())
             }
         ),
         p.dim(),
     );
     let cw = l.cw.max(1);
     let ncols = g.columns();
-    let vis_cols = l.heat_cols().min(ncols.saturating_sub(app.scroll_col));
+    let vis_cols = l.heat_cols().min(ncols.saturating_sub(app.scroll_col()));
     // Step header: a label where it fits.
     let mut next_free = l.header.x;
     for vc in 0..vis_cols {
-        let col = app.scroll_col + vc;
+        let col = app.scroll_col() + vc;
         let x = l.header.x + vc as u16 * cw;
         let text = match g.step_of(col) {
             Some(s) => s.to_string(),
             None => "·".to_string(),
         };
-        let sel = col == app.col;
+        let sel = col == app.col();
         if x >= next_free && (sel || col.is_multiple_of(5) || cw as usize > text.len() || vc == 0) {
             let st = if sel { p.accent() } else { p.dim() };
             next_free = put(buf, l.header, x, l.header.y, &text, st) + 1;
         }
     }
     // Rows.
-    let scale = app.cached_scale();
-    let filtered = !app.filter.is_empty();
+    let scale = app.scale();
+    let filtered = !app.filter().is_empty();
     for (vr, &n) in rows
         .iter()
         .enumerate()
-        .skip(app.scroll_row)
+        .skip(app.scroll_row())
         .take(l.heat_rows())
     {
-        let y = l.grid.y + (vr - app.scroll_row) as u16;
+        let y = l.grid.y + (vr - app.scroll_row()) as u16;
         let node = &g.nodes[n];
-        let selected_row = vr == app.row;
+        let selected_row = vr == app.row();
         // Worst status of the row over all columns.
         let worst = (0..ncols)
             .filter_map(|col| app.stat(n, col).status)
@@ -453,10 +453,10 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
         };
         put(buf, l.labels, x, y, &shown, row_style);
         for vc in 0..vis_cols {
-            let col = app.scroll_col + vc;
+            let col = app.scroll_col() + vc;
             let st = app.stat(n, col);
             let (sym, mut style) = cell_look(&p, &st, scale);
-            let cursor = selected_row && col == app.col;
+            let cursor = selected_row && col == app.col();
             if cursor {
                 style = style.add_modifier(Modifier::REVERSED | Modifier::BOLD);
             }
@@ -479,7 +479,7 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
         }
     }
     // Scroll hints.
-    if app.scroll_row > 0 {
+    if app.scroll_row() > 0 {
         put(
             buf,
             l.labels,
@@ -489,7 +489,7 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             p.accent(),
         );
     }
-    if app.scroll_row + l.heat_rows() < rows.len() && l.grid.height > 0 {
+    if app.scroll_row() + l.heat_rows() < rows.len() && l.grid.height > 0 {
         put(
             buf,
             l.labels,
@@ -499,10 +499,10 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             p.accent(),
         );
     }
-    if app.scroll_col > 0 {
+    if app.scroll_col() > 0 {
         put(buf, l.header, l.header.x, l.header.y, "←", p.accent());
     }
-    if app.scroll_col + vis_cols < ncols && l.header.width > 0 {
+    if app.scroll_col() + vis_cols < ncols && l.header.width > 0 {
         put(
             buf,
             l.header,
@@ -534,9 +534,9 @@ fn legend(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let p = app.palette();
     let mut x = area.x;
-    match app.cached_scale() {
+    match app.scale() {
         Some((lo, hi)) => {
-            let lab = |d: i32| match app.metric {
+            let lab = |d: i32| match app.metric() {
                 Metric::OverTol | Metric::Gain if (0..=3).contains(&d) => {
                     format!("{}", 10f64.powi(d))
                 }
@@ -595,12 +595,12 @@ fn cell_detail(app: &App, area: Rect, buf: &mut Buffer) {
         return;
     }
     let p = app.palette();
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let Some(n) = app.current_node() else { return };
     let (c, j, g) = (&a.comparison, &a.judgement, &a.grid);
-    let st = app.stat(n, app.col);
+    let st = app.stat(n, app.col());
     let node = &g.nodes[n];
-    let step = match g.step_of(app.col) {
+    let step = match g.step_of(app.col()) {
         Some(s) => format!("step {s}"),
         None => "outside the loop".into(),
     };
@@ -708,7 +708,7 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let p = app.palette();
     clear(buf, area, Style::new());
-    if let Some(prompt) = &app.prompt {
+    if let Some(prompt) = app.prompt() {
         let (label, hint) = match prompt {
             Prompt::Filter { .. } => ("filter keys: ", ""),
             Prompt::Tolerance { .. } => (
@@ -741,7 +741,7 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
         }
         return;
     }
-    if let Some(m) = &app.message {
+    if let Some(m) = app.message() {
         let st = if m.error && p.color() {
             Style::new()
                 .fg(p.rgb((255, 120, 100)))
@@ -810,7 +810,7 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
     lines.push(("Mouse".into(), String::new(), true));
     lines.push((
         "click".into(),
-        if app.opts.mouse {
+        if app.opts().mouse {
             "select a cell or key (again: open it); wheel scrolls; --no-mouse turns this off".into()
         } else {
             "off (--no-mouse)".into()
@@ -818,7 +818,7 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
         false,
     ));
     let max_scroll = lines.len().saturating_sub(inner.height as usize);
-    let scroll = app.help_scroll.min(max_scroll);
+    let scroll = app.help_scroll().min(max_scroll);
     for (i, (k, d, head)) in lines
         .iter()
         .skip(scroll)
@@ -881,7 +881,7 @@ mod tests {
         let rows = app.rows();
         let row_of = |key: &str| {
             rows.iter()
-                .position(|&n| app.analysis.as_ref().unwrap().grid.nodes[n].path == key)
+                .position(|&n| app.analysis().unwrap().grid.nodes[n].path == key)
                 .unwrap() as u16
                 + l.grid.y
         };
@@ -992,9 +992,10 @@ mod tests {
         let (_, y) = find(&draw(&mut app, 80, 24), "source     step").unwrap();
         app.handle_mouse(click(3, y));
         assert_eq!(app.current_record(), Some(4));
-        assert_eq!(app.pane, Pane::Heatmap);
+        assert_eq!(app.pane(), Pane::Heatmap);
         // With --no-mouse, clicks do nothing.
-        app.opts.mouse = false;
+        let mut app = crate::tui::testing::app_with_mouse(ColorMode::TrueColor, false);
+        let _ = draw(&mut app, 80, 24);
         app.handle_mouse(click(l.grid.x + 4 * l.cw, l.grid.y + 1));
         assert_eq!(app.current_record(), Some(4));
     }
@@ -1026,7 +1027,7 @@ mod tests {
             let buf = draw(&mut app, w, h);
             let l = Layout::new(Rect::new(0, 0, w, h), &app);
             let text = words_in(&buf, l.summary);
-            let v = app.analysis.as_ref().unwrap().judgement.verdict.clone();
+            let v = app.analysis().unwrap().judgement.verdict.clone();
             assert!(
                 text.contains("verdict: numeric drift — DIVERGES · 10 pairs: 4 identical, 0 pass, 6 fail, 0 unknown · 0 only A, 1 only B"),
                 "{w}×{h}:\n{}",
@@ -1156,14 +1157,14 @@ mod tests {
             // Row 1 is sampler.x; column 4 is step 3: the first click selects it.
             let (x, y) = (l.grid.x + 4 * l.cw, l.grid.y + 1);
             app.handle_mouse(click(x, y));
-            assert_eq!(app.view, View::Overview);
+            assert_eq!(app.view(), View::Overview);
             assert_eq!(app.current_record(), Some(7));
             let buf2 = draw(&mut app, w, h);
             assert!(buf2[(x, y)].modifier.contains(Modifier::REVERSED));
             assert_ne!(buf, buf2);
             // The second opens it, as the help promises.
             app.handle_mouse(click(x, y));
-            assert_eq!(app.view, View::Layer);
+            assert_eq!(app.view(), View::Layer);
             let buf = draw(&mut app, w, h);
             assert!(
                 find(&buf, "Layer · sampler.x").is_some(),

@@ -112,14 +112,14 @@ fn cut(mut rows: Vec<Vec<Span>>, max: usize, width: usize) -> Vec<Vec<Span>> {
 pub fn lines(app: &App, width: u16, max_explain: usize, compact: bool) -> Summary {
     let p = app.palette();
     let w = width.saturating_sub(2) as usize;
-    let focused = app.pane == Pane::Summary;
+    let focused = app.pane() == Pane::Summary;
     let head = if focused {
         p.accent().add_modifier(Modifier::REVERSED)
     } else {
         p.accent()
     };
     let mut out = Summary::default();
-    let Some(a) = &app.analysis else {
+    let Some(a) = app.analysis() else {
         out.push(vec![vec![(" Summary ".into(), head)]], None);
         out.push(
             wrap(
@@ -194,7 +194,7 @@ pub fn lines(app: &App, width: u16, max_explain: usize, compact: bool) -> Summar
         );
     }
     for (i, f) in app.findings().iter().enumerate() {
-        let sel = focused && i == app.summary_sel;
+        let sel = focused && i == app.summary_sel();
         let base = if sel {
             Style::new().add_modifier(Modifier::REVERSED)
         } else {

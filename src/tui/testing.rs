@@ -17,6 +17,11 @@ use ratatui::layout::Rect;
 /// The report fixture's comparison in an app, with its one-sided `vae.decoder` record allowed
 /// (as in the report tests).
 pub fn app(mode: ColorMode) -> App {
+    app_with_mouse(mode, true)
+}
+
+/// [`app`] with mouse input on or off (`--no-mouse`).
+pub fn app_with_mouse(mode: ColorMode, mouse: bool) -> App {
     let mut app = App::new(AppOptions {
         a: "a.sdt".into(),
         b: "b.sdt".into(),
@@ -26,10 +31,17 @@ pub fn app(mode: ColorMode) -> App {
             ..Criteria::default()
         },
         palette: Palette::new(mode),
-        mouse: true,
+        mouse,
     });
     app.set_comparison(fixture(), Phase::Done);
     app
+}
+
+/// Press the key `c` (no modifiers); views are entered this way (`2` layer, `3` tensor, `4`
+/// noise, `5` image, `?` help), as a user would.
+pub fn press(app: &mut App, c: char) -> super::app::Effect {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    app.handle_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
 }
 
 /// One frame of `app` on a `w`×`h` terminal, as the event loop draws it.

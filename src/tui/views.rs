@@ -108,7 +108,7 @@ fn heading(p: &Palette, buf: &mut Buffer, area: Rect, y: u16, text: &str) -> u16
 }
 
 fn loading(app: &App, req: Option<Request>) -> Result<&Detail, String> {
-    match req.and_then(|r| app.details.get(&r)) {
+    match req.and_then(|r| app.detail(r)) {
         Some(Loadable::Ready(d)) => Ok(d),
         Some(Loadable::Loading) => Err("loading…".into()),
         Some(Loadable::Failed(e)) => Err(format!("cannot load: {e}")),
@@ -119,7 +119,7 @@ fn loading(app: &App, req: Option<Request>) -> Result<&Detail, String> {
 /// Error and norms of the selected row vs sampler step.
 pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
     let p = app.palette();
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let Some(n) = app.current_node() else { return };
     let g = &a.grid;
     let node = &g.nodes[n];
@@ -133,7 +133,7 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
         y,
         &format!(
             "{}{} vs step (log10) · Enter: tensor view of the selected step",
-            app.metric.name(),
+            app.metric().name(),
             if keys.len() > 1 {
                 format!(", worst of {} keys", keys.len())
             } else {
@@ -159,7 +159,7 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
             _ => {}
         }
         let rj = &a.judgement.records[i];
-        let t = match app.metric {
+        let t = match app.metric() {
             super::model::Metric::RelL2 => Some(rj.tol.rel),
             super::model::Metric::AbsErr => Some(rj.tol.abs),
             super::model::Metric::OverTol => Some(1.0),
@@ -209,13 +209,13 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
     let top_h = body.height * 3 / 5;
     let top = Rect::new(body.x, body.y, body.width, top_h);
     let bottom = Rect::new(body.x, body.y + top_h, body.width, body.height - top_h);
-    let cursor_x = g.step_of(app.col).map(|s| s as f64);
+    let cursor_x = g.step_of(app.col()).map(|s| s as f64);
     chart(
         &p,
         buf,
         top,
         steps,
-        &[(app.metric.name(), &err, 0), ("tolerance", &tol, 2)],
+        &[(app.metric().name(), &err, 0), ("tolerance", &tol, 2)],
         cursor_x,
     );
     chart(
@@ -331,7 +331,7 @@ fn spark(values: &[u64]) -> String {
 /// The selected record of both traces.
 pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
     let p = app.palette();
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let rec = app.current_record();
     let mut y = area.y;
     let Some(i) = rec else {
@@ -814,7 +814,7 @@ pub fn image(app: &App, area: Rect, buf: &mut Buffer) {
     let p = app.palette();
     let y = area.y;
     let x = heading(&p, buf, area, y, " Image ");
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let Some(i) = a.judgement.image else {
         put(
             buf,
@@ -886,10 +886,10 @@ pub fn image_areas(area: Rect) -> [Rect; 3] {
 
 /// The image view's loaded images, when the image view is showing them.
 pub fn shown_images(app: &App) -> Option<&ReportImages> {
-    if app.view != View::Image || app.help || app.prompt.is_some() {
+    if app.view() != View::Image || app.help() || app.prompt().is_some() {
         return None;
     }
-    let i = app.analysis.as_ref()?.judgement.image?;
+    let i = app.analysis()?.judgement.image?;
     match loading(app, Some(Request::Image(i))) {
         Ok(Detail::Image(d)) => Some(&d.images),
         _ => None,
@@ -901,7 +901,7 @@ mod tests {
     use super::*;
     use crate::dtype::DType;
     use crate::report::fixture::comparison as fixture;
-    use crate::tui::app::{Phase, View};
+    use crate::tui::app::Phase;
     use crate::tui::detail::{NoiseDetail, Side, TensorDetail, payload_diff};
     use crate::tui::palette::ColorMode;
     use ratatui::style::Color;
@@ -958,7 +958,7 @@ mod tests {
     #[test]
     fn layer_view_charts() {
         let mut app = app();
-        app.view = View::Layer;
+        crate::tui::testing::press(&mut app, '2');
         let buf = draw(&mut app);
         let t = text(&buf);
         assert!(t.contains("Layer · unet.mid_block"), "{t}");
@@ -1020,7 +1020,7 @@ mod tests {
             thumb_diff: None,
             note: None,
         };
-        app.view = View::Tensor;
+        crate::tui::testing::press(&mut app, '3');
         app.set_detail(Request::Tensor(4), Ok(Detail::Tensor(Box::new(detail))));
         let buf = draw(&mut app);
         let t = text(&buf);
@@ -1029,9 +1029,9 @@ mod tests {
         assert!(t.contains("|a−b|: 1 of 8 differ"), "{t}");
         assert!(t.contains("worst channels"), "{t}");
         assert!(t.contains("where: max |a−b| over 2×2"), "{t}");
-        // Loading state.
-        app.details.clear();
-        app.details.insert(Request::Tensor(4), Loadable::Loading);
+        // Loading state: what the tensor view shows before the detail arrives.
+        let mut app = self::app();
+        crate::tui::testing::press(&mut app, '3');
         let t = text(&draw(&mut app));
         assert!(t.contains("loading…"), "{t}");
     }
@@ -1039,7 +1039,7 @@ mod tests {
     #[test]
     fn noise_view_shows_the_prefix() {
         let mut app = app();
-        app.view = View::Noise;
+        crate::tui::testing::press(&mut app, '4');
         let mut buckets = vec![0.0f32; 100];
         for b in buckets.iter_mut().skip(30) {
             *b = 1.0;
@@ -1110,7 +1110,7 @@ mod tests {
         use crate::tui::testing::{SIZES, draw, screen_text, snapshot, words};
         for (w, h) in SIZES {
             let mut app = app();
-            app.view = View::Noise;
+            crate::tui::testing::press(&mut app, '4');
             let text = noise_detail(&mut app);
             let buf = draw(&mut app, w, h);
             let shown = words(&buf);
@@ -1150,7 +1150,7 @@ mod tests {
             c.records.retain(|r| r.step.is_none_or(|s| s <= 1));
             let mut two = app();
             two.set_comparison(c, Phase::Done);
-            two.view = View::Layer;
+            crate::tui::testing::press(&mut two, '2');
             let buf = draw(&mut two, w, h);
             let t = screen_text(&buf);
             let axis: Vec<&str> = t
@@ -1165,7 +1165,7 @@ mod tests {
             // Five steps: every braille cell of the tolerance line lies inside the plot, right
             // of the y axis and above the x axis.
             let mut app = app();
-            app.view = View::Layer;
+            crate::tui::testing::press(&mut app, '2');
             let buf = draw(&mut app, w, h);
             let t = screen_text(&buf);
             let tol_colour = app.palette().series(2);
