@@ -1665,10 +1665,10 @@ mod tests {
                 '\x08' => KeyCode::Backspace,
                 '\x1b' => KeyCode::Esc,
                 '\t' => KeyCode::Tab,
-                _ if seed % 7 == 0 => KeyCode::Enter,
+                _ if seed.is_multiple_of(7) => KeyCode::Enter,
                 c => KeyCode::Char(c),
             };
-            if seed % 5 == 0 {
+            if seed.is_multiple_of(5) {
                 let (w, h) = (40 + (seed % 200) as u16, 10 + (seed % 60) as u16);
                 app.resize(Rect::new(0, 0, w, h));
             }

@@ -377,6 +377,65 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
     let cw = l.cw.max(1);
     let ncols = g.columns();
     let vis_cols = l.heat_cols().min(ncols.saturating_sub(app.scroll_col()));
+    let h = Heat {
+        app,
+        l,
+        p,
+        g,
+        rows: &rows,
+        cw,
+        ncols,
+        vis_cols,
+        focused,
+    };
+    step_header(&h, buf);
+    heat_rows(&h, buf);
+    scroll_hints(&h, buf);
+    let filtered = !app.filter().is_empty();
+    if rows.is_empty() {
+        put(
+            buf,
+            l.grid,
+            l.grid.x,
+            l.grid.y,
+            if filtered {
+                "no key matches the filter (Esc clears it)"
+            } else {
+                "no records"
+            },
+            p.dim(),
+        );
+    }
+}
+
+/// What the parts of the heatmap share: the app, the frame's layout and the visible window.
+#[derive(Clone, Copy)]
+struct Heat<'a> {
+    app: &'a App,
+    l: &'a Layout,
+    p: Palette,
+    g: &'a super::model::Grid,
+    /// The visible rows' nodes.
+    rows: &'a [usize],
+    /// Columns per cell.
+    cw: u16,
+    ncols: usize,
+    /// Grid columns that fit from the scroll offset.
+    vis_cols: usize,
+    focused: bool,
+}
+
+/// The step numbers above the cells.
+fn step_header(h: &Heat<'_>, buf: &mut Buffer) {
+    let Heat {
+        app,
+        l,
+        p,
+        g,
+        cw,
+        vis_cols,
+        ..
+    } = *h;
     // Step header: a label where it fits.
     let mut next_free = l.header.x;
     for vc in 0..vis_cols {
@@ -392,6 +451,22 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             next_free = put(buf, l.header, x, l.header.y, &text, st) + 1;
         }
     }
+}
+
+/// The rows: status mark, fold mark and label, then the cells.
+fn heat_rows(h: &Heat<'_>, buf: &mut Buffer) {
+    let Heat {
+        app,
+        l,
+        p,
+        g,
+        rows,
+        cw,
+        ncols,
+        vis_cols,
+        focused,
+        ..
+    } = *h;
     // Rows.
     let scale = app.scale();
     let filtered = !app.filter().is_empty();
@@ -478,6 +553,19 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             }
         }
     }
+}
+
+/// Arrows where rows or columns are scrolled out of view.
+fn scroll_hints(h: &Heat<'_>, buf: &mut Buffer) {
+    let Heat {
+        app,
+        l,
+        p,
+        rows,
+        ncols,
+        vis_cols,
+        ..
+    } = *h;
     // Scroll hints.
     if app.scroll_row() > 0 {
         put(
@@ -510,20 +598,6 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             l.header.y,
             "→",
             p.accent(),
-        );
-    }
-    if rows.is_empty() {
-        put(
-            buf,
-            l.grid,
-            l.grid.x,
-            l.grid.y,
-            if filtered {
-                "no key matches the filter (Esc clears it)"
-            } else {
-                "no records"
-            },
-            p.dim(),
         );
     }
 }
