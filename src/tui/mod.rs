@@ -5,14 +5,15 @@
 //! findings, a step × layer heatmap, and layer, tensor, noise and image views. The module is
 //! split so that everything but this file is pure and testable without a terminal:
 //! [`keys`] (the one key table behind dispatch, footer and help), [`model`] (heatmap grid and
-//! key tree), [`app`] (state and transitions), [`layout`], [`render`] and [`views`] (state →
-//! ratatui buffer), [`palette`] (colours, `NO_COLOR`), [`detail`] (view data from bytes) and
-//! [`loader`] (background threads). This file is the edge: it owns the terminal (raw mode,
+//! key tree), [`app`] (state and transitions), [`layout`], [`summary`], [`render`] and
+//! [`views`] (state → ratatui buffer), [`palette`] (colours, `NO_COLOR`), [`detail`] (view
+//! data from bytes) and [`loader`] (background threads); `testing` holds the unit tests'
+//! fixture app and snapshots. This file is the edge: it owns the terminal (raw mode,
 //! alternate screen, mouse capture), restores it on every exit path — normal quit, error,
 //! panic, SIGINT — and runs the event loop ([`Session`]: draw, perform an effect, take a
 //! background message), which never blocks on the analysis: the first frame is drawn from the
-//! opened indexes before any record is read. No tensor library type is
-//! used anywhere in this module.
+//! opened indexes before any record is read. No tensor library type is used anywhere in this
+//! module.
 
 pub mod app;
 pub mod detail;
