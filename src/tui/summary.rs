@@ -9,9 +9,9 @@
 //! least one row; the explanation is cut (ending in `…`) only to `max_explain` rows, and a
 //! finding only in compact mode.
 
-use super::app::{App, Pane};
+use super::app::{Analysis, App, Pane};
 use super::render::put;
-use crate::analysis::Status;
+use crate::analysis::{Comparison, Status};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Modifier, Style};
@@ -155,34 +155,7 @@ pub fn lines(app: &App, width: u16, max_explain: usize, compact: bool) -> Summar
         None,
     );
     let v = &j.verdict;
-    let vstyle = p.status(Some(if v.passed { Status::Pass } else { Status::Fail }));
-    let k = &j.counts;
-    out.push(
-        wrap(
-            &[
-                (
-                    format!("verdict: {} — {}", v.class.name(), v.outcome_loud()),
-                    vstyle.add_modifier(Modifier::BOLD),
-                ),
-                (
-                    format!(
-                        " · {} pairs: {} identical, {} pass, {} fail, {} unknown · {} only A, {} only B",
-                        c.records.len(),
-                        k.identical,
-                        k.pass,
-                        k.fail,
-                        k.unknown,
-                        c.only_a.len(),
-                        c.only_b.len()
-                    ),
-                    p.dim(),
-                ),
-            ],
-            w,
-            2,
-        ),
-        None,
-    );
+    out.push(wrap(&verdict_spans(app, a), w, 2), None);
     if !v.summary.is_empty() && max_explain > 0 {
         out.push(
             cut(
@@ -214,6 +187,50 @@ pub fn lines(app: &App, width: u16, max_explain: usize, compact: bool) -> Summar
         );
         out.push(if compact { cut(rows, 1, w) } else { rows }, Some(i));
     }
+    let notes = header_notes(c);
+    if !notes.is_empty() {
+        out.push(
+            wrap(
+                &[(format!("headers: {}", notes.join(" · ")), p.dim())],
+                w,
+                2,
+            ),
+            None,
+        );
+    }
+    out
+}
+
+/// The verdict and the pair counts.
+fn verdict_spans(app: &App, a: &Analysis) -> Vec<Span> {
+    let p = app.palette();
+    let (c, j) = (&a.comparison, &a.judgement);
+    let v = &j.verdict;
+    let vstyle = p.status(Some(if v.passed { Status::Pass } else { Status::Fail }));
+    let k = &j.counts;
+    vec![
+        (
+            format!("verdict: {} — {}", v.class.name(), v.outcome_loud()),
+            vstyle.add_modifier(Modifier::BOLD),
+        ),
+        (
+            format!(
+                " · {} pairs: {} identical, {} pass, {} fail, {} unknown · {} only A, {} only B",
+                c.records.len(),
+                k.identical,
+                k.pass,
+                k.fail,
+                k.unknown,
+                c.only_a.len(),
+                c.only_b.len()
+            ),
+            p.dim(),
+        ),
+    ]
+}
+
+/// Header fields that differ, and what either trace lacks.
+fn header_notes(c: &Comparison) -> Vec<String> {
     let mut notes: Vec<String> = c
         .header_diffs
         .iter()
@@ -232,17 +249,7 @@ pub fn lines(app: &App, width: u16, max_explain: usize, compact: bool) -> Summar
             notes.push(format!("{name}{n}"));
         }
     }
-    if !notes.is_empty() {
-        out.push(
-            wrap(
-                &[(format!("headers: {}", notes.join(" · ")), p.dim())],
-                w,
-                2,
-            ),
-            None,
-        );
-    }
-    out
+    notes
 }
 
 /// Draw `s` into `area`: the first row from the pane's edge, the others one column in.
@@ -253,5 +260,41 @@ pub fn draw(s: &Summary, area: Rect, buf: &mut Buffer) {
         for (text, style) in row {
             x = put(buf, area, x, y, text, *style);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(rows: &[Vec<Span>]) -> Vec<String> {
+        rows.iter()
+            .map(|r| r.iter().map(|(t, _)| t.as_str()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn wrap_fits_the_width_and_keeps_styles() {
+        let bold = Style::new().add_modifier(Modifier::BOLD);
+        let rows = wrap(
+            &[
+                ("verdict: drift".into(), bold),
+                (" · 10 pairs: 4 identical, 6 fail".into(), Style::new()),
+            ],
+            20,
+            2,
+        );
+        assert_eq!(
+            text(&rows),
+            ["verdict: drift · 10", "  pairs: 4", "  identical, 6 fail"]
+        );
+        assert!(rows.iter().flatten().all(|(t, _)| t.chars().count() <= 20));
+        assert_eq!(rows[0][0], ("verdict: drift".to_string(), bold));
+        // A word longer than the width keeps a row of its own (the drawing clips it).
+        let long = wrap(&[("a verylongword b".into(), Style::new())], 6, 0);
+        assert_eq!(text(&long), ["a", "verylongword", "b"]);
+        // Cutting ends the last kept row with an ellipsis, within the width.
+        let cut_rows = cut(wrap(&[("one two three four".into(), bold)], 8, 0), 1, 8);
+        assert_eq!(text(&cut_rows), ["one two…"]);
     }
 }
