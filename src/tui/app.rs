@@ -792,53 +792,10 @@ impl App {
                 }
             }
             Action::Enter => return self.enter(),
-            Action::Toggle => {
-                let group = self.current_node().filter(|&n| {
-                    self.analysis
-                        .as_ref()
-                        .is_some_and(|a| !a.grid.nodes[n].children.is_empty())
-                });
-                match group {
-                    Some(n) if self.filter.is_empty() => {
-                        let on = !self.is_expanded(n);
-                        self.set_expanded(n, on);
-                    }
-                    Some(_) => self.say("clear the filter (Esc) to fold the key tree", false),
-                    None => {}
-                }
-            }
-            Action::Back => {
-                if self.help {
-                    self.help = false;
-                } else if let Some(v) = self.back.pop() {
-                    self.view = v;
-                } else if self.view != View::Overview {
-                    self.view = View::Overview;
-                } else if self.pane == Pane::Summary {
-                    self.pane = Pane::Heatmap;
-                } else if !self.filter.is_empty() {
-                    let here = self.cursor_place();
-                    self.filter.clear();
-                    if let Some((p, s)) = here {
-                        self.place_cursor(&p, s);
-                    }
-                }
-            }
-            Action::FirstExceed => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.first_exceed);
-                self.jump(t, "no record is over tolerance");
-            }
-            Action::Source => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.source);
-                self.jump(t, "no record creates error");
-            }
-            Action::Onset => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.onset);
-                self.jump(t, "the latent error does not grow step over step");
-            }
-            Action::FirstDiff => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.first_diff);
-                self.jump(t, "every record is bit-identical");
+            Action::Toggle => self.toggle(),
+            Action::Back => self.go_back(),
+            Action::FirstExceed | Action::Source | Action::Onset | Action::FirstDiff => {
+                self.jump_to(action)
             }
             Action::NextFail | Action::PrevFail => self.next_fail(action == Action::NextFail),
             Action::CycleMetric => {
@@ -872,24 +829,8 @@ impl App {
                     None => self.say("no record under the cursor to export", true),
                 }
             }
-            Action::ExpandAll => {
-                if let Some(a) = &self.analysis {
-                    self.toggled = a
-                        .grid
-                        .nodes
-                        .iter()
-                        .filter(|n| n.depth > 0 && !n.children.is_empty())
-                        .map(|n| n.path.clone())
-                        .collect();
-                }
-            }
-            Action::CollapseAll => {
-                let here = self.cursor_place();
-                self.toggled.clear();
-                if let Some((p, s)) = here {
-                    self.place_cursor(&p, s);
-                }
-            }
+            Action::ExpandAll => self.expand_all(true),
+            Action::CollapseAll => self.expand_all(false),
             Action::ViewOverview => self.switch(View::Overview),
             Action::ViewLayer => self.switch(View::Layer),
             Action::ViewTensor => {
@@ -915,6 +856,85 @@ impl App {
             return self.load_for_view();
         }
         Effect::None
+    }
+
+    /// `+`: every group open; `-`: back to the default (top level open), keeping the cursor's
+    /// key and step.
+    fn expand_all(&mut self, open: bool) {
+        if open {
+            if let Some(a) = &self.analysis {
+                self.toggled = a
+                    .grid
+                    .nodes
+                    .iter()
+                    .filter(|n| n.depth > 0 && !n.children.is_empty())
+                    .map(|n| n.path.clone())
+                    .collect();
+            }
+        } else {
+            let here = self.cursor_place();
+            self.toggled.clear();
+            if let Some((p, s)) = here {
+                self.place_cursor(&p, s);
+            }
+        }
+    }
+
+    /// Space: fold or unfold the group under the cursor (not while filtering: no tree then).
+    fn toggle(&mut self) {
+        let group = self.current_node().filter(|&n| {
+            self.analysis
+                .as_ref()
+                .is_some_and(|a| !a.grid.nodes[n].children.is_empty())
+        });
+        match group {
+            Some(n) if self.filter.is_empty() => {
+                let on = !self.is_expanded(n);
+                self.set_expanded(n, on);
+            }
+            Some(_) => self.say("clear the filter (Esc) to fold the key tree", false),
+            None => {}
+        }
+    }
+
+    /// Esc: close help, go back a view, leave the summary pane, or clear the filter.
+    fn go_back(&mut self) {
+        if self.help {
+            self.help = false;
+        } else if let Some(v) = self.back.pop() {
+            self.view = v;
+        } else if self.view != View::Overview {
+            self.view = View::Overview;
+        } else if self.pane == Pane::Summary {
+            self.pane = Pane::Heatmap;
+        } else if !self.filter.is_empty() {
+            let here = self.cursor_place();
+            self.filter.clear();
+            if let Some((p, s)) = here {
+                self.place_cursor(&p, s);
+            }
+        }
+    }
+
+    /// `f`, `s`, `a`, `d`: the cursor to a finding, or a message saying there is none.
+    fn jump_to(&mut self, action: Action) {
+        let f = self.analysis.as_ref().map(|a| &a.findings);
+        let (target, none) = match action {
+            Action::FirstExceed => (
+                f.and_then(|f| f.first_exceed),
+                "no record is over tolerance",
+            ),
+            Action::Source => (f.and_then(|f| f.source), "no record creates error"),
+            Action::Onset => (
+                f.and_then(|f| f.onset),
+                "the latent error does not grow step over step",
+            ),
+            _ => (
+                f.and_then(|f| f.first_diff),
+                "every record is bit-identical",
+            ),
+        };
+        self.jump(target, none);
     }
 
     fn switch(&mut self, v: View) {
