@@ -29,6 +29,7 @@ fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
         syntax: PromptSyntax::A1111,
         steps,
         sampler: SamplerKind::DpmPp2mKarras,
+        sampler_impl: Default::default(),
         cfg_scale: 7.0,
         seed: 1,
         rng: RngSpec::Sdtrace,

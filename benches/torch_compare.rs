@@ -12,7 +12,7 @@
 use candle_core::{DType, Device, Tensor};
 use sdtrace::model::attention::{AttentionImpl, Numerics};
 use sdtrace::model::config::UNetConfig;
-use sdtrace::model::unet::UNet;
+use sdtrace::model::unet::{Added, UNet};
 use sdtrace::probe::Probe;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -61,16 +61,25 @@ fn main() {
         .unwrap()
         .to_vec1::<f32>()
         .unwrap()[0] as f64;
+    // SDXL: the pooled text embedding and size/crop ids.
+    let added = match (inputs.get("text_embeds"), inputs.get("time_ids")) {
+        (Some(p), Some(ids)) => Some(Added {
+            text_embeds: p.clone(),
+            time_ids: ids.clone(),
+        }),
+        _ => None,
+    };
     let probe = Probe::disabled();
     let mut times = Vec::new();
     let mut out = None;
     for i in 0..warmup + iters {
         let t = Instant::now();
         let o = unet
-            .forward(
+            .forward_added(
                 &inputs["sample"],
                 timestep,
                 &inputs["encoder_hidden_states"],
+                added.as_ref(),
                 &probe,
             )
             .unwrap();

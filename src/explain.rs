@@ -700,7 +700,7 @@ fn widget_names(class: &str) -> &'static [&'static str] {
 }
 
 /// The generation of a ComfyUI editor workflow (the PNG's `workflow` text), converted to the
-/// API form: widget values by position for the node types [`widget_names`] knows, links from
+/// API form: widget values by position for the node types `widget_names` knows, links from
 /// the workflow's link table.
 ///
 /// # Errors

@@ -1,9 +1,10 @@
 //! The `sdtrace` command line: clap parsing, output at the edge, exit codes.
 //!
 //! Exit codes are an API: 0 success (for `report`: within tolerance), 1 divergence found,
-//! 2 bad usage or unreadable input, 3 traces not comparable, 4 a recording stopped early,
-//! 5 a recording failed mid-run. Nothing below `main` calls `process::exit`, except the
-//! second Ctrl-C of a recording, which quits at once with 130.
+//! 2 bad usage, unreadable or damaged input, 3 traces not comparable, 4 a recording stopped
+//! early (or, for `report`, an incomplete comparison), 5 a recording failed mid-run, 6 a
+//! recording failed and its trace could not be closed. Nothing below `main` calls
+//! `process::exit`, except the second Ctrl-C of a recording, which quits at once with 130.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ use sdtrace::analysis::{
     AllowMissing, CompareOptions, Comparison, Criteria, FailOn, KeyMap, PairRecord, TolConfig,
     compare_paths, judge,
 };
+use sdtrace::escape::printable;
 use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
 use sdtrace::image::ImageTensor;
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
@@ -28,10 +30,14 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success (report: the traces agree within tolerance)
   1  the traces diverge beyond tolerance (report; what counts is chosen by --fail-on)
-  2  bad usage, or an input file that cannot be read or is damaged
+  2  bad usage, or an input file that cannot be read or is damaged (ls and info --verify
+     still print every record that checks, then name the damaged ones)
   3  the traces are not comparable: different model, size, sampler, steps or shapes (report)
-  4  a recording stopped early (Ctrl-C, --stop-on-nan); the trace is valid and marked so
+  4  a recording stopped early (Ctrl-C, SIGTERM, --stop-on-nan); the trace is valid and
+     marked so. report: incomplete (records missing or damaged on one side)
   5  an error during a recording; the trace is valid and marked failed
+  6  an error during a recording, and the trace could not be closed either (a full disk): it
+     holds every record written before the error, but no run-end and no index
   130 a second Ctrl-C during a recording: quit at once (the trace is readable up to the last step)";
 
 #[derive(Parser)]
@@ -103,7 +109,9 @@ enum Command {
         /// Output folder (created; existing files in it are replaced), or file with --format ldm
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32)
+        /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32);
+        /// sdxl-tiny: SDXL's structure (two text encoders, text_time UNet) at tiny widths; sdxl:
+        /// SDXL base's real shapes (10 GB of f32). SDXL sizes are diffusers folders only
         #[arg(long, default_value = "tiny", value_name = "SIZE")]
         size: sdtrace::model::synth::SynthSize,
         /// Seed of the weights
@@ -293,8 +301,9 @@ Exit codes:
   1  the traces diverge (what counts is chosen by --fail-on)
   2  bad usage, or an input file that cannot be read or is damaged
   3  the traces are not comparable: different model, size, sampler, steps or shapes
-  4  incomplete: records on one side only, a truncated file, or a run that was interrupted,
-     failed or never said it finished (--allow-missing relaxes this; the report says so)";
+  4  incomplete: records on one side only, a truncated or damaged file (a record that fails
+     its checks counts as missing), or a run that was interrupted, failed or never said it
+     finished (--allow-missing relaxes this; the report says so)";
 
 /// mimalloc, told to keep freed memory for reuse ([`sdtrace::host::keep_freed_memory`]).
 #[global_allocator]
@@ -312,10 +321,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error for the terminal: its chain of causes, each said once (an I/O error's text is
+/// often part of the message that wraps it), with control characters escaped (messages quote
+/// keys and paths from the inputs; the message's own line breaks stay).
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    let lines: Vec<_> = text.split('\n').map(printable).collect();
+    lines.join("\n")
 }
 
 /// Print to stdout; a closed pipe (`| head`) is not an error.
@@ -374,13 +398,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let r = TraceReader::open(&trace)?;
             let mut info = trace_info(&r);
             if verify {
-                info.verified = Some(r.verify()?);
+                info.verify(&r);
             }
             emit(&if json {
                 json_text(&info_json(&info))
             } else {
                 render_info(&info)
             })?;
+            if verify && !info.damage.is_empty() {
+                eprintln!(
+                    "error: {}: damaged: {} part{} failed {} checks (listed above); the other records are readable",
+                    printable(&trace.display().to_string()),
+                    info.damage.len(),
+                    if info.damage.len() == 1 { "" } else { "s" },
+                    if info.damage.len() == 1 {
+                        "its"
+                    } else {
+                        "their"
+                    },
+                );
+                return Ok(ExitCode::from(2));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls {
@@ -390,12 +428,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let r = TraceReader::open(&trace)?;
-            let rows = ls_rows(&r, &LsFilter { key, step })?;
+            let listing = ls_rows(&r, &LsFilter { key, step });
             emit(&if json {
-                json_text(&ls_json(&rows))
+                json_text(&ls_json(&listing.rows))
             } else {
-                render_ls(&rows)
+                render_ls(&listing.rows)
             })?;
+            let damaged: Vec<String> = r
+                .damage()
+                .iter()
+                .map(|d| format!("byte offset {}: {}", d.offset, d.what))
+                .chain(listing.damaged)
+                .collect();
+            if !damaged.is_empty() {
+                eprintln!(
+                    "error: {}: damaged: {} part{} failed {} checks and {} not listed; the {} listed records check:",
+                    printable(&trace.display().to_string()),
+                    damaged.len(),
+                    if damaged.len() == 1 { "" } else { "s" },
+                    if damaged.len() == 1 { "its" } else { "their" },
+                    if damaged.len() == 1 { "is" } else { "are" },
+                    listing.rows.len()
+                );
+                for d in &damaged {
+                    eprintln!("  {}", printable(d));
+                }
+                return Ok(ExitCode::from(2));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth {

@@ -282,13 +282,53 @@ fn not_applied_reason(key: &str, sampler: Option<SamplerKind>) -> Option<String>
     })
 }
 
+/// Settings keys whose presence marks a line as meant for settings.
+const SETTINGS_KEYS: [&str; 7] = [
+    "Steps",
+    "Sampler",
+    "CFG scale",
+    "Seed",
+    "Size",
+    "Model hash",
+    "Schedule type",
+];
+
+/// Refuse an infotext whose last line names generation settings (`Steps: abc, Size: 0x0`) but
+/// has fewer than the 3 `Key: value` fields the webui needs to read it as settings: the webui
+/// (and [`parse_infotext`], which follows it) would take that line for the prompt and run
+/// with default settings, which is not what whoever wrote it meant.
+pub fn check_settings_line(text: &str) -> Result<(), ImageError> {
+    let last = text.trim().rsplit('\n').next().unwrap_or_default().trim();
+    let pairs = crate::image::param_pairs(last);
+    let named: Vec<&str> = pairs
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| SETTINGS_KEYS.contains(k))
+        .collect();
+    if !named.is_empty() && pairs.len() < 3 {
+        return Err(ImageError::Infotext {
+            field: "settings line".into(),
+            what: format!(
+                "the last line '{}' names {} but has {} 'Key: value' field{}; the webui reads a settings line only from 3 fields on (such as Steps: 20, Sampler: Euler a, Seed: 1) and would take this one for the prompt. Complete the settings line, or give the text with --prompt",
+                crate::escape::printable(last),
+                named.join(", "),
+                pairs.len(),
+                if pairs.len() == 1 { "" } else { "s" }
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl InfotextSettings {
     /// Type an infotext's fields (see the module documentation).
     ///
     /// # Errors
-    /// A typed field with an unreadable value ([`ImageError::Infotext`] names it) or a size
-    /// that is not a multiple of 8.
+    /// A typed field with an unreadable value ([`ImageError::Infotext`] names it), a size
+    /// that is not a multiple of 8, or a last line that names settings but does not parse as
+    /// a settings line ([`check_settings_line`]).
     pub fn parse(text: &str) -> Result<Self, ImageError> {
+        check_settings_line(text)?;
         let p = parse_infotext(text)?;
         let mut out = InfotextSettings::default();
         let field = |key: &str, value: &str, note: String| Field {
@@ -677,13 +717,29 @@ mod tests {
         );
         assert_eq!(sdtrace_rng_value("mt19937"), None);
         // A command-line choice settles the account.
-        let mut g = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler").unwrap();
+        let mut g = InfotextSettings::parse("x\nSteps: 2, Sampler: Euler, Seed: 1").unwrap();
         g.overridden("RNG", "--card");
         assert!(
             g.not_applied[0]
                 .note
                 .ends_with("--card given on the command line decides")
         );
+    }
+
+    #[test]
+    fn a_short_line_that_names_settings_is_refused() {
+        for text in [
+            "Steps: abc, Size: 0x0",
+            "a cat\nSteps: 20",
+            "a cat\nNegative prompt: ugly\nSeed: 1, Size: 512x512",
+        ] {
+            let e = InfotextSettings::parse(text).unwrap_err().to_string();
+            assert!(e.contains("settings line") && e.contains("3 fields"), "{e}");
+        }
+        // A prompt that merely has a colon, and a whole settings line, are fine.
+        assert!(InfotextSettings::parse("a cat: sitting, photo").is_ok());
+        let ok = InfotextSettings::parse("a cat\nSteps: 3, Seed: 1, Size: 64x64").unwrap();
+        assert_eq!(ok.steps, Some(3));
     }
 
     #[test]

@@ -208,7 +208,8 @@ fn truncated_trace_reports_survivors() {
         "{text}"
     );
     stdout(sdtrace().arg("ls").arg(&cut));
-    // A damaged record frame fails ls with the byte offset.
+    // A damaged record frame fails ls (exit 2) with the byte offset; the other records are
+    // still listed.
     let mut flipped = b.clone();
     let r = sdtrace::trace::TraceReader::open(example()).unwrap();
     let at = r.entries()[3].record_offset as usize + 20;
@@ -216,8 +217,20 @@ fn truncated_trace_reports_survivors() {
     std::fs::write(&cut, &flipped).unwrap();
     let e = fails(sdtrace().arg("ls").arg(&cut));
     assert!(e.contains("byte offset") && e.contains("checksum"), "{e}");
-    let e = fails(sdtrace().args(["info", "--verify"]).arg(&cut));
-    assert!(e.contains("checksum"), "{e}");
+    let out = sdtrace()
+        .args(["info", "--verify"])
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("DAMAGED") && text.contains("checksum"),
+        "{text}"
+    );
+    // A file that only ends early is truncated, not damaged: --verify passes.
+    std::fs::write(&cut, &b[..b.len() * 2 / 3]).unwrap();
+    stdout(sdtrace().args(["info", "--verify"]).arg(&cut));
 }
 
 #[test]

@@ -466,6 +466,41 @@ fn a1111_batching_follows_the_webui() {
         meta(&webui, "unet.conv_out", Some(0), 0).shape,
         [2, 4, 8, 8]
     );
+    // The webui's [cond; uncond] rows are stored [uncond; cond]: the UNet's records pair the
+    // right halves, and the report finds nothing between the two batch orders.
+    for key in ["unet.conv_in", "unet.mid_block", "unet.conv_out"] {
+        let (a, b) = (meta(&ours, key, Some(0), 0), meta(&webui, key, Some(0), 0));
+        assert_eq!(a.summary.bits_hash, b.summary.bits_hash, "{key}");
+        assert_eq!(a.sketch, b.sketch, "{key}");
+    }
+    let s = &webui.header().settings.extra;
+    assert_eq!(
+        (s["cfg_rows"].as_str(), s["cfg_rows_stored"].as_str()),
+        (Some("cond,uncond"), Some("uncond,cond"))
+    );
+    let report = Command::cargo_bin("sdtrace")
+        .unwrap()
+        .args(["report", "--format", "json"])
+        .arg(dir.path().join("a.sdt"))
+        .arg(dir.path().join("b.sdt"))
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        report.status.code(),
+        Some(0),
+        "{}",
+        json["verdict"]["summary"]
+    );
+    assert!(
+        json["header_diffs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["field"] == "settings.cfg_rows" && d["structural"] == false),
+        "{}",
+        json["header_diffs"]
+    );
     assert!(
         webui.header().settings.extra["numerics"]["cond_uncond"]
             .as_str()

@@ -441,3 +441,86 @@ fn only_rules_naming_fine_points_record_them() {
     }
     assert!(!k.iter().any(|k| k.ends_with(".attn2.probs")));
 }
+
+/// The folder's `scheduler_config.json` is validated on every recording: nonsense is refused
+/// with the file and key named; betas that are not SD's are refused by the k-diffusion sampler
+/// and followed by `--sampler-impl diffusers`, whose header says what it ran.
+#[test]
+fn the_scheduler_config_is_validated_and_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("model");
+    sdtrace::model::synth::write_model(&folder, sdtrace::model::synth::SynthSize::Tiny, 3).unwrap();
+    let config = folder.join("scheduler/scheduler_config.json");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let record = |args: &[&str], out: &str| {
+        let o = sdtrace()
+            .arg("record")
+            .arg("--model")
+            .arg(&folder)
+            .args([
+                "--size", "64x64", "--steps", "3", "--seed", "1", "-q", "--no-png",
+            ])
+            .args(args)
+            .arg("-o")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for (from, to, key) in [
+        ("\"beta_start\":0.00085", "\"beta_start\":-1", "beta_start"),
+        (
+            "\"num_train_timesteps\":1000",
+            "\"num_train_timesteps\":0",
+            "num_train_timesteps",
+        ),
+        (
+            "\"prediction_type\":\"epsilon\"",
+            "\"prediction_type\":\"sample\"",
+            "prediction_type",
+        ),
+    ] {
+        let compact = original.replace([' ', '\n'], "");
+        assert!(compact.contains(from), "{compact}");
+        std::fs::write(&config, compact.replace(from, to)).unwrap();
+        let (code, err) = record(&[], "bad.sdt");
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("scheduler_config.json") && err.contains(key),
+            "{err}"
+        );
+        assert!(!dir.path().join("bad.sdt").exists());
+    }
+    std::fs::write(&config, original.replace("0.00085", "0.001")).unwrap();
+    let (code, err) = record(&[], "kd.sdt");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--sampler-impl diffusers"), "{err}");
+    let (code, err) = record(
+        &["--sampler", "ddim", "--sampler-impl", "diffusers"],
+        "d.sdt",
+    );
+    assert_eq!(code, 0, "{err}");
+    let t = TraceReader::open(dir.path().join("d.sdt")).unwrap();
+    let s = &t.header().settings;
+    assert_eq!(s.extra["sampler_impl"], "diffusers");
+    assert_eq!(s.extra["sampler_params"]["scheduler"]["beta_start"], 0.001);
+    assert_eq!(s.extra["timesteps"], serde_json::json!([667.0, 334.0, 1.0]));
+    assert_eq!(s.extra["init_sigma"], 1.0);
+    for (args, what) in [
+        (
+            &["--sampler", "euler-a", "--sampler-impl", "diffusers"][..],
+            "euler-a",
+        ),
+        (
+            &["--sampler-impl", "diffusers", "--cfg", "1"][..],
+            "--cfg above 1",
+        ),
+    ] {
+        let (code, err) = record(args, "no.sdt");
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(what), "{err}");
+    }
+}

@@ -361,6 +361,9 @@ fn diff_in_a_terminal_finds_the_planted_divergence() {
             .trim(),
         "1"
     );
+    // The first cursor stands on the first exceedance, found by the payload pass after the
+    // first frame (#24: it stayed on whatever row the summaries pass had put it).
+    t.wait_for(&format!("step 2 · {key} · FAIL"), 10);
     // Move away, then jump to the first exceedance.
     t.cmd(&["send-keys", "-t", "diff", "g"]);
     t.wait_for("· not recorded here", 10);

@@ -2,6 +2,7 @@
 # Our UNet forward vs diffusers/PyTorch on this CPU (issue #11), in one run.
 #
 #   benches/pytorch/compare.sh [RES ...]        # default: 512 832
+#   SDTRACE_BENCH_ARCH=sdxl benches/pytorch/compare.sh 1024   # SDXL's UNet (sdxl-tiny: tiny widths)
 #
 # First use: creates a venv with torch, diffusers, safetensors and numpy from PyPI (nothing else
 # is downloaded: the SD 1.5-shaped model has random weights made by torch_unet.py gen). The work
@@ -15,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 work="${SDTRACE_TORCH_WORK:-${HOME:-/tmp}/.cache/sdtrace-bench}"
 venv="$work/venv"
-root="$work/sd15-random"
+arch="${SDTRACE_BENCH_ARCH:-sd15}"  # sd15, sdxl or sdxl-tiny
+root="$work/$arch-random"
 py="$venv/bin/python"
 script=benches/pytorch/torch_unet.py
 rounds="${SDTRACE_BENCH_ROUNDS:-1}"
@@ -29,8 +31,8 @@ if ! "$py" -c 'import torch, diffusers, safetensors' 2>/dev/null; then
   "$venv/bin/pip" install -q torch diffusers safetensors numpy
 fi
 if [ ! -f "$root/unet/config.json" ]; then
-  echo "generating the random SD 1.5-shaped UNet in $root" >&2
-  "$py" "$script" gen --root "$root"
+  echo "generating the random $arch-shaped UNet in $root" >&2
+  "$py" "$script" gen --root "$root" --arch "$arch"
 fi
 cargo bench --bench torch_compare --no-run -q 2>/dev/null || cargo bench --bench torch_compare --no-run
 

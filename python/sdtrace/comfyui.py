@@ -161,6 +161,8 @@ class _Run:
                 "capture": self.settings["capture"],
                 "host": host,
                 "numerics": {"cond_uncond": host["cond_uncond"]},
+                "cfg_rows": "uncond,cond",
+                "cfg_rows_stored": "uncond,cond",
             },
             "device": _device(noise),
         }
@@ -225,7 +227,13 @@ class _Run:
         labels = list(options.get("cond_or_uncond") or [])
         s.set_step(self.step, self.evals)
         self.evals += 1
-        out = executor(x, timesteps, context, *args, **kwargs)
+        # 0 = cond, 1 = uncond: a [cond; uncond] call of equal halves is stored [uncond; cond].
+        halves = len(labels) == 2 and x.shape[0] % 2 == 0
+        s.cond_first(halves and labels == [0, 1])
+        try:
+            out = executor(x, timesteps, context, *args, **kwargs)
+        finally:
+            s.cond_first(False)
 
         def rows():
             for label, t in ldm_host.split_rows(out, labels).items():

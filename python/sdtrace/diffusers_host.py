@@ -127,6 +127,56 @@ def _numerics_flags():
     }
 
 
+def _offload(pipe):
+    """accelerate's offloading in effect: ``model`` (``enable_model_cpu_offload``: a hook on each
+    model), ``sequential`` (``enable_sequential_cpu_offload``: hooks on the submodules) or None.
+    Either way module forward hooks still see every output on the execution device, so an
+    offloaded pipeline records like any other; the header says which was used."""
+    models = [m for m in (pipe.unet, pipe.vae, pipe.text_encoder) if isinstance(m, torch.nn.Module)]
+    if any(hasattr(m, "_hf_hook") and type(m._hf_hook).__name__ != "AlignDevicesHook" for m in models):
+        return "model"
+    if any(hasattr(sub, "_hf_hook") for m in models for sub in m.modules()):
+        return "sequential"
+    return None
+
+
+def _sampler_name(sched):
+    """sdtrace's name of a diffusers scheduler where sdtrace has one (``sdtrace record
+    --sampler-impl diffusers`` runs the same class), else ``diffusers:ClassName``."""
+    cfg = sched.config
+    name = type(sched).__name__
+    if name == "EulerDiscreteScheduler":
+        return "euler"
+    if name == "EulerAncestralDiscreteScheduler":
+        return "euler-a"
+    if name == "DDIMScheduler":
+        return "ddim"
+    if name == "DPMSolverMultistepScheduler" and cfg.get("algorithm_type") == "dpmsolver++" and cfg.get("solver_order") == 2:
+        return "dpmpp-2m-karras" if cfg.get("use_karras_sigmas") else "dpmpp-2m"
+    return f"diffusers:{name}"
+
+
+def _schedule(sched, steps):
+    """``sigmas``, ``timesteps`` and ``init_sigma`` of ``steps`` steps, from a copy of the
+    scheduler (the user's is not touched); DDIM's σ are those of its timesteps' ᾱ."""
+    import copy
+
+    try:
+        s = copy.deepcopy(sched)
+        s.set_timesteps(steps)
+        timesteps = [float(t) for t in s.timesteps]
+        if getattr(s, "sigmas", None) is not None and len(s.sigmas) == len(timesteps) + 1:
+            sigmas = s.sigmas.float()
+        else:
+            ac = s.alphas_cumprod.float()
+            final = getattr(s, "final_alpha_cumprod", ac[0])
+            a = torch.cat([ac[s.timesteps.long()], torch.as_tensor(final, dtype=torch.float32).reshape(1)])
+            sigmas = ((1 - a) / a) ** 0.5
+        return {"sigmas": [float(x) for x in sigmas], "timesteps": timesteps, "init_sigma": float(s.init_noise_sigma)}
+    except Exception:  # a scheduler sdtrace does not know: the header just has less
+        return {}
+
+
 class _Run:
     """One recorded pipeline call: the writer, the step/eval bookkeeping and every hook and
     wrapper it installed (removed by :meth:`close`)."""
@@ -141,6 +191,8 @@ class _Run:
         self.text_calls = 0
         self.handles = []
         self.restore = []
+        # DPM-Solver++ converts the model output to x̂₀; the older "dpmsolver" to ε.
+        self.scheduler_predicts_x0 = "++" in str(pipe.scheduler.config.get("algorithm_type", "dpmsolver++"))
 
     # -- installing ------------------------------------------------------------------------------
     def wrap(self, owner, name, make):
@@ -172,6 +224,9 @@ class _Run:
         # Sampler state.
         self.wrap(pipe.scheduler, "scale_model_input", self._wrap_scale_input)
         self.wrap(pipe.scheduler, "step", self._wrap_step)
+        if callable(getattr(pipe.scheduler, "convert_model_output", None)):
+            # DPM-Solver's x̂₀ (its step returns only the next sample).
+            self.wrap(pipe.scheduler, "convert_model_output", self._wrap_convert)
         # UNet points and its output (ε).
         for name, module in pipe.unet.named_modules():
             if _UNET_POINT.match(name) and self.wants(f"unet.{name}"):
@@ -258,6 +313,15 @@ class _Run:
             self.w.tensor("sampler.eps.cond", cond)
         else:
             self.w.tensor("sampler.eps.cond", eps)
+
+    def _wrap_convert(self, original):
+        def convert_model_output(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and self.scheduler_predicts_x0:
+                self.w.tensor("sampler.denoised", out)
+            return out
+
+        return convert_model_output
 
     def _wrap_step(self, original):
         def step(*args, **kwargs):
@@ -352,14 +416,16 @@ class record:
             if float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0
             else "variance-preserving (init_noise_sigma 1): x_k / sqrt(1 + σ²)"
         )
+        steps = int(a.get("num_inference_steps") or 50)
         prompt = a.get("prompt")
         negative = a.get("negative_prompt")
         settings = {
             "model": getattr(pipe.config, "_name_or_path", None) or type(pipe).__name__,
             "prompt": prompt if isinstance(prompt, str) else None,
             "negative_prompt": negative if isinstance(negative, str) else ("" if negative is None else None),
-            "sampler": f"diffusers:{type(sched).__name__}",
-            "steps": int(a.get("num_inference_steps") or 50),
+            "sampler": _sampler_name(sched),
+            "sampler_impl": "diffusers",
+            "steps": steps,
             "cfg_scale": float(a.get("guidance_scale", 7.5)),
             "seed": seed,
             "width": int(width),
@@ -372,6 +438,8 @@ class record:
             "clip_skip": a.get("clip_skip"),
             "prompt_syntax": "plain",
             "numerics": {"cond_uncond": "diffusers ([uncond; cond])"},
+            "cfg_rows": "uncond,cond",
+            "cfg_rows_stored": "uncond,cond",
             "scheduler": {"class": type(sched).__name__, "config": dict(sched.config)},
             "host": {
                 "name": "diffusers",
@@ -380,10 +448,12 @@ class record:
                 "flags": _numerics_flags(),
                 "attention_processors": {k: type(p).__name__ for k, p in pipe.unet.attn_processors.items()},
                 "latent_space": latent_space,
-                "offload": "model" if any(hasattr(m, "_hf_hook") for m in (pipe.unet, pipe.vae, pipe.text_encoder)) else None,
+                "offload": _offload(pipe),
                 "vae_tiling": bool(getattr(pipe.vae, "use_tiling", False)),
             },
         }
+        if a.get("timesteps") is None and a.get("sigmas") is None:
+            settings.update(_schedule(sched, steps))
         header = {"settings": settings, "device": _device_facts(device), "candle_version": None}
         for k, v in self.extra.items():
             if isinstance(v, dict) and isinstance(header.get(k), dict):

@@ -129,6 +129,12 @@ class Session:
         self.step, self.eval = step, eval
         self.guard("setting the step", self.writer.step, step, eval)
 
+    def cond_first(self, on):
+        """The UNet call about to run batches [cond; uncond] in two equal halves (``True``), or
+        not: the trace then stores its rows [uncond; cond], the order every trace holds."""
+        if self.active:
+            self.guard("declaring the CFG row order", self.writer.cond_first, on)
+
     def tensor(self, key, x):
         """Record ``x`` under ``key`` at the current step (guarded)."""
         if self.active:

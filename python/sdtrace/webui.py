@@ -28,11 +28,12 @@ The header has the webui's version and commit, the command-line flags that chang
 active cross-attention optimisation, the RNG source, ENSD, the CFG row order and batching
 options, and the extra networks of the batch (LoRA etc. with their weights, embeddings named in
 the prompts). Known gaps (TODO): the Doggettx/InvokeAI split slice counts per layer are not
-observed; second-order samplers are numbered by denoiser call, not by step; on Forge (located
+observed; second-order samplers are numbered by denoiser call, not by step. On Forge (located
 through ``forge_objects``) the rows of each UNet call are split by the labels Forge passes it
 (``transformer_options["cond_or_uncond"]``, its ComfyUI-style ``[uncond; cond]`` batching), which
-is tested against a stand-in only; TODO(rows): declare the
-[cond; uncond] row order with the probe-level facility once the Recorder has it.
+is tested against a stand-in only. A call of cond rows followed by as many uncond rows is stored
+[uncond; cond] (``cfg_rows_stored``), so it pairs with any other host's records; calls of other
+shapes (several sub-prompts) are stored as they ran.
 
 Nothing here raises inside a generation (:mod:`sdtrace.ldm_host`): a failure is logged, the hooks
 are removed and the trace is closed as failed; the image is the webui's own, bit-identical.
@@ -293,11 +294,21 @@ class Batch:
             options = kwargs.get("transformer_options") if isinstance(kwargs, dict) else None
             labels = options.get("cond_or_uncond") if isinstance(options, dict) else None
             self.call_labels = list(labels) if labels else None
+            if self.call_labels:
+                # Equal halves [cond; uncond] are stored [uncond; cond]; [uncond; cond] as it ran.
+                self.s.cond_first(self.call_labels == [0, 1])
+            else:
+                # One call of cond rows then as many uncond rows is stored [uncond; cond].
+                x = args[0] if args else None
+                n = x.shape[0] if hasattr(x, "shape") else 0
+                c = max(0, min(n, self.cond_rows - self.rows_seen))
+                self.s.cond_first(c > 0 and 2 * c == n)
         return None
 
     def _on_unet_out(self, module, args, out):
         if not self.s.active or self.step is None:
             return None
+        self.s.cond_first(False)
 
         def split():
             eps = ldm_host.tensor_of(out)
@@ -472,6 +483,8 @@ class Recorder:
             # recorder write them.
             "host": host,
             "numerics": {"cond_uncond": cond_uncond, "batch_cond_uncond": batched, "pad_cond_uncond": pad},
+            "cfg_rows": "uncond,cond" if host["name"] == "forge" else "cond,uncond",
+            "cfg_rows_stored": "uncond,cond",
             "a1111": {"ensd": getattr(opts, "eta_noise_seed_delta", 0), "randn_source": source, "cond_uncond": cond_uncond},
         }
         facts = {"device": str(device)}

@@ -10,6 +10,7 @@ a trace is never left looking whole when it is not.
 """
 
 import json
+import math
 import os
 import time
 
@@ -31,7 +32,7 @@ class Writer:
         header.setdefault("sdtrace_version", _native.version())
         header.setdefault("created_unix_ms", int(time.time() * 1000))
         self.path = os.fspath(path)
-        self._rec = _native.Recorder(self.path, json.dumps(header), capture)
+        self._rec = _native.Recorder(self.path, json.dumps(_plain(header)), capture)
         self._started = time.monotonic()
         self.steps_completed = None
         self.steps_planned = header.get("settings", {}).get("steps")
@@ -44,6 +45,11 @@ class Writer:
     def wants(self, key):
         """The fidelity ``key`` would be recorded at now, or None when the policy leaves it out."""
         return self._rec.plan(key)
+
+    def cond_first(self, on):
+        """Say that the model call about to run batches [cond; uncond] (``True``), or no longer
+        does: records are then stored [uncond; cond], the order every trace holds."""
+        self._rec.set_cond_first(bool(on))
 
     def tensor(self, key, x):
         """Record ``x`` (numpy array or torch tensor, any device) under ``key``; returns whether
@@ -88,3 +94,17 @@ class Writer:
         except _native.SdtraceError:
             pass  # the exception that ended the run is the one to see
         return False
+
+
+def _plain(v):
+    """``v`` with what JSON cannot hold made text: non-finite floats (diffusers' configs have
+    ``lambda_min_clipped: -inf``), tuples as lists, other objects by ``str``."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)

@@ -189,6 +189,7 @@ fn spec(model: &Path, run: &Run) -> Result<RecordSpec> {
         syntax: run.syntax,
         steps: run.steps,
         sampler: SamplerKind::DpmPp2mKarras,
+        sampler_impl: Default::default(),
         cfg_scale: 7.0,
         seed: SEED,
         rng: run

@@ -72,7 +72,9 @@ fn read(path: &Path) -> Result<Vec<u8>> {
             human(MAX_PNG)
         );
     }
-    std::fs::read(path).with_context(|| path.display().to_string())
+    sdtrace::files::require_regular(path)
+        .and_then(|_| std::fs::read(path))
+        .with_context(|| path.display().to_string())
 }
 
 pub fn run(args: ExplainArgs) -> Result<ExitCode> {

@@ -17,7 +17,7 @@ use sdtrace::analysis::noise::{AGREE_ABS, AGREE_REL, NoiseClass, NoiseDiagnosis,
 use sdtrace::export::{to_npy, to_safetensors, write_atomic};
 use sdtrace::pipeline::{DeviceChoice, parse_size};
 use sdtrace::sampling::rng::agree::{Agreement, agreement};
-use sdtrace::sampling::{NoiseSource, RngSpec, rng};
+use sdtrace::sampling::{NoiseSource, RngSpec};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,7 +49,7 @@ const MAX_SIZES: usize = 1000;
 #[derive(Args, Debug)]
 pub struct NoiseArgs {
     /// Noise generator (as `record --rng`)
-    #[arg(long, default_value = "sdtrace", value_name = "RNG", value_parser = rng::parse_flag)]
+    #[arg(long, default_value = "sdtrace", value_name = "RNG", value_parser = super::record::parse_rng)]
     rng: RngSpec,
     /// Seed
     #[arg(long, default_value_t = 0)]

@@ -16,9 +16,10 @@ a multiple of 8. The record flags apply to every run; -o DIR names a folder (cre
 missing; an existing file is refused), which gets one WxH.sdt (and WxH.png) per size. One seed serves every run (a random one is picked once when
 none is given).
 
-Exit codes: 0 every run completed; 2 bad usage (nothing recorded); 4 stopped by Ctrl-C or
---stop-on-nan (the traces so far are valid); 5 an error during a run (its trace is marked
-failed; the sweep stops).";
+Exit codes: 0 every run completed; 2 bad usage (nothing recorded); 4 stopped by Ctrl-C, SIGTERM
+or --stop-on-nan (the traces so far are valid); 5 an error during a run (its trace is marked
+failed; the sweep stops); 6 an error during a run after which its trace could not be closed
+either (a full disk: it reads as truncated; the sweep stops).";
 
 /// Flags of `sdtrace sweep`.
 #[derive(Args, Debug)]
@@ -104,7 +105,7 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
             return Ok(code);
         }
         if stop_flag().load(Ordering::SeqCst) {
-            eprintln!("sweep stopped after {w}x{h} (Ctrl-C)");
+            eprintln!("sweep stopped after {w}x{h} (Ctrl-C or SIGTERM)");
             return Ok(ExitCode::from(4));
         }
     }

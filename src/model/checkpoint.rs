@@ -133,6 +133,7 @@ impl Checkpoint {
             op,
             source,
         };
+        crate::files::require_regular(path).map_err(|e| io("cannot open", e))?;
         let file = std::fs::File::open(path).map_err(|e| io("cannot open", e))?;
         let mut head = [0u8; 8];
         {

@@ -37,6 +37,9 @@ pub struct ClipConfig {
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
     pub activation: ClipActivation,
+    /// `CLIPTextModelWithProjection` (SDXL's second encoder): the width of `text_projection`,
+    /// which maps the pooled (end-of-text) embedding; `None` for a plain `CLIPTextModel`.
+    pub projection_dim: Option<usize>,
 }
 
 impl ClipConfig {
@@ -50,6 +53,7 @@ impl ClipConfig {
             num_attention_heads: 12,
             intermediate_size: 3072,
             activation: ClipActivation::QuickGelu,
+            projection_dim: None,
         }
     }
 
@@ -62,6 +66,29 @@ impl ClipConfig {
             intermediate_size: 4096,
             activation: ClipActivation::GeluErf,
             ..Self::sd15()
+        }
+    }
+
+    /// SDXL's second text encoder: OpenCLIP ViT-bigG/14 (32 layers, 1280 wide, exact GELU) with
+    /// its 1280-wide text projection.
+    pub fn sdxl_g() -> Self {
+        ClipConfig {
+            hidden_size: 1280,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            intermediate_size: 5120,
+            activation: ClipActivation::GeluErf,
+            projection_dim: Some(1280),
+            ..Self::sd15()
+        }
+    }
+
+    /// SDXL's second text encoder at tiny widths (a 32-wide projection).
+    pub fn sdxl_g_tiny() -> Self {
+        ClipConfig {
+            activation: ClipActivation::GeluErf,
+            projection_dim: Some(32),
+            ..Self::tiny()
         }
     }
 
@@ -110,6 +137,18 @@ impl ClipConfig {
             num_attention_heads: n("num_attention_heads")?,
             intermediate_size: n("intermediate_size")?,
             activation,
+            projection_dim: None,
+        };
+        let with_projection = v["architectures"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "CLIPTextModelWithProjection"));
+        let c = ClipConfig {
+            projection_dim: if with_projection {
+                Some(n("projection_dim")?)
+            } else {
+                None
+            },
+            ..c
         };
         if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(err(
@@ -130,15 +169,28 @@ impl ClipConfig {
             ClipActivation::GeluErf => "gelu",
             ClipActivation::GeluTanh => "gelu_new",
         };
-        json!({
-            "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
+        let mut v = json!({
+            "architectures": [if self.projection_dim.is_some() { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }],
+            "model_type": "clip_text_model",
             "vocab_size": self.vocab_size, "max_position_embeddings": self.max_position_embeddings,
             "hidden_size": self.hidden_size, "num_hidden_layers": self.num_hidden_layers,
             "num_attention_heads": self.num_attention_heads, "intermediate_size": self.intermediate_size,
             "hidden_act": act, "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407,
             "pad_token_id": 1, "torch_dtype": "float32",
-        })
+        });
+        if let Some(p) = self.projection_dim {
+            v["projection_dim"] = json!(p);
+        }
+        v
     }
+}
+
+/// The causal attention mask `[n, n]`: 0 on and below the diagonal, −∞ above.
+fn causal_mask(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (n, n), device)?.to_dtype(dtype)?)
 }
 
 struct Layer {
@@ -161,6 +213,8 @@ pub struct ClipTextModel {
     layers: Vec<Layer>,
     final_layer_norm: LayerNorm,
     final_key: String,
+    /// `text_projection` (no bias) and its probe key, with a projection.
+    projection: Option<(Linear, String)>,
 }
 
 impl ClipTextModel {
@@ -168,6 +222,13 @@ impl ClipTextModel {
     /// `text_model.`); probe keys get `prefix` (normally `text_encoder`).
     pub fn new(vb: VarBuilder, config: &ClipConfig, prefix: &str) -> candle_core::Result<Self> {
         let c = config;
+        let projection = match c.projection_dim {
+            Some(p) => Some((
+                candle_nn::linear_no_bias(c.hidden_size, p, vb.pp("text_projection"))?,
+                format!("{prefix}.text_projection"),
+            )),
+            None => None,
+        };
         let vb = vb.pp("text_model");
         let (d, i) = (c.hidden_size, c.intermediate_size);
         let layers = (0..c.num_hidden_layers)
@@ -201,6 +262,7 @@ impl ClipTextModel {
             layers,
             final_layer_norm: candle_nn::layer_norm(d, 1e-5, vb.pp("final_layer_norm"))?,
             final_key: format!("{prefix}.final_layer_norm"),
+            projection,
         })
     }
 
@@ -248,8 +310,6 @@ impl ClipTextModel {
     /// Encode token ids `[batch, tokens]` (u32). `clip_skip` ≥ 1: 1 takes the last layer, N the
     /// N-th from last (A1111's "Clip skip"); the final layer norm is applied either way.
     pub fn forward(&self, ids: &Tensor, clip_skip: usize, probe: &Probe) -> Result<Tensor> {
-        let (_, n) = ids.dims2()?;
-        let device = ids.device();
         let layers = self.layers.len();
         if clip_skip == 0 || clip_skip > layers {
             return Err(candle_core::Error::Msg(format!(
@@ -257,6 +317,54 @@ impl ClipTextModel {
             ))
             .into());
         }
+        let x = self.hidden(ids, layers + 1 - clip_skip, probe)?;
+        observe(probe, &self.final_key, &self.final_layer_norm.forward(&x)?)
+    }
+
+    /// SDXL's use of an encoder (diffusers' `encode_prompt`): the hidden state before the last
+    /// layer (`hidden_states[-2]`, no final layer norm) and, with a projection, the pooled
+    /// embedding: `text_projection(final_layer_norm(last)[eos])`, eos being the first position
+    /// of the largest token id (the end-of-text token), as `CLIPTextModelWithProjection` pools.
+    /// Every layer, the final layer norm and the projection are probe points.
+    pub fn forward_sdxl(&self, ids: &Tensor, probe: &Probe) -> Result<(Tensor, Option<Tensor>)> {
+        let layers = self.layers.len();
+        if layers < 2 {
+            return Err(candle_core::Error::Msg(
+                "SDXL takes the hidden state before the last layer: the encoder needs 2 layers or more".into(),
+            )
+            .into());
+        }
+        let penultimate = self.hidden(ids, layers - 1, probe)?;
+        let last = self.hidden_from(&penultimate, layers - 1, probe)?;
+        let normed = observe(
+            probe,
+            &self.final_key,
+            &self.final_layer_norm.forward(&last)?,
+        )?;
+        let pooled = match &self.projection {
+            Some((proj, key)) => {
+                let (b, _) = ids.dims2()?;
+                let eos = ids
+                    .to_dtype(DType::F32)?
+                    .argmax_keepdim(1)?
+                    .to_dtype(DType::U32)?;
+                let mut rows = Vec::with_capacity(b);
+                for i in 0..b {
+                    let at = eos.get(i)?.flatten_all()?.to_vec1::<u32>()?[0] as usize;
+                    rows.push(normed.get(i)?.narrow(0, at, 1)?);
+                }
+                let pooled = Tensor::cat(&rows, 0)?;
+                Some(observe(probe, key, &proj.forward(&pooled)?)?)
+            }
+            None => None,
+        };
+        Ok((penultimate, pooled))
+    }
+
+    /// The output of the first `upto` layers.
+    fn hidden(&self, ids: &Tensor, upto: usize, probe: &Probe) -> Result<Tensor> {
+        let (_, n) = ids.dims2()?;
+        let device = ids.device();
         if n > self.config.max_position_embeddings {
             return Err(candle_core::Error::Msg(format!(
                 "{n} tokens exceed the {} positions of the text encoder",
@@ -265,23 +373,102 @@ impl ClipTextModel {
             .into());
         }
         let positions = Tensor::arange(0u32, n as u32, device)?.unsqueeze(0)?;
-        let mut x = self
+        let x = self
             .token_embedding
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
-        let dtype = x.dtype();
-        let mask: Vec<f32> = (0..n)
-            .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, n), device)?.to_dtype(dtype)?;
-        for l in &self.layers[..layers + 1 - clip_skip] {
-            let a = self.attention(l, &l.ln1.forward(&x)?, &mask)?;
+        let mask = causal_mask(n, x.dtype(), device)?;
+        self.run_layers(x, 0, upto, &mask, probe)
+    }
+
+    /// Layers `from..` to the end, from a hidden state `x` they take as input.
+    fn hidden_from(&self, x: &Tensor, from: usize, probe: &Probe) -> Result<Tensor> {
+        let n = x.dim(1)?;
+        let mask = causal_mask(n, x.dtype(), x.device())?;
+        self.run_layers(x.clone(), from, self.layers.len(), &mask, probe)
+    }
+
+    fn run_layers(
+        &self,
+        mut x: Tensor,
+        from: usize,
+        to: usize,
+        mask: &Tensor,
+        probe: &Probe,
+    ) -> Result<Tensor> {
+        for l in &self.layers[from..to] {
+            let a = self.attention(l, &l.ln1.forward(&x)?, mask)?;
             let h = (x + a)?;
             let m = l
                 .fc2
                 .forward(&self.activation(&l.fc1.forward(&l.ln2.forward(&h)?)?)?)?;
             x = observe(probe, &l.key, &(h + m)?)?;
         }
-        observe(probe, &self.final_key, &self.final_layer_norm.forward(&x)?)
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(cfg: &ClipConfig) -> ClipTextModel {
+        let w = crate::model::synth::random_weights(7, |vb| {
+            ClipTextModel::new(vb, cfg, "text_encoder_2").map(drop)
+        })
+        .unwrap();
+        let vb = VarBuilder::from_tensors(w.into_iter().collect(), DType::F32, &Device::Cpu);
+        ClipTextModel::new(vb, cfg, "text_encoder_2").unwrap()
+    }
+
+    #[test]
+    fn sdxl_encoding_takes_the_penultimate_state_and_pools_at_the_end_of_text() {
+        let cfg = ClipConfig::sdxl_g_tiny();
+        let back = ClipConfig::from_hf_json(&cfg.to_hf_json(), Path::new("config.json")).unwrap();
+        assert_eq!(back, cfg);
+        let m = model(&cfg);
+        // bos, two words, eos, then padding (SDXL's second tokenizer pads with id 0).
+        let mut ids = vec![49406u32, 320, 1125, 49407];
+        ids.resize(77, 0);
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let p = Probe::disabled();
+        let (hidden, pooled) = m.forward_sdxl(&ids, &p).unwrap();
+        assert_eq!(hidden.dims(), [1, 77, 32]);
+        // hidden_states[-2] through the final norm is what clip skip 2 gives.
+        let skip2 = m.forward(&ids, 2, &p).unwrap();
+        let normed = m.final_layer_norm.forward(&hidden).unwrap();
+        let d: f32 = (normed - skip2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0);
+        // Pooled: the projection of the last layer's normed state at the eos position (3).
+        let last = m.forward(&ids, 1, &p).unwrap();
+        let (proj, key) = m.projection.as_ref().unwrap();
+        assert_eq!(key, "text_encoder_2.text_projection");
+        let want = proj
+            .forward(&last.narrow(1, 3, 1).unwrap().squeeze(1).unwrap())
+            .unwrap();
+        let got = pooled.unwrap();
+        assert_eq!(got.dims(), [1, 32]);
+        let d: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0);
+        // Without a projection there is no pooled output.
+        let (_, none) = model(&ClipConfig::tiny()).forward_sdxl(&ids, &p).unwrap();
+        assert!(none.is_none());
     }
 }

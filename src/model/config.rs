@@ -47,6 +47,29 @@ pub struct UNetConfig {
     pub prediction: Prediction,
     /// Latent side the model was trained at (64 for 512×512 images in SD 1.x).
     pub sample_size: usize,
+    /// SDXL's added conditioning (`addition_embed_type: text_time`); `None` for SD 1.x/2.x.
+    #[serde(default)]
+    pub addition: Option<TextTime>,
+}
+
+/// SDXL's `text_time` added conditioning: each of the six size/crop ids gets sinusoidal
+/// features of `time_embed_dim` (`addition_time_embed_dim`), concatenated after the pooled text
+/// embedding into `input_dim` (`projection_class_embeddings_input_dim`) numbers, which
+/// `add_embedding` (linear, SiLU, linear) maps onto the time embedding and adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextTime {
+    pub time_embed_dim: usize,
+    pub input_dim: usize,
+}
+
+impl TextTime {
+    /// The number of size/crop ids: original (h, w), crop (top, left), target (h, w).
+    pub const IDS: usize = 6;
+
+    /// Width of the pooled text embedding this conditioning expects.
+    pub fn pooled_dim(&self) -> Option<usize> {
+        self.input_dim.checked_sub(Self::IDS * self.time_embed_dim)
+    }
 }
 
 fn sd_blocks(heads: [usize; 4]) -> Vec<BlockConfig> {
@@ -81,6 +104,7 @@ impl UNetConfig {
             center_input_sample: false,
             prediction: Prediction::Epsilon,
             sample_size: 64,
+            addition: None,
         }
     }
 
@@ -93,6 +117,57 @@ impl UNetConfig {
             use_linear_projection: true,
             prediction: Prediction::VPrediction,
             sample_size: 96,
+            ..Self::sd15()
+        }
+    }
+
+    /// SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0 `unet/config.json`): three
+    /// levels, the first without attention, 2 and 10 transformer layers in the others, 2048-wide
+    /// text embeddings (two encoders), linear projections and the `text_time` added conditioning.
+    pub fn sdxl() -> Self {
+        let level = |c, depth: Option<usize>, h| BlockConfig {
+            out_channels: c,
+            cross_attention: depth,
+            heads: h,
+        };
+        UNetConfig {
+            blocks: vec![
+                level(320, None, 5),
+                level(640, Some(2), 10),
+                level(1280, Some(10), 20),
+            ],
+            cross_attention_dim: 2048,
+            use_linear_projection: true,
+            sample_size: 128,
+            addition: Some(TextTime {
+                time_embed_dim: 256,
+                input_dim: 2816,
+            }),
+            ..Self::sd15()
+        }
+    }
+
+    /// SDXL's structure at tiny widths: a plain first level, then 1 and 2 transformer layers,
+    /// 64-wide text embeddings (two 32-wide encoders), a 32-wide pooled embedding.
+    pub fn sdxl_tiny() -> Self {
+        let level = |c, depth: Option<usize>, h| BlockConfig {
+            out_channels: c,
+            cross_attention: depth,
+            heads: h,
+        };
+        UNetConfig {
+            blocks: vec![
+                level(32, None, 2),
+                level(64, Some(1), 4),
+                level(64, Some(2), 4),
+            ],
+            cross_attention_dim: 64,
+            use_linear_projection: true,
+            sample_size: 8,
+            addition: Some(TextTime {
+                time_embed_dim: 8,
+                input_dim: 6 * 8 + 32,
+            }),
             ..Self::sd15()
         }
     }
@@ -239,17 +314,41 @@ impl UNetConfig {
                 return Err(err(field, format!("is '{x}'; only '{ok}' is supported")));
             }
         }
-        for field in [
-            "class_embed_type",
-            "addition_embed_type",
-            "encoder_hid_dim",
-            "time_cond_proj_dim",
-        ] {
+        let addition = match &v["addition_embed_type"] {
+            Value::Null => None,
+            Value::String(t) if t == "text_time" => {
+                let time_embed_dim = usize_of("addition_time_embed_dim", None)?;
+                let input_dim = usize_of("projection_class_embeddings_input_dim", None)?;
+                let tt = TextTime {
+                    time_embed_dim,
+                    input_dim,
+                };
+                if time_embed_dim == 0
+                    || time_embed_dim % 2 != 0
+                    || tt.pooled_dim().is_none_or(|p| p == 0)
+                {
+                    return Err(err(
+                        "projection_class_embeddings_input_dim",
+                        format!(
+                            "is {input_dim} with addition_time_embed_dim {time_embed_dim}; it must exceed 6 × an even addition_time_embed_dim (the pooled text embedding takes the rest)"
+                        ),
+                    ));
+                }
+                Some(tt)
+            }
+            x => {
+                return Err(err(
+                    "addition_embed_type",
+                    format!("is {x}; sdtrace follows none (SD 1.x/2.x) and 'text_time' (SDXL)"),
+                ));
+            }
+        };
+        for field in ["class_embed_type", "encoder_hid_dim", "time_cond_proj_dim"] {
             if !v[field].is_null() {
                 return Err(err(
                     field,
                     format!(
-                        "is {}; SD 1.x/2.x UNets have none (SDXL and other variants are not supported)",
+                        "is {}; SD 1.x/2.x and SDXL UNets have none (other variants are not supported)",
                         v[field]
                     ),
                 ));
@@ -339,6 +438,7 @@ impl UNetConfig {
             center_input_sample: bool_of("center_input_sample", false)?,
             prediction: Prediction::Epsilon,
             sample_size: usize_of("sample_size", Some(64))?,
+            addition,
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -370,7 +470,7 @@ impl UNetConfig {
                 }
             })
             .collect();
-        json!({
+        let mut v = json!({
             "_class_name": "UNet2DConditionModel",
             "_diffusers_version": "0.21.0",
             "act_fn": "silu",
@@ -394,7 +494,13 @@ impl UNetConfig {
             "use_linear_projection": self.use_linear_projection,
             "upcast_attention": false,
             "num_levels": n,
-        })
+        });
+        if let Some(a) = self.addition {
+            v["addition_embed_type"] = json!("text_time");
+            v["addition_time_embed_dim"] = json!(a.time_embed_dim);
+            v["projection_class_embeddings_input_dim"] = json!(a.input_dim);
+        }
+        v
     }
 
     /// The same model as candle-transformers' config (for cross-checking against its UNet).
@@ -433,7 +539,13 @@ mod tests {
 
     #[test]
     fn diffusers_json_round_trips() {
-        for cfg in [UNetConfig::sd15(), UNetConfig::sd21(), UNetConfig::tiny()] {
+        for cfg in [
+            UNetConfig::sd15(),
+            UNetConfig::sd21(),
+            UNetConfig::tiny(),
+            UNetConfig::sdxl(),
+            UNetConfig::sdxl_tiny(),
+        ] {
             let mut back =
                 UNetConfig::from_diffusers_json(&cfg.to_diffusers_json(), Path::new("x.json"))
                     .unwrap();
@@ -462,9 +574,37 @@ mod tests {
     }
 
     #[test]
+    fn sdxl_config_as_published() {
+        // The fields of stabilityai/stable-diffusion-xl-base-1.0 unet/config.json.
+        let v: Value = serde_json::from_str(
+            r#"{
+            "_class_name": "UNet2DConditionModel", "act_fn": "silu", "addition_embed_type": "text_time",
+            "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20],
+            "block_out_channels": [320, 640, 1280], "center_input_sample": false, "class_embed_type": null,
+            "class_embeddings_concat": false, "conv_in_kernel": 3, "conv_out_kernel": 3, "cross_attention_dim": 2048,
+            "cross_attention_norm": null, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "downsample_padding": 1, "dual_cross_attention": false, "encoder_hid_dim": null, "encoder_hid_dim_type": null,
+            "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+            "mid_block_only_cross_attention": null, "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn",
+            "norm_eps": 1e-05, "norm_num_groups": 32, "num_attention_heads": null, "num_class_embeds": null,
+            "only_cross_attention": false, "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
+            "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": false, "resnet_time_scale_shift": "default",
+            "sample_size": 128, "time_cond_proj_dim": null, "time_embedding_act_fn": null, "time_embedding_dim": null,
+            "time_embedding_type": "positional", "timestep_post_act": null, "transformer_layers_per_block": [1, 2, 10],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "upcast_attention": null,
+            "use_linear_projection": true
+        }"#,
+        )
+        .unwrap();
+        let cfg = UNetConfig::from_diffusers_json(&v, Path::new("c.json")).unwrap();
+        assert_eq!(cfg, UNetConfig::sdxl());
+        assert_eq!(cfg.addition.and_then(|a| a.pooled_dim()), Some(1280));
+    }
+
+    #[test]
     fn unsupported_fields_are_named() {
         let mut v = UNetConfig::sd15().to_diffusers_json();
-        v["addition_embed_type"] = json!("text_time");
+        v["addition_embed_type"] = json!("image");
         let e = UNetConfig::from_diffusers_json(&v, Path::new("unet/config.json"))
             .unwrap_err()
             .to_string();

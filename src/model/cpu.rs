@@ -141,6 +141,7 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// e^x for f32 (Cephes' expf polynomial; inputs clamped to [-87, 88]; NaN stays NaN). Written
 /// without branches or table look-ups so that loops over it vectorise.
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // Cephes' coefficients as published
 fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
@@ -173,6 +174,8 @@ fn silu<const FMA: bool>(x: f32) -> f32 {
 /// Exact-erf GELU, 0.5·x·erfc(−x/√2), with Numerical Recipes' erfc (fractional error below
 /// 1.2e-7 everywhere) so that the negative tail keeps its relative accuracy.
 #[inline(always)]
+// The coefficients are quoted with the source's digits.
+#[allow(clippy::excessive_precision)]
 fn gelu_erf<const FMA: bool>(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / madd::<FMA>(0.5, z, 1.0);
@@ -260,7 +263,7 @@ simd_fn! {
     }
 }
 
-/// GroupNorm over `x` [B, C, …] with per-channel `weight`/`bias` [C], then SiLU when `silu`.
+/// GroupNorm over `x` `[B, C, …]` with per-channel `weight`/`bias` `[C]`, then SiLU when `silu`.
 /// Statistics per (batch, group) in f64: the mean first, then the squared deviations from it.
 pub fn group_norm(
     x: &Tensor,
@@ -271,7 +274,7 @@ pub fn group_norm(
     silu: bool,
 ) -> Option<Result<Tensor>> {
     let dims = x.dims().to_vec();
-    if dims.len() < 3 || groups == 0 || dims[1] % groups != 0 {
+    if dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
         return None;
     }
     let c = dims[1];
@@ -407,7 +410,7 @@ fn bias_rows(n: usize, rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
     out
 }
 
-/// A linear layer: `x` [.., K] · `w`ᵀ (`w` [N, K]) + `bias` [N] → [.., N], as one gemm over all
+/// A linear layer: `x` `[.., K]` · `w`ᵀ (`w` `[N, K]`) + `bias` `[N]` → `[.., N]`, as one gemm over all
 /// rows that adds the product to the bias rows written first.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Option<Result<Tensor>> {
     let (nout, k) = w.dims2().ok()?;
@@ -454,7 +457,7 @@ const FF_ROWS: usize = 1024;
 
 /// diffusers' GEGLU FeedForward: `x` [.., C] → GEGLU(x·`w1`ᵀ + `b1`)·`w2`ᵀ + `b2` → [.., Cout]
 /// (`w1` [2·inner, C], `w2` [Cout, inner]), with exact-erf (`erf`) or tanh GELU. Rows go in
-/// blocks of [`FF_ROWS`]: each block's hidden rows are computed, gated and projected through
+/// blocks of `FF_ROWS`: each block's hidden rows are computed, gated and projected through
 /// two buffers reused from block to block (each gemm on all threads), so the 2·inner-wide
 /// hidden tensor is never allocated whole.
 pub fn feed_forward(
@@ -625,7 +628,7 @@ pub enum Add<'a> {
 const COL_TILE: usize = 2 << 20;
 
 /// 2-D convolution, NCHW, groups 1, dilation 1: `x` [B, Cin, H, W], `w` [Cout, Cin, kh, kw],
-/// optional `bias` [Cout], plus `add`. Output rows are cut into tiles; each tile's im2col matrix
+/// optional `bias` `[Cout]`, plus `add`. Output rows are cut into tiles; each tile's im2col matrix
 /// [Cin·kh·kw, pixels] is built in a per-thread buffer and multiplied by the weights with gemm
 /// straight into the output, which was filled with the bias and `add` first. 1×1 stride-1
 /// convolutions multiply the input itself.
@@ -962,7 +965,8 @@ mod tests {
     fn gelu_polynomials_match_the_exact_functions() {
         let erfc = candle_core::cpu::erf::erfc_f64;
         // Both code paths: with FMA (as the AVX2 kernels run) and without (the portable ones).
-        let variants: [(fn(f32) -> f32, fn(f32) -> f32); 2] = [
+        type Gelu = fn(f32) -> f32;
+        let variants: [(Gelu, Gelu); 2] = [
             (gelu_erf::<true>, gelu_tanh::<true>),
             (gelu_erf::<false>, gelu_tanh::<false>),
         ];

@@ -521,6 +521,7 @@ fn infer_unet(s: &Shapes, heads: Option<Vec<usize>>) -> std::result::Result<UNet
         center_input_sample: false,
         prediction: Prediction::Epsilon,
         sample_size: 64,
+        addition: None,
     })
 }
 
@@ -628,6 +629,7 @@ fn infer_clip(
             num_attention_heads: heads,
             intermediate_size: inter,
             activation,
+            projection_dim: None,
         },
         tower,
     ))

@@ -69,11 +69,13 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// Read a JSON config file; errors name the file.
 pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        op: "cannot read",
-        source,
-    })?;
+    let text = crate::files::require_regular(path)
+        .and_then(|_| std::fs::read_to_string(path))
+        .map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            op: "cannot read",
+            source,
+        })?;
     serde_json::from_str(&text).map_err(|e| ModelError::Config {
         file: path.to_path_buf(),
         field: "(file)".into(),

@@ -1,8 +1,9 @@
 //! Our UNet2DConditionModel, module for module after diffusers, with a probe point at every
-//! module output.
+//! module output: SD 1.x/2.x, and SDXL's (per-level transformer depth, the `text_time` added
+//! conditioning through `add_embedding`, see [`UNet::forward_added`]).
 //!
 //! Probe keys (under the `unet.` prefix, equal to the weight paths): `conv_in`,
-//! `time_embedding`, `down_blocks.i.resnets.j`, `down_blocks.i.attentions.j` (each
+//! `time_embedding`, `add_embedding` (SDXL), `down_blocks.i.resnets.j`, `down_blocks.i.attentions.j` (each
 //! Transformer2DModel) and inside each transformer block `…transformer_blocks.k.attn1`, `attn2`,
 //! `ff`; `down_blocks.i.downsamplers.0`, `down_blocks.i` (the block's output), the same under
 //! `mid_block` and `up_blocks.i` (with `upsamplers.0`), `conv_norm_out`, `conv_out`. Finer points
@@ -12,7 +13,7 @@
 
 use super::attention::{AttentionImpl, Chunking, Gelu, Numerics, attend};
 use super::checkpoint::Checkpoint;
-use super::config::{BlockConfig, UNetConfig};
+use super::config::{BlockConfig, TextTime, UNetConfig};
 use super::cpu;
 use super::observe::observe;
 use super::{ModelError, Result};
@@ -260,14 +261,14 @@ impl Attention {
         let v = observe(probe, &self.fine_keys[2], &self.to_v.forward(context)?)?;
         let want_probs =
             self.imp == AttentionImpl::Full && !probe.plan(&self.fine_keys[3]).is_noop();
-        if self.imp == AttentionImpl::Full {
-            if let Some(r) = cpu::attention(&q, &k, &v, self.heads, self.scale, want_probs) {
-                let (out, probs) = r?;
-                if let Some(p) = probs {
-                    observe(probe, &self.fine_keys[3], &p)?;
-                }
-                return observe(probe, &self.key, &self.to_out.forward(&out)?);
+        if self.imp == AttentionImpl::Full
+            && let Some(r) = cpu::attention(&q, &k, &v, self.heads, self.scale, want_probs)
+        {
+            let (out, probs) = r?;
+            if let Some(p) = probs {
+                observe(probe, &self.fine_keys[3], &p)?;
             }
+            return observe(probe, &self.key, &self.to_out.forward(&out)?);
         }
         let (b, n, dim) = q.dims3()?;
         let dtype = q.dtype();
@@ -551,7 +552,17 @@ pub struct UNet {
     up: Vec<Level>,
     conv_norm_out: Norm,
     conv_out: Conv2d,
+    /// SDXL's `add_embedding` (linear, SiLU, linear) and its probe key.
+    add_embedding: Option<(Lin, Lin, String)>,
     keys: [String; 4],
+}
+
+/// SDXL's added conditioning for one evaluation: the pooled text embedding `[B, pooled]` and
+/// the six size/crop ids `[B, 6]` (original h, w; crop top, left; target h, w), in the order of
+/// the latent batch.
+pub struct Added {
+    pub text_embeds: Tensor,
+    pub time_ids: Tensor,
 }
 
 impl UNet {
@@ -679,6 +690,14 @@ impl UNet {
         }
         let keys = ["conv_in", "time_embedding", "conv_norm_out", "conv_out"]
             .map(|k| format!("{prefix}.{k}"));
+        let add_embedding = match cfg.addition {
+            Some(a) => Some((
+                linear(a.input_dim, temb, vb.pp("add_embedding.linear_1"))?,
+                linear(temb, temb, vb.pp("add_embedding.linear_2"))?,
+                format!("{prefix}.add_embedding"),
+            )),
+            None => None,
+        };
         Ok(UNet {
             config: cfg.clone(),
             numerics,
@@ -697,6 +716,7 @@ impl UNet {
                 vb.pp("conv_norm_out"),
             )?,
             conv_out: conv3(c0, cfg.out_channels, 1, 1, vb.pp("conv_out"))?,
+            add_embedding,
             keys,
         })
     }
@@ -809,13 +829,14 @@ impl UNet {
             let (h, w) = sides[sides.len() - 1];
             sides.push((out(h), out(w)));
         }
-        let mut pts = vec![
-            (self.keys[1].clone(), vec![batch, cfg.time_embed_dim()]),
-            (
-                self.keys[0].clone(),
-                vec![batch, cfg.blocks[0].out_channels, height, width],
-            ),
-        ];
+        let mut pts = vec![(self.keys[1].clone(), vec![batch, cfg.time_embed_dim()])];
+        if let Some((_, _, key)) = &self.add_embedding {
+            pts.push((key.clone(), vec![batch, cfg.time_embed_dim()]));
+        }
+        pts.push((
+            self.keys[0].clone(),
+            vec![batch, cfg.blocks[0].out_channels, height, width],
+        ));
         let map = |c: usize, (h, w): (usize, usize)| vec![batch, c, h, w];
         let layer = |pts: &mut Vec<(String, Vec<usize>)>, level: &Level, j: usize, c, hw| {
             pts.push((level.resnets[j].key.clone(), map(c, hw)));
@@ -895,14 +916,69 @@ impl UNet {
         Ok(emb.to_dtype(self.dtype)?)
     }
 
-    /// One evaluation: `latent` [B, C, H, W], a (possibly fractional) `timestep`, text
-    /// embeddings `context` [B, tokens, cross_attention_dim]. Every module output is offered to
-    /// `probe`.
+    /// One evaluation: `latent` `[B, C, H, W]`, a (possibly fractional) `timestep`, text
+    /// embeddings `context` `[B, tokens, cross_attention_dim]`. Every module output is offered
+    /// to `probe`. An SDXL UNet needs [`UNet::forward_added`].
     pub fn forward(
         &self,
         latent: &Tensor,
         timestep: f64,
         context: &Tensor,
+        probe: &Probe,
+    ) -> Result<Tensor> {
+        self.forward_added(latent, timestep, context, None, probe)
+    }
+
+    /// SDXL's added embedding `add_embedding([text_embeds, features(time_ids)])`, `[B, temb]`.
+    fn added_embedding(
+        &self,
+        added: Option<&Added>,
+        batch: usize,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
+        let (Some(a), Some((l1, l2, _))) = (self.config.addition, &self.add_embedding) else {
+            return Ok(None);
+        };
+        let Some(cond) = added else {
+            return Err(candle_core::Error::Msg(
+                "this UNet (addition_embed_type text_time, SDXL) needs the pooled text embedding and the size/crop ids".into(),
+            )
+            .into());
+        };
+        let (ids, pooled) = (&cond.time_ids, &cond.text_embeds);
+        if ids.dims() != [batch, TextTime::IDS]
+            || pooled.dims() != [batch, a.pooled_dim().unwrap_or(0)]
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "SDXL conditioning: time ids {:?} and pooled text {:?} for a batch of {batch} (want [{batch}, 6] and [{batch}, {}])",
+                ids.dims(),
+                pooled.dims(),
+                a.pooled_dim().unwrap_or(0)
+            ))
+            .into());
+        }
+        let values: Vec<f32> = ids.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let feats = sinusoidal_features(
+            a.time_embed_dim,
+            self.config.freq_shift,
+            self.config.flip_sin_to_cos,
+            &values,
+            device,
+        )?
+        .reshape((batch, TextTime::IDS * a.time_embed_dim))?;
+        let x = Tensor::cat(&[&pooled.to_dtype(DType::F32)?, &feats], 1)?.to_dtype(self.dtype)?;
+        Ok(Some(l2.forward(&l1.forward(&x)?.silu()?)?))
+    }
+
+    /// [`UNet::forward`] with SDXL's added conditioning (required when the config has
+    /// `addition`, ignored otherwise): the time embedding becomes `time_embedding(t) +
+    /// add_embedding(...)`, and `unet.add_embedding` is a probe point.
+    pub fn forward_added(
+        &self,
+        latent: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&Added>,
         probe: &Probe,
     ) -> Result<Tensor> {
         let (b, _, h, w) = latent.dims4()?;
@@ -919,6 +995,16 @@ impl UNet {
             .time_linear_2
             .forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
         let temb = observe(probe, &self.keys[1], &temb)?;
+        let temb = match self.added_embedding(added, b, device)? {
+            Some(aug) => {
+                let key = self
+                    .add_embedding
+                    .as_ref()
+                    .map_or("", |(_, _, k)| k.as_str());
+                (temb + observe(probe, key, &aug)?)?
+            }
+            None => temb,
+        };
         let c = Ctx {
             probe,
             temb: &temb,
@@ -995,12 +1081,42 @@ pub(crate) fn timestep_features(
     timestep: f64,
     device: &Device,
 ) -> Result<Tensor> {
+    sinusoidal_features(
+        dim,
+        shift,
+        flip_sin_to_cos,
+        &vec![timestep as f32; batch],
+        device,
+    )
+}
+
+/// [`timestep_features`] of one value per row (SDXL's size and crop ids), `[values, dim]` f32.
+pub(crate) fn sinusoidal_features(
+    dim: usize,
+    shift: f64,
+    flip_sin_to_cos: bool,
+    values: &[f32],
+    device: &Device,
+) -> Result<Tensor> {
     let half = dim / 2;
     let exponent =
         (Tensor::arange(0u32, half as u32, device)?.to_dtype(DType::F32)? * -(10000f64.ln()))?;
     let divisor = Tensor::full((half as f64 - shift) as f32, half, device)?;
     let freqs = exponent.div(&divisor)?.exp()?;
-    let t = Tensor::full(timestep as f32, (batch, 1), device)?;
+    sinusoid(&freqs, dim, flip_sin_to_cos, values, device)
+}
+
+/// `[cos, sin]` (or `[sin, cos]`) of `values ⊗ freqs`, one row per value, with diffusers' zero
+/// column for an odd `dim`.
+fn sinusoid(
+    freqs: &Tensor,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    values: &[f32],
+    device: &Device,
+) -> Result<Tensor> {
+    let batch = values.len();
+    let t = Tensor::from_slice(values, (batch, 1), device)?;
     let emb = t.broadcast_mul(&freqs.unsqueeze(0)?)?;
     let (sin, cos) = (emb.sin()?, emb.cos()?);
     let mut parts = if flip_sin_to_cos {

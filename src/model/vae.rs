@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn synthetic_and_published_configs_parse() {
-        let cfg = parse(&vae_config_json(&vae_config(SynthSize::Sd15), 512)).unwrap();
+        let cfg = parse(&vae_config_json(&vae_config(SynthSize::Sd15), 512, 0.18215)).unwrap();
         assert_eq!(cfg.block_out_channels, vec![128, 256, 512, 512]);
         assert_eq!((cfg.layers_per_block, cfg.latent_channels), (2, 4));
         assert_eq!(cfg.scaling_factor, 0.18215);
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_named_with_the_file() {
-        let base = vae_config_json(&vae_config(SynthSize::Tiny), 64);
+        let base = vae_config_json(&vae_config(SynthSize::Tiny), 64, 0.18215);
         for (field, value, want) in [
             ("shift_factor", json!(0.0609), "shift_factor"),
             ("latents_mean", json!([0.1, 0.2]), "latents_mean"),

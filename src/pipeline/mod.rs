@@ -26,10 +26,11 @@ use crate::model::observe::{observe, trace_dtype};
 use crate::model::unet::UNet;
 use crate::model::vae::Vae;
 use crate::probe::{Policy, Probe, ProbeError};
+use crate::sampling::diffusers::SchedulerConfig;
 use crate::sampling::noise::randn;
 use crate::sampling::{
     AlphasPrecision, Batching, DiscreteSchedule, KarrasBounds, NoiseSource, RngSpec, RunRng,
-    Sampler, SamplerKind, SamplerSpec, SamplingError, UNetDenoiser,
+    Sampler, SamplerImpl, SamplerKind, SamplerSpec, SamplingError, UNetDenoiser,
 };
 use crate::text::{PromptSyntax, TextError, tokenize_prompt};
 use crate::trace::{
@@ -44,9 +45,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Errors of a recording. Those before the trace exists leave no file behind; [`Run`] means
-/// the trace was written and closed, marked failed.
+/// the trace was written and closed, marked failed; [`Unclosed`] that it could not be closed.
 ///
 /// [`Run`]: PipelineError::Run
+/// [`Unclosed`]: PipelineError::Unclosed
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("{0}")]
@@ -86,6 +88,18 @@ pub enum PipelineError {
         trace: PathBuf,
         #[source]
         source: Box<PipelineError>,
+    },
+    /// The run failed and closing the trace failed too (typically a full disk): the file holds
+    /// the records written before the failure but no run-end and no index.
+    #[error(
+        "{source}; the trace {} could not be closed either ({close}): it holds the records written before the error, readable as a truncated trace (`sdtrace info` counts them), but no run-end and no index",
+        trace.display()
+    )]
+    Unclosed {
+        trace: PathBuf,
+        #[source]
+        source: Box<PipelineError>,
+        close: String,
     },
 }
 
@@ -184,7 +198,10 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// Parse `--size WxH` (multiples of 8, at least 8).
+/// Largest image side `--size` accepts.
+pub const MAX_SIDE: u32 = 16384;
+
+/// Parse `--size WxH` (multiples of 8, from 8 to [`MAX_SIDE`]).
 pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
@@ -196,10 +213,17 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     };
     let (w, h) = (num(w)?, num(h)?);
     for (name, v) in [("width", w), ("height", h)] {
-        if v == 0 || v % 8 != 0 || v > 16384 {
-            let (lo, hi) = ((v / 8).max(1) * 8, (v / 8 + 1) * 8);
+        if v == 0 || v % 8 != 0 || v > MAX_SIDE {
+            // The nearest valid sizes, within 8..=MAX_SIDE.
+            let lo = (v / 8 * 8).clamp(8, MAX_SIDE);
+            let hi = (v / 8 * 8 + 8).clamp(8, MAX_SIDE);
+            let suggest = if lo == hi {
+                format!("try {lo}")
+            } else {
+                format!("try {lo} or {hi}")
+            };
             return Err(format!(
-                "'{s}': the {name} {v} must be a multiple of 8 between 8 and 16384 (the VAE works on 8x8 pixel blocks); try {lo} or {hi}"
+                "'{s}': the {name} {v} must be a multiple of 8 between 8 and {MAX_SIDE} (the VAE works on 8x8 pixel blocks); {suggest}"
             ));
         }
     }
@@ -217,6 +241,8 @@ pub struct RecordSpec {
     pub syntax: PromptSyntax,
     pub steps: u32,
     pub sampler: SamplerKind,
+    /// k-diffusion's semantics (the webuis', default) or diffusers' schedulers.
+    pub sampler_impl: SamplerImpl,
     pub cfg_scale: f64,
     pub seed: u64,
     /// The noise generator (`--rng`); its spec and parameters go into the header.
@@ -318,6 +344,8 @@ struct ModelFiles {
     vae_weights: PathBuf,
     vae_dir: PathBuf,
     tokenizer_dir: PathBuf,
+    /// `scheduler/scheduler_config.json`, validated (absent: `None`).
+    scheduler: Option<SchedulerConfig>,
 }
 
 fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
@@ -354,8 +382,18 @@ impl ModelFiles {
                 "diffusion_pytorch_model.fp16.safetensors",
             ],
         )?;
+        let sched = dir.join("scheduler/scheduler_config.json");
+        let scheduler = if sched.is_file() {
+            Some(SchedulerConfig::read(&sched)?)
+        } else {
+            None
+        };
+        let mut unet_config = UNetConfig::from_diffusers_file(&unet_cfg)?;
+        if let Some(s) = &scheduler {
+            unet_config.prediction = s.prediction;
+        }
         Ok(ModelFiles {
-            unet_config: UNetConfig::from_diffusers_file(&unet_cfg)?,
+            unet_config,
             unet_weights: first_existing(
                 dir,
                 "unet",
@@ -373,6 +411,7 @@ impl ModelFiles {
             vae_weights,
             vae_dir: dir.join("vae"),
             tokenizer_dir: dir.join("tokenizer"),
+            scheduler,
         })
     }
 }
@@ -385,6 +424,7 @@ fn file_hash(path: &Path) -> Result<String> {
         op: "cannot read",
         source: e,
     };
+    crate::files::require_regular(path).map_err(io)?;
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -491,6 +531,19 @@ fn settings(
             "vram_budget_bytes": spec.a1111.vram_budget,
         }),
     );
+    // The row order of the batched CFG call ([uncond; cond] or the webui's [cond; uncond]),
+    // and the order the trace stores its rows in (always [uncond; cond]).
+    s.extra.insert(
+        "cfg_rows".into(),
+        json!(match spec.a1111.batching {
+            Batching::UncondFirst => "uncond,cond",
+            Batching::A1111 => "cond,uncond",
+        }),
+    );
+    s.extra.insert(
+        "cfg_rows_stored".into(),
+        json!(crate::probe::CFG_ROWS_STORED),
+    );
     if let Some(info) = &spec.a1111.infotext {
         s.extra.insert("infotext".into(), info.clone());
     }
@@ -514,6 +567,29 @@ fn attention_name(a: &AttentionImpl) -> String {
         AttentionImpl::Split { budget: None } => "split:unlimited".into(),
         AttentionImpl::SubQuad { q_chunk, kv_chunk } => format!("subquad:{q_chunk},{kv_chunk}"),
     }
+}
+
+/// The k-diffusion sampler runs SD's LDM schedule (1000 scaled-linear betas from 0.00085 to
+/// 0.012): a folder whose scheduler says otherwise is refused rather than silently ignored.
+fn kdiffusion_follows(c: &SchedulerConfig) -> Result<()> {
+    let sd = SchedulerConfig::sd();
+    let same = c.num_train_timesteps == sd.num_train_timesteps
+        && c.beta_schedule == sd.beta_schedule
+        && (c.beta_start - sd.beta_start).abs() < 1e-12
+        && (c.beta_end - sd.beta_end).abs() < 1e-12;
+    if same {
+        return Ok(());
+    }
+    Err(PipelineError::Setting(format!(
+        "{}: the scheduler's betas ({} from {} to {} over {} steps) are not SD's, which the k-diffusion sampler (the webuis') uses; record with --sampler-impl diffusers to follow the file",
+        c.file
+            .as_ref()
+            .map_or("scheduler_config.json".into(), |f| f.display().to_string()),
+        c.beta_schedule.name(),
+        c.beta_start,
+        c.beta_end,
+        c.num_train_timesteps
+    )))
 }
 
 /// Every record the run will offer the probe, in order.
@@ -627,6 +703,12 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     }
     let attention = AttentionImpl::parse(&spec.attention, spec.a1111.vram_budget)?;
     let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
+    if files.unet_config().addition.is_some() {
+        return Err(PipelineError::Setting(format!(
+            "{}: an SDXL model (its UNet has addition_embed_type text_time); sdtrace record runs SD 1.x/2.x so far (its SDXL UNet and text encoders exist, the SDXL pipeline does not yet)",
+            spec.model.display()
+        )));
+    }
     let (tokenizer, tokenizer_origin) = files.tokenizer(&spec.model_options)?;
     if spec.clip_skip as usize > files.clip_config().num_hidden_layers {
         return Err(PipelineError::Setting(format!(
@@ -661,7 +743,28 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     } else {
         AlphasPrecision::F32
     };
-    let sampler = Sampler::new(sampler_spec, &DiscreteSchedule::sd(precision))?;
+    let sampler = match spec.sampler_impl {
+        SamplerImpl::KDiffusion => {
+            if let Some(c) = files.scheduler_config() {
+                kdiffusion_follows(c)?;
+            }
+            Sampler::new(sampler_spec, &DiscreteSchedule::sd(precision))?
+        }
+        SamplerImpl::Diffusers => {
+            let config = files.scheduler_config().ok_or_else(|| {
+                PipelineError::Setting(format!(
+                    "--sampler-impl diffusers follows the model's scheduler/scheduler_config.json, and {} has none; give a diffusers folder that has one",
+                    spec.model.display()
+                ))
+            })?;
+            if spec.a1111.alphas_fp16 || spec.a1111.old_karras {
+                return Err(PipelineError::Setting(
+                    "--sampler-impl diffusers: the webui's fp16 alphas and old Karras bounds are k-diffusion settings; drop them or use --sampler-impl k-diffusion".into(),
+                ));
+            }
+            Sampler::diffusers(sampler_spec, config)?
+        }
+    };
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
     // The webui's separate calls (token counts differ) run batches of one.
     let plan_batch = if tokens_u == tokens { 2 } else { 1 };
@@ -729,6 +832,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         text_calls,
         (tokens_u, tokens),
     );
+    perturb::check_targets(&spec.perturb, &records).map_err(PipelineError::Setting)?;
     let est = estimate::estimate(&records, &spec.policy);
     let free = free_disk(out);
     monitor.plan(&RunPlan {
@@ -795,15 +899,24 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         Err(e) => {
             end.status = RunStatus::Failed;
             end.reason = Some(e.to_string());
-            let closed = probe.finish_with(end);
-            return Err(PipelineError::Run {
-                trace: out.to_path_buf(),
-                source: Box::new(match closed {
-                    Ok(_) => e,
-                    Err(close) => PipelineError::Conditioning(format!(
-                        "{e}; closing the trace also failed: {close}"
-                    )),
-                }),
+            return Err(match probe.finish_with(end) {
+                Ok(_) => PipelineError::Run {
+                    trace: out.to_path_buf(),
+                    source: Box::new(e),
+                },
+                Err(close) => {
+                    // A full disk fails the run and the close alike: say it once.
+                    let close = close.to_string();
+                    PipelineError::Unclosed {
+                        trace: out.to_path_buf(),
+                        close: if close == e.to_string() {
+                            "the same error".into()
+                        } else {
+                            close
+                        },
+                        source: Box::new(e),
+                    }
+                }
             });
         }
     };
@@ -949,7 +1062,10 @@ mod tests {
             "{e}"
         );
         assert!(parse_size("512").unwrap_err().contains("WIDTHxHEIGHT"));
-        assert!(parse_size("0x8").is_err());
+        assert!(parse_size("0x8").unwrap_err().ends_with("try 8"));
+        let e = parse_size("100000x100000").unwrap_err();
+        assert!(e.ends_with("try 16384"), "{e}");
+        assert!(parse_size("16392x8").unwrap_err().ends_with("try 16384"));
         assert_eq!("cuda:1".parse(), Ok(DeviceChoice::Cuda(1)));
         assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
         assert!("gpu".parse::<DeviceChoice>().is_err());

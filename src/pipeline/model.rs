@@ -1,12 +1,12 @@
 //! Where a recording's model comes from: a diffusers folder or a single-file LDM checkpoint
 //! (`--model FILE.safetensors`, what A1111 users have).
 //!
-//! [`ModelSource::open`] settles everything before any weight is read: for a folder, its
+//! `ModelSource::open` settles everything before any weight is read: for a folder, its
 //! configs and files; for a file, its hashes (A1111's old 8-hex hash and the SHA-256, checked
 //! against `--expect-hash`), the model read off its shapes and the key check, so a wrong or
 //! damaged file is refused with every problem listed and nothing loaded. The tokenizer is the
 //! folder's `tokenizer/`, `--tokenizer DIR`, or for a single file the built-in OpenAI CLIP
-//! vocabulary (SD 2.x's OpenCLIP pads with `!`). [`ModelSource::describe`] puts the hashes and
+//! vocabulary (SD 2.x's OpenCLIP pads with `!`). `ModelSource::describe` puts the hashes and
 //! what was read from the file into the run header.
 
 use super::{ModelFiles, PipelineError, Result, file_hash};
@@ -18,6 +18,7 @@ use crate::model::hash::{ModelHashes, hash_file};
 use crate::model::ldm::{LdmLayout, TextTower};
 use crate::model::unet::UNet;
 use crate::model::vae::Vae;
+use crate::sampling::diffusers::SchedulerConfig;
 use crate::text::ClipTokenizer;
 use crate::trace::Settings;
 use candle_core::{DType, Device};
@@ -140,6 +141,15 @@ impl ModelSource {
         match self {
             ModelSource::Folder(f) => &f.unet_config,
             ModelSource::File(f) => &f.layout.unet,
+        }
+    }
+
+    /// The folder's validated `scheduler_config.json` (`None` for a single file or a folder
+    /// without one).
+    pub(super) fn scheduler_config(&self) -> Option<&SchedulerConfig> {
+        match self {
+            ModelSource::Folder(f) => f.scheduler.as_ref(),
+            ModelSource::File(_) => None,
         }
     }
 

@@ -67,6 +67,82 @@ impl fmt::Display for Perturbation {
     }
 }
 
+/// Probe points outside the sampling loop that the size estimate leaves out (small, and not
+/// in every model); a perturbation may still target them.
+const UNPLANNED: &[&str] = &["vae.post_quant_conv"];
+
+/// Refuse, before the run, a perturbation that no probe point of the run matches: an unknown
+/// key, or a step outside the run (`planned` is every record the run will offer the probe,
+/// [`super::estimate::PlannedRecord`]). Without this it would be applied to nothing and still
+/// be listed in the header as applied.
+pub fn check_targets(
+    perturb: &[Perturbation],
+    planned: &[super::estimate::PlannedRecord],
+) -> Result<(), String> {
+    for p in perturb {
+        let hits = |step: Option<u32>| {
+            planned
+                .iter()
+                .any(|r| r.step == step && crate::glob::matches(&p.key, &r.key))
+                || step.is_none() && UNPLANNED.iter().any(|k| crate::glob::matches(&p.key, k))
+        };
+        if hits(p.step) {
+            continue;
+        }
+        let last = planned.iter().filter_map(|r| r.step).max();
+        let key_anywhere = planned.iter().any(|r| crate::glob::matches(&p.key, &r.key));
+        let why = match (p.step, last) {
+            (Some(s), Some(last)) if s > last && key_anywhere => {
+                format!("step {s} is past this run's last step ({last}; steps count from 0)")
+            }
+            (Some(_), _) if hits(None) => format!(
+                "'{}' is recorded outside the sampling loop: leave out @STEP ({}={})",
+                p.key, p.key, p.eps
+            ),
+            (Some(s), _) if key_anywhere => {
+                let steps: Vec<u32> = planned
+                    .iter()
+                    .filter(|r| crate::glob::matches(&p.key, &r.key))
+                    .filter_map(|r| r.step)
+                    .collect();
+                let (lo, hi) = (steps.iter().min(), steps.iter().max());
+                format!(
+                    "'{}' is not recorded at step {s} (it is at steps {}..={})",
+                    p.key,
+                    lo.copied().unwrap_or(0),
+                    hi.copied().unwrap_or(0)
+                )
+            }
+            (None, _) if key_anywhere => format!(
+                "'{}' is only recorded inside the sampling loop: add @STEP, e.g. {}@0={}",
+                p.key, p.key, p.eps
+            ),
+            _ => {
+                let group = p.key.split('.').next().unwrap_or("");
+                let mut near: Vec<&str> = planned
+                    .iter()
+                    .map(|r| r.key.as_str())
+                    .filter(|k| k.split('.').next() == Some(group))
+                    .collect();
+                near.sort_unstable();
+                near.dedup();
+                let shown = near.iter().take(6).copied().collect::<Vec<_>>().join(", ");
+                format!(
+                    "no probe point of this model is named '{}'{}; `sdtrace ls TRACE` lists the keys of a trace",
+                    p.key,
+                    if shown.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (keys of '{group}' include {shown})")
+                    }
+                )
+            }
+        };
+        return Err(format!("--perturb {p}: {why}"));
+    }
+    Ok(())
+}
+
 /// The intervention applying a [`Perturbation`]; counts how often it acted.
 pub struct Perturb {
     p: Perturbation,

@@ -52,7 +52,7 @@ pub enum Batching {
     #[default]
     UncondFirst,
     /// The webui's `CFGDenoiser`: one call on [cond; uncond] when both prompts have the same
-    /// number of tokens; otherwise two calls, the conditional first (probe eval 0), then the
+    /// number of tokens (its records are stored [uncond; cond], see `Probe::set_cond_first`); otherwise two calls, the conditional first (probe eval 0), then the
     /// unconditional (eval 1). The batch size and token count of every GEMM follow the webui.
     A1111,
 }
@@ -149,7 +149,12 @@ impl Denoiser for UNetDenoiser<'_> {
             )));
         }
         let batch = Tensor::cat(&[x_in, x_in], 0)?;
-        let out = self.unet.forward(&batch, t, &self.context, self.probe)?;
+        // The webui's rows are [cond; uncond]; the trace stores [uncond; cond] either way.
+        let cond_first = self.batching == Batching::A1111;
+        self.probe.set_cond_first(cond_first);
+        let out = self.unet.forward(&batch, t, &self.context, self.probe);
+        self.probe.set_cond_first(false);
+        let out = out?;
         let (first, second) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
         Ok(match self.batching {
             Batching::UncondFirst => (first, second),

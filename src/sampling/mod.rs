@@ -7,10 +7,12 @@
 //! device-independent generator; [`rng`] the other `--rng` generators (PyTorch CPU and CUDA
 //! emulations, A1111's NV, files, the device's own) and A1111's drawing order with ENSD. [`denoiser`] turns a model into a CFG denoiser (c_in scaling,
 //! ε- or v-prediction, one batched call for uncond and cond). [`sampler`] runs the loop and
-//! records `sampler.*` probe points. Invariant: nothing here draws randomness except through a
+//! records `sampler.*` probe points; [`diffusers`] runs diffusers' own schedulers instead
+//! (`--sampler-impl diffusers`), configured from the model's `scheduler_config.json`. Invariant: nothing here draws randomness except through a
 //! `NoiseSource`, so a run is a pure function of its inputs, settings and seed.
 
 pub mod denoiser;
+pub mod diffusers;
 pub mod noise;
 pub mod rng;
 pub mod sampler;
@@ -19,7 +21,7 @@ pub mod schedule;
 pub use denoiser::{Batching, Denoiser, UNetDenoiser};
 pub use noise::{NoiseSource, SdtraceNoise};
 pub use rng::{RngError, RngSpec, RunRng};
-pub use sampler::{Sampler, SamplerKind, SamplerSpec};
+pub use sampler::{Sampler, SamplerImpl, SamplerKind, SamplerSpec};
 pub use schedule::{AlphasPrecision, DiscreteSchedule, KarrasBounds};
 
 /// Errors of schedule construction and sampling. Bad settings are reported, never panicked on.
@@ -43,6 +45,16 @@ pub enum SamplingError {
     BadDenoiserOutput(String),
     #[error("noise of shape {0:?} has too many elements")]
     BadShape(Vec<usize>),
+    /// A `scheduler_config.json` that is not valid or asks for what sdtrace does not follow.
+    #[error("{}: {key}{}{what}", file.display(), if key.is_empty() { "" } else { " " })]
+    SchedulerConfig {
+        file: std::path::PathBuf,
+        key: String,
+        what: String,
+    },
+    /// A combination of settings sdtrace does not follow; the message says which and why.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("conditioning: {0}")]
     BadConditioning(String),
     #[error(transparent)]

@@ -14,6 +14,7 @@
 //! device scalars, so results agree to rounding, not bit for bit.
 
 use super::denoiser::{Denoiser, c_in, cfg_combine, denoised};
+use super::diffusers::{DiffusersSchedule, SchedulerClass, SchedulerConfig};
 use super::noise::{self, NoiseSource};
 use super::schedule::{DiscreteSchedule, KarrasBounds, check_steps};
 use super::{Result, SamplingError};
@@ -95,6 +96,25 @@ impl SamplerSpec {
     }
 }
 
+/// Whose sampler semantics a run follows (`--sampler-impl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SamplerImpl {
+    /// k-diffusion's, as AUTOMATIC1111/Forge and ComfyUI sample (the default).
+    #[default]
+    KDiffusion,
+    /// diffusers' schedulers, configured from the model's `scheduler_config.json`.
+    Diffusers,
+}
+
+impl SamplerImpl {
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerImpl::KDiffusion => "k-diffusion",
+            SamplerImpl::Diffusers => "diffusers",
+        }
+    }
+}
+
 /// A sampler with its schedule resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sampler {
@@ -103,6 +123,8 @@ pub struct Sampler {
     alphas: &'static str,
     sigmas: Vec<f32>,
     timesteps: Vec<f32>,
+    /// `Some` with `--sampler-impl diffusers`.
+    diffusers: Option<Box<DiffusersSchedule>>,
 }
 
 impl Sampler {
@@ -134,7 +156,60 @@ impl Sampler {
             alphas: schedule.precision().name(),
             sigmas,
             timesteps,
+            diffusers: None,
         })
+    }
+
+    /// The sampler as diffusers runs it: the scheduler class of `spec.kind` (euler:
+    /// `EulerDiscreteScheduler`, dpmpp-2m and dpmpp-2m-karras: `DPMSolverMultistepScheduler`
+    /// without and with Karras sigmas, ddim: `DDIMScheduler`) from `config`, with the spec's
+    /// prediction type.
+    pub fn diffusers(spec: SamplerSpec, config: &SchedulerConfig) -> Result<Self> {
+        if !(spec.cfg_scale.is_finite() && spec.cfg_scale > 1.0) {
+            return Err(SamplingError::Unsupported(format!(
+                "--sampler-impl diffusers needs --cfg above 1 (diffusers skips the unconditional pass at guidance {} and sdtrace does not follow that)",
+                spec.cfg_scale
+            )));
+        }
+        let (class, karras) = match spec.kind {
+            SamplerKind::Euler => (SchedulerClass::Euler, None),
+            SamplerKind::DpmPp2m => (SchedulerClass::DpmSolverMultistep, Some(false)),
+            SamplerKind::DpmPp2mKarras => (SchedulerClass::DpmSolverMultistep, Some(true)),
+            SamplerKind::Ddim => (SchedulerClass::Ddim, None),
+            SamplerKind::EulerA => {
+                return Err(SamplingError::Unsupported(
+                    "--sampler-impl diffusers follows euler, dpmpp-2m, dpmpp-2m-karras and ddim; euler-a (EulerAncestralDiscreteScheduler) only with the default --sampler-impl k-diffusion".into(),
+                ));
+            }
+        };
+        let config = SchedulerConfig {
+            prediction: spec.prediction,
+            ..config.clone()
+        };
+        let d = DiffusersSchedule::new(class, &config, spec.steps, karras)?;
+        Ok(Sampler {
+            spec,
+            schedule_name: class.name(),
+            alphas: "f32",
+            sigmas: d.sigmas().to_vec(),
+            timesteps: d.timesteps().to_vec(),
+            diffusers: Some(Box::new(d)),
+        })
+    }
+
+    /// Whose semantics the sampler follows.
+    pub fn implementation(&self) -> SamplerImpl {
+        match self.diffusers {
+            Some(_) => SamplerImpl::Diffusers,
+            None => SamplerImpl::KDiffusion,
+        }
+    }
+
+    /// The factor the unit noise is scaled by to start: σ₀, or diffusers' `init_noise_sigma`.
+    pub fn init_sigma(&self) -> f32 {
+        self.diffusers
+            .as_ref()
+            .map_or(self.sigmas[0], |d| d.init_noise_sigma())
     }
 
     pub fn spec(&self) -> &SamplerSpec {
@@ -163,6 +238,28 @@ impl Sampler {
             Prediction::Epsilon => "epsilon",
             Prediction::VPrediction => "v_prediction",
         };
+        if let Some(d) = &self.diffusers {
+            let params = json!({
+                "name": self.spec.kind.name(),
+                "steps": self.spec.steps,
+                "cfg_scale": self.spec.cfg_scale,
+                "prediction": prediction,
+                "schedule": self.schedule_name,
+                "scheduler": d.describe(),
+                "semantics": "diffusers (the scheduler's own latent space, CFG on the model output, batch [uncond; cond])",
+            });
+            return BTreeMap::from([
+                ("sigmas".to_string(), json!(self.sigmas)),
+                ("timesteps".to_string(), json!(self.timesteps)),
+                ("init_sigma".to_string(), json!(d.init_noise_sigma())),
+                ("sampler_impl".to_string(), json!("diffusers")),
+                ("sampler_params".to_string(), params),
+                (
+                    "rng_params".to_string(),
+                    json!({"name": rng.name(), "spec": rng.spec(), "params": rng.params()}),
+                ),
+            ]);
+        }
         let mut params = json!({
             "name": self.spec.kind.name(),
             "steps": self.spec.steps,
@@ -188,6 +285,8 @@ impl Sampler {
         BTreeMap::from([
             ("sigmas".to_string(), json!(self.sigmas)),
             ("timesteps".to_string(), json!(self.timesteps)),
+            ("init_sigma".to_string(), json!(self.sigmas[0])),
+            ("sampler_impl".to_string(), json!("k-diffusion")),
             ("sampler_params".to_string(), params),
             (
                 "rng_params".to_string(),
@@ -258,6 +357,9 @@ impl Sampler {
         probe: &Probe,
         after_step: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<Tensor> {
+        if let Some(d) = &self.diffusers {
+            return d.sample(model, noise, self.spec.cfg_scale, probe, after_step);
+        }
         let n = self.timesteps.len();
         let mut x = (noise * self.sigmas[0] as f64)?;
         let mut old: Option<Tensor> = None;

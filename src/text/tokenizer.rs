@@ -337,10 +337,12 @@ impl fmt::Debug for ClipTokenizer {
 }
 
 fn read(path: &Path) -> Result<String, TextError> {
-    std::fs::read_to_string(path).map_err(|source| TextError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::files::require_regular(path)
+        .and_then(|_| std::fs::read_to_string(path))
+        .map_err(|source| TextError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn read_json(path: &Path) -> Result<Value, TextError> {

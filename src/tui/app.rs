@@ -9,8 +9,9 @@
 //! happens here, so every transition is testable without a terminal.
 //!
 //! Invariants: the cursor row indexes [`App::rows`] and the column [`Grid::columns`] (both
-//! clamped after every change); `judgement` always belongs to `comparison` and the current
-//! tolerance.
+//! clamped after every change, and the scroll offsets show them); `judgement` always belongs
+//! to `comparison` and the current tolerance. The fields are private, so only the transitions
+//! here change them; the layout, the renderers and the run loop read them through accessors.
 
 use super::keys::{Action, Scope, lookup};
 use super::layout::{Hit, Layout};
@@ -19,7 +20,7 @@ use super::palette::Palette;
 use crate::analysis::{
     Comparison, Criteria, Judgement, PairRecord, Status, TolConfig, TolSpec, judge,
 };
-use crossterm::event::{KeyEvent, MouseButton, MouseEvent, MouseEventKind};
+use crossterm::event::{KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
 use std::collections::{HashMap, HashSet};
 
@@ -53,6 +54,23 @@ impl Prompt {
             Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => text,
         }
     }
+
+    fn text_mut(&mut self) -> &mut String {
+        match self {
+            Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => text,
+        }
+    }
+}
+
+/// Readline's Ctrl-w: delete the separators at the end, then the word before them. Words are
+/// separated by spaces and by the separators of keys and tolerances (`.`, `,`, `=`); the
+/// separator before the deleted word stays, so `unet.mid_block` becomes `unet.`.
+fn delete_word(text: &mut String) {
+    let sep = |c: char| c == ' ' || c == '.' || c == ',' || c == '=';
+    let end = text.trim_end_matches(sep).len();
+    text.truncate(end);
+    let keep = text.rfind(sep).map_or(0, |i| i + 1);
+    text.truncate(keep);
 }
 
 /// Where the background comparison is.
@@ -147,39 +165,42 @@ pub struct Finding {
     pub text: String,
 }
 
+/// The state of one `sdtrace diff` session. Fields are private so that the invariants of the
+/// module doc hold: they change only through the transitions below, and renderers read them
+/// through the accessors.
 pub struct App {
-    pub opts: AppOptions,
-    pub analysis: Option<Analysis>,
-    pub tol: TolConfig,
-    pub phase: Phase,
-    pub counts: Counts,
-    pub view: View,
-    pub back: Vec<View>,
-    pub pane: Pane,
-    pub row: usize,
-    pub col: usize,
-    pub scroll_row: usize,
-    pub scroll_col: usize,
+    opts: AppOptions,
+    analysis: Option<Analysis>,
+    tol: TolConfig,
+    phase: Phase,
+    counts: Counts,
+    view: View,
+    back: Vec<View>,
+    pane: Pane,
+    row: usize,
+    col: usize,
+    scroll_row: usize,
+    scroll_col: usize,
     /// Groups whose expansion differs from the default (top level expanded, deeper collapsed).
-    pub toggled: HashSet<String>,
-    pub filter: String,
-    pub prompt: Option<Prompt>,
-    pub metric: Metric,
-    pub help: bool,
-    pub help_scroll: usize,
-    pub summary_sel: usize,
-    pub message: Option<Message>,
-    pub details: HashMap<Request, Loadable<Detail>>,
+    toggled: HashSet<String>,
+    filter: String,
+    prompt: Option<Prompt>,
+    metric: Metric,
+    help: bool,
+    help_scroll: usize,
+    summary_sel: usize,
+    message: Option<Message>,
+    details: HashMap<Request, Loadable<Detail>>,
     /// Screen size the last layout was made for.
-    pub area: Rect,
+    area: Rect,
     /// Pair updates arrived since the last judgement.
-    pub stale: bool,
-    /// The comparison is the final one of its generation (payloads done).
-    pub complete: bool,
+    stale: bool,
     /// Decade range of each metric over all records, cached per judgement.
     scales: HashMap<Metric, Option<(i32, i32)>>,
     /// Cell statistics of the current judgement and metric (empty when stale).
     cache: StatCache,
+    /// The user has moved the cursor or left the overview: new findings no longer move it.
+    user_moved: bool,
 }
 
 impl App {
@@ -208,14 +229,112 @@ impl App {
             details: HashMap::new(),
             area: Rect::new(0, 0, 80, 24),
             stale: false,
-            complete: false,
             scales: HashMap::new(),
             cache: StatCache::default(),
+            user_moved: false,
         }
     }
 
     pub fn palette(&self) -> Palette {
         self.opts.palette
+    }
+
+    // ----- read-only state, for the layout, the renderers and the run loop ---------------
+
+    pub fn opts(&self) -> &AppOptions {
+        &self.opts
+    }
+
+    /// The comparison, its judgement, grid and findings (`None` until the first arrives).
+    pub fn analysis(&self) -> Option<&Analysis> {
+        self.analysis.as_ref()
+    }
+
+    /// The tolerance the judgement was made with (the prompt's, while typing).
+    pub fn tol(&self) -> &TolConfig {
+        &self.tol
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    pub fn pane(&self) -> Pane {
+        self.pane
+    }
+
+    /// The cursor's row: an index into [`App::rows`] (0 when there are none).
+    pub fn row(&self) -> usize {
+        self.row
+    }
+
+    /// The cursor's column of the grid.
+    pub fn col(&self) -> usize {
+        self.col
+    }
+
+    /// The first heatmap row shown.
+    pub fn scroll_row(&self) -> usize {
+        self.scroll_row
+    }
+
+    /// The first heatmap column shown.
+    pub fn scroll_col(&self) -> usize {
+        self.scroll_col
+    }
+
+    /// The key filter (empty: the tree).
+    pub fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    pub fn prompt(&self) -> Option<&Prompt> {
+        self.prompt.as_ref()
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// The help overlay is open.
+    pub fn help(&self) -> bool {
+        self.help
+    }
+
+    pub fn help_scroll(&self) -> usize {
+        self.help_scroll
+    }
+
+    /// The selected finding of the summary pane.
+    pub fn summary_sel(&self) -> usize {
+        self.summary_sel
+    }
+
+    pub fn message(&self) -> Option<&Message> {
+        self.message.as_ref()
+    }
+
+    /// A detail asked for, loading or loaded.
+    pub fn detail(&self, req: Request) -> Option<&Loadable<Detail>> {
+        self.details.get(&req)
+    }
+
+    /// The screen size the layout is made for.
+    pub fn area(&self) -> Rect {
+        self.area
+    }
+
+    /// Pair updates arrived since the last judgement.
+    pub fn stale(&self) -> bool {
+        self.stale
     }
 
     // ----- data arriving from the background -------------------------------------------
@@ -244,7 +363,6 @@ impl App {
         };
         let judgement = judge(&c, &self.tol, &self.opts.criteria);
         let findings = Findings::of(&c, &judgement);
-        let first = self.analysis.is_none();
         self.analysis = Some(Analysis {
             comparison: c,
             judgement,
@@ -254,21 +372,27 @@ impl App {
         self.scales.clear();
         self.cache = StatCache::default();
         self.stale = false;
-        self.complete = matches!(phase, Phase::Done | Phase::Following);
         self.phase = phase;
         match here {
-            Some((key, step)) if !first => self.place_cursor(&key, step),
+            Some((key, step)) if self.user_moved => self.place_cursor(&key, step),
             _ => self.clamp(),
         }
-        if first {
-            // Open on the first exceedance, else the first difference.
-            let target = self
-                .analysis
-                .as_ref()
-                .and_then(|a| a.findings.first_exceed.or(a.findings.first_diff));
-            if let Some(i) = target {
-                self.goto_record(i);
-            }
+        self.follow_findings();
+    }
+
+    /// Until the user moves it, the cursor follows the findings as they arrive (the summaries
+    /// pass, pair updates, the payload pass): it stands on the first exceedance, else the
+    /// source, else the first difference, never on whatever row happened to be first.
+    fn follow_findings(&mut self) {
+        if self.user_moved {
+            return;
+        }
+        let target = self.analysis.as_ref().and_then(|a| {
+            let f = &a.findings;
+            f.first_exceed.or(f.source).or(f.first_diff)
+        });
+        if let Some(i) = target {
+            self.goto_record(i);
         }
     }
 
@@ -290,6 +414,7 @@ impl App {
     pub fn rejudge_if_stale(&mut self) -> bool {
         if self.stale {
             self.rejudge();
+            self.follow_findings();
             true
         } else {
             false
@@ -336,7 +461,13 @@ impl App {
     /// Compute what drawing needs (colour scale, cell statistics) for the current judgement
     /// and metric; call before rendering so a frame costs O(visible cells).
     pub fn prepare(&mut self) {
-        let _ = self.scale();
+        let missing = match self.scales.get(&self.metric) {
+            Some(_) => None,
+            None => Some(self.compute_scale()),
+        };
+        if let Some(s) = missing {
+            self.scales.insert(self.metric, s);
+        }
         if self.cache.metric != Some(self.metric)
             && let Some(a) = &self.analysis
         {
@@ -350,32 +481,21 @@ impl App {
         }
     }
 
-    /// The decade range of the current metric over all records.
-    pub fn scale(&mut self) -> Option<(i32, i32)> {
-        let metric = self.metric;
-        if let Some(s) = self.scales.get(&metric) {
-            return *s;
-        }
-        let s =
-            self.analysis.as_ref().and_then(|a| {
-                decade_range((0..a.comparison.records.len()).filter_map(|i| {
-                    super::model::metric_value(&a.comparison, &a.judgement, i, metric)
-                }))
-            });
-        self.scales.insert(metric, s);
-        s
-    }
-
-    /// The cached scale (as last computed by [`App::scale`]), for renderers.
-    pub fn cached_scale(&self) -> Option<(i32, i32)> {
+    /// The decade range of the current metric over all records: computed once per judgement
+    /// and metric by [`App::prepare`], computed here when not prepared.
+    pub fn scale(&self) -> Option<(i32, i32)> {
         match self.scales.get(&self.metric) {
             Some(s) => *s,
-            None => self.analysis.as_ref().and_then(|a| {
-                decade_range((0..a.comparison.records.len()).filter_map(|i| {
-                    super::model::metric_value(&a.comparison, &a.judgement, i, self.metric)
-                }))
-            }),
+            None => self.compute_scale(),
         }
+    }
+
+    fn compute_scale(&self) -> Option<(i32, i32)> {
+        self.analysis.as_ref().and_then(|a| {
+            decade_range((0..a.comparison.records.len()).filter_map(|i| {
+                super::model::metric_value(&a.comparison, &a.judgement, i, self.metric)
+            }))
+        })
     }
 
     pub fn is_expanded(&self, n: usize) -> bool {
@@ -602,6 +722,13 @@ impl App {
     }
 
     pub fn handle_key(&mut self, ev: KeyEvent) -> Effect {
+        let before = (self.cursor_place(), self.view);
+        let effect = self.key(ev);
+        self.user_moved |= (self.cursor_place(), self.view) != before;
+        effect
+    }
+
+    fn key(&mut self, ev: KeyEvent) -> Effect {
         self.message = None;
         let action = lookup(self.scope(), &ev);
         if self.prompt.is_some() {
@@ -665,53 +792,10 @@ impl App {
                 }
             }
             Action::Enter => return self.enter(),
-            Action::Toggle => {
-                let group = self.current_node().filter(|&n| {
-                    self.analysis
-                        .as_ref()
-                        .is_some_and(|a| !a.grid.nodes[n].children.is_empty())
-                });
-                match group {
-                    Some(n) if self.filter.is_empty() => {
-                        let on = !self.is_expanded(n);
-                        self.set_expanded(n, on);
-                    }
-                    Some(_) => self.say("clear the filter (Esc) to fold the key tree", false),
-                    None => {}
-                }
-            }
-            Action::Back => {
-                if self.help {
-                    self.help = false;
-                } else if let Some(v) = self.back.pop() {
-                    self.view = v;
-                } else if self.view != View::Overview {
-                    self.view = View::Overview;
-                } else if self.pane == Pane::Summary {
-                    self.pane = Pane::Heatmap;
-                } else if !self.filter.is_empty() {
-                    let here = self.cursor_place();
-                    self.filter.clear();
-                    if let Some((p, s)) = here {
-                        self.place_cursor(&p, s);
-                    }
-                }
-            }
-            Action::FirstExceed => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.first_exceed);
-                self.jump(t, "no record is over tolerance");
-            }
-            Action::Source => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.source);
-                self.jump(t, "no record creates error");
-            }
-            Action::Onset => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.onset);
-                self.jump(t, "the latent error does not grow step over step");
-            }
-            Action::FirstDiff => {
-                let t = self.analysis.as_ref().and_then(|a| a.findings.first_diff);
-                self.jump(t, "every record is bit-identical");
+            Action::Toggle => self.toggle(),
+            Action::Back => self.go_back(),
+            Action::FirstExceed | Action::Source | Action::Onset | Action::FirstDiff => {
+                self.jump_to(action)
             }
             Action::NextFail | Action::PrevFail => self.next_fail(action == Action::NextFail),
             Action::CycleMetric => {
@@ -745,24 +829,8 @@ impl App {
                     None => self.say("no record under the cursor to export", true),
                 }
             }
-            Action::ExpandAll => {
-                if let Some(a) = &self.analysis {
-                    self.toggled = a
-                        .grid
-                        .nodes
-                        .iter()
-                        .filter(|n| n.depth > 0 && !n.children.is_empty())
-                        .map(|n| n.path.clone())
-                        .collect();
-                }
-            }
-            Action::CollapseAll => {
-                let here = self.cursor_place();
-                self.toggled.clear();
-                if let Some((p, s)) = here {
-                    self.place_cursor(&p, s);
-                }
-            }
+            Action::ExpandAll => self.expand_all(true),
+            Action::CollapseAll => self.expand_all(false),
             Action::ViewOverview => self.switch(View::Overview),
             Action::ViewLayer => self.switch(View::Layer),
             Action::ViewTensor => {
@@ -777,13 +845,96 @@ impl App {
                 self.switch(View::Image);
                 return self.load_for_view();
             }
-            Action::PromptAccept | Action::PromptCancel | Action::PromptDelete => {}
+            Action::PromptAccept
+            | Action::PromptCancel
+            | Action::PromptDelete
+            | Action::PromptDeleteWord
+            | Action::PromptClear => {}
         }
         self.clamp();
         if matches!(self.view, View::Tensor) {
             return self.load_for_view();
         }
         Effect::None
+    }
+
+    /// `+`: every group open; `-`: back to the default (top level open), keeping the cursor's
+    /// key and step.
+    fn expand_all(&mut self, open: bool) {
+        if open {
+            if let Some(a) = &self.analysis {
+                self.toggled = a
+                    .grid
+                    .nodes
+                    .iter()
+                    .filter(|n| n.depth > 0 && !n.children.is_empty())
+                    .map(|n| n.path.clone())
+                    .collect();
+            }
+        } else {
+            let here = self.cursor_place();
+            self.toggled.clear();
+            if let Some((p, s)) = here {
+                self.place_cursor(&p, s);
+            }
+        }
+    }
+
+    /// Space: fold or unfold the group under the cursor (not while filtering: no tree then).
+    fn toggle(&mut self) {
+        let group = self.current_node().filter(|&n| {
+            self.analysis
+                .as_ref()
+                .is_some_and(|a| !a.grid.nodes[n].children.is_empty())
+        });
+        match group {
+            Some(n) if self.filter.is_empty() => {
+                let on = !self.is_expanded(n);
+                self.set_expanded(n, on);
+            }
+            Some(_) => self.say("clear the filter (Esc) to fold the key tree", false),
+            None => {}
+        }
+    }
+
+    /// Esc: close help, go back a view, leave the summary pane, or clear the filter.
+    fn go_back(&mut self) {
+        if self.help {
+            self.help = false;
+        } else if let Some(v) = self.back.pop() {
+            self.view = v;
+        } else if self.view != View::Overview {
+            self.view = View::Overview;
+        } else if self.pane == Pane::Summary {
+            self.pane = Pane::Heatmap;
+        } else if !self.filter.is_empty() {
+            let here = self.cursor_place();
+            self.filter.clear();
+            if let Some((p, s)) = here {
+                self.place_cursor(&p, s);
+            }
+        }
+    }
+
+    /// `f`, `s`, `a`, `d`: the cursor to a finding, or a message saying there is none.
+    fn jump_to(&mut self, action: Action) {
+        let f = self.analysis.as_ref().map(|a| &a.findings);
+        let (target, none) = match action {
+            Action::FirstExceed => (
+                f.and_then(|f| f.first_exceed),
+                "no record is over tolerance",
+            ),
+            Action::Source => (f.and_then(|f| f.source), "no record creates error"),
+            Action::Onset => (
+                f.and_then(|f| f.onset),
+                "the latent error does not grow step over step",
+            ),
+            _ => (
+                f.and_then(|f| f.first_diff),
+                "every record is bit-identical",
+            ),
+        };
+        self.jump(target, none);
     }
 
     fn switch(&mut self, v: View) {
@@ -981,15 +1132,21 @@ impl App {
                 self.clamp();
                 return Effect::None;
             }
-            Some(Action::PromptDelete) => match prompt {
-                Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => {
-                    text.pop();
-                }
-            },
+            Some(Action::PromptDelete) => {
+                prompt.text_mut().pop();
+            }
+            Some(Action::PromptDeleteWord) => delete_word(prompt.text_mut()),
+            Some(Action::PromptClear) => prompt.text_mut().clear(),
             _ => match ev.code {
-                KeyCode::Char(ch) if !ch.is_control() => match prompt {
-                    Prompt::Filter { text, .. } | Prompt::Tolerance { text, .. } => text.push(ch),
-                },
+                // A key chord with Ctrl or Alt is a command, never text.
+                KeyCode::Char(ch)
+                    if !ch.is_control()
+                        && !ev
+                            .modifiers
+                            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
+                {
+                    prompt.text_mut().push(ch)
+                }
                 _ => return Effect::None,
             },
         }
@@ -1021,6 +1178,13 @@ impl App {
     }
 
     pub fn handle_mouse(&mut self, ev: MouseEvent) -> Effect {
+        let before = (self.cursor_place(), self.view);
+        let effect = self.mouse(ev);
+        self.user_moved |= (self.cursor_place(), self.view) != before;
+        effect
+    }
+
+    fn mouse(&mut self, ev: MouseEvent) -> Effect {
         if !self.opts.mouse {
             return Effect::None;
         }
@@ -1040,9 +1204,15 @@ impl App {
                 }
                 match layout.hit(ev.column, ev.row, self) {
                     Some(Hit::Cell { row, col }) => {
+                        // A click on the selected cell opens it, as the help says.
+                        let again =
+                            self.pane == Pane::Heatmap && row == self.row && col == self.col;
                         self.pane = Pane::Heatmap;
                         self.row = row;
                         self.col = col;
+                        if again {
+                            return self.enter();
+                        }
                     }
                     Some(Hit::Label { row }) => {
                         self.pane = Pane::Heatmap;
@@ -1127,7 +1297,7 @@ mod tests {
     use super::*;
     use crate::report::fixture::comparison as fixture;
     use crate::tui::palette::{ColorMode, Palette};
-    use crossterm::event::{KeyCode, KeyModifiers};
+    use crossterm::event::KeyCode;
 
     pub(crate) fn app() -> App {
         let mut app = App::new(AppOptions {
@@ -1362,6 +1532,9 @@ mod tests {
     #[test]
     fn pair_updates_rejudge_and_keep_the_cursor() {
         let mut app = app();
+        // Once the user has moved the cursor, it stays where they put it.
+        ch(&mut app, 'k');
+        ch(&mut app, 'j');
         let mut rec = app.analysis.as_ref().unwrap().comparison.records[2].clone();
         rec.bit_identical = Some(false);
         rec.rel_l2 = Some(0.5);
@@ -1375,5 +1548,182 @@ mod tests {
         let other = app.analysis.as_ref().unwrap().comparison.records[3].clone();
         app.update_pair(2, other);
         assert!(!app.stale);
+    }
+
+    fn ctrl(app: &mut App, c: char) -> Effect {
+        app.handle_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+    }
+
+    /// #24: Ctrl-U and Ctrl-W typed `u` and `w` into the `/` and `t` prompts.
+    #[test]
+    fn ctrl_u_and_ctrl_w_edit_the_prompts() {
+        use crate::tui::testing::{SIZES, draw, row_text};
+        for (w, h) in SIZES {
+            let mut app = app();
+            ch(&mut app, '/');
+            for c in "unet.mid_block".chars() {
+                ch(&mut app, c);
+            }
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "unet.");
+            assert_eq!(app.filter, "unet.", "applied live");
+            let buf = draw(&mut app, w, h);
+            assert!(row_text(&buf, h - 1).starts_with("filter keys: unet.▏"));
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            for c in "vae dec".chars() {
+                ch(&mut app, c);
+            }
+            ctrl(&mut app, 'u');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            assert_eq!(app.rows().len(), 4, "an empty filter shows every row");
+            // Other chords are not text either.
+            ctrl(&mut app, 'x');
+            app.handle_key(KeyEvent::new(KeyCode::Char('b'), KeyModifiers::ALT));
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            key(&mut app, KeyCode::Esc);
+            // The tolerance prompt edits the same way and re-judges as it goes.
+            ch(&mut app, 't');
+            for c in "rel=1e-2,abs=1".chars() {
+                ch(&mut app, c);
+            }
+            assert_eq!(app.tol.global.unwrap().abs, Some(1.0));
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "rel=1e-2,abs=");
+            ctrl(&mut app, 'w');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "rel=1e-2,");
+            let buf = draw(&mut app, w, h);
+            assert!(row_text(&buf, h - 1).starts_with("tolerance: rel=1e-2,▏"));
+            ctrl(&mut app, 'u');
+            assert_eq!(app.prompt.as_ref().unwrap().text(), "");
+            key(&mut app, KeyCode::Enter);
+            assert_eq!(app.tol.global, None, "empty: per-dtype defaults");
+        }
+    }
+
+    #[test]
+    fn delete_word_stops_at_separators() {
+        for (before, after) in [
+            ("unet.mid_block", "unet."),
+            ("unet.", ""),
+            ("a b  ", "a "),
+            ("rel=1e-3", "rel="),
+            ("", ""),
+        ] {
+            let mut t = before.to_string();
+            delete_word(&mut t);
+            assert_eq!(t, after, "{before:?}");
+        }
+    }
+
+    /// #24: the first cursor landed on whatever row came first (the summaries pass has no
+    /// exceedance yet, and the payload pass then kept that place).
+    #[test]
+    fn the_cursor_follows_the_findings_until_the_user_moves_it() {
+        use crate::tui::testing::{SIZES, draw, find, screen_text};
+        for (w, h) in SIZES {
+            let mut app = App::new(AppOptions {
+                a: "a.sdt".into(),
+                b: "b.sdt".into(),
+                tol: TolConfig::default(),
+                criteria: Criteria::default(),
+                palette: Palette::new(ColorMode::TrueColor),
+                mouse: true,
+            });
+            app.resize(Rect::new(0, 0, w, h));
+            // The summaries pass: nothing measured yet.
+            let mut summaries = fixture();
+            for r in &mut summaries.records {
+                r.rel_l2 = None;
+                r.abs_error = None;
+                r.bit_identical = None;
+            }
+            app.set_comparison(summaries, Phase::Payloads);
+            // The payload pass finds the source: the cursor goes there.
+            app.set_comparison(fixture(), Phase::Done);
+            assert_eq!(here(&app), ("unet.mid_block".into(), Some(1)));
+            let buf = draw(&mut app, w, h);
+            assert!(
+                find(&buf, "step 1 · unet.mid_block · FAIL").is_some(),
+                "{}",
+                screen_text(&buf)
+            );
+            // Pair updates that move the first exceedance move the cursor too.
+            let mut rec = app.analysis.as_ref().unwrap().comparison.records[3].clone();
+            rec.bit_identical = Some(false);
+            rec.rel_l2 = Some(0.5);
+            rec.abs_error = Some(0.5);
+            app.update_pair(3, rec);
+            app.rejudge_if_stale();
+            assert_eq!(here(&app), ("sampler.x".into(), Some(1)));
+            // Once the user moves, new results leave the cursor where it is.
+            ch(&mut app, 'j');
+            assert_eq!(here(&app), ("unet.mid_block".into(), Some(1)));
+            ch(&mut app, 'l');
+            app.set_comparison(fixture(), Phase::Done);
+            assert_eq!(here(&app), ("unet.mid_block".into(), Some(2)));
+        }
+    }
+
+    /// The invariants of the module doc hold after every key of a long, varied sequence.
+    #[test]
+    fn the_cursor_stays_within_the_rows_and_columns() {
+        let mut app = app();
+        let mut c = fixture();
+        for (i, k) in [
+            (2, "unet.down_blocks.0.resnets.0"),
+            (4, "unet.down_blocks.0.attentions.0"),
+        ] {
+            c.records[i].key = k.into();
+        }
+        app.set_comparison(c, Phase::Done);
+        let keys = "jjjjjjjjjLLLL +-gGhhhh lkjn N f s a d m /unet\x08\x08\x08\x08\x1b t rel=1\x1b 2 3 4 5 1 \t j j \t G  kkkk- ";
+        let mut seed = 7u32;
+        for (step, c) in keys.chars().cycle().take(600).enumerate() {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let code = match c {
+                '\x08' => KeyCode::Backspace,
+                '\x1b' => KeyCode::Esc,
+                '\t' => KeyCode::Tab,
+                _ if seed.is_multiple_of(7) => KeyCode::Enter,
+                c => KeyCode::Char(c),
+            };
+            if seed.is_multiple_of(5) {
+                let (w, h) = (40 + (seed % 200) as u16, 10 + (seed % 60) as u16);
+                app.resize(Rect::new(0, 0, w, h));
+            }
+            key(&mut app, code);
+            let rows = app.rows().len();
+            let cols = app.analysis.as_ref().unwrap().grid.columns();
+            assert!(
+                app.row < rows.max(1),
+                "step {step}: row {} of {rows}",
+                app.row
+            );
+            assert!(
+                app.col < cols.max(1),
+                "step {step}: col {} of {cols}",
+                app.col
+            );
+            let l = Layout::new(app.area, &app);
+            if l.heat_rows() > 0 && app.view == View::Overview && rows > 0 {
+                assert!(
+                    (app.scroll_row..app.scroll_row + l.heat_rows()).contains(&app.row),
+                    "step {step}: row {} not shown from {}",
+                    app.row,
+                    app.scroll_row
+                );
+            }
+            let j = &app.analysis.as_ref().unwrap().judgement;
+            assert_eq!(
+                j,
+                &judge(
+                    &app.analysis.as_ref().unwrap().comparison,
+                    &app.tol,
+                    &app.opts.criteria
+                ),
+                "step {step}: the judgement is not that of the comparison and tolerance"
+            );
+        }
     }
 }

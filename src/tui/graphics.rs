@@ -115,7 +115,7 @@ pub fn overlay(app: &App, body: Rect, protocol: Protocol) -> Option<Overlay> {
             Protocol::Off => String::new(),
         };
     }
-    let record = app.analysis.as_ref()?.judgement.image?;
+    let record = app.analysis()?.judgement.image?;
     (!escapes.is_empty()).then_some(Overlay {
         key: (record, rects),
         escapes,
@@ -155,11 +155,10 @@ pub fn iterm(png: &[u8], cols: u16, rows: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{Criteria, TolConfig};
     use crate::report::ReportImages;
-    use crate::tui::app::{AppOptions, Detail, Phase, Request, View};
+    use crate::tui::app::{Detail, Phase, Request};
     use crate::tui::detail::ImageDetail;
-    use crate::tui::palette::{ColorMode, Palette};
+    use crate::tui::palette::ColorMode;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {
@@ -222,14 +221,7 @@ mod tests {
 
     #[test]
     fn overlay_places_the_three_pictures_only_in_the_image_view() {
-        let mut app = App::new(AppOptions {
-            a: "a.sdt".into(),
-            b: "b.sdt".into(),
-            tol: TolConfig::default(),
-            criteria: Criteria::default(),
-            palette: Palette::new(ColorMode::TrueColor),
-            mouse: true,
-        });
+        let mut app = crate::tui::testing::app(ColorMode::TrueColor);
         let mut c = crate::report::fixture::comparison();
         let mut image = c.records[0].clone();
         image.key = "image".into();
@@ -238,7 +230,7 @@ mod tests {
         app.set_comparison(c, Phase::Done);
         let body = Rect::new(0, 1, 90, 20);
         assert_eq!(overlay(&app, body, Protocol::Kitty), None);
-        let Some(i) = app.analysis.as_ref().and_then(|a| a.judgement.image) else {
+        let Some(i) = app.analysis().and_then(|a| a.judgement.image) else {
             panic!("the fixture has an image pair");
         };
         let (w, h) = (8u32, 4u32);
@@ -254,7 +246,7 @@ mod tests {
             max_abs: 0.04,
             gain: 25.0,
         };
-        app.view = View::Image;
+        crate::tui::testing::press(&mut app, '5');
         app.set_detail(
             Request::Image(i),
             Ok(Detail::Image(Box::new(ImageDetail { record: i, images }))),
@@ -273,7 +265,7 @@ mod tests {
         );
         assert!(o.escapes.contains("\x1b[4;31H"), "B at column 31");
         // The help overlay hides the pictures.
-        app.help = true;
+        crate::tui::testing::press(&mut app, '?');
         assert_eq!(overlay(&app, body, Protocol::Kitty), None);
     }
 }

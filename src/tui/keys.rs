@@ -44,10 +44,13 @@ pub enum Action {
     ViewTensor,
     ViewNoise,
     ViewImage,
-    /// Text prompts (filter, tolerance): accept, cancel, delete a character.
+    /// Text prompts (filter, tolerance): accept, cancel, delete a character, the word before
+    /// the cursor, or the whole line (readline's Ctrl-w and Ctrl-u).
     PromptAccept,
     PromptCancel,
     PromptDelete,
+    PromptDeleteWord,
+    PromptClear,
 }
 
 /// Where a binding applies.
@@ -444,6 +447,20 @@ pub const BINDINGS: &[Binding] = &[
         &[code(KeyCode::Backspace)],
         None,
         "delete the last character",
+    ),
+    b(
+        A::PromptDeleteWord,
+        S::Prompt,
+        &[ctrl('w')],
+        None,
+        "delete the last word",
+    ),
+    b(
+        A::PromptClear,
+        S::Prompt,
+        &[ctrl('u')],
+        None,
+        "delete the whole line",
     ),
 ];
 

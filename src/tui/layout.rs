@@ -3,10 +3,13 @@
 //! One function ([`Layout::new`]) decides the rectangles, and both the renderers and the mouse
 //! hit-testing ([`Layout::hit`]) read them, so a click always lands on what is drawn there.
 //! The overview fits 80×24 (summary on top, heatmap below); from 120 columns the summary and
-//! the cell detail move to a right-hand column and the heatmap takes the full height.
+//! the cell detail move to a right-hand column and the heatmap takes the full height, keeping
+//! the width its cells can use and leaving the rest to the summary. The summary's height is
+//! that of its text at the chosen width ([`summary::lines`]).
 //! Invariant: every rectangle lies within the screen area (possibly empty).
 
-use super::app::{App, View};
+use super::app::{App, Pane, View};
+use super::summary;
 use ratatui::layout::Rect;
 
 /// Width of the right-hand column on wide screens.
@@ -44,6 +47,10 @@ pub struct Layout {
     pub detail: Rect,
     /// Columns per heatmap cell (1 to 6: wide terminals give few steps wide cells).
     pub cw: u16,
+    /// Rows the summary gives the verdict's explanation.
+    pub explain: usize,
+    /// The summary gives each finding one row.
+    pub compact: bool,
 }
 
 fn take_top(r: &mut Rect, h: u16) -> Rect {
@@ -77,8 +84,8 @@ fn take_right(r: &mut Rect, w: u16) -> Rect {
 /// Display width of the widest tree label (over all nodes, so that folding does not move
 /// the heatmap; over the matching keys while filtering).
 pub fn label_width(app: &App) -> u16 {
-    let Some(a) = &app.analysis else { return 12 };
-    let filtered = !app.filter.is_empty();
+    let Some(a) = app.analysis() else { return 12 };
+    let filtered = !app.filter().is_empty();
     let rows: Vec<usize> = if filtered {
         app.rows()
     } else {
@@ -109,30 +116,43 @@ impl Layout {
             ..Layout::default()
         };
         l.body = rest;
-        if app.view != View::Overview {
+        if app.view() != View::Overview {
             return l;
         }
-        let findings = app.findings().len().max(4) as u16;
-        let diffs = app.analysis.as_ref().is_some_and(|a| {
-            let c = &a.comparison;
-            !c.header_diffs.is_empty() || c.a.host() != c.b.host()
-        });
-        // title line + verdict + findings (+ header differences)
-        let summary_h = 2 + findings + u16::from(diffs);
         let mut heat = rest;
+        let focused = app.pane() == Pane::Summary;
         if area.width >= WIDE {
-            let mut side = take_right(&mut heat, SIDE);
-            l.summary = take_top(&mut side, summary_h + 2);
+            // The heatmap keeps what its cells can use; the summary gets the rest (at least
+            // SIDE, at most half the screen), so the verdict is not clipped beside empty space.
+            let ncols = app.analysis().map_or(0, |a| a.grid.columns()) as u16;
+            let need = label_width(app)
+                .min(44)
+                .saturating_add(ncols.saturating_mul(6))
+                .saturating_add(2);
+            let side_w = area.width.saturating_sub(need).clamp(SIDE, area.width / 2);
+            let mut side = take_right(&mut heat, side_w);
+            let base = summary::lines(app, side_w, 0, false).height();
+            // Keep five rows for the cell detail below.
+            l.explain = side.height.saturating_sub(base + 1 + 5).max(2) as usize;
+            let h = summary::lines(app, side_w, l.explain, false).height();
+            l.summary = take_top(&mut side, h + 1);
             l.detail = side;
         } else {
-            l.summary = take_top(&mut heat, summary_h);
+            // Unfocused, two rows of the explanation and one per finding (the heatmap needs
+            // the room); with Tab, everything that leaves the heatmap a few rows.
+            l.compact = !focused;
+            let base = summary::lines(app, area.width, 0, l.compact).height();
+            let room = heat.height.saturating_sub(base + 8) as usize;
+            l.explain = if focused { room.max(2) } else { 2 };
+            let h = summary::lines(app, area.width, l.explain, l.compact).height();
+            l.summary = take_top(&mut heat, h);
             l.detail = take_bottom(&mut heat, 2);
         }
         l.legend = take_bottom(&mut heat, 1);
         // Block title line of the heatmap, then the step header.
         let _title = take_top(&mut heat, 1);
         l.header = take_top(&mut heat, 1);
-        let ncols = app.analysis.as_ref().map_or(0, |a| a.grid.columns()) as u16;
+        let ncols = app.analysis().map_or(0, |a| a.grid.columns()) as u16;
         let lw = label_width(app)
             .max(12)
             .min(heat.width.saturating_mul(9) / 20)
@@ -158,25 +178,23 @@ impl Layout {
     pub fn hit(&self, x: u16, y: u16, app: &App) -> Option<Hit> {
         let inside = |r: Rect| x >= r.x && x < r.x + r.width && y >= r.y && y < r.y + r.height;
         if inside(self.grid) {
-            let row = app.scroll_row + (y - self.grid.y) as usize;
-            let col = app.scroll_col + ((x - self.grid.x) / self.cw.max(1)) as usize;
-            let ncols = app.analysis.as_ref().map_or(0, |a| a.grid.columns());
+            let row = app.scroll_row() + (y - self.grid.y) as usize;
+            let col = app.scroll_col() + ((x - self.grid.x) / self.cw.max(1)) as usize;
+            let ncols = app.analysis().map_or(0, |a| a.grid.columns());
             if row < app.rows().len() && col < ncols {
                 return Some(Hit::Cell { row, col });
             }
             return None;
         }
         if inside(self.labels) {
-            let row = app.scroll_row + (y - self.labels.y) as usize;
+            let row = app.scroll_row() + (y - self.labels.y) as usize;
             return (row < app.rows().len()).then_some(Hit::Label { row });
         }
         if inside(self.summary) {
-            // Pane title, verdict line, then the findings.
             let k = (y - self.summary.y) as usize;
-            let n = app.findings().len();
-            if k >= 2 && k - 2 < n {
-                return Some(Hit::Finding(k - 2));
-            }
+            return summary::lines(app, self.summary.width, self.explain, self.compact)
+                .finding_at(k)
+                .map(Hit::Finding);
         }
         None
     }

@@ -5,13 +5,15 @@
 //! findings, a step × layer heatmap, and layer, tensor, noise and image views. The module is
 //! split so that everything but this file is pure and testable without a terminal:
 //! [`keys`] (the one key table behind dispatch, footer and help), [`model`] (heatmap grid and
-//! key tree), [`app`] (state and transitions), [`layout`], [`render`] and [`views`] (state →
-//! ratatui buffer), [`palette`] (colours, `NO_COLOR`), [`detail`] (view data from bytes) and
-//! [`loader`] (background threads). This file is the edge: it owns the terminal (raw mode,
+//! key tree), [`app`] (state and transitions), [`layout`], [`summary`], [`render`] and
+//! [`views`] (state → ratatui buffer), [`palette`] (colours, `NO_COLOR`), [`detail`] (view
+//! data from bytes) and [`loader`] (background threads); `testing` holds the unit tests'
+//! fixture app and snapshots. This file is the edge: it owns the terminal (raw mode,
 //! alternate screen, mouse capture), restores it on every exit path — normal quit, error,
-//! panic, SIGINT — and runs the event loop, which never blocks on the analysis: the first
-//! frame is drawn from the opened indexes before any record is read. No tensor library type is
-//! used anywhere in this module.
+//! panic, SIGINT — and runs the event loop ([`Session`]: draw, perform an effect, take a
+//! background message), which never blocks on the analysis: the first frame is drawn from the
+//! opened indexes before any record is read. No tensor library type is used anywhere in this
+//! module.
 
 pub mod app;
 pub mod detail;
@@ -22,9 +24,12 @@ pub mod loader;
 pub mod model;
 pub mod palette;
 pub mod render;
+pub mod summary;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod views;
 
-use crate::analysis::{AnalysisError, CompareOptions, Criteria, KeyMap, TolConfig};
+use crate::analysis::{AnalysisError, CompareOptions, Criteria, KeyMap, Progress, TolConfig};
 use crate::trace::{TraceError, TraceReader};
 use app::{App, AppOptions, Counts, Effect, Phase};
 use crossterm::event::{self, Event};
@@ -32,7 +37,7 @@ use crossterm::execute;
 use loader::{AnalysisJob, LoaderMsg, Readers};
 use palette::Palette;
 use ratatui::Terminal;
-use ratatui::backend::CrosstermBackend;
+use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::layout::Rect;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -53,6 +58,13 @@ pub enum TuiError {
     Trace(#[from] TraceError),
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
+}
+
+/// A backend that cannot fail (ratatui's `TestBackend`).
+impl From<std::convert::Infallible> for TuiError {
+    fn from(e: std::convert::Infallible) -> Self {
+        match e {}
+    }
 }
 
 /// Settings of one `sdtrace diff` session.
@@ -179,17 +191,14 @@ pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
     if !std::io::stdout().is_terminal() {
         return Err(TuiError::NotATerminal);
     }
-    let mut timings = Timings {
-        open_ms: ms(t0),
-        ..Timings::default()
-    };
+    let open_ms = ms(t0);
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
         // Only fails when another handler is installed; Ctrl-c as a key still works then.
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
     }
-    let mut app = App::new(AppOptions {
+    let app = App::new(AppOptions {
         a: opts.a.display().to_string(),
         b: opts.b.display().to_string(),
         tol: opts.tol.clone(),
@@ -216,21 +225,22 @@ pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     terminal.clear()?;
     let worker = loader::spawn_analysis(job, Some((ra, rb)), tx.clone());
-    let result = event_loop(
-        &mut app,
-        &mut terminal,
-        &rx,
-        &tx,
-        &worker,
-        &opts,
-        &interrupted,
-        &mut timings,
-        t0,
+    let mut session = Session::new(
+        app,
+        terminal,
+        std::io::stdout(),
+        tx,
+        opts.export_dir.clone(),
         protocol,
+        t0,
     );
+    session.timings.open_ms = open_ms;
+    let result = session.run(&rx, &worker.progress, &interrupted);
     worker.stop.store(true, Ordering::Relaxed);
-    let _ = write!(terminal.backend_mut(), "{}", protocol.clear());
-    drop(terminal);
+    let _ = write!(session.out, "{}", protocol.clear());
+    let _ = session.out.flush();
+    let timings = session.timings;
+    drop(session.terminal);
     drop(guard);
     if let Some(p) = &opts.timings {
         timings.write(p);
@@ -238,192 +248,419 @@ pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn event_loop(
-    app: &mut App,
-    terminal: &mut Terminal<CrosstermBackend<std::io::Stdout>>,
-    rx: &mpsc::Receiver<LoaderMsg>,
-    tx: &mpsc::Sender<LoaderMsg>,
-    worker: &loader::Worker,
-    opts: &DiffOptions,
-    interrupted: &AtomicBool,
-    timings: &mut Timings,
-    t0: Instant,
+/// The run loop of one `sdtrace diff` session: it owns the terminal, the [`App`] and the
+/// background work's results, and is the only place where effects are carried out. Its three
+/// jobs are separate methods: [`Session::draw`] (a frame, plus the graphics overlay),
+/// [`Session::perform`] (an [`Effect`] the app asked for) and [`Session::on_loader`] (a
+/// background message, dropped when it belongs to an older generation of the comparison).
+/// Generic over the ratatui backend and the byte sink of graphics escapes, so everything but
+/// reading input runs in tests on a `TestBackend`.
+///
+/// Invariants: `readers` are those of the newest comparison accepted (`generation`); a
+/// comparison older than it never replaces it, and pair or phase messages of another
+/// generation are ignored.
+pub struct Session<B: Backend, W: Write> {
+    pub app: App,
+    terminal: Terminal<B>,
+    /// Where graphics escapes are written (the terminal's output stream).
+    out: W,
+    tx: mpsc::Sender<LoaderMsg>,
+    export_dir: PathBuf,
     protocol: graphics::Protocol,
-) -> Result<u8, TuiError> {
-    let mut dirty = true;
-    // The pictures placed over the image view, if any.
-    let mut shown = None;
-    let mut pending_keys: Vec<Instant> = Vec::new();
-    let mut generation = 0u64;
-    let mut readers: Option<Arc<Readers>> = None;
-    let mut last_judge = Instant::now();
-    loop {
-        let iteration = Instant::now();
-        let mut waited = Duration::ZERO;
-        if dirty {
-            let size = terminal.size()?;
-            let area = Rect::new(0, 0, size.width, size.height);
-            if area != app.area {
-                app.resize(area);
-            }
-            app.prepare();
-            let t = Instant::now();
-            terminal.draw(|f| render::render(app, f.area(), f.buffer_mut()))?;
-            let want = graphics::overlay(app, layout::Layout::new(area, app).body, protocol);
-            if want.as_ref().map(|o| &o.key) != shown.as_ref() {
-                if shown.take().is_some() {
-                    // Remove the old pictures: kitty's by command, any by a full redraw.
-                    write!(terminal.backend_mut(), "{}", protocol.clear())?;
-                    terminal.clear()?;
-                    terminal.draw(|f| render::render(app, f.area(), f.buffer_mut()))?;
-                }
-                if let Some(o) = want {
-                    write!(terminal.backend_mut(), "{}", o.escapes)?;
-                    shown = Some(o.key);
-                }
-                terminal.backend_mut().flush()?;
-            }
-            timings.draw_ms.push(ms(t));
-            for k in pending_keys.drain(..) {
-                timings.key_ms.push(ms(k));
-            }
-            timings.first_frame_ms.get_or_insert_with(|| ms(t0));
-            if app.analysis.is_some() {
-                timings.summaries_frame_ms.get_or_insert_with(|| ms(t0));
-            }
-            if app.phase == Phase::Done {
-                timings.payloads_done_ms.get_or_insert_with(|| ms(t0));
-            }
-            dirty = false;
+    /// The pictures placed over the image view, if any.
+    shown: Option<(usize, [Rect; 3])>,
+    generation: u64,
+    readers: Option<Arc<Readers>>,
+    last_judge: Instant,
+    /// Key presses read and not yet answered by a frame.
+    pending_keys: Vec<Instant>,
+    /// Something changed since the last frame.
+    dirty: bool,
+    t0: Instant,
+    timings: Timings,
+}
+
+impl<B: Backend, W: Write> Session<B, W>
+where
+    TuiError: From<B::Error>,
+{
+    /// A session drawing on `terminal`; `tx` is the sender the background threads it starts
+    /// report on; `t0` is when the command started (for the timings).
+    pub fn new(
+        app: App,
+        terminal: Terminal<B>,
+        out: W,
+        tx: mpsc::Sender<LoaderMsg>,
+        export_dir: PathBuf,
+        protocol: graphics::Protocol,
+        t0: Instant,
+    ) -> Self {
+        Session {
+            app,
+            terminal,
+            out,
+            tx,
+            export_dir,
+            protocol,
+            shown: None,
+            generation: 0,
+            readers: None,
+            last_judge: Instant::now(),
+            pending_keys: Vec::new(),
+            dirty: true,
+            t0,
+            timings: Timings::default(),
         }
-        if interrupted.load(Ordering::Relaxed) {
-            return Ok(130);
+    }
+
+    /// The terminal (for tests: its backend holds the last frame).
+    pub fn terminal(&self) -> &Terminal<B> {
+        &self.terminal
+    }
+
+    /// Draw a frame for the terminal's current size, and place or remove the image view's
+    /// pictures when they change.
+    pub fn draw(&mut self) -> Result<(), TuiError> {
+        let size = self.terminal.size()?;
+        let area = Rect::new(0, 0, size.width, size.height);
+        if area != self.app.area() {
+            self.app.resize(area);
         }
-        let before_poll = Instant::now();
-        let ready = event::poll(Duration::from_millis(40))?;
-        waited += before_poll.elapsed();
-        if ready {
-            loop {
-                let ev = event::read()?;
-                let at = Instant::now();
-                let effect = match ev {
-                    Event::Key(k) => {
-                        pending_keys.push(at);
-                        app.handle_key(k)
-                    }
-                    Event::Mouse(m) => app.handle_mouse(m),
-                    Event::Resize(w, h) => {
-                        app.resize(Rect::new(0, 0, w, h));
-                        Effect::None
-                    }
-                    _ => Effect::None,
+        self.app.prepare();
+        let t = Instant::now();
+        let app = &self.app;
+        self.terminal
+            .draw(|f| render::render(app, f.area(), f.buffer_mut()))?;
+        let want = graphics::overlay(app, layout::Layout::new(area, app).body, self.protocol);
+        if want.as_ref().map(|o| &o.key) != self.shown.as_ref() {
+            if self.shown.take().is_some() {
+                // Remove the old pictures: kitty's by command, any by a full redraw.
+                write!(self.out, "{}", self.protocol.clear())?;
+                self.out.flush()?;
+                self.terminal.clear()?;
+                self.terminal
+                    .draw(|f| render::render(app, f.area(), f.buffer_mut()))?;
+            }
+            if let Some(o) = want {
+                write!(self.out, "{}", o.escapes)?;
+                self.shown = Some(o.key);
+            }
+            self.out.flush()?;
+        }
+        let tm = &mut self.timings;
+        tm.draw_ms.push(ms(t));
+        for k in self.pending_keys.drain(..) {
+            tm.key_ms.push(ms(k));
+        }
+        tm.first_frame_ms.get_or_insert_with(|| ms(self.t0));
+        if app.analysis().is_some() {
+            tm.summaries_frame_ms.get_or_insert_with(|| ms(self.t0));
+        }
+        if *app.phase() == Phase::Done {
+            tm.payloads_done_ms.get_or_insert_with(|| ms(self.t0));
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Carry out what a transition asked for; `Some(code)` ends the session.
+    pub fn perform(&mut self, effect: Effect) -> Option<u8> {
+        let pair = |app: &App, i: usize| {
+            app.analysis()
+                .and_then(|a| a.comparison.records.get(i).cloned())
+        };
+        match effect {
+            Effect::Quit => return Some(0),
+            Effect::None => {}
+            Effect::Load(req) => {
+                let i = match req {
+                    app::Request::Tensor(i) | app::Request::Noise(i) | app::Request::Image(i) => i,
                 };
-                dirty = true;
-                match effect {
-                    Effect::Quit => return Ok(0),
-                    Effect::None => {}
-                    Effect::Load(req) => {
-                        let pair = app.analysis.as_ref().and_then(|a| {
-                            let i = match req {
-                                app::Request::Tensor(i)
-                                | app::Request::Noise(i)
-                                | app::Request::Image(i) => i,
-                            };
-                            a.comparison.records.get(i).cloned()
-                        });
-                        match (&readers, pair) {
-                            (Some(r), Some(p)) => {
-                                loader::spawn_detail(r.clone(), req, p, tx.clone())
-                            }
-                            _ => app.set_detail(req, Err("the traces are still being read".into())),
-                        }
-                    }
-                    Effect::Export(i) => {
-                        let pair = app
-                            .analysis
-                            .as_ref()
-                            .and_then(|a| a.comparison.records.get(i).cloned());
-                        match (&readers, pair) {
-                            (Some(r), Some(p)) => {
-                                app.say(format!("exporting {}…", p.label()), false);
-                                loader::spawn_export(
-                                    r.clone(),
-                                    p,
-                                    opts.export_dir.clone(),
-                                    tx.clone(),
-                                );
-                            }
-                            _ => app.say("nothing to export yet", true),
-                        }
-                    }
-                }
-                if !event::poll(Duration::ZERO)? {
-                    break;
+                match (&self.readers, pair(&self.app, i)) {
+                    (Some(r), Some(p)) => loader::spawn_detail(r.clone(), req, p, self.tx.clone()),
+                    _ => self
+                        .app
+                        .set_detail(req, Err("the traces are still being read".into())),
                 }
             }
+            Effect::Export(i) => match (&self.readers, pair(&self.app, i)) {
+                (Some(r), Some(p)) => {
+                    self.app.say(format!("exporting {}…", p.label()), false);
+                    loader::spawn_export(r.clone(), p, self.export_dir.clone(), self.tx.clone());
+                }
+                _ => self.app.say("nothing to export yet", true),
+            },
         }
-        while let Ok(msg) = rx.try_recv() {
-            dirty = true;
-            match msg {
-                LoaderMsg::Comparison {
-                    generation: g,
-                    comparison,
-                    phase,
-                    readers: r,
-                } => {
-                    if g < generation {
-                        continue;
-                    }
-                    generation = g;
-                    readers = Some(r);
-                    app.set_comparison(*comparison, phase);
-                    last_judge = Instant::now();
+        None
+    }
+
+    /// One message of the background threads.
+    pub fn on_loader(&mut self, msg: LoaderMsg) {
+        self.dirty = true;
+        match msg {
+            LoaderMsg::Comparison {
+                generation,
+                comparison,
+                phase,
+                readers,
+            } => {
+                if generation < self.generation {
+                    return;
                 }
-                LoaderMsg::Pair {
-                    generation: g,
-                    index,
-                    record,
-                } => {
-                    if g == generation {
-                        app.update_pair(index, *record);
-                    }
-                }
-                LoaderMsg::Phase {
-                    generation: g,
-                    phase,
-                } => {
-                    if g == generation {
-                        app.set_phase(phase);
-                    }
-                }
-                LoaderMsg::Failed { error } => app.set_phase(Phase::Failed(error)),
-                LoaderMsg::Detail { request, result } => app.set_detail(request, result),
-                LoaderMsg::Exported { result } => match result {
-                    Ok(m) => app.say(m, false),
-                    Err(e) => app.say(format!("export failed: {e}"), true),
-                },
+                self.generation = generation;
+                self.readers = Some(readers);
+                self.app.set_comparison(*comparison, phase);
+                self.last_judge = Instant::now();
             }
+            LoaderMsg::Pair {
+                generation,
+                index,
+                record,
+            } => {
+                if generation == self.generation {
+                    self.app.update_pair(index, *record);
+                }
+            }
+            LoaderMsg::Phase { generation, phase } => {
+                if generation == self.generation {
+                    self.app.set_phase(phase);
+                }
+            }
+            LoaderMsg::Failed { error } => self.app.set_phase(Phase::Failed(error)),
+            LoaderMsg::Detail { request, result } => self.app.set_detail(request, result),
+            LoaderMsg::Exported { result } => match result {
+                Ok(m) => self.app.say(m, false),
+                Err(e) => self.app.say(format!("export failed: {e}"), true),
+            },
         }
-        if app.phase == Phase::Payloads {
-            let p = &worker.progress;
+    }
+
+    /// One input event; `Some(code)` ends the session.
+    fn on_event(&mut self, ev: Event) -> Option<u8> {
+        let effect = match ev {
+            Event::Key(k) => {
+                self.pending_keys.push(Instant::now());
+                self.app.handle_key(k)
+            }
+            Event::Mouse(m) => self.app.handle_mouse(m),
+            Event::Resize(w, h) => {
+                self.app.resize(Rect::new(0, 0, w, h));
+                Effect::None
+            }
+            _ => Effect::None,
+        };
+        self.dirty = true;
+        self.perform(effect)
+    }
+
+    /// The payload pass's progress counters, and re-judging after pair updates (at most
+    /// every 250 ms).
+    fn tick(&mut self, progress: &Progress) {
+        if *self.app.phase() == Phase::Payloads {
             let counts = Counts {
-                pairs_done: p.pairs_done.load(Ordering::Relaxed),
-                pairs_total: p.pairs_total.load(Ordering::Relaxed),
-                bytes_done: p.bytes_done.load(Ordering::Relaxed),
-                bytes_total: p.bytes_total.load(Ordering::Relaxed),
+                pairs_done: progress.pairs_done.load(Ordering::Relaxed),
+                pairs_total: progress.pairs_total.load(Ordering::Relaxed),
+                bytes_done: progress.bytes_done.load(Ordering::Relaxed),
+                bytes_total: progress.bytes_total.load(Ordering::Relaxed),
             };
-            if counts != app.counts {
-                app.set_progress(counts);
-                dirty = true;
+            if counts != self.app.counts() {
+                self.app.set_progress(counts);
+                self.dirty = true;
             }
         }
-        if app.stale && last_judge.elapsed() >= Duration::from_millis(250) {
-            app.rejudge_if_stale();
-            last_judge = Instant::now();
-            dirty = true;
+        if self.app.stale() && self.last_judge.elapsed() >= Duration::from_millis(250) {
+            self.app.rejudge_if_stale();
+            self.last_judge = Instant::now();
+            self.dirty = true;
         }
-        let busy = (iteration.elapsed().saturating_sub(waited)).as_secs_f64() * 1e3;
-        timings.busy_ms_max = timings.busy_ms_max.max(busy);
+    }
+
+    /// Until the user quits (0) or SIGINT arrives (130): draw when something changed, read
+    /// input for up to 40 ms, then take the background's messages.
+    fn run(
+        &mut self,
+        rx: &mpsc::Receiver<LoaderMsg>,
+        progress: &Progress,
+        interrupted: &AtomicBool,
+    ) -> Result<u8, TuiError> {
+        loop {
+            let iteration = Instant::now();
+            if self.dirty {
+                self.draw()?;
+            }
+            if interrupted.load(Ordering::Relaxed) {
+                return Ok(130);
+            }
+            let before_poll = Instant::now();
+            let ready = event::poll(Duration::from_millis(40))?;
+            let waited = before_poll.elapsed();
+            if ready {
+                loop {
+                    if let Some(code) = self.on_event(event::read()?) {
+                        return Ok(code);
+                    }
+                    if !event::poll(Duration::ZERO)? {
+                        break;
+                    }
+                }
+            }
+            while let Ok(msg) = rx.try_recv() {
+                self.on_loader(msg);
+            }
+            self.tick(progress);
+            let busy = (iteration.elapsed().saturating_sub(waited)).as_secs_f64() * 1e3;
+            self.timings.busy_ms_max = self.timings.busy_ms_max.max(busy);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixture::comparison as fixture;
+    use crate::trace::{RunHeader, TraceWriter, WriterOptions};
+    use crate::tui::palette::ColorMode;
+    use crate::tui::testing::{SIZES, screen_text};
+    use ratatui::backend::TestBackend;
+
+    /// Two traces without records, opened: what a generation's readers look like.
+    fn readers(dir: &std::path::Path) -> Arc<Readers> {
+        let open = |name: &str| {
+            let p = dir.join(name);
+            TraceWriter::create(&p, &RunHeader::default(), WriterOptions::default())
+                .unwrap()
+                .finish()
+                .unwrap();
+            TraceReader::open(&p).unwrap()
+        };
+        Arc::new(Readers {
+            a: open("a.sdt"),
+            b: open("b.sdt"),
+        })
+    }
+
+    fn session(w: u16, h: u16) -> (Session<TestBackend, Vec<u8>>, mpsc::Receiver<LoaderMsg>) {
+        let (tx, rx) = mpsc::channel();
+        let app = App::new(AppOptions {
+            a: "a.sdt".into(),
+            b: "b.sdt".into(),
+            tol: TolConfig::default(),
+            criteria: Criteria::default(),
+            palette: Palette::new(ColorMode::TrueColor),
+            mouse: true,
+        });
+        let terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        let s = Session::new(
+            app,
+            terminal,
+            Vec::new(),
+            tx,
+            PathBuf::from("."),
+            graphics::Protocol::Off,
+            Instant::now(),
+        );
+        (s, rx)
+    }
+
+    fn screen(s: &Session<TestBackend, Vec<u8>>) -> String {
+        screen_text(s.terminal().backend().buffer())
+    }
+
+    #[test]
+    fn loader_messages_of_older_generations_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        for (w, h) in SIZES {
+            let (mut s, rx) = session(w, h);
+            s.draw().unwrap();
+            assert!(screen(&s).contains("reading the record summaries"));
+            s.on_loader(LoaderMsg::Comparison {
+                generation: 1,
+                comparison: Box::new(fixture()),
+                phase: Phase::Payloads,
+                readers: readers(dir.path()),
+            });
+            s.draw().unwrap();
+            assert!(screen(&s).contains("verdict: incomplete"), "{}", screen(&s));
+            // A comparison of an older generation does not replace the newer one.
+            let mut old = fixture();
+            old.records.truncate(3);
+            s.on_loader(LoaderMsg::Comparison {
+                generation: 0,
+                comparison: Box::new(old),
+                phase: Phase::Done,
+                readers: readers(dir.path()),
+            });
+            let a = s.app.analysis().unwrap();
+            assert_eq!(a.comparison.records.len(), 10);
+            assert_eq!(*s.app.phase(), Phase::Payloads);
+            // Nor do its pair updates and phases.
+            let mut rec = a.comparison.records[2].clone();
+            rec.rel_l2 = Some(0.5);
+            s.on_loader(LoaderMsg::Pair {
+                generation: 0,
+                index: 2,
+                record: Box::new(rec.clone()),
+            });
+            assert!(!s.app.stale());
+            s.on_loader(LoaderMsg::Phase {
+                generation: 0,
+                phase: Phase::Done,
+            });
+            assert_eq!(*s.app.phase(), Phase::Payloads);
+            // Those of the current generation apply.
+            s.on_loader(LoaderMsg::Pair {
+                generation: 1,
+                index: 2,
+                record: Box::new(rec),
+            });
+            assert!(s.app.stale());
+            s.on_loader(LoaderMsg::Phase {
+                generation: 1,
+                phase: Phase::Done,
+            });
+            assert_eq!(*s.app.phase(), Phase::Done);
+            s.draw().unwrap();
+            assert!(
+                screen(&s).contains("all metrics computed"),
+                "{}",
+                screen(&s)
+            );
+            // A failure is shown whatever its generation.
+            s.on_loader(LoaderMsg::Failed {
+                error: "disk on fire".into(),
+            });
+            s.draw().unwrap();
+            assert!(screen(&s).contains("error: disk on fire"), "{}", screen(&s));
+            drop(rx);
+        }
+    }
+
+    #[test]
+    fn effects_are_performed_with_the_current_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, rx) = session(80, 24);
+        assert_eq!(s.perform(Effect::Quit), Some(0));
+        // Before any comparison there is nothing to read from.
+        assert_eq!(s.perform(Effect::Export(4)), None);
+        assert!(s.app.message().unwrap().error);
+        s.on_loader(LoaderMsg::Comparison {
+            generation: 0,
+            comparison: Box::new(fixture()),
+            phase: Phase::Done,
+            readers: readers(dir.path()),
+        });
+        // A detail is read on a thread with this generation's readers; these traces lack the
+        // record, so the answer is a failure, shown in the view.
+        let effect = s.app.handle_key(crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::Char('3'),
+            crossterm::event::KeyModifiers::NONE,
+        ));
+        assert_eq!(effect, Effect::Load(app::Request::Tensor(4)));
+        assert_eq!(s.perform(effect), None);
+        let msg = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(matches!(msg, LoaderMsg::Detail { .. }));
+        s.on_loader(msg);
+        s.draw().unwrap();
+        assert!(screen(&s).contains("cannot load"), "{}", screen(&s));
     }
 }

@@ -25,9 +25,13 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let l = Layout::new(area, app);
     title(app, l.title, buf);
-    match app.view {
+    match app.view() {
         View::Overview => {
-            summary(app, l.summary, buf);
+            super::summary::draw(
+                &super::summary::lines(app, l.summary.width, l.explain, l.compact),
+                l.summary,
+                buf,
+            );
             heatmap(app, &l, buf);
             legend(app, l.legend, buf);
             cell_detail(app, l.detail, buf);
@@ -38,23 +42,27 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
         View::Image => views::image(app, l.body, buf),
     }
     footer(app, l.footer, buf);
-    if app.help {
+    if app.help() {
         help(app, area, buf);
     }
 }
 
-/// Write `text` at (x, y), clipped to `area` and the buffer; returns the x after it.
+/// Write `text` at (x, y), clipped to `area` and the buffer; returns the x after it. Control
+/// characters (from keys, paths or header strings of the traces) are shown escaped, `\x1b`,
+/// rather than dropped: every string of the TUI goes through here.
 pub fn put(buf: &mut Buffer, area: Rect, x: u16, y: u16, text: &str, style: Style) -> u16 {
     let area = area.intersection(buf.area);
     if y < area.y || y >= area.bottom() || x >= area.right() || x < area.x {
         return x;
     }
     let max = (area.right() - x) as usize;
-    buf.set_stringn(x, y, text, max, style).0
+    buf.set_stringn(x, y, crate::escape::printable(text), max, style)
+        .0
 }
 
-/// Write `text` word-wrapped from row `y`, at most `rows` rows (the last one clipped); returns
-/// the row after the last one written.
+/// Write `text` word-wrapped to the area's width less one column each side, from row `y`, at
+/// most `rows` rows; when it needs more, the last row ends in `…`. Returns the row after the
+/// last one written.
 pub fn put_wrapped(
     buf: &mut Buffer,
     area: Rect,
@@ -64,22 +72,25 @@ pub fn put_wrapped(
     style: Style,
 ) -> u16 {
     let width = area.width.saturating_sub(2).max(1) as usize;
-    let mut row = y;
-    let mut line = String::new();
-    for word in text.split_whitespace() {
-        let needed = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
-        if needed > width && !line.is_empty() && row + 1 < y + rows {
-            put(buf, area, area.x + 1, row, &line, style);
-            row += 1;
-            line.clear();
+    let wrapped = super::summary::wrap(&[(text.to_string(), style)], width, 0);
+    let shown = wrapped.len().min(rows as usize);
+    for (k, line) in wrapped.iter().take(shown).enumerate() {
+        let mut t: String = line.iter().map(|(s, _)| s.as_str()).collect();
+        if k + 1 == shown && shown < wrapped.len() {
+            if t.chars().count() >= width {
+                t.pop();
+            }
+            t.push('…');
         }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
+        put(buf, area, area.x + 1, y + k as u16, &t, style);
     }
-    put(buf, area, area.x + 1, row, &line, style);
-    row + 1
+    y + shown as u16
+}
+
+/// Rows `text` needs when word-wrapped by [`put_wrapped`] in `area`.
+pub fn wrapped_rows(area: Rect, text: &str) -> u16 {
+    let width = area.width.saturating_sub(2).max(1) as usize;
+    super::summary::wrap(&[(text.to_string(), Style::new())], width, 0).len() as u16
 }
 
 /// Fill a rectangle's cells with `style` and a blank symbol.
@@ -105,6 +116,20 @@ pub fn set_cell(buf: &mut Buffer, area: Rect, x: u16, y: u16, sym: &str, style: 
     }
 }
 
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn put_shows_control_characters_escaped() {
+        let area = Rect::new(0, 0, 40, 1);
+        let mut buf = Buffer::empty(area);
+        put(&mut buf, area, 0, 0, "k\u{1b}[2J\nx", Style::default());
+        let row: String = (0..40).map(|x| buf[(x, 0)].symbol().to_string()).collect();
+        assert!(row.starts_with("k\\x1b[2J\\nx"), "{row:?}");
+    }
+}
+
 /// `1.5 GiB`, `12 MiB`, `300 B`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -121,10 +146,56 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `text` in at most `width` columns, cut on the left (`…` marks the cut): tree labels, whose
+/// indentation and own name are at the end.
+pub fn fit_left(text: &str, width: usize) -> String {
+    let n = text.chars().count();
+    if n <= width || width <= 1 {
+        return text.to_string();
+    }
+    let tail: String = text.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+/// A dotted key path in at most `width` columns, shortened in the middle so that rows which
+/// differ only in their block (`down_blocks.1.attentions.0` …) stay apart: first the inner
+/// names are cut to their first word's first four characters (`transformer_blocks` → `tran`),
+/// from the right, keeping the first and last segment and every index; only when that is not
+/// enough are characters cut from the middle (`…`), keeping both ends.
+pub fn fit_path(path: &str, width: usize) -> String {
+    let len = |v: &[String]| v.iter().map(|s| s.chars().count()).sum::<usize>() + v.len() - 1;
+    let mut segs: Vec<String> = path.split('.').map(str::to_string).collect();
+    if len(&segs) <= width {
+        return path.to_string();
+    }
+    let inner: Vec<usize> = (1..segs.len().saturating_sub(1))
+        .filter(|&i| !segs[i].chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    // From the right: the deeper names are the generic ones (`transformer_blocks`), the
+    // first ones say where in the model (`down_blocks`), and every row shortens alike.
+    for i in inner.into_iter().rev() {
+        let word = segs[i].split('_').next().unwrap_or_default();
+        segs[i] = word.chars().take(4).collect();
+        if len(&segs) <= width {
+            return segs.join(".");
+        }
+    }
+    let short = segs.join(".");
+    let n = short.chars().count();
+    if width <= 1 {
+        return short;
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let h: String = short.chars().take(head).collect();
+    let t: String = short.chars().skip(n - tail).collect();
+    format!("{h}…{t}")
+}
+
 /// Progress and state of the background work, for the title bar.
 pub fn status_text(app: &App) -> String {
-    let k = &app.counts;
-    match &app.phase {
+    let k = app.counts();
+    match app.phase() {
         Phase::Summaries => "reading summaries…".into(),
         Phase::Payloads => {
             let pct = if k.bytes_total > 0 {
@@ -166,12 +237,12 @@ fn title(app: &App, area: Rect, buf: &mut Buffer) {
         " sdtrace diff ",
         bar.add_modifier(Modifier::BOLD),
     );
-    let names = format!("A {} ⇄ B {}", app.opts.a, app.opts.b);
+    let names = format!("A {} ⇄ B {}", app.opts().a, app.opts().b);
     let status = status_text(app);
     let sw = status.chars().count() as u16 + 1;
     let room = area.right().saturating_sub(x + sw + 1);
     put(buf, Rect::new(x, area.y, room, 1), x, area.y, &names, bar);
-    let st = match app.phase {
+    let st = match app.phase() {
         Phase::Failed(_) if p.color() => bar.fg(p.rgb((255, 120, 100))),
         Phase::Payloads | Phase::Summaries if p.color() => bar.fg(p.rgb((255, 210, 120))),
         _ => bar,
@@ -179,145 +250,6 @@ fn title(app: &App, area: Rect, buf: &mut Buffer) {
     let sx = area.right().saturating_sub(sw);
     if sx > x {
         put(buf, area, sx, area.y, &status, st);
-    }
-}
-
-fn summary(app: &App, area: Rect, buf: &mut Buffer) {
-    if area.is_empty() {
-        return;
-    }
-    let p = app.palette();
-    let focused = app.pane == Pane::Summary;
-    let head = if focused {
-        p.accent().add_modifier(Modifier::REVERSED)
-    } else {
-        p.accent()
-    };
-    let y0 = area.y;
-    let x = put(buf, area, area.x, y0, " Summary ", head);
-    let Some(a) = &app.analysis else {
-        put(
-            buf,
-            area,
-            area.x + 1,
-            y0 + 1,
-            "reading the record summaries of both traces…",
-            p.dim(),
-        );
-        return;
-    };
-    let (c, j) = (&a.comparison, &a.judgement);
-    put(
-        buf,
-        area,
-        x + 1,
-        y0,
-        &format!(
-            "tolerance: {} · fail on {}",
-            j.tolerance,
-            j.criteria.fail_on.name()
-        ),
-        p.dim(),
-    );
-    let v = &j.verdict;
-    let outcome = v.outcome_loud();
-    let vstyle = p.status(Some(if v.passed { Status::Pass } else { Status::Fail }));
-    let x = put(
-        buf,
-        area,
-        area.x + 1,
-        y0 + 1,
-        &format!("verdict: {} — {outcome}", v.class.name()),
-        vstyle.add_modifier(Modifier::BOLD),
-    );
-    let k = &j.counts;
-    put(
-        buf,
-        area,
-        x,
-        y0 + 1,
-        &format!(
-            " · {} pairs: {} identical, {} pass, {} fail, {} unknown · {} only A, {} only B",
-            c.records.len(),
-            k.identical,
-            k.pass,
-            k.fail,
-            k.unknown,
-            c.only_a.len(),
-            c.only_b.len()
-        ),
-        p.dim(),
-    );
-    let findings = app.findings();
-    for (i, f) in findings.iter().enumerate() {
-        let y = y0 + 2 + i as u16;
-        let sel = focused && i == app.summary_sel;
-        let base = if sel {
-            Style::new().add_modifier(Modifier::REVERSED)
-        } else {
-            Style::new()
-        };
-        let x = put(
-            buf,
-            area,
-            area.x + 1,
-            y,
-            &format!("{:<11}", f.name),
-            base.patch(p.accent()),
-        );
-        let st = match f.record {
-            Some(i) => p.status(j.records.get(i).map(|r| r.status)),
-            None => p.dim(),
-        };
-        put(buf, area, x, y, &f.text, base.patch(st));
-    }
-    let y = y0 + 2 + findings.len() as u16;
-    let mut notes: Vec<String> = c
-        .header_diffs
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {} ≠ {}",
-                d.field,
-                d.a.as_deref().unwrap_or("-"),
-                d.b.as_deref().unwrap_or("-")
-            )
-        })
-        .collect();
-    // Traces from different recorders (a webui or ComfyUI add-on, the diffusers recorder,
-    // `sdtrace record`): name both.
-    let (host_a, host_b) = (c.a.host(), c.b.host());
-    if host_a != host_b {
-        notes.insert(0, format!("recorded by {host_a} ≠ {host_b}"));
-    }
-    for (name, side) in [("A", &c.a), ("B", &c.b)] {
-        let n = side.incomplete_note();
-        if !n.is_empty() {
-            notes.push(format!("{name}{n}"));
-        }
-    }
-    if !notes.is_empty() {
-        // Wrap the header differences over the rows left.
-        let mut line = String::from("headers: ");
-        let mut row = y;
-        for (i, n) in notes.iter().enumerate() {
-            let piece = if i == 0 {
-                n.clone()
-            } else {
-                format!(" · {n}")
-            };
-            if line.chars().count() + piece.chars().count() > area.width.saturating_sub(2) as usize
-                && row + 1 < area.bottom()
-                && line.len() > 9
-            {
-                put(buf, area, area.x + 1, row, &line, p.dim());
-                row += 1;
-                line = format!("  {n}");
-            } else {
-                line.push_str(&piece);
-            }
-        }
-        put(buf, area, area.x + 1, row, &line, p.dim());
     }
 }
 
@@ -403,7 +335,7 @@ pub fn cell_look(p: &Palette, st: &CellStat, scale: Option<(i32, i32)>) -> (&'st
 
 fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
     let p = app.palette();
-    let focused = app.pane == Pane::Heatmap;
+    let focused = app.pane() == Pane::Heatmap;
     let title_area = Rect::new(
         l.labels.x,
         l.header.y.saturating_sub(1),
@@ -423,7 +355,7 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
         " Heatmap ",
         head,
     );
-    let Some(a) = &app.analysis else {
+    let Some(a) = app.analysis() else {
         put(
             buf,
             l.grid,
@@ -443,7 +375,7 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
         title_area.y,
         &format!(
             "{} · {} keys × {} steps{}{}",
-            app.metric.name(),
+            app.metric().name(),
             g.keys.len(),
             g.steps.len(),
             if g.outside {
@@ -451,44 +383,119 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             } else {
                 ""
             },
-            if app.filter.is_empty() {
+            if app.filter().is_empty() {
                 String::new()
             } else {
-                format!(" · filter '{}': {} keys", app.filter, rows.len())
+                format!(" · filter '{}': {} keys", app.filter(), rows.len())
             }
         ),
         p.dim(),
     );
     let cw = l.cw.max(1);
     let ncols = g.columns();
-    let vis_cols = l.heat_cols().min(ncols.saturating_sub(app.scroll_col));
+    let vis_cols = l.heat_cols().min(ncols.saturating_sub(app.scroll_col()));
+    let h = Heat {
+        app,
+        l,
+        p,
+        g,
+        rows: &rows,
+        cw,
+        ncols,
+        vis_cols,
+        focused,
+    };
+    step_header(&h, buf);
+    heat_rows(&h, buf);
+    scroll_hints(&h, buf);
+    let filtered = !app.filter().is_empty();
+    if rows.is_empty() {
+        put(
+            buf,
+            l.grid,
+            l.grid.x,
+            l.grid.y,
+            if filtered {
+                "no key matches the filter (Esc clears it)"
+            } else {
+                "no records"
+            },
+            p.dim(),
+        );
+    }
+}
+
+/// What the parts of the heatmap share: the app, the frame's layout and the visible window.
+#[derive(Clone, Copy)]
+struct Heat<'a> {
+    app: &'a App,
+    l: &'a Layout,
+    p: Palette,
+    g: &'a super::model::Grid,
+    /// The visible rows' nodes.
+    rows: &'a [usize],
+    /// Columns per cell.
+    cw: u16,
+    ncols: usize,
+    /// Grid columns that fit from the scroll offset.
+    vis_cols: usize,
+    focused: bool,
+}
+
+/// The step numbers above the cells.
+fn step_header(h: &Heat<'_>, buf: &mut Buffer) {
+    let Heat {
+        app,
+        l,
+        p,
+        g,
+        cw,
+        vis_cols,
+        ..
+    } = *h;
     // Step header: a label where it fits.
     let mut next_free = l.header.x;
     for vc in 0..vis_cols {
-        let col = app.scroll_col + vc;
+        let col = app.scroll_col() + vc;
         let x = l.header.x + vc as u16 * cw;
         let text = match g.step_of(col) {
             Some(s) => s.to_string(),
             None => "·".to_string(),
         };
-        let sel = col == app.col;
+        let sel = col == app.col();
         if x >= next_free && (sel || col.is_multiple_of(5) || cw as usize > text.len() || vc == 0) {
             let st = if sel { p.accent() } else { p.dim() };
             next_free = put(buf, l.header, x, l.header.y, &text, st) + 1;
         }
     }
+}
+
+/// The rows: status mark, fold mark and label, then the cells.
+fn heat_rows(h: &Heat<'_>, buf: &mut Buffer) {
+    let Heat {
+        app,
+        l,
+        p,
+        g,
+        rows,
+        cw,
+        ncols,
+        vis_cols,
+        focused,
+        ..
+    } = *h;
     // Rows.
-    let scale = app.cached_scale();
-    let filtered = !app.filter.is_empty();
+    let scale = app.scale();
+    let filtered = !app.filter().is_empty();
     for (vr, &n) in rows
         .iter()
         .enumerate()
-        .skip(app.scroll_row)
+        .skip(app.scroll_row())
         .take(l.heat_rows())
     {
-        let y = l.grid.y + (vr - app.scroll_row) as u16;
+        let y = l.grid.y + (vr - app.scroll_row()) as u16;
         let node = &g.nodes[n];
-        let selected_row = vr == app.row;
+        let selected_row = vr == app.row();
         // Worst status of the row over all columns.
         let worst = (0..ncols)
             .filter_map(|col| app.stat(n, col).status)
@@ -531,18 +538,17 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             format!("{}{}", "  ".repeat(node.depth), node.label)
         };
         let lw = (l.labels.right().saturating_sub(x + 1)) as usize;
-        let shown = if text.chars().count() > lw && lw > 1 {
-            let skip = text.chars().count() - (lw - 1);
-            format!("…{}", text.chars().skip(skip).collect::<String>())
+        let shown = if filtered {
+            fit_path(&text, lw)
         } else {
-            text
+            fit_left(&text, lw)
         };
         put(buf, l.labels, x, y, &shown, row_style);
         for vc in 0..vis_cols {
-            let col = app.scroll_col + vc;
+            let col = app.scroll_col() + vc;
             let st = app.stat(n, col);
             let (sym, mut style) = cell_look(&p, &st, scale);
-            let cursor = selected_row && col == app.col;
+            let cursor = selected_row && col == app.col();
             if cursor {
                 style = style.add_modifier(Modifier::REVERSED | Modifier::BOLD);
             }
@@ -564,8 +570,21 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             }
         }
     }
+}
+
+/// Arrows where rows or columns are scrolled out of view.
+fn scroll_hints(h: &Heat<'_>, buf: &mut Buffer) {
+    let Heat {
+        app,
+        l,
+        p,
+        rows,
+        ncols,
+        vis_cols,
+        ..
+    } = *h;
     // Scroll hints.
-    if app.scroll_row > 0 {
+    if app.scroll_row() > 0 {
         put(
             buf,
             l.labels,
@@ -575,7 +594,7 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             p.accent(),
         );
     }
-    if app.scroll_row + l.heat_rows() < rows.len() && l.grid.height > 0 {
+    if app.scroll_row() + l.heat_rows() < rows.len() && l.grid.height > 0 {
         put(
             buf,
             l.labels,
@@ -585,10 +604,10 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             p.accent(),
         );
     }
-    if app.scroll_col > 0 {
+    if app.scroll_col() > 0 {
         put(buf, l.header, l.header.x, l.header.y, "←", p.accent());
     }
-    if app.scroll_col + vis_cols < ncols && l.header.width > 0 {
+    if app.scroll_col() + vis_cols < ncols && l.header.width > 0 {
         put(
             buf,
             l.header,
@@ -596,20 +615,6 @@ fn heatmap(app: &App, l: &Layout, buf: &mut Buffer) {
             l.header.y,
             "→",
             p.accent(),
-        );
-    }
-    if rows.is_empty() {
-        put(
-            buf,
-            l.grid,
-            l.grid.x,
-            l.grid.y,
-            if filtered {
-                "no key matches the filter (Esc clears it)"
-            } else {
-                "no records"
-            },
-            p.dim(),
         );
     }
 }
@@ -620,9 +625,9 @@ fn legend(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let p = app.palette();
     let mut x = area.x;
-    match app.cached_scale() {
+    match app.scale() {
         Some((lo, hi)) => {
-            let lab = |d: i32| match app.metric {
+            let lab = |d: i32| match app.metric() {
                 Metric::OverTol | Metric::Gain if (0..=3).contains(&d) => {
                     format!("{}", 10f64.powi(d))
                 }
@@ -681,12 +686,12 @@ fn cell_detail(app: &App, area: Rect, buf: &mut Buffer) {
         return;
     }
     let p = app.palette();
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let Some(n) = app.current_node() else { return };
     let (c, j, g) = (&a.comparison, &a.judgement, &a.grid);
-    let st = app.stat(n, app.col);
+    let st = app.stat(n, app.col());
     let node = &g.nodes[n];
-    let step = match g.step_of(app.col) {
+    let step = match g.step_of(app.col()) {
         Some(s) => format!("step {s}"),
         None => "outside the loop".into(),
     };
@@ -794,7 +799,7 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let p = app.palette();
     clear(buf, area, Style::new());
-    if let Some(prompt) = &app.prompt {
+    if let Some(prompt) = app.prompt() {
         let (label, hint) = match prompt {
             Prompt::Filter { .. } => ("filter keys: ", ""),
             Prompt::Tolerance { .. } => (
@@ -827,7 +832,7 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
         }
         return;
     }
-    if let Some(m) = &app.message {
+    if let Some(m) = app.message() {
         let st = if m.error && p.color() {
             Style::new()
                 .fg(p.rgb((255, 120, 100)))
@@ -896,7 +901,7 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
     lines.push(("Mouse".into(), String::new(), true));
     lines.push((
         "click".into(),
-        if app.opts.mouse {
+        if app.opts().mouse {
             "select a cell or key (again: open it); wheel scrolls; --no-mouse turns this off".into()
         } else {
             "off (--no-mouse)".into()
@@ -904,7 +909,7 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
         false,
     ));
     let max_scroll = lines.len().saturating_sub(inner.height as usize);
-    let scroll = app.help_scroll.min(max_scroll);
+    let scroll = app.help_scroll().min(max_scroll);
     for (i, (k, d, head)) in lines
         .iter()
         .skip(scroll)
@@ -931,73 +936,13 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{Criteria, TolConfig};
-    use crate::report::fixture::comparison as fixture;
-    use crate::tui::app::{AppOptions, Phase};
     use crate::tui::palette::ColorMode;
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-    use ratatui::Terminal;
-    use ratatui::backend::TestBackend;
     use ratatui::style::Color;
 
-    fn app(mode: ColorMode) -> App {
-        let mut app = App::new(AppOptions {
-            a: "a.sdt".into(),
-            b: "b.sdt".into(),
-            tol: TolConfig::default(),
-            // The fixture's one-sided vae.decoder record is allowed, as in the report tests.
-            criteria: Criteria {
-                allow_missing: "vae.*".parse().unwrap(),
-                ..Criteria::default()
-            },
-            palette: Palette::new(mode),
-            mouse: true,
-        });
-        app.set_comparison(fixture(), Phase::Done);
-        app
-    }
-
-    fn draw(app: &mut App, w: u16, h: u16) -> Buffer {
-        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        app.resize(Rect::new(0, 0, w, h));
-        app.prepare();
-        t.draw(|f| render(app, f.area(), f.buffer_mut())).unwrap();
-        t.backend().buffer().clone()
-    }
-
-    fn row_text(buf: &Buffer, y: u16) -> String {
-        (0..buf.area.width)
-            .map(|x| buf[(x, y)].symbol().to_string())
-            .collect()
-    }
-
-    fn find(buf: &Buffer, needle: &str) -> Option<(u16, u16)> {
-        (0..buf.area.height).find_map(|y| {
-            let t = row_text(buf, y);
-            t.find(needle).map(|b| (t[..b].chars().count() as u16, y))
-        })
-    }
-
-    #[test]
-    fn traces_from_different_recorders_are_named() {
-        let mut app = app(ColorMode::TrueColor);
-        let mut c = fixture();
-        c.b.header.settings.extra.insert(
-            "host".into(),
-            serde_json::json!({"name": "webui", "version": "v1.10.1"}),
-        );
-        let a = c.a.host();
-        app.set_comparison(c, Phase::Done);
-        let buf = draw(&mut app, 120, 30);
-        assert!(
-            find(&buf, &format!("headers: recorded by {a} ≠ webui")).is_some(),
-            "{}",
-            (0..30)
-                .map(|y| row_text(&buf, y))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
+    use crate::tui::testing::{
+        SIZES, app, attn2_comparison, draw, find, row_text, screen_text, snapshot, words, words_in,
+    };
 
     #[test]
     fn overview_fits_80x24() {
@@ -1027,7 +972,7 @@ mod tests {
         let rows = app.rows();
         let row_of = |key: &str| {
             rows.iter()
-                .position(|&n| app.analysis.as_ref().unwrap().grid.nodes[n].path == key)
+                .position(|&n| app.analysis().unwrap().grid.nodes[n].path == key)
                 .unwrap() as u16
                 + l.grid.y
         };
@@ -1090,9 +1035,10 @@ mod tests {
     fn wide_layout_and_help_overlay() {
         let mut app = app(ColorMode::Indexed);
         let buf = draw(&mut app, 160, 40);
-        // Summary in the side column.
+        // Summary in the side column: the columns the heatmap's cells do not use, up to half
+        // the screen.
         let (x, _) = find(&buf, " Summary ").unwrap();
-        assert_eq!(x, 160 - 46);
+        assert_eq!(x, 80);
         app.handle_key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE));
         let buf = draw(&mut app, 80, 24);
         assert!(find(&buf, "─ Keys (? or Esc closes").is_some());
@@ -1103,38 +1049,19 @@ mod tests {
         }
     }
 
-    fn screen_text(buf: &Buffer) -> String {
-        (0..buf.area.height)
-            .map(|y| row_text(buf, y).trim_end().to_string() + "\n")
-            .collect()
-    }
-
-    /// Compare with `src/tui/snapshots/NAME.txt`; `SDTRACE_REGENERATE=1` rewrites it.
-    fn snapshot(name: &str, text: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/tui/snapshots")
-            .join(format!("{name}.txt"));
-        if std::env::var_os("SDTRACE_REGENERATE").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (SDTRACE_REGENERATE=1 writes it)", path.display()));
-        assert_eq!(text, want, "snapshot {name} differs:\n{text}");
-    }
-
     #[test]
     fn snapshots() {
         let mut app = app(ColorMode::TrueColor);
         snapshot("overview-80x24", &screen_text(&draw(&mut app, 80, 24)));
         snapshot("overview-140x30", &screen_text(&draw(&mut app, 140, 30)));
-        let mut app = self::app(ColorMode::NoColor);
+        snapshot("overview-200x60", &screen_text(&draw(&mut app, 200, 60)));
+        let mut plain = crate::tui::testing::app(ColorMode::NoColor);
         snapshot(
             "overview-nocolor-80x24",
-            &screen_text(&draw(&mut app, 80, 24)),
+            &screen_text(&draw(&mut plain, 80, 24)),
         );
-        app.handle_key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE));
-        snapshot("help-80x24", &screen_text(&draw(&mut app, 80, 24)));
+        plain.handle_key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE));
+        snapshot("help-80x24", &screen_text(&draw(&mut plain, 80, 24)));
     }
 
     #[test]
@@ -1156,9 +1083,10 @@ mod tests {
         let (_, y) = find(&draw(&mut app, 80, 24), "source     step").unwrap();
         app.handle_mouse(click(3, y));
         assert_eq!(app.current_record(), Some(4));
-        assert_eq!(app.pane, Pane::Heatmap);
+        assert_eq!(app.pane(), Pane::Heatmap);
         // With --no-mouse, clicks do nothing.
-        app.opts.mouse = false;
+        let mut app = crate::tui::testing::app_with_mouse(ColorMode::TrueColor, false);
+        let _ = draw(&mut app, 80, 24);
         app.handle_mouse(click(l.grid.x + 4 * l.cw, l.grid.y + 1));
         assert_eq!(app.current_record(), Some(4));
     }
@@ -1175,5 +1103,173 @@ mod tests {
         app.handle_key(KeyEvent::new(KeyCode::Char('m'), KeyModifiers::NONE));
         let buf = draw(&mut app, 80, 24);
         assert!(row_text(&buf, 23).starts_with("metric: max |a−b|"));
+    }
+
+    fn press(app: &mut App, c: KeyCode) {
+        app.handle_key(KeyEvent::new(c, KeyModifiers::NONE));
+    }
+
+    /// #24: the summary was 46 columns at every size and clipped the verdict line, and never
+    /// showed the verdict's explanation.
+    #[test]
+    fn summary_shows_the_whole_verdict_and_its_explanation() {
+        for (w, h) in SIZES {
+            let mut app = app(ColorMode::TrueColor);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            let text = words_in(&buf, l.summary);
+            let v = app.analysis().unwrap().judgement.verdict.clone();
+            assert!(
+                text.contains("verdict: numeric drift — DIVERGES · 10 pairs: 4 identical, 0 pass, 6 fail, 0 unknown · 0 only A, 1 only B"),
+                "{w}×{h}:\n{}",
+                screen_text(&buf)
+            );
+            let lead: String = v
+                .summary
+                .split_whitespace()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                text.contains(&lead),
+                "{w}×{h}: no explanation:\n{}",
+                screen_text(&buf)
+            );
+            assert!(
+                text.contains(
+                    "first >tol step 1 unet.mid_block (passes at rel ≥ 1.00e-3 or abs ≥ 2.00e-3)"
+                ),
+                "{w}×{h}:\n{}",
+                screen_text(&buf)
+            );
+            // No row of the summary is cut at its right edge.
+            for y in l.summary.y..l.summary.bottom() {
+                let edge = buf[(l.summary.right() - 1, y)].symbol();
+                assert_eq!(
+                    edge,
+                    " ",
+                    "{w}×{h}: row {y} runs to the edge:\n{}",
+                    screen_text(&buf)
+                );
+            }
+            if w >= 120 {
+                // The summary takes the columns the heatmap does not use, and shows the whole
+                // explanation.
+                assert!(l.summary.width > 46, "{l:?}");
+                assert!(text.contains(&v.summary), "{}", screen_text(&buf));
+            }
+            // With Tab the summary shows the whole explanation at every size.
+            press(&mut app, KeyCode::Tab);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            assert!(
+                words_in(&buf, l.summary).contains(&v.summary),
+                "{}",
+                screen_text(&buf)
+            );
+            snapshot(&format!("summary-tab-{w}x{h}"), &screen_text(&buf));
+        }
+    }
+
+    /// #24: a filter such as `/attn2` showed eleven identical left-truncated rows.
+    #[test]
+    fn filtered_rows_are_shortened_in_the_middle_and_stay_apart() {
+        for (w, h) in SIZES {
+            let mut app = app(ColorMode::TrueColor);
+            app.set_comparison(attn2_comparison(), Phase::Done);
+            app.handle_key(KeyEvent::new(KeyCode::Char('/'), KeyModifiers::NONE));
+            for c in "attn2".chars() {
+                app.handle_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+            }
+            press(&mut app, KeyCode::Enter);
+            assert_eq!(app.rows().len(), 16);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            let shown = l.heat_rows().min(16);
+            let labels: Vec<String> = (0..shown as u16)
+                .map(|k| {
+                    (l.labels.x + 4..l.labels.right())
+                        .map(|x| buf[(x, l.grid.y + k)].symbol())
+                        .collect::<String>()
+                        .trim_end_matches(['↑', '↓', ' '])
+                        .to_string()
+                })
+                .collect();
+            let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+            assert_eq!(distinct.len(), labels.len(), "{w}×{h}: {labels:#?}");
+            for t in &labels {
+                assert!(t.starts_with("unet."), "{w}×{h}: {t}");
+                assert!(t.ends_with(".attn2"), "{w}×{h}: {t}");
+            }
+            snapshot(&format!("filter-attn2-{w}x{h}"), &screen_text(&buf));
+        }
+    }
+
+    #[test]
+    fn fit_path_keeps_the_block_and_the_end() {
+        let p = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2";
+        assert_eq!(fit_path(p, 80), p);
+        assert_eq!(
+            fit_path(p, 50),
+            "unet.down_blocks.1.attentions.0.tran.0.attn2"
+        );
+        assert_eq!(fit_path(p, 39), "unet.down_blocks.1.atte.0.tran.0.attn2");
+        assert_eq!(fit_path(p, 31), "unet.down.1.atte.0.tran.0.attn2");
+        assert_eq!(
+            fit_path(
+                "unet.up_blocks.1.attentions.2.transformer_blocks.0.attn2",
+                31
+            ),
+            "unet.up.1.atte.2.tran.0.attn2"
+        );
+        let tight = fit_path(p, 20);
+        assert_eq!(tight.chars().count(), 20);
+        assert!(
+            tight.starts_with("unet.down") && tight.ends_with(".attn2"),
+            "{tight}"
+        );
+        assert_eq!(fit_left("  sampler.x", 6), "…ler.x");
+    }
+
+    /// #24: `?` says a click on the selected cell opens it; it did nothing.
+    #[test]
+    fn clicking_the_selected_cell_opens_it() {
+        use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+        let click = |x: u16, y: u16| MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: x,
+            row: y,
+            modifiers: KeyModifiers::NONE,
+        };
+        for (w, h) in SIZES {
+            let mut app = app(ColorMode::TrueColor);
+            let buf = draw(&mut app, w, h);
+            let l = Layout::new(Rect::new(0, 0, w, h), &app);
+            // Row 1 is sampler.x; column 4 is step 3: the first click selects it.
+            let (x, y) = (l.grid.x + 4 * l.cw, l.grid.y + 1);
+            app.handle_mouse(click(x, y));
+            assert_eq!(app.view(), View::Overview);
+            assert_eq!(app.current_record(), Some(7));
+            let buf2 = draw(&mut app, w, h);
+            assert!(buf2[(x, y)].modifier.contains(Modifier::REVERSED));
+            assert_ne!(buf, buf2);
+            // The second opens it, as the help promises.
+            app.handle_mouse(click(x, y));
+            assert_eq!(app.view(), View::Layer);
+            let buf = draw(&mut app, w, h);
+            assert!(
+                find(&buf, "Layer · sampler.x").is_some(),
+                "{}",
+                screen_text(&buf)
+            );
+            if h >= 60 {
+                press(&mut app, KeyCode::Char('?'));
+                let text = words(&draw(&mut app, w, h));
+                assert!(
+                    text.contains("select a cell or key (again: open it)"),
+                    "{text}"
+                );
+            }
+        }
     }
 }

@@ -2,26 +2,28 @@
 //! side by side, histograms, spatial difference map, worst channels), noise (flat-index map of
 //! `noise.initial`) and image (A, B and |A−B| in half-block colour).
 //!
+//! The tensor view is drawn in parts, each a function of the loaded detail alone:
+//! the statistics table, the value histograms, the |a−b| map and the worst channels (or,
+//! without payloads, the thumbnails).
+//!
 //! Pure like [`super::render`]: `&App` and a rectangle in, buffer cells out. Pictures use the
 //! upper-half block `▀` with the foreground for the upper pixel and the background for the
 //! lower one, so a W×H area shows W×2H pixels; without colour they fall back to `░▒▓█`
 //! shading of the pixels' brightness.
 
 use super::app::{App, Detail, Loadable, Request, View};
-use super::detail::{DIFF_LO, Map2, group_digits};
+use super::detail::{ChannelDiff, DIFF_LO, Map2, PayloadDiff, TensorDetail, group_digits};
 use super::palette::{Palette, SHADES};
-use super::render::{put, put_wrapped, set_cell};
-use crate::analysis::Status;
+use super::render::{put, put_wrapped, set_cell, wrapped_rows};
+use crate::analysis::{PairRecord, RecordJudgement, Status};
 use crate::report::{ReportImages, sci};
-use crate::stats::HIST_OFFSET;
+use crate::stats::{HIST_OFFSET, Summary};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Widget};
 
-/// Draw a picture of `w`×`h` pixels into `area` (scaled to fit, nearest pixel), two pixels
-/// per cell. `px` gives a pixel's colour, `None` for no data.
 /// The cells a `w`×`h`-pixel picture fills in `area`, keeping its aspect ratio (a cell is one
 /// pixel wide and two pixels tall), from the top left; empty when nothing fits.
 pub fn fit(area: Rect, w: usize, h: usize) -> Rect {
@@ -38,6 +40,8 @@ pub fn fit(area: Rect, w: usize, h: usize) -> Rect {
     )
 }
 
+/// Draw a picture of `w`×`h` pixels into `area` (scaled to fit, nearest pixel), two pixels
+/// per cell; returns the cells it fills. `px` gives a pixel's colour, `None` for no data.
 pub fn picture(
     p: &Palette,
     buf: &mut Buffer,
@@ -104,7 +108,7 @@ fn heading(p: &Palette, buf: &mut Buffer, area: Rect, y: u16, text: &str) -> u16
 }
 
 fn loading(app: &App, req: Option<Request>) -> Result<&Detail, String> {
-    match req.and_then(|r| app.details.get(&r)) {
+    match req.and_then(|r| app.detail(r)) {
         Some(Loadable::Ready(d)) => Ok(d),
         Some(Loadable::Loading) => Err("loading…".into()),
         Some(Loadable::Failed(e)) => Err(format!("cannot load: {e}")),
@@ -115,7 +119,7 @@ fn loading(app: &App, req: Option<Request>) -> Result<&Detail, String> {
 /// Error and norms of the selected row vs sampler step.
 pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
     let p = app.palette();
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let Some(n) = app.current_node() else { return };
     let g = &a.grid;
     let node = &g.nodes[n];
@@ -129,7 +133,7 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
         y,
         &format!(
             "{}{} vs step (log10) · Enter: tensor view of the selected step",
-            app.metric.name(),
+            app.metric().name(),
             if keys.len() > 1 {
                 format!(", worst of {} keys", keys.len())
             } else {
@@ -155,7 +159,7 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
             _ => {}
         }
         let rj = &a.judgement.records[i];
-        let t = match app.metric {
+        let t = match app.metric() {
             super::model::Metric::RelL2 => Some(rj.tol.rel),
             super::model::Metric::AbsErr => Some(rj.tol.abs),
             super::model::Metric::OverTol => Some(1.0),
@@ -188,17 +192,30 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
         g.steps.first().copied().unwrap_or(0) as f64,
         g.steps.last().copied().unwrap_or(1).max(1) as f64,
     );
+    if !identical.is_empty() {
+        // On a row of its own: inside the chart it covered the x axis labels.
+        let list: Vec<String> = identical.iter().map(u32::to_string).collect();
+        put(
+            buf,
+            area,
+            area.x + 1,
+            y,
+            &format!("identical at steps {}", list.join(", ")),
+            p.dim(),
+        );
+        y += 1;
+    }
     let body = Rect::new(area.x, y, area.width, area.bottom().saturating_sub(y));
     let top_h = body.height * 3 / 5;
     let top = Rect::new(body.x, body.y, body.width, top_h);
     let bottom = Rect::new(body.x, body.y + top_h, body.width, body.height - top_h);
-    let cursor_x = g.step_of(app.col).map(|s| s as f64);
+    let cursor_x = g.step_of(app.col()).map(|s| s as f64);
     chart(
         &p,
         buf,
         top,
         steps,
-        &[(app.metric.name(), &err, 0), ("tolerance", &tol, 2)],
+        &[(app.metric().name(), &err, 0), ("tolerance", &tol, 2)],
         cursor_x,
     );
     chart(
@@ -209,17 +226,6 @@ pub fn layer(app: &App, area: Rect, buf: &mut Buffer) {
         &[("‖A‖", &na, 0), ("‖B‖", &nb, 1)],
         cursor_x,
     );
-    if !identical.is_empty() && top.height > 0 {
-        let list: Vec<String> = identical.iter().map(u32::to_string).collect();
-        put(
-            buf,
-            top,
-            top.x + 1,
-            top.bottom() - 1,
-            &format!("identical at steps {}", list.join(", ")),
-            p.dim(),
-        );
-    }
 }
 
 /// (name, points, colour index) of a chart line.
@@ -275,17 +281,14 @@ fn chart(
     } else {
         vec![format!("1e{lo}"), format!("1e{hi}")]
     };
-    let xlabels = vec![
-        format!("{x0}"),
-        format!("{}", ((x0 + x1) / 2.0).round()),
-        format!("{x1}"),
-    ];
+    let x1 = x1.max(x0 + 1.0);
+    let xlabels = step_labels(x0, x1);
     Chart::new(sets)
         .hidden_legend_constraints((Constraint::Percentage(50), Constraint::Percentage(60)))
         .x_axis(
             Axis::default()
                 .title("step")
-                .bounds([x0, x1.max(x0 + 1.0)])
+                .bounds([x0, x1])
                 .labels(xlabels)
                 .style(p.dim()),
         )
@@ -296,6 +299,18 @@ fn chart(
                 .style(p.dim()),
         )
         .render(area, buf);
+}
+
+/// Labels of a step axis from `x0` to `x1`: the ends and, when it is a step of its own, the
+/// middle (so two steps read `0 … 1`, never `0 … 1 … 1`). Ratatui spreads them evenly.
+fn step_labels(x0: f64, x1: f64) -> Vec<String> {
+    let mid = ((x0 + x1) / 2.0).floor();
+    let exact = (x1 - x0) % 2.0 == 0.0;
+    if exact && mid > x0 && mid < x1 {
+        vec![format!("{x0}"), format!("{mid}"), format!("{x1}")]
+    } else {
+        vec![format!("{x0}"), format!("{x1}")]
+    }
 }
 
 fn spark(values: &[u64]) -> String {
@@ -316,7 +331,7 @@ fn spark(values: &[u64]) -> String {
 /// The selected record of both traces.
 pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
     let p = app.palette();
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let rec = app.current_record();
     let mut y = area.y;
     let Some(i) = rec else {
@@ -360,6 +375,40 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
         area.width.saturating_sub(left_w + 1),
         left.height,
     );
+    stats_table(&p, buf, left, d, r, rj);
+    // Right: histograms, the map, worst channels.
+    if right.width < 16 {
+        return;
+    }
+    let ry = histograms(&p, buf, right, right.y, &d.a.summary, &d.b.summary);
+    match (&d.diff, &d.thumb_diff) {
+        (Some(diff), _) => {
+            let ry = diff_map(&p, buf, right, ry, diff);
+            worst_channels(&p, buf, right, ry, &diff.channels);
+        }
+        (None, Some(td)) => thumbnails(&p, buf, right, ry, d, td),
+        (None, None) => {
+            put(
+                buf,
+                right,
+                right.x,
+                ry,
+                "no payloads and no thumbnails: record this key at full fidelity to see where it differs",
+                p.dim(),
+            );
+        }
+    }
+}
+
+/// The statistics of both sides and the pair's metrics, as a table.
+fn stats_table(
+    p: &Palette,
+    buf: &mut Buffer,
+    left: Rect,
+    d: &TensorDetail,
+    r: &PairRecord,
+    rj: &RecordJudgement,
+) {
     let (sa, sb) = (&d.a.summary, &d.b.summary);
     let f = |v: f64| {
         if v == 0.0 {
@@ -457,11 +506,18 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
     if let Some(note) = &d.note {
         put(buf, left, left.x, yy, note, p.dim());
     }
-    // Right: histograms, the map, worst channels.
-    if right.width < 16 {
-        return;
-    }
-    let mut ry = right.y;
+}
+
+/// The log2|x| histograms of both sides over the bins either uses; returns the next free row.
+fn histograms(
+    p: &Palette,
+    buf: &mut Buffer,
+    right: Rect,
+    y: u16,
+    sa: &Summary,
+    sb: &Summary,
+) -> u16 {
+    let mut ry = y;
     // log2|x| histograms over the bins either side uses.
     let used: Vec<usize> = (0..sa.log2_hist.len().max(sb.log2_hist.len()))
         .filter(|&k| {
@@ -478,7 +534,7 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
                 .collect()
         };
         heading(
-            &p,
+            p,
             buf,
             right,
             ry,
@@ -510,150 +566,151 @@ pub fn tensor(app: &App, area: Rect, buf: &mut Buffer) {
         );
         ry += 2;
     }
-    match (&d.diff, &d.thumb_diff) {
-        (Some(diff), _) => {
-            let used: Vec<usize> = (0..diff.hist.len()).filter(|&k| diff.hist[k] > 0).collect();
-            heading(
-                &p,
-                buf,
-                right,
-                ry,
-                &format!(
-                    "|a−b|: {} of {} differ · {} equal",
-                    group_digits(diff.differing),
-                    group_digits(diff.count),
-                    group_digits(diff.zero)
-                ),
-            );
-            ry += 1;
-            if let (Some(&k0), Some(&k1)) = (used.first(), used.last()) {
-                let x = put(
-                    buf,
-                    right,
-                    right.x,
-                    ry,
-                    &format!("1e{} ", k0 as i32 + DIFF_LO),
-                    p.dim(),
-                );
-                let x = put(
-                    buf,
-                    right,
-                    x,
-                    ry,
-                    &spark(&diff.hist[k0..=k1]),
-                    Style::new().fg(p.series(2)),
-                );
-                put(
-                    buf,
-                    right,
-                    x,
-                    ry,
-                    &format!(" 1e{}", k1 as i32 + DIFF_LO + 1),
-                    p.dim(),
-                );
-                ry += 1;
-            }
-            ry += 1;
-            let ch_lines = diff.channels.len().min(super::detail::WORST) as u16;
-            let map_h = right.bottom().saturating_sub(ry + 2 + ch_lines + 1);
-            heading(
-                &p,
-                buf,
-                right,
-                ry,
-                &format!(
-                    "where: max |a−b| over {}×{} (bright = max {}; 4 decades)",
-                    diff.map.width,
-                    diff.map.height,
-                    sci(Some(diff.max_abs))
-                ),
-            );
-            ry += 1;
-            let pic = map_picture(
-                &p,
-                buf,
-                Rect::new(right.x, ry, right.width, map_h),
-                &diff.map,
-                4.0,
-            );
-            ry += pic.height + 1;
-            if !diff.channels.is_empty() {
-                heading(
-                    &p,
-                    buf,
-                    right,
-                    ry,
-                    "worst channels: channel · rel L2 · max |a−b|",
-                );
-                ry += 1;
-                for c in &diff.channels {
-                    put(
-                        buf,
-                        right,
-                        right.x,
-                        ry,
-                        &format!(
-                            "  {:>5} · {} · {}",
-                            c.channel,
-                            sci(Some(c.rel_l2)),
-                            sci(Some(c.max_abs))
-                        ),
-                        Style::new(),
-                    );
-                    ry += 1;
-                }
-            }
-        }
-        (None, Some(td)) => {
-            heading(
-                &p,
-                buf,
-                right,
-                ry,
-                "no payloads: thumbnails (channel mean |x|) A · B · |A−B|",
-            );
-            ry += 1;
-            let h = right.bottom().saturating_sub(ry);
-            let w3 = right.width / 3;
-            for (k, m) in [
-                d.a.thumbnail.as_ref().and_then(|t| {
-                    t.item(0).map(|v| Map2 {
-                        width: t.width as usize,
-                        height: t.height as usize,
-                        values: v.to_vec(),
-                    })
-                }),
-                d.b.thumbnail.as_ref().and_then(|t| {
-                    t.item(0).map(|v| Map2 {
-                        width: t.width as usize,
-                        height: t.height as usize,
-                        values: v.to_vec(),
-                    })
-                }),
-                Some(td.clone()),
-            ]
-            .iter()
-            .enumerate()
-            {
-                if let Some(m) = m {
-                    map_picture(
-                        &p,
-                        buf,
-                        Rect::new(right.x + k as u16 * w3, ry, w3.saturating_sub(1), h),
-                        m,
-                        3.0,
-                    );
-                }
-            }
-        }
-        (None, None) => {
+    ry
+}
+
+/// The |a−b| histogram and where the differences are; returns the next free row.
+fn diff_map(p: &Palette, buf: &mut Buffer, right: Rect, y: u16, diff: &PayloadDiff) -> u16 {
+    let mut ry = y;
+    let used: Vec<usize> = (0..diff.hist.len()).filter(|&k| diff.hist[k] > 0).collect();
+    heading(
+        p,
+        buf,
+        right,
+        ry,
+        &format!(
+            "|a−b|: {} of {} differ · {} equal",
+            group_digits(diff.differing),
+            group_digits(diff.count),
+            group_digits(diff.zero)
+        ),
+    );
+    ry += 1;
+    if let (Some(&k0), Some(&k1)) = (used.first(), used.last()) {
+        let x = put(
+            buf,
+            right,
+            right.x,
+            ry,
+            &format!("1e{} ", k0 as i32 + DIFF_LO),
+            p.dim(),
+        );
+        let x = put(
+            buf,
+            right,
+            x,
+            ry,
+            &spark(&diff.hist[k0..=k1]),
+            Style::new().fg(p.series(2)),
+        );
+        put(
+            buf,
+            right,
+            x,
+            ry,
+            &format!(" 1e{}", k1 as i32 + DIFF_LO + 1),
+            p.dim(),
+        );
+        ry += 1;
+    }
+    ry += 1;
+    let ch_lines = diff.channels.len().min(super::detail::WORST) as u16;
+    let map_h = right.bottom().saturating_sub(ry + 2 + ch_lines + 1);
+    heading(
+        p,
+        buf,
+        right,
+        ry,
+        &format!(
+            "where: max |a−b| over {}×{} (bright = max {}; 4 decades)",
+            diff.map.width,
+            diff.map.height,
+            sci(Some(diff.max_abs))
+        ),
+    );
+    ry += 1;
+    let pic = map_picture(
+        p,
+        buf,
+        Rect::new(right.x, ry, right.width, map_h),
+        &diff.map,
+        4.0,
+    );
+    ry += pic.height + 1;
+    ry
+}
+
+/// The channels that differ most.
+fn worst_channels(p: &Palette, buf: &mut Buffer, right: Rect, y: u16, channels: &[ChannelDiff]) {
+    let mut ry = y;
+    if !channels.is_empty() {
+        heading(
+            p,
+            buf,
+            right,
+            ry,
+            "worst channels: channel · rel L2 · max |a−b|",
+        );
+        ry += 1;
+        for c in channels {
             put(
                 buf,
                 right,
                 right.x,
                 ry,
-                "no payloads and no thumbnails: record this key at full fidelity to see where it differs",
-                p.dim(),
+                &format!(
+                    "  {:>5} · {} · {}",
+                    c.channel,
+                    sci(Some(c.rel_l2)),
+                    sci(Some(c.max_abs))
+                ),
+                Style::new(),
+            );
+            ry += 1;
+        }
+    }
+}
+
+/// Without payloads: the thumbnails of both sides and their difference.
+fn thumbnails(p: &Palette, buf: &mut Buffer, right: Rect, y: u16, d: &TensorDetail, td: &Map2) {
+    let mut ry = y;
+    heading(
+        p,
+        buf,
+        right,
+        ry,
+        "no payloads: thumbnails (channel mean |x|) A · B · |A−B|",
+    );
+    ry += 1;
+    let h = right.bottom().saturating_sub(ry);
+    let w3 = right.width / 3;
+    for (k, m) in [
+        d.a.thumbnail.as_ref().and_then(|t| {
+            t.item(0).map(|v| Map2 {
+                width: t.width as usize,
+                height: t.height as usize,
+                values: v.to_vec(),
+            })
+        }),
+        d.b.thumbnail.as_ref().and_then(|t| {
+            t.item(0).map(|v| Map2 {
+                width: t.width as usize,
+                height: t.height as usize,
+                values: v.to_vec(),
+            })
+        }),
+        Some(td.clone()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        if let Some(m) = m {
+            map_picture(
+                p,
+                buf,
+                Rect::new(right.x + k as u16 * w3, ry, w3.saturating_sub(1), h),
+                m,
+                3.0,
             );
         }
     }
@@ -697,13 +754,24 @@ pub fn noise(app: &App, area: Rect, buf: &mut Buffer) {
         p.status(Some(Status::Fail))
     };
     let verdict = format!("{}: {}", d.diagnosis.class.name(), d.diagnosis.summary);
-    let y2 = put_wrapped(buf, area, y + 1, 6, &verdict, st) + 1;
+    let per_elem_text = |per_px: usize| {
+        let per_elem = (d.count as f64 / d.buckets.len().max(1) as f64).ceil() as usize * per_px;
+        format!(
+            "each pixel: {} consecutive elements, row-major from the top left · dark: identical · bright: all differ",
+            group_digits(per_elem as u64)
+        )
+    };
+    // The diagnosis and its fix come first: they get every row but the caption's and three
+    // of the map's; the map takes what is left.
+    let caption_rows = wrapped_rows(area, &per_elem_text(1));
+    let room = area.height.saturating_sub(1 + 1 + caption_rows + 3).max(1);
+    let y2 = put_wrapped(buf, area, y + 1, room, &verdict, st) + 1;
     // Buckets laid out row-major over the picture: each pixel is a flat-index range.
     let pic_area = Rect::new(
         area.x + 1,
         y2,
         area.width.saturating_sub(2),
-        area.bottom().saturating_sub(y2 + 2),
+        area.bottom().saturating_sub(y2 + caption_rows),
     );
     let npx_w = pic_area.width as usize;
     let npx_h = pic_area.height as usize * 2;
@@ -727,16 +795,16 @@ pub fn noise(app: &App, area: Rect, buf: &mut Buffer) {
             super::palette::viridis(0.25 + 0.75 * f as f64)
         })
     });
-    let per_elem = (d.count as f64 / buckets.len().max(1) as f64).ceil() as usize * per_px;
-    put(
+    let cy = pic
+        .bottom()
+        .max(y2)
+        .min(area.bottom().saturating_sub(caption_rows));
+    put_wrapped(
         buf,
-        area,
-        area.x + 1,
-        pic.bottom().min(area.bottom().saturating_sub(1)),
-        &format!(
-            "each pixel: {} consecutive elements, row-major from the top left · dark: identical · bright: all differ",
-            group_digits(per_elem as u64)
-        ),
+        Rect::new(area.x, area.y, area.width, area.height),
+        cy,
+        caption_rows,
+        &per_elem_text(per_px),
         p.dim(),
     );
 }
@@ -746,7 +814,7 @@ pub fn image(app: &App, area: Rect, buf: &mut Buffer) {
     let p = app.palette();
     let y = area.y;
     let x = heading(&p, buf, area, y, " Image ");
-    let Some(a) = &app.analysis else { return };
+    let Some(a) = app.analysis() else { return };
     let Some(i) = a.judgement.image else {
         put(
             buf,
@@ -818,10 +886,10 @@ pub fn image_areas(area: Rect) -> [Rect; 3] {
 
 /// The image view's loaded images, when the image view is showing them.
 pub fn shown_images(app: &App) -> Option<&ReportImages> {
-    if app.view != View::Image || app.help || app.prompt.is_some() {
+    if app.view() != View::Image || app.help() || app.prompt().is_some() {
         return None;
     }
-    let i = app.analysis.as_ref()?.judgement.image?;
+    let i = app.analysis()?.judgement.image?;
     match loading(app, Some(Request::Image(i))) {
         Ok(Detail::Image(d)) => Some(&d.images),
         _ => None,
@@ -831,25 +899,15 @@ pub fn shown_images(app: &App) -> Option<&ReportImages> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{Criteria, TolConfig};
     use crate::dtype::DType;
     use crate::report::fixture::comparison as fixture;
-    use crate::tui::app::{AppOptions, Phase, View};
+    use crate::tui::app::Phase;
     use crate::tui::detail::{NoiseDetail, Side, TensorDetail, payload_diff};
     use crate::tui::palette::ColorMode;
     use ratatui::style::Color;
 
     fn app() -> App {
-        let mut app = App::new(AppOptions {
-            a: "a.sdt".into(),
-            b: "b.sdt".into(),
-            tol: TolConfig::default(),
-            criteria: Criteria::default(),
-            palette: Palette::new(ColorMode::TrueColor),
-            mouse: true,
-        });
-        app.set_comparison(fixture(), Phase::Done);
-        app
+        crate::tui::testing::app(ColorMode::TrueColor)
     }
 
     fn text(buf: &Buffer) -> String {
@@ -900,7 +958,7 @@ mod tests {
     #[test]
     fn layer_view_charts() {
         let mut app = app();
-        app.view = View::Layer;
+        crate::tui::testing::press(&mut app, '2');
         let buf = draw(&mut app);
         let t = text(&buf);
         assert!(t.contains("Layer · unet.mid_block"), "{t}");
@@ -962,7 +1020,7 @@ mod tests {
             thumb_diff: None,
             note: None,
         };
-        app.view = View::Tensor;
+        crate::tui::testing::press(&mut app, '3');
         app.set_detail(Request::Tensor(4), Ok(Detail::Tensor(Box::new(detail))));
         let buf = draw(&mut app);
         let t = text(&buf);
@@ -971,9 +1029,9 @@ mod tests {
         assert!(t.contains("|a−b|: 1 of 8 differ"), "{t}");
         assert!(t.contains("worst channels"), "{t}");
         assert!(t.contains("where: max |a−b| over 2×2"), "{t}");
-        // Loading state.
-        app.details.clear();
-        app.details.insert(Request::Tensor(4), Loadable::Loading);
+        // Loading state: what the tensor view shows before the detail arrives.
+        let mut app = self::app();
+        crate::tui::testing::press(&mut app, '3');
         let t = text(&draw(&mut app));
         assert!(t.contains("loading…"), "{t}");
     }
@@ -981,7 +1039,7 @@ mod tests {
     #[test]
     fn noise_view_shows_the_prefix() {
         let mut app = app();
-        app.view = View::Noise;
+        crate::tui::testing::press(&mut app, '4');
         let mut buckets = vec![0.0f32; 100];
         for b in buckets.iter_mut().skip(30) {
             *b = 1.0;
@@ -1017,5 +1075,137 @@ mod tests {
         let dark = &buf[(1, row)];
         assert_eq!(dark.symbol(), "▀");
         assert_eq!(dark.fg, Color::Rgb(30, 30, 30));
+    }
+
+    fn noise_detail(app: &mut App) -> String {
+        let mut buckets = vec![0.0f32; 100];
+        for b in buckets.iter_mut().skip(30) {
+            *b = 1.0;
+        }
+        let diagnosis = crate::analysis::noise::diagnose(
+            &[100],
+            &(0..100).map(|i| i as f64).collect::<Vec<_>>(),
+            &[100],
+            &(0..100)
+                .map(|i| i as f64 + f64::from(i >= 30))
+                .collect::<Vec<_>>(),
+        );
+        let text = format!("{}: {}", diagnosis.class.name(), diagnosis.summary);
+        let d = NoiseDetail {
+            record: 0,
+            count: 100,
+            shape: vec![1, 4, 5, 5],
+            first_diff: Some(30),
+            differing: 70,
+            buckets,
+            diagnosis,
+        };
+        app.set_detail(Request::Noise(0), Ok(Detail::Noise(Box::new(d))));
+        text
+    }
+
+    /// #24: at 80×24 the noise view cut its diagnosis, fix advice included.
+    #[test]
+    fn noise_view_shows_the_whole_advice() {
+        use crate::tui::testing::{SIZES, draw, screen_text, snapshot, words};
+        for (w, h) in SIZES {
+            let mut app = app();
+            crate::tui::testing::press(&mut app, '4');
+            let text = noise_detail(&mut app);
+            let buf = draw(&mut app, w, h);
+            let shown = words(&buf);
+            let want = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(shown.contains(&want), "{w}×{h}:\n{}", screen_text(&buf));
+            assert!(
+                shown.contains("bright: all differ"),
+                "{w}×{h}: the caption is cut:\n{}",
+                screen_text(&buf)
+            );
+            // The map is still there.
+            assert!(
+                (0..h).any(|y| buf[(1, y)].symbol() == "▀"),
+                "{}",
+                screen_text(&buf)
+            );
+            snapshot(&format!("noise-{w}x{h}"), &screen_text(&buf));
+        }
+    }
+
+    /// #24: with two steps the layer chart's x axis read `0 … 1 … 1`.
+    #[test]
+    fn layer_chart_axis_labels_are_steps() {
+        assert_eq!(step_labels(0.0, 1.0), ["0", "1"]);
+        assert_eq!(step_labels(0.0, 4.0), ["0", "2", "4"]);
+        assert_eq!(step_labels(0.0, 3.0), ["0", "3"]);
+        assert_eq!(step_labels(5.0, 25.0), ["5", "15", "25"]);
+    }
+
+    /// #24: the layer chart's x axis and its tolerance line, at both sizes.
+    #[test]
+    fn layer_chart_stays_in_its_plot() {
+        use crate::tui::testing::{SIZES, draw, screen_text, snapshot};
+        for (w, h) in SIZES {
+            // Two steps: the axis reads 0 and 1, once each.
+            let mut c = fixture();
+            c.records.retain(|r| r.step.is_none_or(|s| s <= 1));
+            let mut two = app();
+            two.set_comparison(c, Phase::Done);
+            crate::tui::testing::press(&mut two, '2');
+            let buf = draw(&mut two, w, h);
+            let t = screen_text(&buf);
+            let axis: Vec<&str> = t
+                .lines()
+                .filter(|l| l.trim_start().starts_with('0'))
+                .collect();
+            assert!(
+                axis.iter()
+                    .all(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "1"]),
+                "{w}×{h}: {axis:?}\n{t}"
+            );
+            // Five steps: every braille cell of the tolerance line lies inside the plot, right
+            // of the y axis and above the x axis.
+            let mut app = app();
+            crate::tui::testing::press(&mut app, '2');
+            let buf = draw(&mut app, w, h);
+            let t = screen_text(&buf);
+            let tol_colour = app.palette().series(2);
+            let axis_x = (0..w)
+                .find(|&x| (1..h).any(|y| buf[(x, y)].symbol() == "│"))
+                .expect("a y axis");
+            let axis_y = (0..h)
+                .find(|&y| buf[(axis_x, y)].symbol() == "└")
+                .expect("an x axis");
+            let mut drawn = 0;
+            for y in 0..h {
+                for x in 0..w {
+                    let c = &buf[(x, y)];
+                    let braille = c
+                        .symbol()
+                        .chars()
+                        .all(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch));
+                    if braille && c.fg == tol_colour {
+                        drawn += 1;
+                        assert!(
+                            x > axis_x && y < axis_y,
+                            "{w}×{h}: tolerance at ({x}, {y}) outside the plot:\n{t}"
+                        );
+                    }
+                }
+            }
+            assert!(drawn > 0, "{w}×{h}: no tolerance line:\n{t}");
+            // The axis labels are not covered: the first chart's label row starts with 0.
+            let labels = t
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with('└'))
+                .nth(1)
+                .unwrap_or_default();
+            assert_eq!(
+                labels.split_whitespace().collect::<Vec<_>>(),
+                ["0", "2", "4"],
+                "{w}×{h}:\n{t}"
+            );
+            assert!(t.contains("identical at steps 0"), "{t}");
+            snapshot(&format!("layer-{w}x{h}"), &t);
+        }
     }
 }

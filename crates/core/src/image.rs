@@ -806,8 +806,9 @@ fn param_at(s: &[char], p: usize) -> Option<(String, String, usize)> {
     Some((key, v, (m + 1).min(n)))
 }
 
-/// A1111's `re_param.findall` over one line.
-fn param_pairs(line: &str) -> Vec<(String, String)> {
+/// A1111's `re_param.findall` over one line: its `Key: value` pairs (the webui takes the last
+/// line for its settings when it holds at least 3 of them).
+pub fn param_pairs(line: &str) -> Vec<(String, String)> {
     let s: Vec<char> = line.chars().collect();
     let mut out = Vec::new();
     let mut p = 0;

@@ -1,11 +1,14 @@
 //! What `sdtrace info` and `sdtrace ls` show: data gathered from a reader, then pure renderers
-//! from that data to text or JSON.
+//! from that data to text or JSON. The text renderers escape control characters in every string
+//! that came from the trace ([`printable`]); the JSON ones need not (JSON escapes them).
 
 use crate::dtype::DType;
+use crate::escape::printable;
 use crate::glob;
 use crate::stats::Summary;
 use crate::trace::{
-    Codec, Fidelity, Integrity, RecordEntry, RunEnd, RunHeader, TraceReader, format_unix_ms,
+    Codec, Fidelity, Integrity, RecordEntry, RunEnd, RunHeader, TraceError, TraceReader,
+    format_unix_ms,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -31,6 +34,23 @@ pub struct TraceInfo {
     pub by_fidelity: BTreeMap<Fidelity, (usize, u64)>,
     /// Records whose checksums were all verified, when asked.
     pub verified: Option<u64>,
+    /// What failed its checks: frames skipped while opening, and (after
+    /// [`TraceInfo::verify`]) records whose frame or payload does not check. Each line names
+    /// the byte offset.
+    pub damage: Vec<String>,
+}
+
+impl TraceInfo {
+    /// Check every record and payload of `r` (`info --verify`): `verified` counts the records
+    /// that check, `damage` gains one line per record that does not.
+    pub fn verify(&mut self, r: &TraceReader) {
+        let bad = r.verify_all();
+        self.verified = Some((r.entries().len() - bad.len()) as u64);
+        self.damage.extend(
+            bad.into_iter()
+                .map(|(i, e)| format!("{}: {}", r.entries()[i].id(), damage_line(&e))),
+        );
+    }
 }
 
 /// Gather the overview from the index (no record is read).
@@ -65,6 +85,11 @@ pub fn trace_info(r: &TraceReader) -> TraceInfo {
             .collect(),
         by_fidelity,
         verified: None,
+        damage: r
+            .damage()
+            .iter()
+            .map(|d| format!("byte offset {}: {}", d.offset, d.what))
+            .collect(),
     }
 }
 
@@ -94,6 +119,9 @@ fn steps_text(steps: &[u32]) -> String {
     }
 }
 
+/// Most damage lines `info` prints as text.
+const MAX_DAMAGE_LINES: usize = 10;
+
 /// `sdtrace info` as text.
 pub fn render_info(i: &TraceInfo) -> String {
     let mut s = String::new();
@@ -101,7 +129,7 @@ pub fn render_info(i: &TraceInfo) -> String {
     let _ = writeln!(
         s,
         "trace     {} ({}, format {}.{})",
-        i.path,
+        printable(&i.path),
         human_bytes(i.file_len),
         i.version.0,
         i.version.1
@@ -115,7 +143,12 @@ pub fn render_info(i: &TraceInfo) -> String {
             valid_len,
             file_len,
         } => {
-            let _ = writeln!(s, "status    TRUNCATED: {reason}");
+            let what = if i.damage.is_empty() {
+                "TRUNCATED"
+            } else {
+                "DAMAGED"
+            };
+            let _ = writeln!(s, "status    {what}: {}", printable(reason));
             let _ = writeln!(
                 s,
                 "          {} complete records survived in the first {valid_len} of {file_len} bytes",
@@ -124,21 +157,54 @@ pub fn render_info(i: &TraceInfo) -> String {
         }
     }
     if let Some(end) = &i.run_end {
-        let _ = writeln!(s, "run       {}", end.describe());
+        let _ = writeln!(s, "run       {}", printable(&end.describe()));
         for n in end.nonfinite.iter().take(5) {
             let step = n.step.map_or("-".to_string(), |s| s.to_string());
             let _ = writeln!(
                 s,
                 "          non-finite: {} step {step}: {} NaN, {} +Inf, {} -Inf",
-                n.key, n.nan, n.pos_inf, n.neg_inf
+                printable(&n.key),
+                n.nan,
+                n.pos_inf,
+                n.neg_inf
             );
         }
     }
-    if let Some(n) = i.verified {
+    match (i.verified, i.damage.len()) {
+        (Some(n), 0) => {
+            let _ = writeln!(
+                s,
+                "verified  all checksums of {n} records and their payloads"
+            );
+        }
+        (Some(n), _) => {
+            let _ = writeln!(
+                s,
+                "verified  {n} of {} records and their payloads check",
+                i.records
+            );
+        }
+        (None, _) => {}
+    }
+    if !i.damage.is_empty() {
         let _ = writeln!(
             s,
-            "verified  all checksums of {n} records and their payloads"
+            "DAMAGED   {} part{} of the file failed {} checks and {} left out:",
+            i.damage.len(),
+            if i.damage.len() == 1 { "" } else { "s" },
+            if i.damage.len() == 1 { "its" } else { "their" },
+            if i.damage.len() == 1 { "is" } else { "are" },
         );
+        for d in i.damage.iter().take(MAX_DAMAGE_LINES) {
+            let _ = writeln!(s, "          {}", printable(d));
+        }
+        if i.damage.len() > MAX_DAMAGE_LINES {
+            let _ = writeln!(
+                s,
+                "          … and {} more (info --json lists all)",
+                i.damage.len() - MAX_DAMAGE_LINES
+            );
+        }
     }
     let versions = [
         h.sdtrace_version.as_ref().map(|v| format!("sdtrace {v}")),
@@ -146,7 +212,7 @@ pub fn render_info(i: &TraceInfo) -> String {
     ];
     let versions: Vec<String> = versions.into_iter().flatten().collect();
     if !versions.is_empty() {
-        let _ = writeln!(s, "written   by {}", versions.join(", "));
+        let _ = writeln!(s, "written   by {}", printable(&versions.join(", ")));
     }
     if let Some(ms) = h.created_unix_ms {
         let _ = writeln!(s, "created   {}", format_unix_ms(ms));
@@ -235,7 +301,11 @@ pub fn render_info(i: &TraceInfo) -> String {
     let _ = writeln!(s, "steps     {}", steps_text(&i.steps));
     let _ = writeln!(s, "keys");
     for (g, (keys, n)) in &i.groups {
-        let _ = writeln!(s, "  {g:<14} {keys:>5} keys {n:>8} records");
+        let _ = writeln!(
+            s,
+            "  {} {keys:>5} keys {n:>8} records",
+            pad(&printable(g), 14, true)
+        );
     }
     let _ = writeln!(s, "stored by fidelity");
     for (f, (n, b)) in &i.by_fidelity {
@@ -258,10 +328,15 @@ fn section(
 ) {
     let _ = writeln!(s, "\n{title}");
     for (k, v) in rows.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
-        let _ = writeln!(s, "  {k:<11} {v}");
+        let _ = writeln!(s, "  {k:<11} {}", printable(v));
     }
     for (k, v) in extra {
-        let _ = writeln!(s, "  {k:<11} {}", compact(v));
+        let _ = writeln!(
+            s,
+            "  {} {}",
+            pad(&printable(k), 11, true),
+            printable(&compact(v))
+        );
     }
 }
 
@@ -302,6 +377,7 @@ pub fn info_json(i: &TraceInfo) -> Value {
         "integrity": integrity,
         "run_end": i.run_end,
         "verified_records": i.verified,
+        "damage": i.damage,
         "header": i.header,
         "records": i.records,
         "unstepped_records": i.unstepped,
@@ -351,6 +427,17 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// `v` padded with spaces to `width` characters, on the right when `left` (left-aligned) or on
+/// the left. By hand, not with a format width, which panics above 65 535 (a key can be longer).
+fn pad(v: &str, width: usize, left: bool) -> String {
+    let fill = " ".repeat(width.saturating_sub(v.chars().count()));
+    if left {
+        format!("{v}{fill}")
+    } else {
+        format!("{fill}{v}")
+    }
+}
+
 /// `sdtrace ls` as aligned text.
 pub fn render_ls(rows: &[LsRow]) -> String {
     let head = [
@@ -376,7 +463,7 @@ pub fn render_ls(rows: &[LsRow]) -> String {
             r.order.to_string(),
             r.step.map_or("-".into(), |v| v.to_string()),
             r.eval.to_string(),
-            r.key.clone(),
+            printable(&r.key).into_owned(),
             r.dtype.to_string(),
             format!("[{}]", shape.join(",")),
             match r.codec {
@@ -405,13 +492,7 @@ pub fn render_ls(rows: &[LsRow]) -> String {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(c, v)| {
-                if c == 3 || c == 5 || c == 6 || c == 4 {
-                    format!("{v:<w$}", w = widths[c])
-                } else {
-                    format!("{v:>w$}", w = widths[c])
-                }
-            })
+            .map(|(c, v)| pad(v, widths[c], matches!(c, 3..=6)))
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -452,14 +533,30 @@ pub fn summary_json(s: &Summary) -> Value {
     })
 }
 
-/// Read the records `filter` selects (their metadata frames) into `ls` rows.
-pub fn ls_rows(r: &TraceReader, filter: &LsFilter) -> crate::trace::Result<Vec<LsRow>> {
-    r.entries()
-        .iter()
-        .filter(|e| filter.matches(e))
-        .map(|e| {
-            let m = r.read_meta(e)?;
-            Ok(LsRow {
+/// A record's damage for a list under the file's name: `byte offset N: what` (the path once,
+/// in the list's heading).
+fn damage_line(e: &TraceError) -> String {
+    match e {
+        TraceError::Corrupt { offset, what, .. } => format!("byte offset {offset}: {what}"),
+        e => e.to_string(),
+    }
+}
+
+/// What `ls` lists: the rows of the records that check, and the ones that do not.
+#[derive(Clone, Debug, Default)]
+pub struct LsListing {
+    pub rows: Vec<LsRow>,
+    /// One line per selected record whose frame does not check (it names the byte offset).
+    pub damaged: Vec<String>,
+}
+
+/// Read the records `filter` selects (their metadata frames) into `ls` rows; a record whose
+/// frame fails its checks is left out and named in [`LsListing::damaged`], the others listed.
+pub fn ls_rows(r: &TraceReader, filter: &LsFilter) -> LsListing {
+    let mut out = LsListing::default();
+    for e in r.entries().iter().filter(|e| filter.matches(e)) {
+        match r.read_meta(e) {
+            Ok(m) => out.rows.push(LsRow {
                 order: m.order,
                 step: m.step,
                 eval: m.eval,
@@ -471,7 +568,11 @@ pub fn ls_rows(r: &TraceReader, filter: &LsFilter) -> crate::trace::Result<Vec<L
                 stored_bytes: e.stored_bytes(),
                 summary: m.summary,
                 sketch_k: m.sketch.map(|s| s.values.len()),
-            })
-        })
-        .collect()
+            }),
+            Err(err) => out
+                .damaged
+                .push(format!("{}: {}", e.id(), damage_line(&err))),
+        }
+    }
+    out
 }

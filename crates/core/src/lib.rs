@@ -17,7 +17,9 @@
 pub mod analysis;
 pub mod cards;
 pub mod dtype;
+pub mod escape;
 pub mod export;
+pub mod files;
 pub mod glob;
 pub mod image;
 pub mod inspect;

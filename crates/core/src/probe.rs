@@ -240,6 +240,28 @@ impl fmt::Display for Rule {
 /// A record computed from a tensor, waiting for its payload (when `full`) and the writer.
 type PendingRecord = (RecordInput, Codec);
 
+/// The CFG row order every trace stores (header field `cfg_rows_stored`), whatever order the
+/// host batched them in (`cfg_rows`); see [`Probe::set_cond_first`].
+pub const CFG_ROWS_STORED: &str = "uncond,cond";
+
+/// A copy of `t` with the two halves of its first dimension swapped ([cond; uncond] to
+/// [uncond; cond]); `None` when that dimension is odd (not a CFG batch).
+fn uncond_first(t: TensorView<'_>) -> Option<OwnedTensor> {
+    let rows = *t.shape().first()?;
+    if rows < 2 || rows % 2 != 0 {
+        return None;
+    }
+    let half = t.data().len() / 2;
+    let mut data = Vec::with_capacity(t.data().len());
+    data.extend_from_slice(&t.data()[half..]);
+    data.extend_from_slice(&t.data()[..half]);
+    Some(OwnedTensor {
+        dtype: t.dtype(),
+        shape: t.shape().to_vec(),
+        data,
+    })
+}
+
 /// Key patterns of the fine probe points, off in every preset.
 pub const FINE_POINTS: [&str; 4] = ["*.to_q", "*.to_k", "*.to_v", "*.probs"];
 
@@ -401,6 +423,8 @@ struct State {
     /// Captured records that held NaN/Inf: the first [`MAX_NONFINITE_KEPT`], and how many.
     nonfinite: Vec<NonFinite>,
     nonfinite_total: u64,
+    /// The model call in progress batches [cond; uncond]: records store its rows swapped.
+    cond_first: bool,
 }
 
 /// Non-finite records a probe keeps the details of (the count goes on).
@@ -438,6 +462,7 @@ impl Probe {
                 cache: HashMap::new(),
                 nonfinite: Vec::new(),
                 nonfinite_total: 0,
+                cond_first: false,
             })),
         }
     }
@@ -484,6 +509,17 @@ impl Probe {
         s.step = step;
         s.eval = eval;
         Ok(())
+    }
+
+    /// Say that the model call about to run batches its CFG rows as [cond; uncond] (the
+    /// webui's order), or no longer does. While set, every record whose first dimension is even
+    /// is stored with its two halves swapped, so traces always hold [uncond; cond] (the header's
+    /// `cfg_rows_stored`) and two hosts' records compare the right halves. Only the stored copy
+    /// changes; the tensor the model goes on with is untouched.
+    pub fn set_cond_first(&self, cond_first: bool) {
+        if let Some(s) = &self.state {
+            lock(s).cond_first = cond_first;
+        }
     }
 
     /// What the probe would do with `key` now. Cheap; call it before copying a tensor to host.
@@ -576,12 +612,27 @@ impl Probe {
             })?,
             None => tensor,
         };
-        let pending = plan.capture.map(|(fidelity, codec)| {
-            (
-                summarize_tensor(key, s.step, s.eval, recorded, fidelity, s.policy.sketch_k),
-                codec,
-            )
-        });
+        let swapped = (s.cond_first && plan.capture.is_some())
+            .then(|| uncond_first(recorded))
+            .flatten();
+        let stored = match &swapped {
+            Some(t) => t.view().map_err(|what| TraceError::InvalidTensor {
+                key: key.to_string(),
+                what,
+            })?,
+            None => recorded,
+        };
+        let pending = match plan.capture {
+            None => None,
+            Some((fidelity, codec)) => {
+                let mut rec =
+                    summarize_tensor(key, s.step, s.eval, stored, fidelity, s.policy.sketch_k);
+                if let Some(t) = swapped.filter(|_| fidelity == Fidelity::Full) {
+                    rec.payload = Some((t.data, codec));
+                }
+                Some((rec, codec))
+            }
+        };
         if let Some((rec, _)) = &pending {
             let sum = &rec.summary;
             if sum.nan + sum.pos_inf + sum.neg_inf > 0 {
@@ -602,13 +653,14 @@ impl Probe {
         Ok((replacement, pending))
     }
 
-    /// Hand a record to the writer, attaching the payload when its fidelity is `full`.
+    /// Hand a record to the writer, attaching the payload when its fidelity is `full` (unless
+    /// it has one already).
     fn commit(
         &self,
         mut rec: RecordInput,
         payload: impl FnOnce() -> (Vec<u8>, Codec),
     ) -> Result<(), ProbeError> {
-        if rec.fidelity == Fidelity::Full {
+        if rec.fidelity == Fidelity::Full && rec.payload.is_none() {
             rec.payload = Some(payload());
         }
         if let Some(s) = &self.state

@@ -55,7 +55,7 @@ impl PyLdmMap {
     }
 
     /// The sdtrace key of an LDM module path, or None.
-    #[allow(clippy::wrong_self_convention)] // the Python API's name: LdmMap.from_ldm(path)
+    #[allow(clippy::wrong_self_convention)] // the Python name `from_ldm` is the API
     fn from_ldm(&self, path: &str) -> Option<String> {
         self.map.from_ldm(path)
     }

@@ -97,6 +97,16 @@ impl Recorder {
         self.with(|p| p.set_step(step, eval).map_err(|e| err(e.to_string())))
     }
 
+    /// Whether the model call about to run batches its CFG rows [cond; uncond] (the webui's
+    /// order): while true, records with an even first dimension are stored with their halves
+    /// swapped, so the trace holds [uncond; cond] (`cfg_rows_stored` in the header).
+    fn set_cond_first(&self, cond_first: bool) -> PyResult<()> {
+        self.with(|p| {
+            p.set_cond_first(cond_first);
+            Ok(())
+        })
+    }
+
     /// The fidelity `key` is recorded at now (`stats`, `sketch`, `full`), or None when the
     /// policy leaves it out — ask before copying a tensor off the device.
     fn plan(&self, key: &str) -> PyResult<Option<&'static str>> {

@@ -4,7 +4,7 @@
 //! Generators: `sdtrace` (the default, [`crate::sampling::SdtraceNoise`]), `torch-cpu`
 //! ([`torch_cpu`]: bit-exact PyTorch CPU noise), `torch-cuda:SMS[,THREADS_PER_SM]` or
 //! `torch-cuda:PRESET` ([`philox`]: PyTorch's CUDA noise on a card with that many SMs; named
-//! cards in [`presets`]), `a1111-nv` (A1111's uncapped "NV" Philox), `file:PATH` ([`file`]) and
+//! cards in [`presets`]), `a1111-nv` (A1111's uncapped "NV" Philox), `file:PATH` ([`file`](mod@file)) and
 //! `device` ([`device`]: candle's own device generator, refused on the CPU). Invariants: a
 //! spec's text form ([`std::fmt::Display`]) parses back to the same spec; every generator is a
 //! pure function of its parameters (recorded in the trace header) and of the shapes asked for.
@@ -211,7 +211,7 @@ impl RngSpec {
     }
 
     /// Parse a card given with `flag` (`--card`, `--cards`): a preset name or
-    /// SMS[,THREADS_PER_SM], as `torch-cuda:` takes it.
+    /// `SMS[,THREADS_PER_SM]`, as `torch-cuda:` takes it.
     pub fn parse_card(flag: &'static str, s: &str) -> std::result::Result<Self, RngError> {
         let lower = s.trim().to_ascii_lowercase();
         let arg = lower
@@ -413,7 +413,7 @@ pub fn parse_flag(s: &str) -> std::result::Result<RngSpec, String> {
     s.parse::<RngSpec>().map_err(|e| e.to_string())
 }
 
-/// `--card` value parser for clap: a card name or SMS[,THREADS_PER_SM].
+/// `--card` value parser for clap: a card name or `SMS[,THREADS_PER_SM]`.
 pub fn parse_card_flag(s: &str) -> std::result::Result<RngSpec, String> {
     RngSpec::parse_card("--card", s).map_err(|e| e.to_string())
 }

@@ -11,7 +11,7 @@
 //! prompt, cfg scale) explain a divergence but do not prevent comparing.
 
 use super::AnalysisError;
-use crate::trace::RunHeader;
+use crate::trace::{RunHeader, Settings};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -59,10 +59,12 @@ impl KeyMap {
 
     /// Read and parse a key map file.
     pub fn load(path: &Path) -> Result<Self, AnalysisError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AnalysisError::MapIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::require_regular(path)
+            .and_then(|_| std::fs::read_to_string(path))
+            .map_err(|source| AnalysisError::MapIo {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(&text, path)
     }
 
@@ -103,8 +105,10 @@ impl RecordRef {
 }
 
 /// How a record is named for people: `step 3 unet.mid_block`, `step 3 eval 1 unet.mid_block`,
-/// `noise.initial`, `eval 1 text_encoder.final_layer_norm`.
+/// `noise.initial`, `eval 1 text_encoder.final_layer_norm`. Control characters in the key are
+/// escaped ([`crate::escape::printable`]): labels are printed to terminals.
 pub fn label(step: Option<u32>, eval: u32, key: &str) -> String {
+    let key = crate::escape::printable(key);
     match (step, eval) {
         (Some(s), 0) => format!("step {s} {key}"),
         (Some(s), e) => format!("step {s} eval {e} {key}"),
@@ -134,6 +138,110 @@ impl HeaderDiff {
             self.b.as_deref().unwrap_or("-")
         )
     }
+}
+
+/// Header fields that say how the sampler steps: a difference means the latents part by
+/// design, not by rounding.
+pub const SAMPLER_FIELDS: [&str; 3] = [
+    "settings.sampler_impl",
+    "settings.cfg_rows",
+    "settings.init_sigma",
+];
+
+/// Whether a header field is one of the sampler's ([`SAMPLER_FIELDS`], `settings.sigmas[k]`,
+/// `settings.timesteps[k]`).
+pub fn is_sampler_field(field: &str) -> bool {
+    SAMPLER_FIELDS.contains(&field)
+        || field.starts_with("settings.sigmas[")
+        || field.starts_with("settings.timesteps[")
+}
+
+/// Relative difference of schedule values below which two runs step alike (f32 betas against
+/// f64 betas, or linear against log-linear σ interpolation, differ by a few 1e-6).
+const SCHEDULE_REL: f64 = 1e-5;
+
+/// The numbers of a header fact (`sigmas`, `timesteps`, `init_sigma`).
+fn numbers(s: &Settings, key: &str) -> Option<Vec<f64>> {
+    match s.extra.get(key)? {
+        serde_json::Value::Array(v) => v.iter().map(|x| x.as_f64()).collect(),
+        x => x.as_f64().map(|f| vec![f]),
+    }
+}
+
+/// The first index at which the header fact `key` differs beyond [`SCHEDULE_REL`], when both
+/// headers have it.
+fn first_schedule_diff(sa: &Settings, sb: &Settings, key: &str) -> Option<usize> {
+    let (x, y) = (numbers(sa, key)?, numbers(sb, key)?);
+    let differs = |p: f64, q: f64| (p - q).abs() > SCHEDULE_REL * p.abs().max(q.abs()).max(1e-3);
+    x.iter()
+        .zip(&y)
+        .position(|(&p, &q)| differs(p, q))
+        .or((x.len() != y.len()).then(|| x.len().min(y.len())))
+}
+
+/// The sampler's header facts that differ: `sampler_impl` and `cfg_rows` as text;
+/// `init_sigma`, and the first step whose σ or timestep differs as `settings.sigmas[STEP]`.
+fn sampler_fields(sa: &Settings, sb: &Settings) -> Vec<(String, Option<String>, Option<String>)> {
+    let text = |s: &Settings, k: &str| s.extra.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let mut out = Vec::new();
+    for (field, key) in [
+        ("settings.sampler_impl", "sampler_impl"),
+        ("settings.cfg_rows", "cfg_rows"),
+    ] {
+        let (x, y) = (text(sa, key), text(sb, key));
+        if x != y {
+            out.push((field.to_string(), x, y));
+        }
+    }
+    for key in ["init_sigma", "sigmas", "timesteps"] {
+        if let Some(i) = first_schedule_diff(sa, sb, key) {
+            let at = |s: &Settings| {
+                let v = numbers(s, key).and_then(|v| v.get(i).copied());
+                Some(v.map_or("-".to_string(), |v| format!("{}", v as f32)))
+            };
+            let field = if key == "init_sigma" {
+                "settings.init_sigma".to_string()
+            } else {
+                format!("settings.{key}[{i}]")
+            };
+            out.push((field, at(sa), at(sb)));
+        }
+    }
+    out
+}
+
+/// The CFG row order a trace stores its batched records in: `cfg_rows_stored`; traces from
+/// before that field stored the order they ran, which was [cond; uncond] only for
+/// `sdtrace record --a1111-cond-uncond`.
+fn stored_rows(s: &Settings) -> &str {
+    if let Some(v) = s.extra.get("cfg_rows_stored").and_then(|v| v.as_str()) {
+        return v;
+    }
+    let legacy_webui = s
+        .extra
+        .get("a1111")
+        .and_then(|a| a["cond_uncond"].as_str())
+        .is_some_and(|t| t.starts_with("webui"));
+    if legacy_webui {
+        "cond,uncond"
+    } else {
+        "uncond,cond"
+    }
+}
+
+/// The first step at which the two runs' samplers step differently, from their headers: 0
+/// when they start from a different multiple of the noise (`init_sigma`), else the first step
+/// whose σ or timestep differs.
+pub fn sampler_parts_at(a: &RunHeader, b: &RunHeader) -> Option<u32> {
+    let (sa, sb) = (&a.settings, &b.settings);
+    if first_schedule_diff(sa, sb, "init_sigma").is_some() {
+        return Some(0);
+    }
+    ["sigmas", "timesteps"]
+        .into_iter()
+        .filter_map(|k| first_schedule_diff(sa, sb, k))
+        .min()
+        .map(|i| i as u32)
 }
 
 /// Differences between two run headers, in a fixed field order.
@@ -207,6 +315,14 @@ pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
             (format!("settings.model_hashes.{n}"), x, y, structural)
         })
         .collect();
+    let sampler = sampler_fields(sa, sb);
+    // Rows stored in different CFG orders would pair uncond with cond: not comparable.
+    fields.push((
+        "settings.cfg_rows_stored",
+        Some(stored_rows(sa).to_string()),
+        Some(stored_rows(sb).to_string()),
+        true,
+    ));
     let ga = a.device.gpu.as_ref();
     let gb = b.device.gpu.as_ref();
     let gpu =
@@ -242,6 +358,12 @@ pub fn header_diffs(a: &RunHeader, b: &RunHeader) -> Vec<HeaderDiff> {
             b: y,
         })
         .collect();
+    out.extend(sampler.into_iter().map(|(field, a, b)| HeaderDiff {
+        field,
+        a,
+        b,
+        structural: false,
+    }));
     out.extend(
         hash_fields
             .into_iter()
@@ -283,6 +405,94 @@ mod tests {
             let e = KeyMap::parse(bad, p).unwrap_err().to_string();
             assert!(e.starts_with(&format!("map.txt: line {line}:")), "{e}");
         }
+    }
+
+    #[test]
+    fn cfg_rows_stored_in_another_order_are_not_comparable() {
+        let with = |extra: serde_json::Value| {
+            let mut h = RunHeader::default();
+            if let serde_json::Value::Object(m) = extra {
+                h.settings.extra.extend(m);
+            }
+            h
+        };
+        let new =
+            with(serde_json::json!({"cfg_rows": "cond,uncond", "cfg_rows_stored": "uncond,cond"}));
+        let diffusers =
+            with(serde_json::json!({"cfg_rows": "uncond,cond", "cfg_rows_stored": "uncond,cond"}));
+        let legacy = with(
+            serde_json::json!({"a1111": {"cond_uncond": "webui ([cond; uncond], separate calls when token counts differ)"}}),
+        );
+        let d = header_diffs(&new, &diffusers);
+        assert!(d.iter().all(|d| !d.structural), "{d:?}");
+        assert!(d.iter().any(|d| d.field == "settings.cfg_rows"));
+        let d = header_diffs(&legacy, &diffusers);
+        let stored = d
+            .iter()
+            .find(|d| d.field == "settings.cfg_rows_stored")
+            .unwrap();
+        assert!(
+            stored.structural && stored.a.as_deref() == Some("cond,uncond"),
+            "{d:?}"
+        );
+        // A trace from before these fields stored [uncond; cond].
+        assert!(
+            header_diffs(&RunHeader::default(), &diffusers)
+                .iter()
+                .all(|d| !d.structural)
+        );
+    }
+
+    #[test]
+    fn sampler_schedules_part_at_their_first_differing_step() {
+        let with = |sigmas: &[f64], init: f64, imp: &str| {
+            let mut h = RunHeader::default();
+            h.settings
+                .extra
+                .insert("sigmas".into(), serde_json::json!(sigmas));
+            h.settings
+                .extra
+                .insert("init_sigma".into(), serde_json::json!(init));
+            h.settings
+                .extra
+                .insert("sampler_impl".into(), serde_json::json!(imp));
+            h
+        };
+        let kd = with(
+            &[14.614642, 1.6155803, 0.02916753, 0.0],
+            14.614642,
+            "k-diffusion",
+        );
+        // f32 against f64 betas: a few 1e-7 apart, the same schedule.
+        let df = with(
+            &[14.614647, 1.6155834, 0.029167535, 0.0],
+            14.614647,
+            "diffusers",
+        );
+        assert_eq!(sampler_parts_at(&kd, &df), None);
+        let d = header_diffs(&kd, &df);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].describe(),
+            "settings.sampler_impl k-diffusion vs diffusers"
+        );
+        let lead = with(
+            &[4.1166983, 1.623693, 0.6983986, 0.0],
+            4.236414,
+            "diffusers",
+        );
+        assert_eq!(sampler_parts_at(&kd, &lead), Some(0));
+        let later = with(
+            &[14.614642, 2.9183085, 0.929, 0.0],
+            14.614642,
+            "k-diffusion",
+        );
+        assert_eq!(sampler_parts_at(&kd, &later), Some(1));
+        assert!(
+            header_diffs(&kd, &later)
+                .iter()
+                .any(|d| d.describe() == "settings.sigmas[1] 1.6155803 vs 2.9183085")
+        );
     }
 
     #[test]

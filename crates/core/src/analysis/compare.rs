@@ -100,6 +100,29 @@ impl TraceSide {
         side
     }
 
+    /// Note records that failed their checks while being compared (`label (byte offset N:
+    /// what)`); the trace then counts as damaged, so the comparison is incomplete.
+    fn add_damaged_records(&mut self, bad: &[String]) {
+        if bad.is_empty() {
+            return;
+        }
+        const SHOWN: usize = 5;
+        let mut note = format!(
+            "{} damaged record{} left out: {}",
+            bad.len(),
+            if bad.len() == 1 { "" } else { "s" },
+            bad[..bad.len().min(SHOWN)].join("; ")
+        );
+        if bad.len() > SHOWN {
+            note += &format!("; … and {} more", bad.len() - SHOWN);
+        }
+        self.damage = Some(match self.damage.take() {
+            Some(d) => format!("{d}; {note}"),
+            None => note,
+        });
+        self.complete = false;
+    }
+
     /// Why this trace is not a whole run, or `None` when it is: a truncated or damaged file,
     /// a run-end that says interrupted or failed, or (format 1.1 and later) no run-end at all.
     pub fn shortfall(&self) -> Option<String> {
@@ -251,7 +274,7 @@ impl Comparison {
             path: path.to_path_buf(),
             what,
         };
-        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let text = read_regular(path).map_err(|e| err(e.to_string()))?;
         let v: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| err(format!("not JSON: {e}")))?;
         match v.get("schema").and_then(|s| s.as_str()) {
@@ -310,18 +333,25 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
 }
 
-/// Called with (index in `Comparison::records`, the measured pair).
+/// Called with (index of the pair, the measured pair): its index in `Comparison::records`,
+/// unless a pair before it was left out as damaged (callers match the pair's identity too).
 pub type PairHook<'a> = &'a (dyn Fn(usize, &PairRecord) + Sync);
 
 /// Hooks into a running comparison, for interactive views.
 #[derive(Clone, Copy, Default)]
 pub struct Hooks<'a> {
-    /// Called from worker threads with (index in `Comparison::records`, the measured pair) as
-    /// each A–B pair is done (before a noise floor is attached).
+    /// Called from worker threads with (index of the pair, the measured pair) as each A–B pair
+    /// is done (before a noise floor is attached); see [`PairHook`] for the index.
     pub on_pair: Option<PairHook<'a>>,
     pub progress: Option<&'a Progress>,
     /// Set it to stop early: the comparison then ends with [`AnalysisError::Cancelled`].
     pub cancel: Option<&'a AtomicBool>,
+}
+
+/// A whole regular file (a FIFO or device is refused before it is opened).
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    crate::files::require_regular(path)?;
+    std::fs::read(path)
 }
 
 /// Open the traces and compare them.
@@ -416,14 +446,38 @@ pub fn compare_with(
         p.pairs_total.store(pairs.len(), Ordering::Relaxed);
         p.bytes_total.store(bytes, Ordering::Relaxed);
     }
-    let mut records = measure_all(a, b, &pairs, opts, payloads, hooks)?;
+    let (mut records, damaged) = measure_all(a, b, &pairs, opts, payloads, hooks)?;
+    let (mut only_a, mut only_b) = (only_a, only_b);
+    let (mut side_a, mut side_b) = (TraceSide::of(a), TraceSide::of(b));
+    let (mut bad_a, mut bad_b) = (Vec::new(), Vec::new());
+    for d in &damaged {
+        let (ia, ib) = pairs[d.pair];
+        let (ea, eb) = (&a.entries()[ia], &b.entries()[ib]);
+        // A damaged record is a missing one: its partner is then on one side only.
+        match (d.in_a, d.in_b) {
+            (true, false) => only_b.push(record_ref(eb, opts.map.apply(&eb.key))),
+            (false, true) => only_a.push(record_ref(ea, opts.map.apply(&ea.key))),
+            _ => {}
+        }
+        if d.in_a || !d.in_b {
+            bad_a.push(format!("{} ({})", ea.id(), d.what));
+        }
+        if d.in_b {
+            bad_b.push(format!("{} ({})", eb.id(), d.what));
+        }
+    }
+    only_a.sort_by_key(|r| r.order);
+    only_b.sort_by_key(|r| r.order);
+    side_a.add_damaged_records(&bad_a);
+    side_b.add_damaged_records(&bad_b);
     if let Some(f) = floor {
         let (fpairs, _, _) = align(a, f, &opts.map);
         let floor_hooks = Hooks {
             cancel: hooks.cancel,
             ..Hooks::default()
         };
-        let floor_recs = measure_all(a, f, &fpairs, opts, payloads, floor_hooks)?;
+        // A damaged floor record only leaves its record without a floor.
+        let (floor_recs, _) = measure_all(a, f, &fpairs, opts, payloads, floor_hooks)?;
         let by_id: HashMap<Id, FloorMetrics> = floor_recs
             .into_iter()
             .filter_map(|r| {
@@ -441,8 +495,8 @@ pub fn compare_with(
     }
     Ok(Comparison {
         schema: COMPARISON_SCHEMA.to_string(),
-        a: TraceSide::of(a),
-        b: TraceSide::of(b),
+        a: side_a,
+        b: side_b,
         noise_floor: floor.map(TraceSide::of),
         header_diffs: header_diffs(a.header(), b.header()),
         only_a,
@@ -453,7 +507,17 @@ pub fn compare_with(
     })
 }
 
+/// A pair left out because a record of it failed its checks: which sides, and why.
+struct DamagedPair {
+    pair: usize,
+    in_a: bool,
+    in_b: bool,
+    what: String,
+}
+
 /// Measure every pair in parallel (without payloads unless `payloads`); results in A's order.
+/// A pair whose record frame or payload is damaged on either side is not measured: it comes
+/// back as a [`DamagedPair`] (the comparison then treats that side's record as missing).
 fn measure_all(
     a: &TraceReader,
     b: &TraceReader,
@@ -461,7 +525,7 @@ fn measure_all(
     opts: &CompareOptions,
     payloads: bool,
     hooks: Hooks<'_>,
-) -> Result<Vec<PairRecord>, AnalysisError> {
+) -> Result<(Vec<PairRecord>, Vec<DamagedPair>), AnalysisError> {
     // At most MAX_WORKERS, whatever was asked: each holds up to WHOLE_LIMIT plus stream
     // buffers, and one may hold two images (IMAGE_LIMIT each), which keeps the whole
     // comparison under 256 MiB.
@@ -482,6 +546,7 @@ fn measure_all(
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let results: Mutex<Vec<Option<PairRecord>>> = Mutex::new(vec![None; pairs.len()]);
+    let damaged: Mutex<Vec<DamagedPair>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<AnalysisError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -515,6 +580,15 @@ fn measure_all(
                             }
                             results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                         }
+                        Err(AnalysisError::Trace(TraceError::Corrupt { path, offset, what })) => {
+                            let p = DamagedPair {
+                                pair: i,
+                                in_a: path == a.path(),
+                                in_b: path == b.path(),
+                                what: format!("byte offset {offset}: {what}"),
+                            };
+                            damaged.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+                        }
                         Err(e) => {
                             stop.store(true, Ordering::Relaxed);
                             first_error
@@ -531,14 +605,19 @@ fn measure_all(
         return Err(e);
     }
     let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    results
-        .into_iter()
-        .map(|r| {
-            r.ok_or_else(|| AnalysisError::Worker {
-                what: "a comparison worker stopped without a result".into(),
-            })
-        })
-        .collect()
+    let mut damaged = damaged.into_inner().unwrap_or_else(|e| e.into_inner());
+    damaged.sort_by_key(|d| d.pair);
+    let mut bad = damaged.iter().map(|d| d.pair).peekable();
+    let mut records = Vec::with_capacity(results.len());
+    for (i, r) in results.into_iter().enumerate() {
+        if bad.next_if_eq(&i).is_some() {
+            continue;
+        }
+        records.push(r.ok_or_else(|| AnalysisError::Worker {
+            what: "a comparison worker stopped without a result".into(),
+        })?);
+    }
+    Ok((records, damaged))
 }
 
 /// Measure one pair (from its payloads only when `payloads`).

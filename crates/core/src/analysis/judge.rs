@@ -30,7 +30,7 @@
 //! strict growth; log10(error) is fitted by least squares over the growing run, giving the
 //! growth factor per step (10^slope) and R².
 
-use super::align::HeaderDiff;
+use super::align::{HeaderDiff, is_sampler_field, sampler_parts_at};
 use super::compare::{Basis, Comparison, PairRecord};
 use super::gaps::{AllowMissing, Gap, gaps};
 use super::tolerance::{Tol, TolConfig};
@@ -248,6 +248,8 @@ pub enum VerdictClass {
     Incomplete,
     NoiseRng,
     Conditioning,
+    /// The samplers step differently by design (another implementation, schedule or start).
+    Sampler,
     NumericDrift,
     NanInf,
     Structural,
@@ -260,6 +262,7 @@ impl VerdictClass {
             VerdictClass::Incomplete => "incomplete",
             VerdictClass::NoiseRng => "noise/RNG",
             VerdictClass::Conditioning => "conditioning",
+            VerdictClass::Sampler => "sampler",
             VerdictClass::NumericDrift => "numeric drift",
             VerdictClass::NanInf => "NaN/Inf",
             VerdictClass::Structural => "structural mismatch",
@@ -303,7 +306,10 @@ impl Verdict {
 /// Whether "would pass with rel ≥ …" means anything for a verdict of this class: a looser
 /// tolerance is no answer to other noise or another model.
 pub fn tolerance_helps(class: VerdictClass) -> bool {
-    !matches!(class, VerdictClass::NoiseRng | VerdictClass::Structural)
+    !matches!(
+        class,
+        VerdictClass::NoiseRng | VerdictClass::Sampler | VerdictClass::Structural
+    )
 }
 
 /// Record counts by status.
@@ -354,9 +360,10 @@ fn status_of(r: &PairRecord, tol: Tol) -> (Status, Option<Required>, Option<Stri
         } else {
             "counts"
         };
+        // No tolerance passes a NaN/Inf mismatch: no "smallest passing tolerance" either.
         return (
             Status::Fail,
-            required,
+            None,
             Some(format!(
                 "NaN/Inf {how} differ ({} elements)",
                 r.nonfinite_mismatch
@@ -541,7 +548,12 @@ pub fn amplification(points: &[LatentPoint]) -> Option<Amplification> {
 }
 
 /// Header fields whose difference changes the numerics, not the inputs.
-const PRECISION_FIELDS: [&str; 3] = ["settings.dtype", "settings.attention", "device.device"];
+const PRECISION_FIELDS: [&str; 4] = [
+    "settings.dtype",
+    "settings.attention",
+    "device.device",
+    "settings.sampler_impl",
+];
 
 /// `field A vs B` for each header difference among `fields`.
 fn header_changes(c: &Comparison, fields: &[&str]) -> Vec<String> {
@@ -622,9 +634,17 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
     let first_non_identical = recs.iter().position(|r| r.bit_identical == Some(false));
     let first_over_tolerance = out.iter().position(|j| j.status == Status::Fail);
     let first_nonfinite = recs.iter().position(|r| r.nonfinite_mismatch > 0);
-    let source_idx = out
-        .iter()
-        .position(|j| j.creates && j.status == Status::Fail)
+    // Samplers that step differently by design part at the sampler's state of that step.
+    let parts = sampler_parts_at(&c.a.header, &c.b.header).and_then(|k| {
+        recs.iter().position(|r| {
+            r.key == "sampler.x" && r.step == Some(k) && r.bit_identical == Some(false)
+        })
+    });
+    let source_idx = parts
+        .or_else(|| {
+            out.iter()
+                .position(|j| j.creates && j.status == Status::Fail)
+        })
         .or_else(|| out.iter().position(|j| j.creates));
     let source = source_idx.map(|i| Source {
         index: i,
@@ -909,6 +929,24 @@ fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
             ),
         );
     }
+    if let Some(s) = f.source.filter(|s| {
+        s.key == "sampler.x"
+            && Some(s.step.unwrap_or(0)) == sampler_parts_at(&c.a.header, &c.b.header)
+    }) {
+        return (
+            VerdictClass::Sampler,
+            format!(
+                "Sampler: the runs step differently by design ({}), so the latents part at {}; the UNet is not the cause. Compare runs of one sampler implementation (sdtrace record --sampler-impl diffusers follows a diffusers pipeline's scheduler).",
+                c.header_diffs
+                    .iter()
+                    .filter(|d| is_sampler_field(&d.field))
+                    .map(HeaderDiff::describe)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                recs[s.index].label()
+            ),
+        );
+    }
     if f.out.iter().any(|j| !matches!(j.status, Status::Identical)) {
         let precision = header_changes(c, &PRECISION_FIELDS);
         let why = if precision.is_empty() {
@@ -1068,6 +1106,18 @@ mod tests {
         let a = amplification(&pts(&[1.0, 10.0, 1000.0])).unwrap();
         assert!((a.rate_per_step - 10f64.powf(1.5)).abs() < 1e-9);
         assert!((a.r2 - (4.5 / (14.0 / 3.0))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_nonfinite_mismatch_fails_with_no_passing_tolerance() {
+        let mut r = crate::report::fixture::rec(Some(0), "sampler.x", 3, 0.0);
+        r.bit_identical = Some(false);
+        r.nonfinite_mismatch = 2;
+        let tol = Tol { rel: 1.0, abs: 1.0 };
+        let (status, required, reason) = status_of(&r, tol);
+        assert_eq!(status, Status::Fail);
+        assert_eq!(required, None, "no tolerance passes NaN/Inf");
+        assert!(reason.unwrap().contains("NaN/Inf"));
     }
 
     #[test]

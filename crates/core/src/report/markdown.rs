@@ -13,7 +13,7 @@ const MAX_FAILING: usize = 100;
 
 /// Escape table cell text.
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    crate::escape::printable(s).replace('|', "\\|")
 }
 
 pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
@@ -97,7 +97,7 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
         let _ = writeln!(
             s,
             "| header `{}` | {} vs {}{} |",
-            d.field,
+            cell(&d.field),
             cell(d.a.as_deref().unwrap_or("-")),
             cell(d.b.as_deref().unwrap_or("-")),
             if d.structural { " (structural)" } else { "" }

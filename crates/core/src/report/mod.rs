@@ -58,12 +58,22 @@ impl std::str::FromStr for Format {
 /// Render in `format`; `extras` (final images, noise picture) are shown by the HTML report only.
 pub fn render(format: Format, c: &Comparison, j: &Judgement, extras: &ReportExtras) -> String {
     match format {
-        Format::Text => render_text(c, j),
+        Format::Text => terminal_safe(render_text(c, j)),
         Format::Json => serde_json::to_string_pretty(&report_json(c, j)).unwrap_or_default() + "\n",
-        Format::Markdown => render_markdown(c, j),
+        Format::Markdown => terminal_safe(render_markdown(c, j)),
         Format::Junit => render_junit(c, j),
         Format::Html => render_html(c, j, extras),
     }
+}
+
+/// A text report with every control character but the line breaks escaped. Keys, paths and
+/// header values are escaped where they are written (so a newline in a key cannot forge a
+/// line); this catches whatever trace text reaches the report by another way.
+fn terminal_safe(text: String) -> String {
+    text.split('\n')
+        .map(crate::escape::printable)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// What the HTML report shows beyond the comparison, read from the two traces by the caller.

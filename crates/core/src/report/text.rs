@@ -3,6 +3,7 @@
 
 use super::{Labels, failing, key_rows, sci};
 use crate::analysis::{Comparison, Judgement};
+use crate::escape::printable;
 use std::fmt::Write;
 
 /// Most failing records listed one by one.
@@ -37,12 +38,12 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
     let _ = writeln!(
         s,
         "sdtrace report: A = {} [{}]{}  B = {} [{}]{}",
-        c.a.path,
-        c.a.host(),
-        c.a.incomplete_note(),
-        c.b.path,
-        c.b.host(),
-        c.b.incomplete_note()
+        printable(&c.a.path),
+        printable(&c.a.host()),
+        printable(&c.a.incomplete_note()),
+        printable(&c.b.path),
+        printable(&c.b.host()),
+        printable(&c.b.incomplete_note())
     );
     let _ = writeln!(
         s,
@@ -75,19 +76,24 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
             s,
             "{}   {}",
             if g.fails { "missing" } else { "allowed" },
-            g.describe()
+            printable(&g.describe())
         );
     }
     if let Some(f) = &c.noise_floor {
-        let _ = writeln!(s, "floor     {} (k = {})", f.path, c.compare_tol.floor_k);
+        let _ = writeln!(
+            s,
+            "floor     {} (k = {})",
+            printable(&f.path),
+            c.compare_tol.floor_k
+        );
     }
     for d in &c.header_diffs {
         let _ = writeln!(
             s,
             "header    {} differs: {} vs {}{}",
-            d.field,
-            d.a.as_deref().unwrap_or("-"),
-            d.b.as_deref().unwrap_or("-"),
+            printable(&d.field),
+            printable(d.a.as_deref().unwrap_or("-")),
+            printable(d.b.as_deref().unwrap_or("-")),
             if d.structural { " (structural)" } else { "" }
         );
     }
@@ -112,21 +118,37 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
         );
     }
     let rows = key_rows(c, j);
-    let kw = rows.iter().map(|r| r.key.len()).max().unwrap_or(3).max(3);
+    let keys: Vec<String> = rows
+        .iter()
+        .map(|r| printable(&r.key).into_owned())
+        .collect();
+    // Padded by hand below: a format width cannot exceed 65 535.
+    let kw = keys
+        .iter()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let pad = |k: &str| format!("{k}{}", " ".repeat(kw - k.chars().count().min(kw)));
     let _ = writeln!(
         s,
-        "\n{:<kw$}  {:>5}  {:>5}  {:>9}  {:<22}  {:<12}  source",
-        "key", "recs", "fail", "worst", "at", "status"
+        "\n{}  {:>5}  {:>5}  {:>9}  {:<22}  {:<12}  source",
+        pad("key"),
+        "recs",
+        "fail",
+        "worst",
+        "at",
+        "status"
     );
     let labels = Labels::new(c);
-    for r in &rows {
+    for (r, key) in rows.iter().zip(&keys) {
         let (worst, at) = match r.worst {
             Some((e, i)) => (sci(Some(e)), labels.at(&c.records[i])),
             None => ("-".to_string(), String::new()),
         };
         let line = format!(
-            "{:<kw$}  {:>5}  {:>5}  {:>9}  {:<22}  {:<12}  {}",
-            r.key,
+            "{}  {:>5}  {:>5}  {:>9}  {:<22}  {:<12}  {}",
+            pad(key),
             r.records,
             r.fail,
             worst,

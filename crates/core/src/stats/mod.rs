@@ -3,7 +3,7 @@
 //! One pass over a tensor's little-endian bytes produces a [`Summary`] (counts, extrema, mean,
 //! std, L2 norm, abs-max and its index, a 64-bin histogram of log2|x|, and an XXH3-64 hash of the
 //! raw bytes) and, when asked, a CountSketch ([`sketch`]) of the same elements. Thumbnails of
-//! NCHW tensors are in [`thumbnail`].
+//! NCHW tensors are in [`thumbnail`](mod@thumbnail).
 //!
 //! Invariants:
 //! - Extrema, mean, std and L2 are over the *finite* elements only; NaN and ±Inf are counted,

@@ -2,7 +2,8 @@
 //!
 //! Stored as UTF-8 JSON in the first frame, so readers in any language can use it and so that
 //! fields added later are simply ignored by older readers (unknown keys land in `extra` and are
-//! written back unchanged). Every field is optional on read: a header of `{}` is valid.
+//! written back unchanged). Every field is optional on read: a header of `{}` is valid, and a
+//! known field of the wrong type is set aside rather than fatal ([`RunHeader::from_json`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -124,8 +125,48 @@ impl RunHeader {
         serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
     }
 
+    /// Parse a run header. A known field of the wrong type (`"steps": "abc"`) does not make
+    /// the header, and so the trace, unreadable: it is set aside under `"<name> (invalid)"` in
+    /// the `extra` map of its object (shown by `info`, kept by `info --json`) and reads as
+    /// absent. Only bytes that are not a JSON object are an error.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let strict = match serde_json::from_slice(bytes) {
+            Ok(h) => return Ok(h),
+            Err(e) => e,
+        };
+        let Ok(Value::Object(mut top)) = serde_json::from_slice::<Value>(bytes) else {
+            return Err(strict);
+        };
+        if let Some(Value::Object(s)) = top.get_mut("settings") {
+            set_aside_invalid::<Settings>(s);
+        }
+        if let Some(Value::Object(d)) = top.get_mut("device") {
+            if let Some(Value::Object(g)) = d.get_mut("gpu") {
+                set_aside_invalid::<GpuFacts>(g);
+            }
+            set_aside_invalid::<DeviceFacts>(d);
+        }
+        set_aside_invalid::<RunHeader>(&mut top);
+        serde_json::from_value(Value::Object(top)).map_err(|_| strict)
+    }
+}
+
+/// Rename every field of `map` that `T` cannot read (a known field of the wrong type) to
+/// `"<name> (invalid)"`, which `T` keeps in its `extra` map. Each field is tried alone: every
+/// field of these structs is optional, so `{name: value}` reads exactly when the value does.
+fn set_aside_invalid<T: serde::de::DeserializeOwned>(map: &mut serde_json::Map<String, Value>) {
+    let bad: Vec<String> = map
+        .iter()
+        .filter(|(k, v)| {
+            let one = serde_json::Map::from_iter([((*k).clone(), (*v).clone())]);
+            serde_json::from_value::<T>(Value::Object(one)).is_err()
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in bad {
+        if let Some(v) = map.remove(&k) {
+            map.insert(format!("{k} (invalid)"), v);
+        }
     }
 }
 
@@ -237,6 +278,24 @@ pub fn format_unix_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_known_field_of_the_wrong_type_is_set_aside_not_fatal() {
+        let h = RunHeader::from_json(
+            br#"{"settings":{"steps":"abc","seed":1},"device":{"gpu":{"sm_count":"x"},"os":"linux"},"created_unix_ms":-5}"#,
+        )
+        .unwrap();
+        assert_eq!(h.settings.steps, None);
+        assert_eq!(h.settings.seed, Some(1));
+        assert_eq!(h.settings.extra["steps (invalid)"], "abc");
+        assert_eq!(h.device.os.as_deref(), Some("linux"));
+        let gpu = h.device.gpu.unwrap();
+        assert_eq!(gpu.extra["sm_count (invalid)"], "x");
+        assert_eq!(h.created_unix_ms, None);
+        assert!(h.extra.contains_key("created_unix_ms (invalid)"));
+        assert!(RunHeader::from_json(b"[1]").is_err());
+        assert!(RunHeader::from_json(b"{").is_err());
+    }
     use super::*;
 
     #[test]

@@ -13,8 +13,8 @@
 //! - The writer only appends, and writes a record's payload frame before the record frame
 //!   that points to it, so a record is complete exactly when its record frame is.
 //! - A file without a valid footer (a killed process, a full disk) is still readable: the
-//!   reader scans frames from the start and keeps every complete record before the first
-//!   damaged or missing byte, and says so ([`Integrity::Recovered`]).
+//!   reader scans frames from the start and keeps every complete record that checks, skipping
+//!   damaged frames, and says so ([`Integrity::Recovered`], [`TraceReader::damage`]).
 //! - Readers check every length against the file size before allocating and verify every
 //!   checksum before trusting a body; damage yields a [`TraceError`] naming the byte offset.
 //! - Nothing here depends on a tensor library.
@@ -31,7 +31,7 @@ pub use format::{FILE_MAGIC, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, FrameKind
 pub use header::{
     DeviceFacts, GpuFacts, NonFinite, RunEnd, RunHeader, RunStatus, Settings, format_unix_ms,
 };
-pub use reader::{Integrity, RecordEntry, TraceReader};
+pub use reader::{Damage, Integrity, RecordEntry, TraceReader};
 pub use record::{Fidelity, PayloadRef, RecordId, RecordMeta};
 pub use writer::{RecordInput, TraceWriter, WriterOptions, WrittenTrace};
 
@@ -51,6 +51,10 @@ pub enum TraceError {
         "{path}: not an sdtrace trace (the file does not start with \"SDTRACE\\0\"); pass a file written by `sdtrace record`"
     )]
     NotATrace { path: PathBuf },
+    #[error(
+        "{path}: it is {kind}, not a regular file; sdtrace reads and writes traces by position, so pass a trace file (copy a stream to a file first)"
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error(
         "{path}: trace format version {major}.{minor} is newer than this sdtrace reads (major {supported}); upgrade sdtrace"
     )]

@@ -2,9 +2,13 @@
 //!
 //! Opening reads the file header, the run header frame and, through the footer, the index
 //! frame; nothing else. Without a valid footer and index it scans the frames instead and keeps
-//! every complete record before the first damaged byte. All reads are positioned reads on the
-//! file (no mmap, so a file that shrinks under us yields an error, not a SIGBUS), and every
-//! length is checked against the file size before a buffer is allocated for it.
+//! every record that checks: a frame that does not decode is skipped by its length, one whose
+//! checksum fails (its length may be the damaged part) by resynchronising at the next frame
+//! that checks, and both are listed in [`TraceReader::damage`]. A valid footer whose index does
+//! not check is damage too; a file that merely ends early (no footer: a killed recording) is
+//! truncated, not damaged. All reads are positioned reads on the file
+//! (no mmap, so a file that shrinks under us yields an error, not a SIGBUS), and every length
+//! is checked against the file size before a buffer is allocated for it.
 
 use super::codec::{BLOCK, BlockDecoder, Codec};
 use super::format::{
@@ -38,6 +42,15 @@ impl Integrity {
     pub fn is_complete(&self) -> bool {
         matches!(self, Integrity::Complete)
     }
+}
+
+/// A part of the file that failed its checks and was left out: a frame (while scanning), the
+/// index, or a record listed by the index (found by [`TraceReader::verify_all`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Byte offset of the damaged frame.
+    pub offset: u64,
+    pub what: String,
 }
 
 /// One record as listed by the index.
@@ -83,6 +96,9 @@ pub struct TraceReader {
     entries: Vec<RecordEntry>,
     integrity: Integrity,
     run_end: Option<RunEnd>,
+    damage: Vec<Damage>,
+    /// The footer checked, so a failure after it is damage, not truncation.
+    footer_valid: bool,
 }
 
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -112,16 +128,21 @@ impl TraceReader {
     /// Open a trace: header and index only.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // Before opening: opening a FIFO without a writer blocks forever.
+        crate::files::check_regular(&path).map_err(|kind| TraceError::NotRegular {
+            path: path.clone(),
+            kind,
+        })?;
         let file = File::open(&path).map_err(|e| TraceError::io(&path, "cannot open trace", e))?;
         let meta = file
             .metadata()
             .map_err(|e| TraceError::io(&path, "cannot stat trace", e))?;
-        if meta.is_dir() {
-            return Err(TraceError::io(
-                &path,
-                "cannot open trace",
-                std::io::Error::other("it is a directory"),
-            ));
+        if !meta.is_file() {
+            // Replaced between the check and the open.
+            return Err(TraceError::NotRegular {
+                path,
+                kind: "not a regular file",
+            });
         }
         let file_len = meta.len();
         let mut r = TraceReader {
@@ -133,12 +154,22 @@ impl TraceReader {
             entries: Vec::new(),
             integrity: Integrity::Complete,
             run_end: None,
+            damage: Vec::new(),
+            footer_valid: false,
         };
         r.read_file_header()?;
         let data_start = r.read_run_header()?;
         match r.read_index(data_start) {
             Ok(()) => {}
-            Err(reason) => r.scan(data_start, reason)?,
+            Err(reason) => {
+                if r.footer_valid {
+                    r.damage.push(Damage {
+                        offset: r.file_len - FOOTER_LEN,
+                        what: format!("the footer checks but its index does not: {reason}"),
+                    });
+                }
+                r.scan(data_start, reason)?
+            }
         }
         Ok(r)
     }
@@ -173,6 +204,13 @@ impl TraceReader {
     /// without a run-end frame, and for runs killed before they could close the file).
     pub fn run_end(&self) -> Option<&RunEnd> {
         self.run_end.as_ref()
+    }
+
+    /// What failed its checks while opening and was left out (empty for an intact file, and
+    /// for a file that merely ends early). Records listed by an intact index are checked only
+    /// when read ([`read_meta`](Self::read_meta), [`verify_all`](Self::verify_all)).
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
     }
 
     /// The record with this identity, if recorded.
@@ -305,6 +343,7 @@ impl TraceReader {
         let (index_at, run_end_len) = parse_footer(&f).ok_or(
             "no valid footer: the recording did not finish (killed, crashed, or out of disk)",
         )?;
+        self.footer_valid = true;
         if index_at < data_start || index_at % 8 != 0 {
             return Err(format!(
                 "footer points at byte offset {index_at}, outside the data"
@@ -381,87 +420,161 @@ impl TraceReader {
             .map_err(|e| format!("run-end frame at byte offset {at} is not valid JSON: {e}"))
     }
 
-    /// Rebuild the record list by walking frames from `data_start` up to the first damage.
+    /// Rebuild the record list by walking frames from `data_start`, keeping every record that
+    /// checks and listing in `damage` every frame that does not. A frame whose checksum fails
+    /// may have a damaged length, so the walk then resynchronises: it goes on at the next
+    /// 8-aligned offset that holds a whole frame with a valid checksum ([`Self::resync`]). A
+    /// frame that checks but does not make sense (a record that does not decode, or whose
+    /// payload frame is missing) is skipped by its length, which its checksum vouches for.
     fn scan(&mut self, data_start: u64, why_no_index: String) -> Result<()> {
         let mut entries = Vec::new();
         let mut keys: HashMap<String, Arc<str>> = HashMap::new();
         let mut payloads: HashMap<u64, (u64, u64)> = HashMap::new(); // offset -> (body_len, total_len)
+        let mut damage: Vec<Damage> = Vec::new();
+        // Bytes resynchronisation may still read to check candidate frames: it cannot be
+        // made to read the file over and over.
+        let mut budget = self.file_len.saturating_mul(2).max(1 << 20);
         let mut at = data_start;
-        let stop: Option<String> = loop {
+        // Why the scan stopped early, and whether that is the file ending early (truncation).
+        let stop: Option<(String, bool)> = loop {
             if at == self.file_len {
                 break None;
             }
             let h = match self.frame_header(at, self.file_len) {
                 Ok(h) => h,
-                Err(e) => break Some(e),
+                Err(e) => match self.resync(at + 8, &mut budget) {
+                    // Damage in the middle: a frame that checks follows.
+                    Some(next) => {
+                        damage.push(Damage {
+                            offset: at,
+                            what: format!(
+                                "{e}; {} bytes skipped to the next frame that checks",
+                                next - at
+                            ),
+                        });
+                        at = next;
+                        continue;
+                    }
+                    None => break Some((e, true)),
+                },
             };
             let total = h.total_len().unwrap_or(0);
+            // The checksum (and, for bodies read whole, the size limit) first.
+            let body = match h.kind {
+                FrameKind::Payload | FrameKind::Unknown(_) => {
+                    self.check_crc_streaming(at, &h).map(|()| Vec::new())
+                }
+                FrameKind::Record => self.frame_body(at, &h, MAX_RECORD_BODY),
+                FrameKind::Header | FrameKind::RunEnd => self.frame_body(at, &h, MAX_HEADER_BODY),
+                FrameKind::Index => Ok(Vec::new()),
+            };
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => {
+                    let next = self.resync(at + 8, &mut budget);
+                    damage.push(Damage {
+                        offset: at,
+                        what: e,
+                    });
+                    match next {
+                        Some(next) => {
+                            at = next;
+                            continue;
+                        }
+                        // Nothing that checks follows: the damage (noted) ends the walk.
+                        None => {
+                            at += total;
+                            break None;
+                        }
+                    }
+                }
+            };
+            let mut bad = |what: String| damage.push(Damage { offset: at, what });
             match h.kind {
                 FrameKind::Payload => {
-                    if let Err(e) = self.check_crc_streaming(at, &h) {
-                        break Some(e);
-                    }
                     payloads.insert(at, (h.body_len, total));
                 }
-                FrameKind::Record => {
-                    let meta = match self
-                        .frame_body(at, &h, MAX_RECORD_BODY)
-                        .and_then(|b| decode_meta(&b, at))
-                    {
-                        Ok(m) => m,
-                        Err(e) => break Some(e),
-                    };
-                    let payload_len = match meta.payload {
-                        None => 0,
-                        Some(p) => match payloads.get(&p.frame_offset) {
-                            Some(&(body, total)) if body == p.stored_len => total,
-                            _ => {
-                                break Some(format!(
-                                    "record at byte offset {at} points at a missing payload frame"
-                                ));
+                FrameKind::Record => match decode_meta(&body, at) {
+                    Err(e) => bad(e),
+                    Ok(meta) => {
+                        let payload_len = match meta.payload {
+                            None => Some(0),
+                            Some(p) => match payloads.get(&p.frame_offset) {
+                                Some(&(body, total)) if body == p.stored_len => Some(total),
+                                _ => None,
+                            },
+                        };
+                        match payload_len {
+                            None => bad(format!(
+                                "record {} at byte offset {at} points at a payload frame that is missing or damaged (byte offset {})",
+                                meta.id(),
+                                meta.payload.map_or(0, |p| p.frame_offset)
+                            )),
+                            Some(payload_len) => {
+                                let key = keys
+                                    .entry(meta.key.clone())
+                                    .or_insert_with(|| Arc::from(meta.key.as_str()))
+                                    .clone();
+                                entries.push(RecordEntry {
+                                    key,
+                                    step: meta.step,
+                                    eval: meta.eval,
+                                    order: meta.order,
+                                    dtype: meta.dtype,
+                                    fidelity: meta.fidelity,
+                                    shape: meta.shape,
+                                    record_offset: at,
+                                    record_len: total,
+                                    payload_len,
+                                });
                             }
-                        },
-                    };
-                    let key = keys
-                        .entry(meta.key.clone())
-                        .or_insert_with(|| Arc::from(meta.key.as_str()))
-                        .clone();
-                    entries.push(RecordEntry {
-                        key,
-                        step: meta.step,
-                        eval: meta.eval,
-                        order: meta.order,
-                        dtype: meta.dtype,
-                        fidelity: meta.fidelity,
-                        shape: meta.shape,
-                        record_offset: at,
-                        record_len: total,
-                        payload_len,
-                    });
-                }
-                // The index ends the records; only the footer can follow it.
-                FrameKind::Index => {
-                    break Some("the index frame is present but the footer is damaged".into());
-                }
-                FrameKind::Header => {
-                    break Some(format!("a second run header at byte offset {at}"));
-                }
-                FrameKind::RunEnd => match self.read_run_end(at, at + total) {
-                    Ok(end) => self.run_end = Some(end),
-                    Err(e) => break Some(e),
-                },
-                FrameKind::Unknown(_) => {
-                    if let Err(e) = self.check_crc_streaming(at, &h) {
-                        break Some(e);
+                        }
                     }
+                },
+                // The index ends the records; only the footer can follow it. With a valid
+                // footer the index was tried (and its damage noted) before the scan.
+                FrameKind::Index if self.footer_valid => break None,
+                FrameKind::Index => {
+                    break Some((
+                        "the index frame is present but the footer is damaged".into(),
+                        false,
+                    ));
                 }
+                FrameKind::Header => bad(format!(
+                    "a second run header at byte offset {at} (ignored: the first one counts)"
+                )),
+                FrameKind::RunEnd => match serde_json::from_slice(&body) {
+                    Ok(end) => self.run_end = Some(end),
+                    Err(e) => bad(format!(
+                        "run-end frame at byte offset {at} is not valid JSON: {e}"
+                    )),
+                },
+                FrameKind::Unknown(_) => {}
             }
             at += total;
         };
-        let reason = match stop {
-            Some(s) => format!("{why_no_index}; scan stopped: {s}"),
+        // A stop before the end is damage when the file claims to be whole (a valid footer)
+        // or the stop is not at a frame that runs past the end (an index without footer).
+        if let Some((s, truncated)) = &stop
+            && (self.footer_valid || !truncated)
+        {
+            damage.push(Damage {
+                offset: at,
+                what: format!("scan stopped: {s}"),
+            });
+        }
+        let mut reason = match stop {
+            Some((s, _)) => format!("{why_no_index}; scan stopped: {s}"),
             None => why_no_index,
         };
+        if !damage.is_empty() {
+            reason += &format!(
+                "; {} damaged part{} skipped",
+                damage.len(),
+                if damage.len() == 1 { "" } else { "s" }
+            );
+        }
+        self.damage.extend(damage);
         self.entries = entries;
         self.integrity = Integrity::Recovered {
             reason,
@@ -469,6 +582,43 @@ impl TraceReader {
             file_len: self.file_len,
         };
         Ok(())
+    }
+
+    /// The first 8-aligned offset from `from` (rounded up) that starts a whole frame of a kind
+    /// that may follow the run header (record, payload, index, run end), with zero flags and
+    /// reserved bytes and a valid checksum; `None` when there is none before the end of the
+    /// file or `budget` (bytes read to check candidates) runs out.
+    fn resync(&self, from: u64, budget: &mut u64) -> Option<u64> {
+        let end = self.file_len;
+        let mut chunk_at = from.div_ceil(8) * 8;
+        let mut buf = vec![0u8; 1 << 20];
+        while chunk_at + FRAME_HEADER_LEN <= end {
+            let n = (end - chunk_at).min(buf.len() as u64) as usize;
+            read_at(&self.file, &mut buf[..n], chunk_at).ok()?;
+            *budget = budget.checked_sub(n as u64)?;
+            let mut i = 0;
+            while i + FRAME_HEADER_LEN as usize <= n {
+                let b = &buf[i..i + FRAME_HEADER_LEN as usize];
+                if matches!(b[0], 2..=5) && b[1..4] == [0, 0, 0] {
+                    let at = chunk_at + i as u64;
+                    if let Ok(h) = self.frame_header(at, end) {
+                        *budget = budget.checked_sub(h.body_len)?;
+                        let checks = match h.kind {
+                            FrameKind::Record => self.frame_body(at, &h, MAX_RECORD_BODY).is_ok(),
+                            FrameKind::RunEnd => self.frame_body(at, &h, MAX_HEADER_BODY).is_ok(),
+                            FrameKind::Index => self.frame_body(at, &h, MAX_INDEX_BODY).is_ok(),
+                            _ => self.check_crc_streaming(at, &h).is_ok(),
+                        };
+                        if checks {
+                            return Some(at);
+                        }
+                    }
+                }
+                i += 8;
+            }
+            chunk_at += (n as u64 - FRAME_HEADER_LEN) / 8 * 8 + 8;
+        }
+        None
     }
 
     fn check_crc_streaming(&self, at: u64, h: &FrameHeader) -> Result<(), String> {
@@ -516,8 +666,27 @@ impl TraceReader {
             return Err(self.corrupt(
                 at,
                 format!(
-                    "record frame holds '{}', but the index says '{}'",
-                    meta.key, e.key
+                    "the record frame holds {} (order {}), but the index lists {} (order {}) there",
+                    meta.id(),
+                    meta.order,
+                    e.id(),
+                    e.order
+                ),
+            ));
+        }
+        if meta.dtype != e.dtype || meta.shape != e.shape || meta.fidelity != e.fidelity {
+            // The record frame wins; an index that disagrees with it is damaged.
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "the record frame of {} holds {} {:?} ({}), but the index lists {} {:?} ({})",
+                    meta.id(),
+                    meta.dtype,
+                    meta.shape,
+                    meta.fidelity,
+                    e.dtype,
+                    e.shape,
+                    e.fidelity
                 ),
             ));
         }
@@ -637,13 +806,30 @@ impl TraceReader {
         Ok(had.then_some(data))
     }
 
-    /// Read and checksum every record and payload; returns the number of records checked.
+    /// Read and checksum every record and payload; returns the number of records checked, or
+    /// the first damage.
     pub fn verify(&self) -> Result<u64> {
         for e in &self.entries {
-            let meta = self.read_meta(e)?;
-            self.payload_chunks(&meta, |_| Ok(()))?;
+            self.check(e)?;
         }
         Ok(self.entries.len() as u64)
+    }
+
+    /// Read and checksum one record and its payload.
+    pub fn check(&self, e: &RecordEntry) -> Result<RecordMeta> {
+        let meta = self.read_meta(e)?;
+        self.payload_chunks(&meta, |_| Ok(()))?;
+        Ok(meta)
+    }
+
+    /// Read and checksum every record and payload, going on past damage: the index of every
+    /// entry that failed, with why.
+    pub fn verify_all(&self) -> Vec<(usize, TraceError)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| self.check(e).err().map(|err| (i, err)))
+            .collect()
     }
 }
 

@@ -86,9 +86,11 @@ pub struct RecordId {
 
 impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // For people: control characters in the key are escaped.
+        let key = crate::escape::printable(&self.key);
         match self.step {
-            Some(s) => write!(f, "step {s} eval {} {}", self.eval, self.key),
-            None => write!(f, "{}", self.key),
+            Some(s) => write!(f, "step {s} eval {} {key}", self.eval),
+            None => write!(f, "{key}"),
         }
     }
 }

@@ -108,6 +108,11 @@ impl TraceWriter {
     /// Create (or truncate) `path`, write the file header and run header, start the I/O thread.
     pub fn create(path: impl AsRef<Path>, header: &RunHeader, opts: WriterOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // Opening a FIFO for writing blocks until a reader comes; a device would swallow it.
+        crate::files::check_regular(&path).map_err(|kind| TraceError::NotRegular {
+            path: path.clone(),
+            kind,
+        })?;
         let file = File::create(&path)
             .map_err(|e| TraceError::io(&path, "cannot create trace file", e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
