@@ -273,5 +273,5 @@ fn synth_writes_a_diffusers_folder() {
             .args(["synth", "--size", "huge", "--out"])
             .arg(&out),
     );
-    assert!(e.contains("expected tiny or sd15"), "{e}");
+    assert!(e.contains("expected tiny, sd15"), "{e}");
 }
