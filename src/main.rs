@@ -1,9 +1,8 @@
 //! The `sdtrace` command line: clap parsing, output at the edge, exit codes.
 //!
-//! Exit codes are an API: 0 success (for `report`: within tolerance), 1 divergence found,
-//! 2 bad usage, unreadable or damaged input, 3 traces not comparable, 4 a recording stopped
-//! early (or, for `report`, an incomplete comparison), 5 a recording failed mid-run, 6 a
-//! recording failed and its trace could not be closed. Nothing below `main` calls
+//! Exit codes are an API, defined once in [`sdtrace::exit::ExitStatus`]: every command returns
+//! one, errors are mapped to one by [`cli::exit::of`], and each command's help table is
+//! generated from the statuses it can return ([`cli::exit`]). Nothing below `main` calls
 //! `process::exit`, except the second Ctrl-C of a recording, which quits at once with 130.
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +12,7 @@ use sdtrace::analysis::{
     compare_paths, judge,
 };
 use sdtrace::escape::printable;
+use sdtrace::exit::ExitStatus;
 use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
 use sdtrace::image::ImageTensor;
 use sdtrace::inspect::{LsFilter, info_json, ls_json, ls_rows, render_info, render_ls, trace_info};
@@ -26,22 +26,8 @@ use std::process::ExitCode;
 
 mod cli;
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  success (report: the traces agree within tolerance)
-  1  the traces diverge beyond tolerance (report; what counts is chosen by --fail-on)
-  2  bad usage, or an input file that cannot be read or is damaged (ls and info --verify
-     still print every record that checks, then name the damaged ones)
-  3  the traces are not comparable: different model, size, sampler, steps or shapes (report)
-  4  a recording stopped early (Ctrl-C, SIGTERM, --stop-on-nan); the trace is valid and
-     marked so. report: incomplete (records missing or damaged on one side)
-  5  an error during a recording; the trace is valid and marked failed
-  6  an error during a recording, and the trace could not be closed either (a full disk): it
-     holds every record written before the error, but no run-end and no index
-  130 a second Ctrl-C during a recording: quit at once (the trace is readable up to the last step)";
-
 #[derive(Parser)]
-#[command(name = "sdtrace", version, about = "Tensor-trace differential debugger for Stable Diffusion", after_help = EXIT_CODES)]
+#[command(name = "sdtrace", version, about = "Tensor-trace differential debugger for Stable Diffusion", after_help = sdtrace::exit::full_table())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Show a trace's run header, record counts, steps, keys and stored bytes
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = cli::exit::help("", cli::exit::READ))]
     Info {
         /// Trace file (.sdt)
         trace: PathBuf,
@@ -62,7 +48,7 @@ enum Command {
         json: bool,
     },
     /// List records, one line each with their main summary values
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = cli::exit::help("", cli::exit::READ))]
     Ls {
         /// Trace file (.sdt)
         trace: PathBuf,
@@ -78,15 +64,15 @@ enum Command {
     },
     /// The original report's case in miniature: record emulated GTX 1070 / Tesla T4 runs and an
     /// f32/f16 pair on a tiny synthetic model (no download), then judge them
-    #[command(after_help = cli::demo::DEMO_HELP)]
+    #[command(after_help = cli::exit::help(cli::demo::DEMO_HELP, cli::exit::DEMO))]
     Demo(cli::demo::DemoArgs),
     /// Run the text-to-image pipeline and record every probe point into a trace (and a PNG)
-    #[command(after_help = cli::record::RECORD_HELP, args_override_self = true)]
+    #[command(after_help = cli::exit::help(cli::record::RECORD_HELP, cli::exit::RECORD), args_override_self = true)]
     Record(cli::record::RecordArgs),
     /// Record the same generation at a series of sizes, one trace per size in one folder (the
     /// original report's experiment; compare two folders with report --matrix)
     #[command(
-        after_help = cli::sweep::SWEEP_HELP,
+        after_help = cli::exit::help(cli::sweep::SWEEP_HELP, cli::exit::SWEEP),
         args_override_self = true,
         mut_arg("output", |a| a
             .value_name("DIR")
@@ -95,16 +81,16 @@ enum Command {
     Sweep(cli::sweep::SweepArgs),
     /// Write the initial latent noise a run would use, or compare generators (GPU cards, CPU)
     /// size by size, without a model
-    #[command(after_help = cli::noise::NOISE_HELP)]
+    #[command(after_help = cli::exit::help(cli::noise::NOISE_HELP, cli::exit::NOISE))]
     Noise(cli::noise::NoiseArgs),
     /// Compare the generation parameters of two images (webui, Forge, ComfyUI, sdtrace PNGs):
     /// every setting that differs, and whether their noise can agree, from which size it cannot,
     /// and the fix. No model needed
-    #[command(after_help = cli::explain::EXPLAIN_HELP)]
+    #[command(after_help = cli::exit::help(cli::explain::EXPLAIN_HELP, cli::exit::EXPLAIN))]
     Explain(cli::explain::ExplainArgs),
     /// Write a deterministic random-weight model in the diffusers folder layout, or as one
     /// single-file LDM checkpoint (tests, demos, benchmarks; no download)
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = cli::exit::help("", cli::exit::WRITE))]
     Synth {
         /// Output folder (created; existing files in it are replaced), or file with --format ldm
         #[arg(long, value_name = "DIR")]
@@ -127,7 +113,7 @@ enum Command {
     },
     /// Write one record's tensor to .npy or .safetensors, or an image record to .png with A1111's
     /// generation parameters (chosen by the output's extension)
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = cli::exit::help("", cli::exit::WRITE))]
     Export {
         /// Trace file (.sdt)
         trace: PathBuf,
@@ -154,7 +140,7 @@ enum Command {
         index: usize,
     },
     /// Compare two traces: where the runs part, where the error grows, and why
-    #[command(after_help = REPORT_HELP)]
+    #[command(after_help = cli::exit::help(REPORT_HELP, cli::exit::REPORT))]
     Report {
         /// Trace A, the reference (.sdt)
         #[arg(required_unless_present = "from")]
@@ -183,7 +169,7 @@ enum Command {
     },
     /// Explore a comparison interactively: summary, step × layer heatmap, layer, tensor,
     /// noise and image views (press ? for the keys)
-    #[command(after_help = DIFF_HELP)]
+    #[command(after_help = cli::exit::help(DIFF_HELP, cli::exit::DIFF))]
     Diff {
         /// Trace A, the reference (.sdt)
         a: PathBuf,
@@ -283,27 +269,13 @@ Shows the same analysis as `sdtrace report`. Payload metrics are computed in the
 (progress in the title bar); a trace still being recorded is followed as it grows.
 Keys: arrows/hjkl move, Enter drills down, Esc/Backspace back, Tab switches panes, f first
 over tolerance, s source, a amplification onset, m metric, t tolerance, / filter, n/N next or
-previous failing cell, e export, 1-5 views, ? all keys, q quit. NO_COLOR turns colour off.
-
-Exit codes:
-  0  quit with q (or Ctrl-c)
-  2  bad usage, no terminal, or a trace that cannot be read
-  130  interrupted by SIGINT";
+previous failing cell, e export, 1-5 views, ? all keys, q quit. NO_COLOR turns colour off.";
 
 const REPORT_HELP: &str = "\
 Records pair by (step, eval, key). A record fails when its relative L2 error exceeds rel AND its
 absolute error exceeds abs; default tolerances per dtype: f64 rel=1e-7,abs=1e-7; f32
 rel=1.3e-6,abs=1e-5; f16 rel=1e-3,abs=1e-5; bf16 rel=1.6e-2,abs=1e-5; integers exact.
-The JSON schema is in docs/REPORT.md.
-
-Exit codes:
-  0  the traces agree within tolerance
-  1  the traces diverge (what counts is chosen by --fail-on)
-  2  bad usage, or an input file that cannot be read or is damaged
-  3  the traces are not comparable: different model, size, sampler, steps or shapes
-  4  incomplete: records on one side only, a truncated or damaged file (a record that fails
-     its checks counts as missing), or a run that was interrupted, failed or never said it
-     finished (--allow-missing relaxes this; the report says so)";
+The JSON schema is in docs/REPORT.md.";
 
 /// mimalloc, told to keep freed memory for reuse ([`sdtrace::host::keep_freed_memory`]).
 #[global_allocator]
@@ -319,10 +291,10 @@ fn main() -> ExitCode {
         cli::record::configure_threads(args.record());
     }
     match run(cli) {
-        Ok(code) => code,
+        Ok(status) => status.into(),
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
-            ExitCode::from(2)
+            cli::exit::of(&e).into()
         }
     }
 }
@@ -354,7 +326,7 @@ fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli) -> Result<ExitStatus> {
     match cli.command {
         Command::Diff {
             a,
@@ -383,7 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     p => Some(p.parse().map_err(|e| anyhow::anyhow!("--graphics: {e}"))?),
                 },
             };
-            Ok(ExitCode::from(sdtrace::tui::run(opts)?))
+            Ok(sdtrace::tui::run(opts)?)
         }
         Command::Record(args) => cli::record::run(args),
         Command::Sweep(args) => cli::sweep::run(args),
@@ -417,9 +389,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "their"
                     },
                 );
-                return Ok(ExitCode::from(2));
+                return Ok(ExitStatus::Usage);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitStatus::Success)
         }
         Command::Ls {
             trace,
@@ -453,9 +425,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for d in &damaged {
                     eprintln!("  {}", printable(d));
                 }
-                return Ok(ExitCode::from(2));
+                return Ok(ExitStatus::Usage);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitStatus::Success)
         }
         Command::Synth {
             out,
@@ -470,7 +442,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 sdtrace::model::synth::write_model(&out, size, seed)?;
             }
             eprintln!("wrote a synthetic {size:?} model to {}", out.display());
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitStatus::Success)
         }
         Command::Export {
             trace,
@@ -485,7 +457,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("export needs an output file: sdtrace export TRACE KEY OUT");
             };
             export(&trace, &key, step, eval, &output, index)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitStatus::Success)
         }
         Command::Report {
             a,
@@ -521,7 +493,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .with_context(|| format!("-o {}", path.display()))?,
                     None => emit(&text)?,
                 }
-                return Ok(ExitCode::from(m.exit_code));
+                return Ok(m.status());
             }
             let comparison = match (&from, &a, &b) {
                 (Some(f), _, _) => Comparison::load(f)?,
@@ -565,7 +537,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 None => emit(&text)?,
             }
-            Ok(ExitCode::from(judgement.verdict.exit_code))
+            Ok(judgement.verdict.status())
         }
     }
 }

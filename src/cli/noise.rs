@@ -14,13 +14,13 @@ use clap::Args;
 use sdtrace::DType;
 use sdtrace::analysis::noise::square_sizes;
 use sdtrace::analysis::noise::{AGREE_ABS, AGREE_REL, NoiseClass, NoiseDiagnosis, diagnose};
+use sdtrace::exit::ExitStatus;
 use sdtrace::export::{to_npy, to_safetensors, write_atomic};
 use sdtrace::pipeline::{DeviceChoice, parse_size};
 use sdtrace::sampling::rng::agree::{Agreement, agreement};
 use sdtrace::sampling::{NoiseSource, RngSpec};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 pub const NOISE_HELP: &str = "\
 Generators (--rng, and the entries of --compare): sdtrace, torch-cpu (or cpu),
@@ -33,11 +33,7 @@ definitions where they say it (\"gtx1070 vs t4: agree up to 696×696, differ fro
 
 Examples:
   sdtrace noise --rng torch-cuda:gtx1070 --seed 1744694513 --size 768x768 -o x_T.npy
-  sdtrace noise --compare gtx1070,t4,p2000,cpu --seed 1744694513 --sizes 384..1024/64
-
-Exit codes:
-  0  success
-  2  bad usage, or a generator or file that cannot be used";
+  sdtrace noise --compare gtx1070,t4,p2000,cpu --seed 1744694513 --sizes 384..1024/64";
 
 /// Most noise elements one file may hold (1 GiB of f32).
 const MAX_ELEMENTS: u64 = 1 << 28;
@@ -379,7 +375,7 @@ fn write(path: &Path, shape: &[usize], data: &[f32], g: &dyn NoiseSource, seed: 
     write_atomic(path, &out).with_context(|| format!("-o {}", path.display()))
 }
 
-pub fn run(args: NoiseArgs) -> Result<ExitCode> {
+pub fn run(args: NoiseArgs) -> Result<ExitStatus> {
     let device = args.device.open()?;
     if let Some(list) = &args.compare {
         let sources = parse_sources(list).map_err(anyhow::Error::msg)?;
@@ -404,7 +400,7 @@ pub fn run(args: NoiseArgs) -> Result<ExitCode> {
             t
         };
         crate::emit(&text)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitStatus::Success);
     }
     let Some(output) = &args.output else {
         bail!("noise needs -o FILE (or --compare A,B,...)");
@@ -432,7 +428,7 @@ pub fn run(args: NoiseArgs) -> Result<ExitCode> {
             ""
         }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use super::record::{RecordArgs, stop_flag};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use std::process::ExitCode;
+use sdtrace::exit::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -14,12 +14,7 @@ Sizes: comma-separated items, each N (NxN), WxH, or A..B/STEP (squares from A to
 included, every STEP pixels): --sizes 384..1024/64, --sizes 512,576,832x640. Every size must be
 a multiple of 8. The record flags apply to every run; -o DIR names a folder (created if
 missing; an existing file is refused), which gets one WxH.sdt (and WxH.png) per size. One seed serves every run (a random one is picked once when
-none is given).
-
-Exit codes: 0 every run completed; 2 bad usage (nothing recorded); 4 stopped by Ctrl-C, SIGTERM
-or --stop-on-nan (the traces so far are valid); 5 an error during a run (its trace is marked
-failed; the sweep stops); 6 an error during a run after which its trace could not be closed
-either (a full disk: it reads as truncated; the sweep stops).";
+none is given).";
 
 /// Flags of `sdtrace sweep`.
 #[derive(Args, Debug)]
@@ -77,7 +72,7 @@ impl SweepArgs {
     }
 }
 
-pub fn run(args: SweepArgs) -> Result<ExitCode> {
+pub fn run(args: SweepArgs) -> Result<ExitStatus> {
     let sizes = parse_sizes(&args.sizes).map_err(|e| anyhow::anyhow!("--sizes {e}"))?;
     let runs = args.record.sweep_runs(&sizes)?;
     let dir = args.record.output();
@@ -99,14 +94,14 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
     for (i, run) in runs.into_iter().enumerate() {
         let (w, h) = sizes[i];
         eprintln!("sweep {}/{n}: {w}x{h} → {}", i + 1, run.output().display());
-        let code = super::record::run(run)?;
-        if code != ExitCode::SUCCESS {
+        let status = super::record::run(run)?;
+        if status != ExitStatus::Success {
             eprintln!("sweep stopped at {w}x{h}; the traces written so far are valid");
-            return Ok(code);
+            return Ok(status);
         }
         if stop_flag().load(Ordering::SeqCst) {
             eprintln!("sweep stopped after {w}x{h} (Ctrl-C or SIGTERM)");
-            return Ok(ExitCode::from(4));
+            return Ok(ExitStatus::Incomplete);
         }
     }
     eprintln!(
@@ -115,7 +110,7 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         dir.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 #[cfg(test)]
