@@ -103,10 +103,9 @@ enum Command {
         /// Seed of the weights
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Layout: diffusers (a folder) or ldm (one .safetensors file as A1111 loads, written by
-        /// the documented key mapping; the same weights as the folder)
-        #[arg(long, default_value = "diffusers", value_name = "FORMAT", value_parser = ["diffusers", "ldm"])]
-        format: String,
+        /// Layout of the model (both hold the same weights)
+        #[arg(long, value_enum, default_value_t = cli::values::SynthFormat::Diffusers, value_name = "FORMAT")]
+        format: cli::values::SynthFormat,
         /// Weight dtype of an ldm file: f32 or f16
         #[arg(long, default_value = "f32", value_parser = sdtrace::pipeline::parse_dtype)]
         dtype: sdtrace::pipeline::ModelDType,
@@ -148,9 +147,9 @@ enum Command {
         /// Trace B, the run under test (.sdt)
         #[arg(required_unless_present = "from")]
         b: Option<PathBuf>,
-        /// Output format: text, json, markdown, junit or html
-        #[arg(long, value_name = "FORMAT", default_value = "text")]
-        format: Format,
+        /// Output format
+        #[arg(long, value_enum, value_name = "FORMAT", default_value_t = cli::values::ReportFormat::Text)]
+        format: cli::values::ReportFormat,
         /// Write the report to FILE instead of stdout
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -183,12 +182,9 @@ enum Command {
         /// Folder that `e` exports the selected tensors to
         #[arg(long, value_name = "DIR", default_value = ".")]
         export_dir: PathBuf,
-        /// Terminal graphics for the image view: auto (kitty's protocol in kitty, Ghostty,
-        /// WezTerm and Konsole; iTerm2's in iTerm2; none in tmux or under NO_COLOR), kitty,
-        /// iterm or off (half-block pictures only)
-        #[arg(long, value_name = "PROTOCOL", default_value = "auto",
-              value_parser = ["auto", "kitty", "iterm", "off"])]
-        graphics: String,
+        /// Terminal graphics for the image view
+        #[arg(long, value_enum, value_name = "PROTOCOL", default_value_t = cli::values::Graphics::Auto)]
+        graphics: cli::values::Graphics,
     },
 }
 
@@ -350,10 +346,7 @@ fn run(cli: Cli) -> Result<ExitStatus> {
                 export_dir,
                 poll: std::time::Duration::from_millis(500),
                 timings: std::env::var_os("SDTRACE_DIFF_TIMINGS").map(PathBuf::from),
-                graphics: match graphics.as_str() {
-                    "auto" => None,
-                    p => Some(p.parse().map_err(|e| anyhow::anyhow!("--graphics: {e}"))?),
-                },
+                graphics: graphics.protocol(),
             };
             Ok(sdtrace::tui::run(opts)?)
         }
@@ -436,10 +429,13 @@ fn run(cli: Cli) -> Result<ExitStatus> {
             format,
             dtype,
         } => {
-            if format == "ldm" {
-                sdtrace::model::synth::write_checkpoint_file(&out, size, seed, dtype)?;
-            } else {
-                sdtrace::model::synth::write_model(&out, size, seed)?;
+            match format {
+                cli::values::SynthFormat::Ldm => {
+                    sdtrace::model::synth::write_checkpoint_file(&out, size, seed, dtype)?
+                }
+                cli::values::SynthFormat::Diffusers => {
+                    sdtrace::model::synth::write_model(&out, size, seed)?
+                }
             }
             eprintln!("wrote a synthetic {size:?} model to {}", out.display());
             Ok(ExitStatus::Success)
@@ -469,6 +465,7 @@ fn run(cli: Cli) -> Result<ExitStatus> {
             from,
             matrix,
         } => {
+            let format = Format::from(format);
             let tols = flags.tolerances()?;
             let criteria = flags.criteria()?;
             if matrix {

@@ -325,6 +325,8 @@ fn error_cases_snapshot() {
         &["export", "example.sdt", "nokey", "out.npy"],
         &["export", "example.sdt", "image", "out.txt"],
         &["synth", "--out", "m", "--format", "bogus"],
+        &["report", "example.sdt", "example.sdt", "--format", "xml"],
+        &["diff", "example.sdt", "example.sdt", "--graphics", "sixel"],
         &[
             "noise",
             "--compare",

@@ -6,3 +6,4 @@ pub mod explain;
 pub mod noise;
 pub mod record;
 pub mod sweep;
+pub mod values;
