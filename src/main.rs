@@ -72,7 +72,7 @@ enum Command {
     /// Record the same generation at a series of sizes, one trace per size in one folder (the
     /// original report's experiment; compare two folders with report --matrix)
     #[command(
-        after_help = cli::exit::help(cli::sweep::SWEEP_HELP, cli::exit::SWEEP),
+        after_help = cli::exit::help(&cli::sweep::help(), cli::exit::SWEEP),
         args_override_self = true,
         mut_arg("output", |a| a
             .value_name("DIR")
@@ -81,7 +81,7 @@ enum Command {
     Sweep(cli::sweep::SweepArgs),
     /// Write the initial latent noise a run would use, or compare generators (GPU cards, CPU)
     /// size by size, without a model
-    #[command(after_help = cli::exit::help(cli::noise::NOISE_HELP, cli::exit::NOISE))]
+    #[command(after_help = cli::exit::help(&cli::noise::help(), cli::exit::NOISE))]
     Noise(cli::noise::NoiseArgs),
     /// Compare the generation parameters of two images (webui, Forge, ComfyUI, sdtrace PNGs):
     /// every setting that differs, and whether their noise can agree, from which size it cannot,

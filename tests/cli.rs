@@ -327,14 +327,9 @@ fn error_cases_snapshot() {
         &["synth", "--out", "m", "--format", "bogus"],
         &["report", "example.sdt", "example.sdt", "--format", "xml"],
         &["diff", "example.sdt", "example.sdt", "--graphics", "sixel"],
+        &["noise", "--compare", "cpu,t4", "--sizes", "512,640..576"],
         &[
-            "noise",
-            "--compare",
-            "cpu,t4",
-            "--seed",
-            "1",
-            "--sizes",
-            "512,576..640/64",
+            "sweep", "--sizes", "512,500", "-o", "out", "--model", "nomodel",
         ],
         &["explain", "nofile.png", "other.png"],
     ];

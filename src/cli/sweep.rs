@@ -9,60 +9,27 @@ use sdtrace::exit::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-pub const SWEEP_HELP: &str = "\
-Sizes: comma-separated items, each N (NxN), WxH, or A..B/STEP (squares from A to B, both
-included, every STEP pixels): --sizes 384..1024/64, --sizes 512,576,832x640. Every size must be
-a multiple of 8. The record flags apply to every run; -o DIR names a folder (created if
-missing; an existing file is refused), which gets one WxH.sdt (and WxH.png) per size. One seed serves every run (a random one is picked once when
-none is given).";
+const SWEEP_TEXT: &str = "\
+The record flags apply to every run; -o DIR names a folder (created if missing; an existing file
+is refused), which gets one WxH.sdt (and WxH.png) per size. One seed serves every run (a random
+one is picked once when none is given).";
+
+/// Most sizes one sweep records.
+const MAX_SIZES: usize = 256;
+
+/// The help text after the flags: the `--sizes` grammar, then the sweep's own notes.
+pub fn help() -> String {
+    format!("{}\n\n{SWEEP_TEXT}", sdtrace::pipeline::SIZES_HELP)
+}
 
 /// Flags of `sdtrace sweep`.
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    /// Image sizes (see below)
+    /// Image sizes, e.g. 384..1024/64 or 512,576,832x640 (see below)
     #[arg(long, value_name = "SIZES")]
     sizes: String,
     #[command(flatten)]
     record: RecordArgs,
-}
-
-/// Parse `--sizes`.
-pub fn parse_sizes(text: &str) -> Result<Vec<(u32, u32)>, String> {
-    let mut out = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if let Some((range, step)) = item.split_once('/') {
-            let (a, b) = range
-                .split_once("..")
-                .ok_or_else(|| format!("'{item}': a range is A..B/STEP, e.g. 384..1024/64"))?;
-            let num = |s: &str| {
-                s.trim()
-                    .parse::<u32>()
-                    .map_err(|_| format!("'{item}': '{s}' is not a number"))
-            };
-            let (a, b, step) = (num(a)?, num(b)?, num(step)?);
-            if step == 0 || a > b {
-                return Err(format!("'{item}': needs A <= B and STEP > 0"));
-            }
-            let n = (b - a) / step + 1;
-            if n > 256 {
-                return Err(format!("'{item}': {n} sizes; a sweep takes at most 256"));
-            }
-            for i in 0..n {
-                let s = a + i * step;
-                out.push(sdtrace::pipeline::parse_size(&format!("{s}x{s}"))?);
-            }
-        } else if item.contains(['x', 'X']) {
-            out.push(sdtrace::pipeline::parse_size(item)?);
-        } else {
-            out.push(sdtrace::pipeline::parse_size(&format!("{item}x{item}"))?);
-        }
-    }
-    if out.is_empty() {
-        return Err(format!("'{text}': no sizes"));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    out.retain(|s| seen.insert(*s));
-    Ok(out)
 }
 
 impl SweepArgs {
@@ -73,7 +40,8 @@ impl SweepArgs {
 }
 
 pub fn run(args: SweepArgs) -> Result<ExitStatus> {
-    let sizes = parse_sizes(&args.sizes).map_err(|e| anyhow::anyhow!("--sizes {e}"))?;
+    let sizes = sdtrace::pipeline::parse_sizes(&args.sizes, MAX_SIZES)
+        .map_err(|e| anyhow::anyhow!("--sizes {e}"))?;
     let runs = args.record.sweep_runs(&sizes)?;
     let dir = args.record.output();
     if dir.extension().is_some_and(|e| e == "sdt") {
@@ -111,27 +79,4 @@ pub fn run(args: SweepArgs) -> Result<ExitStatus> {
         dir.display()
     );
     Ok(ExitStatus::Success)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_sizes("384..1024/64").unwrap().len(), 11);
-        assert_eq!(
-            parse_sizes("512, 576,832x640,512").unwrap(),
-            vec![(512, 512), (576, 576), (832, 640)]
-        );
-        assert!(parse_sizes("500").unwrap_err().contains("multiple of 8"));
-        assert!(parse_sizes("64..8/8").is_err());
-        assert!(
-            parse_sizes("8..100000/8")
-                .unwrap_err()
-                .contains("at most 256")
-        );
-        assert!(parse_sizes("a..b/8").is_err());
-        assert!(parse_sizes("").is_err());
-    }
 }
