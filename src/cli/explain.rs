@@ -79,7 +79,7 @@ pub fn run(args: ExplainArgs) -> Result<ExitStatus> {
     };
     let (a, b) = (gen_of(&args.a)?, gen_of(&args.b)?);
     let e = explain(&a, &b, cards.as_ref());
-    crate::emit(&render(
+    super::emit(&render(
         &e,
         &args.a.display().to_string(),
         &args.b.display().to_string(),

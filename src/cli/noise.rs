@@ -361,7 +361,7 @@ pub fn run(args: NoiseArgs) -> Result<ExitStatus> {
             }
             t
         };
-        crate::emit(&text)?;
+        super::emit(&text)?;
         return Ok(ExitStatus::Success);
     }
     let Some(output) = &args.output else {

@@ -735,7 +735,7 @@ fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitSta
             // The run is done and its trace complete: only the picture is missing.
             eprintln!(
                 "error: {}; the trace {written} is complete, only the PNG is missing (`sdtrace export {} image OUT.png` writes it when the trace kept the image)",
-                crate::error_text(&e),
+                super::error_text(&e),
                 rec.trace.path.display()
             );
             return Ok(ExitStatus::Usage);
