@@ -304,8 +304,8 @@ impl Verdict {
 
     /// [`outcome`](Self::outcome) as the text report and the TUI shout it: failures upper-case.
     pub fn outcome_loud(&self) -> String {
-        match self.exit_code {
-            0 => self.outcome().to_string(),
+        match self.status() {
+            ExitStatus::Success => self.outcome().to_string(),
             _ => self.outcome().to_uppercase(),
         }
     }
