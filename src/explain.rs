@@ -24,6 +24,7 @@
 //! [`render`] is a pure function of the result.
 
 use crate::analysis::noise::{max_square, square_sizes};
+use crate::exit::ExitStatus;
 use crate::image::{ImageError, PARAMETERS_KEY, ParsedInfotext, parse_infotext, png_text};
 use crate::params::{SDTRACE_RNG_KEY, sdtrace_rng_value};
 use crate::sampling::RngSpec;
@@ -863,9 +864,14 @@ impl Explanation {
         self.rows.iter().filter(|r| r.mark == Mark::Differs).count()
     }
 
-    /// 0 when the settings and the predicted noise agree, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        u8::from(self.differing() > 0 || self.verdict != NoiseVerdict::Agree)
+    /// [`ExitStatus::Success`] when the settings and the predicted noise agree,
+    /// [`ExitStatus::Diverged`] otherwise.
+    pub fn status(&self) -> ExitStatus {
+        if self.differing() > 0 || self.verdict != NoiseVerdict::Agree {
+            ExitStatus::Diverged
+        } else {
+            ExitStatus::Success
+        }
     }
 }
 
@@ -1381,7 +1387,7 @@ mod tests {
         let e = explain(&a, &b, Some(&cards));
         assert_eq!(e.differing(), 0);
         assert_eq!(e.verdict, NoiseVerdict::Differ);
-        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.status(), ExitStatus::Diverged);
         let text = render(&e, "a.png", "b.png");
         assert!(
             text.contains("gtx1070 and t4 agree up to 696x696 and differ from 704x704"),
@@ -1406,7 +1412,10 @@ mod tests {
         // At 640×640 they agree: exit 0.
         let small = from_infotext(&A1111.replace("832x832", "640x640")).unwrap();
         let e = explain(&small, &small, Some(&cards));
-        assert_eq!((e.verdict, e.exit_code()), (NoiseVerdict::Agree, 0));
+        assert_eq!(
+            (e.verdict, e.status()),
+            (NoiseVerdict::Agree, ExitStatus::Success)
+        );
         // Equal waves agree at every size.
         let same = (
             RngSpec::parse_card("--cards", "gtx1070").unwrap(),
@@ -1456,7 +1465,7 @@ mod tests {
         let e = explain(&w, &c, None);
         assert_eq!(e.verdict, NoiseVerdict::Agree);
         assert_eq!(e.differing(), 0, "{:?}", e.rows);
-        assert_eq!(e.exit_code(), 0);
+        assert_eq!(e.status(), ExitStatus::Success);
         // Seeds that differ are named, with the fix.
         let other = from_comfy_prompt(&comfy(7, 832)).unwrap();
         let e = explain(&w, &other, None);

@@ -240,8 +240,36 @@ fn help_documents_exit_codes() {
         text.contains("Exit codes") && text.contains("2  bad usage"),
         "{text}"
     );
-    for cmd in ["info", "ls", "export"] {
-        assert!(stdout(sdtrace().args([cmd, "--help"])).contains("Exit codes"));
+    // Each command lists exactly the codes it can return (generated from `ExitStatus`).
+    let codes = |cmd: &str| -> Vec<String> {
+        let help = stdout(sdtrace().args([cmd, "--help"]));
+        let table = help
+            .split("Exit codes:")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        table
+            .lines()
+            .filter_map(|l| l.strip_prefix("  "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    for (cmd, want) in [
+        ("info", "0 2"),
+        ("ls", "0 2"),
+        ("export", "0 2"),
+        ("synth", "0 2"),
+        ("noise", "0 2"),
+        ("explain", "0 1 2"),
+        ("demo", "0 1 2"),
+        ("report", "0 1 2 3 4"),
+        ("diff", "0 2 130"),
+        ("record", "0 2 4 5 6 130"),
+        ("sweep", "0 2 4 5 6 130"),
+    ] {
+        assert_eq!(codes(cmd).join(" "), want, "{cmd} --help");
     }
 }
 
@@ -274,4 +302,61 @@ fn synth_writes_a_diffusers_folder() {
             .arg(&out),
     );
     assert!(e.contains("expected tiny, sd15"), "{e}");
+}
+
+/// The error cases as a user meets them: each command line's exit code and its whole stderr,
+/// compared with `tests/snapshots/errors.txt` (run with `SDTRACE_UPDATE_SNAPSHOTS=1` to rewrite
+/// it, then review the diff). Runs in a scratch folder holding `example.sdt` and a copy with
+/// one flipped byte, so the paths in the messages are stable.
+#[test]
+fn error_cases_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example(), dir.path().join("example.sdt")).unwrap();
+    let mut bytes = std::fs::read(example()).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(dir.path().join("damaged.sdt"), &bytes).unwrap();
+    let cases: &[&[&str]] = &[
+        &["diff", "nofile.sdt", "example.sdt"],
+        &["report", "example.sdt", "nofile.sdt"],
+        &["report", "--matrix", "nodir", "otherdir"],
+        &["ls", "nofile.sdt"],
+        &["info", "--verify", "damaged.sdt"],
+        &["export", "example.sdt", "nokey", "out.npy"],
+        &["export", "example.sdt", "image", "out.txt"],
+        &["synth", "--out", "m", "--format", "bogus"],
+        &["report", "example.sdt", "example.sdt", "--format", "xml"],
+        &["diff", "example.sdt", "example.sdt", "--graphics", "sixel"],
+        &["noise", "--compare", "cpu,t4", "--sizes", "512,640..576"],
+        &[
+            "sweep", "--sizes", "512,500", "-o", "out", "--model", "nomodel",
+        ],
+        &["explain", "nofile.png", "other.png"],
+    ];
+    let mut got = String::new();
+    for args in cases {
+        let out = sdtrace()
+            .args(*args)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        got.push_str(&format!(
+            "$ sdtrace {}\nexit {}\n{}\n",
+            args.join(" "),
+            out.status.code().map_or("signal".into(), |c| c.to_string()),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ));
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/errors.txt");
+    if std::env::var_os("SDTRACE_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        got == want,
+        "stderr of the error cases changed; SDTRACE_UPDATE_SNAPSHOTS=1 rewrites {}\n--- got:\n{got}",
+        path.display()
+    );
 }

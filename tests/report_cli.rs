@@ -119,7 +119,10 @@ fn usage_errors_exit_2_and_name_the_flag_or_file() {
         (vec!["--tol", "rel=abc"], "--tol 'rel=abc'"),
         (vec!["--tol-key", "rel=1"], "--tol-key 'rel=1'"),
         (vec!["--fail-on", "never"], "--fail-on"),
-        (vec!["--format", "pdf"], "unknown format 'pdf'"),
+        (
+            vec!["--format", "pdf"],
+            "[possible values: text, json, markdown, junit, html]",
+        ),
     ] {
         let (c, _, err) = code(sdtrace().arg("report").args(&args).arg(&a).arg(&a));
         assert_eq!(c, 2, "{args:?}: {err}");

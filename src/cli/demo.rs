@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sdtrace::analysis::noise::square_boundary;
 use sdtrace::analysis::{CompareOptions, Criteria, TolConfig, VerdictClass, compare_paths, judge};
+use sdtrace::exit::ExitStatus;
 use sdtrace::model::synth::{SynthSize, write_model};
 use sdtrace::pipeline::{DeviceChoice, ModelDType, Monitor, RecordSpec, record};
 use sdtrace::probe::Policy;
@@ -22,17 +23,11 @@ use sdtrace::sampling::{RngSpec, SamplerKind};
 use sdtrace::text::PromptSyntax;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub const DEMO_HELP: &str = "\
 Takes about a minute on two cores after the build (the two 704x704 recordings are most of it).
-The four traces stay in --dir for `sdtrace diff` and `sdtrace report`.
-
-Exit codes:
-  0  the demo ran (with --check: and both verdicts are the expected ones)
-  1  --check: a verdict is not the expected one (printed)
-  2  bad usage, or --dir cannot be written";
+The four traces stay in --dir for `sdtrace diff` and `sdtrace report`.";
 
 /// Flags of `sdtrace demo`.
 #[derive(Args, Debug)]
@@ -216,7 +211,7 @@ fn spec(model: &Path, run: &Run) -> Result<RecordSpec> {
     })
 }
 
-pub fn run(args: DemoArgs) -> Result<ExitCode> {
+pub fn run(args: DemoArgs) -> Result<ExitStatus> {
     let t0 = Instant::now();
     let model = args.dir.join("model");
     std::fs::create_dir_all(&args.dir)
@@ -285,9 +280,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         t0.elapsed().as_secs_f64()
     );
     Ok(if args.check && !as_expected {
-        ExitCode::from(1)
+        ExitStatus::Diverged
     } else {
-        ExitCode::SUCCESS
+        ExitStatus::Success
     })
 }
 

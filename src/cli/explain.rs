@@ -4,11 +4,11 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use sdtrace::exit::ExitStatus;
 use sdtrace::explain::{explain, generation_of_png, render};
 use sdtrace::pipeline::human;
 use sdtrace::sampling::RngSpec;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 pub const EXPLAIN_HELP: &str = "\
 Reads the webui's and Forge's 'parameters' text (and sdtrace's own PNGs), or ComfyUI's 'prompt'
@@ -18,12 +18,7 @@ the exact sizes; without them a table of common cards is shown. ComfyUI draws no
 
 Examples:
   sdtrace explain gtx1070.png t4.png --cards gtx1070,t4
-  sdtrace explain webui.png comfy.png
-
-Exit codes:
-  0  the settings and the predicted noise agree
-  1  a setting differs, or the noise differs (or may differ: the cards are not known)
-  2  bad usage, or a file that is not a PNG or holds no generation parameters";
+  sdtrace explain webui.png comfy.png";
 
 /// Flags of `sdtrace explain`.
 #[derive(Args, Debug)]
@@ -77,17 +72,17 @@ fn read(path: &Path) -> Result<Vec<u8>> {
         .with_context(|| path.display().to_string())
 }
 
-pub fn run(args: ExplainArgs) -> Result<ExitCode> {
+pub fn run(args: ExplainArgs) -> Result<ExitStatus> {
     let cards = args.cards.as_deref().map(parse_cards).transpose()?;
     let gen_of = |p: &Path| -> Result<_> {
         generation_of_png(&read(p)?).with_context(|| p.display().to_string())
     };
     let (a, b) = (gen_of(&args.a)?, gen_of(&args.b)?);
     let e = explain(&a, &b, cards.as_ref());
-    crate::emit(&render(
+    super::emit(&render(
         &e,
         &args.a.display().to_string(),
         &args.b.display().to_string(),
     ))?;
-    Ok(ExitCode::from(e.exit_code()))
+    Ok(e.status())
 }

@@ -14,15 +14,15 @@ use clap::Args;
 use sdtrace::DType;
 use sdtrace::analysis::noise::square_sizes;
 use sdtrace::analysis::noise::{AGREE_ABS, AGREE_REL, NoiseClass, NoiseDiagnosis, diagnose};
+use sdtrace::exit::ExitStatus;
 use sdtrace::export::{to_npy, to_safetensors, write_atomic};
-use sdtrace::pipeline::{DeviceChoice, parse_size};
+use sdtrace::pipeline::{DeviceChoice, parse_size, parse_sizes};
 use sdtrace::sampling::rng::agree::{Agreement, agreement};
 use sdtrace::sampling::{NoiseSource, RngSpec};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-pub const NOISE_HELP: &str = "\
+const NOISE_TEXT: &str = "\
 Generators (--rng, and the entries of --compare): sdtrace, torch-cpu (or cpu),
 torch-cuda:SMS[,THREADS_PER_SM], torch-cuda:CARD or CARD alone, a1111-nv (or nv), file:PATH,
 device (needs --device cuda or metal).
@@ -33,11 +33,16 @@ definitions where they say it (\"gtx1070 vs t4: agree up to 696×696, differ fro
 
 Examples:
   sdtrace noise --rng torch-cuda:gtx1070 --seed 1744694513 --size 768x768 -o x_T.npy
-  sdtrace noise --compare gtx1070,t4,p2000,cpu --seed 1744694513 --sizes 384..1024/64
+  sdtrace noise --compare gtx1070,t4,p2000,cpu --seed 1744694513 --sizes 384..1024/64";
 
-Exit codes:
-  0  success
-  2  bad usage, or a generator or file that cannot be used";
+/// The help text after the flags: the generators, the `--sizes` grammar, examples.
+pub fn help() -> String {
+    let (generators, rest) = NOISE_TEXT.split_once("\n\n").unwrap_or((NOISE_TEXT, ""));
+    format!(
+        "{generators}\n\n{}\n\n{rest}",
+        sdtrace::pipeline::SIZES_HELP
+    )
+}
 
 /// Most noise elements one file may hold (1 GiB of f32).
 const MAX_ELEMENTS: u64 = 1 << 28;
@@ -69,7 +74,7 @@ pub struct NoiseArgs {
     /// Compare generators instead: comma-separated --rng values or card names, e.g. gtx1070,t4,cpu
     #[arg(long, value_name = "A,B,...", conflicts_with = "output")]
     compare: Option<String>,
-    /// Sizes to compare: FROM..TO/STEP (squares, inclusive) or a comma list of N or WxH
+    /// Sizes to compare, e.g. 384..1024/64 or 512,576,832x640 (see below)
     #[arg(long, value_name = "SIZES", default_value = "384..1024/64")]
     sizes: String,
     /// Print the comparison as JSON
@@ -78,54 +83,6 @@ pub struct NoiseArgs {
     /// Device of --rng device: cuda, cuda:N or metal
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
-}
-
-/// Parse `--sizes`.
-pub fn parse_sizes(s: &str) -> Result<Vec<(u32, u32)>, String> {
-    let list = if let Some((range, step)) = s.split_once("..") {
-        let (to, step) = step.split_once('/').unwrap_or((step, "64"));
-        let num = |v: &str| {
-            v.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("--sizes '{s}': expected FROM..TO/STEP, e.g. 384..1024/64"))
-        };
-        let (from, to, step) = (num(range)?, num(to)?, num(step)?);
-        if step == 0 || from > to {
-            return Err(format!(
-                "--sizes '{s}': FROM must not exceed TO and STEP must be at least 1"
-            ));
-        }
-        if ((to - from) / step) as usize >= MAX_SIZES {
-            return Err(format!("--sizes '{s}': more than {MAX_SIZES} sizes"));
-        }
-        (from..=to)
-            .step_by(step as usize)
-            .map(|n| parse_size(&format!("{n}x{n}")))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        let items: Vec<&str> = s
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .collect();
-        if items.len() > MAX_SIZES {
-            return Err(format!("--sizes: more than {MAX_SIZES} sizes"));
-        }
-        items
-            .into_iter()
-            .map(|t| {
-                if t.contains(['x', 'X']) {
-                    parse_size(t)
-                } else {
-                    parse_size(&format!("{t}x{t}"))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    if list.is_empty() {
-        return Err(format!("--sizes '{s}': no size given"));
-    }
-    Ok(list)
 }
 
 /// Parse `--compare`: at least two generators.
@@ -379,11 +336,12 @@ fn write(path: &Path, shape: &[usize], data: &[f32], g: &dyn NoiseSource, seed: 
     write_atomic(path, &out).with_context(|| format!("-o {}", path.display()))
 }
 
-pub fn run(args: NoiseArgs) -> Result<ExitCode> {
+pub fn run(args: NoiseArgs) -> Result<ExitStatus> {
     let device = args.device.open()?;
     if let Some(list) = &args.compare {
         let sources = parse_sources(list).map_err(anyhow::Error::msg)?;
-        let sizes = parse_sizes(&args.sizes).map_err(anyhow::Error::msg)?;
+        let sizes =
+            parse_sizes(&args.sizes, MAX_SIZES).map_err(|e| anyhow::anyhow!("--sizes {e}"))?;
         let rows = compare_table(&sources, args.seed, &sizes, &device)?;
         let mut conclusions = Vec::new();
         for (i, a) in sources.iter().enumerate() {
@@ -403,8 +361,8 @@ pub fn run(args: NoiseArgs) -> Result<ExitCode> {
             }
             t
         };
-        crate::emit(&text)?;
-        return Ok(ExitCode::SUCCESS);
+        super::emit(&text)?;
+        return Ok(ExitStatus::Success);
     }
     let Some(output) = &args.output else {
         bail!("noise needs -o FILE (or --compare A,B,...)");
@@ -432,7 +390,7 @@ pub fn run(args: NoiseArgs) -> Result<ExitCode> {
             ""
         }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 #[cfg(test)]
@@ -449,7 +407,7 @@ mod tests {
     #[test]
     fn observation_table() {
         let sources = parse_sources("p2000,gtx1060,gtx1070,t4,cpu,a1111-nv").unwrap();
-        let sizes = parse_sizes("384..1024/64").unwrap();
+        let sizes = parse_sizes("384..1024/64", MAX_SIZES).unwrap();
         assert_eq!(sizes.len(), 11);
         let rows =
             compare_table(&sources, 1_744_694_513, &sizes, &candle_core::Device::Cpu).unwrap();
@@ -559,18 +517,13 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_sources_parse_with_clear_errors() {
-        assert_eq!(
-            parse_sizes("512,576x640").unwrap(),
-            [(512, 512), (576, 640)]
+    fn sizes_bound_and_sources_parse_with_clear_errors() {
+        // The grammar is tested in pipeline::sizes; here only noise's bound.
+        assert!(
+            parse_sizes("8..16384/8", MAX_SIZES)
+                .unwrap_err()
+                .contains("more than 1000")
         );
-        assert_eq!(
-            parse_sizes("64..80/8").unwrap(),
-            [(64, 64), (72, 72), (80, 80)]
-        );
-        assert!(parse_sizes("500").unwrap_err().contains("multiple of 8"));
-        assert!(parse_sizes("1024..384/64").unwrap_err().contains("FROM"));
-        assert!(parse_sizes("8..16384/8").unwrap_err().contains("more than"));
         assert!(parse_sources("t4").unwrap_err().contains("at least two"));
         let e = parse_sources("t4,gtx9999").unwrap_err();
         assert!(

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use sdtrace::exit::ExitStatus;
 use sdtrace::image::{InfotextParams, encode_png, infotext, rgb8_from_chw};
 use sdtrace::params::{InfotextSettings, SDTRACE_RNG_KEY, resolve_sampler};
 use sdtrace::pipeline::gpu::GemmPrecision;
@@ -18,7 +19,6 @@ use sdtrace::text::PromptSyntax;
 use sdtrace::trace::{NonFinite, RunHeader, RunStatus};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -36,19 +36,7 @@ without an RNG field was made with the webui's default source, the GPU, whose no
 card: add --card NAME|SMS,THREADS (the card that made it) or --rng torch-cpu (if the webui's
 source was CPU); RNG: CPU and RNG: NV are read as they are. The PNG written names the generator
 for the webui (RNG: CPU, RNG: NV) or, where the webui has no name for it, in an `sdtrace RNG`
-field that --from-png reads back.
-
-Exit codes:
-  0  the run completed; trace and PNG written
-  2  bad usage or model files, or the trace would not fit (nothing written); or, after a
-     complete run, the PNG could not be written (the trace is complete; the message says so)
-  4  stopped early by Ctrl-C, SIGTERM or --stop-on-nan: the trace is valid and marked
-     interrupted
-  5  an error during the run: the trace is valid and marked failed
-  6  an error during the run, and the trace could not be closed either (a full disk): it
-     holds every record written before the error (sdtrace reads it as truncated), but no
-     run-end and no index
-  130 a second Ctrl-C: quit at once (the trace is readable up to the last step)";
+field that --from-png reads back.";
 
 /// Flags of `sdtrace record`.
 #[derive(Args, Clone, Debug)]
@@ -523,7 +511,7 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
             eprintln!(
                 "\nquitting now; the trace is left unfinished (readable up to the last step)"
             );
-            std::process::exit(130);
+            std::process::exit(i32::from(ExitStatus::Interrupted.code()));
         }
     });
 }
@@ -539,7 +527,7 @@ fn seed_of(seed: i64) -> Result<u64> {
     }
 }
 
-pub fn run(args: RecordArgs) -> Result<ExitCode> {
+pub fn run(args: RecordArgs) -> Result<ExitStatus> {
     let policy = Policy::from_spec(&args.capture).context("--capture")?;
     let sampler_flag = args
         .sampler
@@ -705,13 +693,11 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     };
     let rec = match result {
         Ok(r) => r,
-        Err(e @ PipelineError::Run { .. }) => {
+        // The trace exists and says how the run ended: the error is the run's outcome, not a
+        // failure to record (a sweep reports it and stops).
+        Err(e @ (PipelineError::Run { .. } | PipelineError::Unclosed { .. })) => {
             eprintln!("error: {e}");
-            return Ok(ExitCode::from(5));
-        }
-        Err(e @ PipelineError::Unclosed { .. }) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(6));
+            return Ok(super::exit::pipeline(&e));
         }
         Err(e) => return Err(e).with_context(|| format!("record -o {}", args.output.display())),
     };
@@ -726,7 +712,7 @@ impl Monitor for QuietStop<'_> {
     }
 }
 
-fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitCode> {
+fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitStatus> {
     let written = format!(
         "{} ({} records, {})",
         rec.trace.path.display(),
@@ -735,7 +721,7 @@ fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitCod
     );
     if rec.end.status != RunStatus::Complete {
         eprintln!("run {}; trace written: {written}", rec.end.describe());
-        return Ok(ExitCode::from(4));
+        return Ok(ExitStatus::Incomplete);
     }
     let mut png_note = String::new();
     if !args.no_png
@@ -749,10 +735,10 @@ fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitCod
             // The run is done and its trace complete: only the picture is missing.
             eprintln!(
                 "error: {}; the trace {written} is complete, only the PNG is missing (`sdtrace export {} image OUT.png` writes it when the trace kept the image)",
-                crate::error_text(&e),
+                super::error_text(&e),
                 rec.trace.path.display()
             );
-            return Ok(ExitCode::from(2));
+            return Ok(ExitStatus::Usage);
         }
         png_note = format!(", image {}", path.display());
     }
@@ -767,7 +753,7 @@ fn finish(args: &RecordArgs, rec: &Recording, term: &Terminal) -> Result<ExitCod
             }
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 fn write_png(path: &Path, shape: &[usize], data: &[f32], header: &RunHeader) -> Result<()> {

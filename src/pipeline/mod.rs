@@ -16,6 +16,9 @@ pub mod estimate;
 pub mod gpu;
 pub mod model;
 pub mod perturb;
+mod sizes;
+
+pub use sizes::{SIZES_HELP, parse_sizes};
 
 use crate::host::host_facts;
 use crate::model::ModelError;

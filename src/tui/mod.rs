@@ -30,6 +30,7 @@ pub(crate) mod testing;
 pub mod views;
 
 use crate::analysis::{AnalysisError, CompareOptions, Criteria, KeyMap, Progress, TolConfig};
+use crate::exit::ExitStatus;
 use crate::trace::{TraceError, TraceReader};
 use app::{App, AppOptions, Counts, Effect, Phase};
 use crossterm::event::{self, Event};
@@ -181,9 +182,9 @@ impl Timings {
     }
 }
 
-/// Run the TUI until the user quits; returns the process exit code (0 after `q`, 130 after
-/// SIGINT).
-pub fn run(opts: DiffOptions) -> Result<u8, TuiError> {
+/// Run the TUI until the user quits; returns the process exit status
+/// ([`ExitStatus::Success`] after `q`, [`ExitStatus::Interrupted`] after SIGINT).
+pub fn run(opts: DiffOptions) -> Result<ExitStatus, TuiError> {
     let t0 = Instant::now();
     // Open both indexes before touching the terminal, so bad paths give a plain error.
     let ra = TraceReader::open(&opts.a)?;
@@ -363,14 +364,14 @@ where
         Ok(())
     }
 
-    /// Carry out what a transition asked for; `Some(code)` ends the session.
-    pub fn perform(&mut self, effect: Effect) -> Option<u8> {
+    /// Carry out what a transition asked for; `Some(status)` ends the session.
+    pub fn perform(&mut self, effect: Effect) -> Option<ExitStatus> {
         let pair = |app: &App, i: usize| {
             app.analysis()
                 .and_then(|a| a.comparison.records.get(i).cloned())
         };
         match effect {
-            Effect::Quit => return Some(0),
+            Effect::Quit => return Some(ExitStatus::Success),
             Effect::None => {}
             Effect::Load(req) => {
                 let i = match req {
@@ -435,8 +436,8 @@ where
         }
     }
 
-    /// One input event; `Some(code)` ends the session.
-    fn on_event(&mut self, ev: Event) -> Option<u8> {
+    /// One input event; `Some(status)` ends the session.
+    fn on_event(&mut self, ev: Event) -> Option<ExitStatus> {
         let effect = match ev {
             Event::Key(k) => {
                 self.pending_keys.push(Instant::now());
@@ -482,14 +483,14 @@ where
         rx: &mpsc::Receiver<LoaderMsg>,
         progress: &Progress,
         interrupted: &AtomicBool,
-    ) -> Result<u8, TuiError> {
+    ) -> Result<ExitStatus, TuiError> {
         loop {
             let iteration = Instant::now();
             if self.dirty {
                 self.draw()?;
             }
             if interrupted.load(Ordering::Relaxed) {
-                return Ok(130);
+                return Ok(ExitStatus::Interrupted);
             }
             let before_poll = Instant::now();
             let ready = event::poll(Duration::from_millis(40))?;
@@ -639,7 +640,7 @@ mod tests {
     fn effects_are_performed_with_the_current_readers() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, rx) = session(80, 24);
-        assert_eq!(s.perform(Effect::Quit), Some(0));
+        assert_eq!(s.perform(Effect::Quit), Some(ExitStatus::Success));
         // Before any comparison there is nothing to read from.
         assert_eq!(s.perform(Effect::Export(4)), None);
         assert!(s.app.message().unwrap().error);

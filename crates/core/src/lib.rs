@@ -18,6 +18,7 @@ pub mod analysis;
 pub mod cards;
 pub mod dtype;
 pub mod escape;
+pub mod exit;
 pub mod export;
 pub mod files;
 pub mod glob;

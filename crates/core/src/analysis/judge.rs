@@ -35,6 +35,7 @@ use super::compare::{Basis, Comparison, PairRecord};
 use super::gaps::{AllowMissing, Gap, gaps};
 use super::tolerance::{Tol, TolConfig};
 use super::{AnalysisError, jf64};
+use crate::exit::ExitStatus;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -276,28 +277,35 @@ pub struct Verdict {
     /// The class of what paired up (equal to `class` unless that is `incomplete`).
     pub compared: VerdictClass,
     pub passed: bool,
-    /// 0 within tolerance, 1 divergence, 3 not comparable, 4 incomplete.
+    /// The code of [`status`](Self::status) (kept as a number for the JSON report): 0 within
+    /// tolerance, 1 divergence, 3 not comparable, 4 incomplete.
     pub exit_code: u8,
     /// One paragraph.
     pub summary: String,
 }
 
 impl Verdict {
+    /// The exit status of `report` for this verdict (a saved verdict with an unknown code
+    /// counts as incomplete).
+    pub fn status(&self) -> ExitStatus {
+        ExitStatus::from_code(self.exit_code).unwrap_or(ExitStatus::Incomplete)
+    }
+
     /// What the exit code says: `within tolerance`, `diverges`, `not comparable` or
     /// `incomplete`.
     pub fn outcome(&self) -> &'static str {
-        match self.exit_code {
-            0 => "within tolerance",
-            1 => "diverges",
-            3 => "not comparable",
+        match self.status() {
+            ExitStatus::Success => "within tolerance",
+            ExitStatus::Diverged => "diverges",
+            ExitStatus::NotComparable => "not comparable",
             _ => "incomplete",
         }
     }
 
     /// [`outcome`](Self::outcome) as the text report and the TUI shout it: failures upper-case.
     pub fn outcome_loud(&self) -> String {
-        match self.exit_code {
-            0 => self.outcome().to_string(),
+        match self.status() {
+            ExitStatus::Success => self.outcome().to_string(),
             _ => self.outcome().to_uppercase(),
         }
     }
@@ -1064,17 +1072,17 @@ fn verdict(c: &Comparison, f: &Findings, k: &Criteria) -> Verdict {
         summary.push(' ');
         summary.push_str(&t);
     }
-    let exit_code = match class {
-        VerdictClass::Structural => 3,
-        VerdictClass::Incomplete => 4,
-        _ if passed => 0,
-        _ => 1,
+    let status = match class {
+        VerdictClass::Structural => ExitStatus::NotComparable,
+        VerdictClass::Incomplete => ExitStatus::Incomplete,
+        _ if passed => ExitStatus::Success,
+        _ => ExitStatus::Diverged,
     };
     Verdict {
         class,
         compared,
-        passed: exit_code == 0,
-        exit_code,
+        passed: status == ExitStatus::Success,
+        exit_code: status.code(),
         summary,
     }
 }

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::analysis::noise::{AGREE_ABS, AGREE_REL};
 use crate::analysis::{Comparison, Judgement, Status};
+use crate::exit::ExitStatus;
 use crate::image::encode_png;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -519,9 +520,9 @@ pub fn render_html(c: &Comparison, j: &Judgement, extras: &ReportExtras) -> Stri
     let v = &j.verdict;
     let mut s = String::new();
     let mark = v.outcome();
-    let cls = match v.exit_code {
-        0 => "ok",
-        3 => "warn",
+    let cls = match v.status() {
+        ExitStatus::Success => "ok",
+        ExitStatus::NotComparable => "warn",
         _ => "bad",
     };
     let _ = write!(

@@ -4,6 +4,7 @@
 
 use super::{Labels, failing, key_rows, sci};
 use crate::analysis::{Comparison, Judgement};
+use crate::exit::ExitStatus;
 use std::fmt::Write;
 
 const MAX_ROWS: usize = 40;
@@ -21,9 +22,9 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
     let mut s = String::new();
     let mark = format!(
         "{} {}",
-        match v.exit_code {
-            0 => "✅",
-            3 => "⚠️",
+        match v.status() {
+            ExitStatus::Success => "✅",
+            ExitStatus::NotComparable => "⚠️",
             _ => "❌",
         },
         v.outcome()

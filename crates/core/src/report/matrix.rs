@@ -12,6 +12,7 @@
 use crate::analysis::{
     AllowMissing, CompareOptions, Criteria, TolConfig, VerdictClass, compare_paths, judge,
 };
+use crate::exit::ExitStatus;
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,14 @@ pub struct Matrix {
     pub exit_code: u8,
 }
 
+impl Matrix {
+    /// The exit status of `report --matrix`: the worst over the rows (an unknown code, which
+    /// no row holds, counts as unreadable).
+    pub fn status(&self) -> ExitStatus {
+        ExitStatus::from_code(self.exit_code).unwrap_or(ExitStatus::Usage)
+    }
+}
+
 fn size_of(name: &str) -> Option<(u32, u32)> {
     let (w, h) = name.strip_suffix(".sdt")?.split_once('x')?;
     Some((w.parse().ok()?, h.parse().ok()?))
@@ -113,7 +122,7 @@ fn row(
         size: size_of(&name),
         name,
         verdict: "error".into(),
-        exit_code: 2,
+        exit_code: ExitStatus::Usage.code(),
         first_non_identical: None,
         first_over_tolerance: None,
         source: None,
@@ -191,9 +200,9 @@ pub fn matrix(
         exit_code: rows
             .iter()
             .map(|r| r.exit_code)
-            .chain(unpaired.then_some(4))
+            .chain(unpaired.then_some(ExitStatus::Incomplete.code()))
             .max()
-            .unwrap_or(0),
+            .unwrap_or(ExitStatus::Success.code()),
         rows,
         only_a,
         only_b,

@@ -1,0 +1,62 @@
+//! `sdtrace diff`: the interactive comparison (the TUI); this module only turns flags into
+//! [`sdtrace::tui::DiffOptions`].
+
+use anyhow::Result;
+use sdtrace::exit::ExitStatus;
+use std::path::PathBuf;
+
+pub const DIFF_HELP: &str = "\
+Shows the same analysis as `sdtrace report`. Payload metrics are computed in the background
+(progress in the title bar); a trace still being recorded is followed as it grows.
+Keys: arrows/hjkl move, Enter drills down, Esc/Backspace back, Tab switches panes, f first
+over tolerance, s source, a amplification onset, m metric, t tolerance, / filter, n/N next or
+previous failing cell, e export, 1-5 views, ? all keys, q quit. NO_COLOR turns colour off.";
+
+/// Flags of `sdtrace diff`.
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    /// Trace A, the reference (.sdt)
+    a: PathBuf,
+    /// Trace B, the run under test (.sdt)
+    b: PathBuf,
+    #[command(flatten)]
+    judge: super::judge::JudgeArgs,
+    /// Do not capture the mouse (clicks select cells otherwise)
+    #[arg(long)]
+    no_mouse: bool,
+    /// Folder that `e` exports the selected tensors to
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    export_dir: PathBuf,
+    /// Terminal graphics for the image view
+    #[arg(long, value_enum, value_name = "PROTOCOL", default_value_t = super::values::Graphics::Auto)]
+    graphics: super::values::Graphics,
+}
+
+/// Run the command.
+pub fn run(args: DiffArgs) -> Result<ExitStatus> {
+    let DiffArgs {
+        a,
+        b,
+        judge,
+        no_mouse,
+        export_dir,
+        graphics,
+    } = args;
+    let compare = judge.compare_options()?;
+    let criteria = judge.criteria()?;
+    let opts = sdtrace::tui::DiffOptions {
+        tol: compare.tol,
+        map: compare.map,
+        a,
+        b,
+        floor: judge.noise_floor,
+        criteria,
+        threads: judge.threads,
+        mouse: !no_mouse,
+        export_dir,
+        poll: std::time::Duration::from_millis(500),
+        timings: std::env::var_os("SDTRACE_DIFF_TIMINGS").map(PathBuf::from),
+        graphics: graphics.protocol(),
+    };
+    Ok(sdtrace::tui::run(opts)?)
+}

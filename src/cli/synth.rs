@@ -1,0 +1,49 @@
+//! `sdtrace synth`: a deterministic random-weight model (diffusers folder or one LDM file) for
+//! tests, demos and benchmarks without downloads.
+
+use anyhow::Result;
+use sdtrace::exit::ExitStatus;
+use std::path::PathBuf;
+
+/// Flags of `sdtrace synth`.
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    /// Output folder (created; existing files in it are replaced), or file with --format ldm
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32);
+    /// sdxl-tiny: SDXL's structure (two text encoders, text_time UNet) at tiny widths; sdxl:
+    /// SDXL base's real shapes (10 GB of f32). SDXL sizes are diffusers folders only
+    #[arg(long, default_value = "tiny", value_name = "SIZE")]
+    size: sdtrace::model::synth::SynthSize,
+    /// Seed of the weights
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Layout of the model (both hold the same weights)
+    #[arg(long, value_enum, default_value_t = super::values::SynthFormat::Diffusers, value_name = "FORMAT")]
+    format: super::values::SynthFormat,
+    /// Weight dtype of an ldm file: f32 or f16
+    #[arg(long, default_value = "f32", value_parser = sdtrace::pipeline::parse_dtype)]
+    dtype: sdtrace::pipeline::ModelDType,
+}
+
+/// Run the command.
+pub fn run(args: SynthArgs) -> Result<ExitStatus> {
+    let SynthArgs {
+        out,
+        size,
+        seed,
+        format,
+        dtype,
+    } = args;
+    match format {
+        super::values::SynthFormat::Ldm => {
+            sdtrace::model::synth::write_checkpoint_file(&out, size, seed, dtype)?
+        }
+        super::values::SynthFormat::Diffusers => {
+            sdtrace::model::synth::write_model(&out, size, seed)?
+        }
+    }
+    eprintln!("wrote a synthetic {size:?} model to {}", out.display());
+    Ok(ExitStatus::Success)
+}

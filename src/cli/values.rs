@@ -1,0 +1,101 @@
+//! Flags with a closed set of values, as [`clap::ValueEnum`]s: clap validates them, lists them
+//! in `--help` and in its error, and the commands match on variants instead of strings. Each
+//! converts into the library type it selects.
+
+use clap::ValueEnum;
+use sdtrace::report::Format;
+use sdtrace::tui::graphics::Protocol;
+
+/// `synth --format`: the layout of the written model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SynthFormat {
+    /// A diffusers folder.
+    Diffusers,
+    /// One .safetensors file as A1111 loads, written by the documented key mapping.
+    Ldm,
+}
+
+/// `diff --graphics`: the terminal graphics protocol of the image view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Graphics {
+    /// Detect: kitty's protocol in kitty, Ghostty, WezTerm and Konsole; iTerm2's in iTerm2;
+    /// none in tmux or under NO_COLOR.
+    Auto,
+    /// kitty's graphics protocol.
+    Kitty,
+    /// iTerm2's inline images.
+    #[value(alias = "iterm2")]
+    Iterm,
+    /// Half-block pictures only.
+    #[value(alias = "none")]
+    Off,
+}
+
+impl Graphics {
+    /// The protocol to use, `None` to detect it.
+    pub fn protocol(self) -> Option<Protocol> {
+        match self {
+            Graphics::Auto => None,
+            Graphics::Kitty => Some(Protocol::Kitty),
+            Graphics::Iterm => Some(Protocol::Iterm),
+            Graphics::Off => Some(Protocol::Off),
+        }
+    }
+}
+
+/// `report --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Plain text.
+    Text,
+    /// JSON (schema in docs/REPORT.md).
+    Json,
+    /// Markdown.
+    #[value(alias = "md")]
+    Markdown,
+    /// JUnit XML.
+    Junit,
+    /// One self-contained HTML page.
+    Html,
+}
+
+impl From<ReportFormat> for Format {
+    fn from(f: ReportFormat) -> Format {
+        match f {
+            ReportFormat::Text => Format::Text,
+            ReportFormat::Json => Format::Json,
+            ReportFormat::Markdown => Format::Markdown,
+            ReportFormat::Junit => Format::Junit,
+            ReportFormat::Html => Format::Html,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name clap accepts means what the library's own parser makes of it.
+    #[test]
+    fn names_agree_with_the_library_parsers() {
+        for f in ReportFormat::value_variants() {
+            let name = f.to_possible_value().map(|v| v.get_name().to_string());
+            let name = name.unwrap_or_default();
+            assert_eq!(name.parse::<Format>(), Ok(Format::from(*f)), "{name}");
+        }
+        assert_eq!(
+            ReportFormat::from_str("md", false),
+            Ok(ReportFormat::Markdown)
+        );
+        for g in Graphics::value_variants() {
+            let name = g.to_possible_value().map(|v| v.get_name().to_string());
+            let name = name.unwrap_or_default();
+            match g.protocol() {
+                None => assert_eq!(name, "auto"),
+                Some(p) => assert_eq!(name.parse::<Protocol>(), Ok(p), "{name}"),
+            }
+        }
+        assert_eq!(Graphics::from_str("none", false), Ok(Graphics::Off));
+        assert_eq!(Graphics::from_str("iterm2", false), Ok(Graphics::Iterm));
+    }
+}
