@@ -27,6 +27,18 @@ pub enum Prediction {
     VPrediction,
 }
 
+impl BlockConfig {
+    /// A level of `out_channels` channels, `cross_attention` transformer layers (`None`: a
+    /// plain level) and `heads` attention heads.
+    pub fn new(out_channels: usize, cross_attention: Option<usize>, heads: usize) -> Self {
+        BlockConfig {
+            out_channels,
+            cross_attention,
+            heads,
+        }
+    }
+}
+
 /// A UNet2DConditionModel configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UNetConfig {
@@ -125,16 +137,11 @@ impl UNetConfig {
     /// levels, the first without attention, 2 and 10 transformer layers in the others, 2048-wide
     /// text embeddings (two encoders), linear projections and the `text_time` added conditioning.
     pub fn sdxl() -> Self {
-        let level = |c, depth: Option<usize>, h| BlockConfig {
-            out_channels: c,
-            cross_attention: depth,
-            heads: h,
-        };
         UNetConfig {
             blocks: vec![
-                level(320, None, 5),
-                level(640, Some(2), 10),
-                level(1280, Some(10), 20),
+                BlockConfig::new(320, None, 5),
+                BlockConfig::new(640, Some(2), 10),
+                BlockConfig::new(1280, Some(10), 20),
             ],
             cross_attention_dim: 2048,
             use_linear_projection: true,
@@ -150,16 +157,11 @@ impl UNetConfig {
     /// SDXL's structure at tiny widths: a plain first level, then 1 and 2 transformer layers,
     /// 64-wide text embeddings (two 32-wide encoders), a 32-wide pooled embedding.
     pub fn sdxl_tiny() -> Self {
-        let level = |c, depth: Option<usize>, h| BlockConfig {
-            out_channels: c,
-            cross_attention: depth,
-            heads: h,
-        };
         UNetConfig {
             blocks: vec![
-                level(32, None, 2),
-                level(64, Some(1), 4),
-                level(64, Some(2), 4),
+                BlockConfig::new(32, None, 2),
+                BlockConfig::new(64, Some(1), 4),
+                BlockConfig::new(64, Some(2), 4),
             ],
             cross_attention_dim: 64,
             use_linear_projection: true,

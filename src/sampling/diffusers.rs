@@ -458,6 +458,51 @@ fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The descending timesteps `set_timesteps(n)` gives `class` with `spacing` (before Karras):
+/// `linspace` rounds to integers except for Euler (fractional, via f32); DPM-Solver spaces
+/// n + 1 points and drops the last; `leading` adds `steps_offset`; `trailing` counts down from
+/// `n_train` by `n_train / n`, rounded, minus 1.
+fn spaced_timesteps(
+    class: SchedulerClass,
+    spacing: Spacing,
+    n_train: usize,
+    n: usize,
+    offset: f64,
+) -> Vec<f64> {
+    let nt = n_train as f64;
+    let points = if class == SchedulerClass::DpmSolverMultistep {
+        n + 1
+    } else {
+        n
+    };
+    let ascending: Vec<f64> = match spacing {
+        Spacing::Linspace => np_linspace(0.0, nt - 1.0, points),
+        Spacing::Leading => {
+            let ratio = (n_train / points) as f64;
+            (0..points).map(|i| i as f64 * ratio + offset).collect()
+        }
+        Spacing::Trailing => {
+            return np_arange_down(nt, nt / n as f64)
+                .into_iter()
+                .map(|x| x.round_ties_even() - 1.0)
+                .collect();
+        }
+    };
+    let fractional = class == SchedulerClass::Euler && spacing == Spacing::Linspace;
+    ascending
+        .into_iter()
+        .rev()
+        .take(n)
+        .map(|x| {
+            if fractional {
+                x as f32 as f64
+            } else {
+                x.round_ties_even()
+            }
+        })
+        .collect()
+}
+
 /// σ = √((1 − ᾱ)/ᾱ), each operation in f32 as a PyTorch f32 tensor computes it.
 fn sigma_of(a: f32) -> f32 {
     ((1.0 - a) / a).sqrt()
@@ -510,78 +555,31 @@ impl DiffusersSchedule {
         };
         let nt = n_train as f64;
         let offset = config.steps_offset as f64;
-        let (timesteps, sigmas): (Vec<f64>, Vec<f64>) = match class {
-            SchedulerClass::Euler => {
-                let t: Vec<f64> = match spacing {
-                    Spacing::Linspace => np_linspace(0.0, nt - 1.0, n)
-                        .into_iter()
-                        .rev()
-                        .map(|x| x as f32 as f64)
-                        .collect(),
-                    Spacing::Leading => {
-                        let ratio = (n_train / n) as f64;
-                        (0..n).rev().map(|i| i as f64 * ratio + offset).collect()
-                    }
-                    Spacing::Trailing => np_arange_down(nt, nt / n as f64)
-                        .into_iter()
-                        .map(|x| x.round_ties_even() - 1.0)
-                        .collect(),
-                };
-                let s: Vec<f64> = t.iter().map(|&x| interp(x, &table)).collect();
-                if karras {
-                    let s = karras_sigmas(s[n - 1], s[0], n);
-                    let t = s.iter().map(|&x| sigma_to_t(x, &log_table)).collect();
-                    (t, s)
-                } else {
-                    (t, s)
-                }
-            }
-            SchedulerClass::DpmSolverMultistep => {
-                let t: Vec<f64> = match spacing {
-                    Spacing::Linspace => np_linspace(0.0, nt - 1.0, n + 1)
-                        .into_iter()
-                        .map(f64::round_ties_even)
-                        .rev()
-                        .take(n)
-                        .collect(),
-                    Spacing::Leading => {
-                        let ratio = (n_train / (n + 1)) as f64;
-                        (1..=n).rev().map(|i| i as f64 * ratio + offset).collect()
-                    }
-                    Spacing::Trailing => np_arange_down(nt, nt / n as f64)
-                        .into_iter()
-                        .map(|x| x.round_ties_even() - 1.0)
-                        .collect(),
-                };
-                if karras {
-                    let s = karras_sigmas(table[0] as f64, table[n_train - 1] as f64, n);
-                    let t = s
-                        .iter()
-                        .map(|&x| sigma_to_t(x, &log_table).round_ties_even())
-                        .collect();
-                    (t, s)
-                } else {
-                    let s = t.iter().map(|&x| interp(x, &table)).collect();
-                    (t, s)
-                }
-            }
-            SchedulerClass::Ddim => {
-                let t: Vec<f64> = match spacing {
-                    Spacing::Linspace => np_linspace(0.0, nt - 1.0, n)
-                        .into_iter()
-                        .map(f64::round_ties_even)
-                        .rev()
-                        .collect(),
-                    Spacing::Leading => {
-                        let ratio = (n_train / n) as f64;
-                        (0..n).rev().map(|i| i as f64 * ratio + offset).collect()
-                    }
-                    Spacing::Trailing => np_arange_down(nt, nt / n as f64)
-                        .into_iter()
-                        .map(|x| x.round_ties_even() - 1.0)
-                        .collect(),
-                };
+        let t = spaced_timesteps(class, spacing, n_train, n, offset);
+        let interpolated = |t: &[f64]| t.iter().map(|&x| interp(x, &table)).collect::<Vec<_>>();
+        let (timesteps, sigmas): (Vec<f64>, Vec<f64>) = match (class, karras) {
+            (SchedulerClass::Ddim, _) => {
                 let s = t.iter().map(|&x| table[x as usize] as f64).collect();
+                (t, s)
+            }
+            (_, false) => {
+                let s = interpolated(&t);
+                (t, s)
+            }
+            (SchedulerClass::Euler, true) => {
+                // Between the interpolated ends of the spaced schedule.
+                let ends = interpolated(&[t[n - 1], t[0]]);
+                let s = karras_sigmas(ends[0], ends[1], n);
+                let t = s.iter().map(|&x| sigma_to_t(x, &log_table)).collect();
+                (t, s)
+            }
+            (SchedulerClass::DpmSolverMultistep, true) => {
+                // Between the table's ends, with integer timesteps.
+                let s = karras_sigmas(table[0] as f64, table[n_train - 1] as f64, n);
+                let t = s
+                    .iter()
+                    .map(|&x| sigma_to_t(x, &log_table).round_ties_even())
+                    .collect();
                 (t, s)
             }
         };
