@@ -689,6 +689,7 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
         amp: amp.as_ref(),
         image,
         gaps: &gaps,
+        sampler_parts: parts,
     };
     let verdict = verdict(c, &found, criteria);
     Judgement {
@@ -729,6 +730,9 @@ struct Findings<'a> {
     amp: Option<&'a Amplification>,
     image: Option<usize>,
     gaps: &'a [Gap],
+    /// The `sampler.x` record where samplers that step differently by design part (the
+    /// source then).
+    sampler_parts: Option<usize>,
 }
 
 /// The final image against the PSNR/SSIM thresholds: `None` when no threshold is set, else
@@ -937,10 +941,7 @@ fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
             ),
         );
     }
-    if let Some(s) = f.source.filter(|s| {
-        s.key == "sampler.x"
-            && Some(s.step.unwrap_or(0)) == sampler_parts_at(&c.a.header, &c.b.header)
-    }) {
+    if let Some(i) = f.sampler_parts {
         return (
             VerdictClass::Sampler,
             format!(
@@ -951,7 +952,7 @@ fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
                     .map(HeaderDiff::describe)
                     .collect::<Vec<_>>()
                     .join(", "),
-                recs[s.index].label()
+                recs[i].label()
             ),
         );
     }
