@@ -1,7 +1,6 @@
 """`sdtrace.record` on a real diffusers StableDiffusionPipeline: the tiny model `sdtrace synth`
 writes, loaded by diffusers offline, 3 Euler steps at 64×64 on the CPU."""
 
-import os
 import shutil
 import subprocess
 
@@ -10,17 +9,12 @@ import pytest
 import torch
 
 import sdtrace
+from helpers import sdtrace_bin
 
 diffusers = pytest.importorskip("diffusers")
 
 PROMPT = dict(prompt="a lighthouse at dusk", negative_prompt="blurry", num_inference_steps=3, height=64, width=64, guidance_scale=7.0)
 
-
-def sdtrace_bin():
-    exe = os.environ.get("SDTRACE_BIN") or shutil.which("sdtrace")
-    if not exe or not os.path.exists(exe):
-        pytest.skip("no sdtrace binary (tests/run.sh sets SDTRACE_BIN)")
-    return exe
 
 
 @pytest.fixture(scope="module")

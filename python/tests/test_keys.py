@@ -2,14 +2,13 @@
 Python — the documented SD 1.x/2.x pairs, the architecture read off the tiny single-file
 checkpoint `sdtrace synth --format ldm` writes, and refusal of other model families."""
 
-import os
-import shutil
 import subprocess
 
 import pytest
 
 import sdtrace
 from sdtrace import keys
+from helpers import sdtrace_bin
 
 PAIRS = [
     ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1", "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1"),
@@ -24,12 +23,6 @@ PAIRS = [
     ("text_encoder.encoder.layers.11", "cond_stage_model.transformer.text_model.encoder.layers.11"),
 ]
 
-
-def sdtrace_bin():
-    exe = os.environ.get("SDTRACE_BIN") or shutil.which("sdtrace")
-    if not exe or not os.path.exists(exe):
-        pytest.skip("no sdtrace binary (tests/run.sh sets SDTRACE_BIN)")
-    return exe
 
 
 @pytest.mark.parametrize("ours,ldm", PAIRS)

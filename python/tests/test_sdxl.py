@@ -3,8 +3,6 @@ StableDiffusionXLPipeline offline: every weight file matches the module it is lo
 generation runs. `sdtrace record` and `sdtrace.record` refuse SDXL with a message until the SDXL
 pipeline lands (issue #25)."""
 
-import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -13,15 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 import sdtrace
+from helpers import sdtrace_bin
 
 diffusers = pytest.importorskip("diffusers")
 
-
-def sdtrace_bin():
-    exe = os.environ.get("SDTRACE_BIN") or shutil.which("sdtrace")
-    if not exe or not os.path.exists(exe):
-        pytest.skip("no sdtrace binary (tests/run.sh sets SDTRACE_BIN)")
-    return exe
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,12 @@ import pytest
 import torch
 
 import sdtrace
+from helpers import sdtrace_bin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PROMPT, NEGATIVE = "a lighthouse at dusk", "blurry"
 
-
-def sdtrace_bin():
-    exe = os.environ.get("SDTRACE_BIN")
-    if not exe or not os.path.exists(exe):
-        pytest.skip("no sdtrace binary (tests/run.sh sets SDTRACE_BIN)")
-    return exe
 
 
 @pytest.fixture(scope="module")
