@@ -92,6 +92,8 @@ class Session:
         self.path = self.writer.path
         self.failed = None
         self.skipped = []
+        # Free fields for the run end (FORMAT.md §2.6): what the host observed during the run.
+        self.run_end = {}
         self._handles = []
         self.step = None
         self.eval = 0
@@ -116,7 +118,7 @@ class Session:
         self.remove_hooks()
         try:
             if not self.writer.finished:
-                self.writer.finish("failed", self.failed)
+                self.writer.finish("failed", self.failed, extra=self.run_end)
         except Exception:  # noqa: BLE001
             pass
 
@@ -193,7 +195,7 @@ class Session:
             self.writer.steps_completed = steps_completed
         try:
             if not self.writer.finished:
-                self.writer.finish(status, reason)
+                self.writer.finish(status, reason, extra=self.run_end)
         except Exception as e:  # noqa: BLE001
             log.warning("sdtrace (%s): closing %s failed: %s", self.host, self.path, e)
 

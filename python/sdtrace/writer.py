@@ -69,14 +69,16 @@ class Writer:
     def finished(self):
         return self._rec.finished
 
-    def finish(self, status="complete", reason=None):
-        """Close the trace with a run-end (``complete``, ``interrupted`` or ``failed``)."""
+    def finish(self, status="complete", reason=None, extra=None):
+        """Close the trace with a run-end (``complete``, ``interrupted`` or ``failed``);
+        ``extra``, a dict, adds free fields to it (what a host observed during the run)."""
         return self._rec.finish(
             status,
             reason,
             self.steps_completed,
             self.steps_planned,
             int((time.monotonic() - self._started) * 1000),
+            json.dumps(_plain(extra)) if extra else None,
         )
 
     def __enter__(self):

@@ -14,6 +14,7 @@ use sdtrace_core::DType;
 use sdtrace_core::analysis::{AllowMissing, CompareOptions, Criteria, FailOn, TolConfig};
 use sdtrace_core::probe::{Policy, Probe, TensorView};
 use sdtrace_core::trace::{RunEnd, RunHeader, RunStatus, TraceReader, TraceWriter, WriterOptions};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
@@ -48,6 +49,16 @@ fn run_status(name: &str) -> PyResult<RunStatus> {
 
 /// A trace being written: the Rust probe (policy + summaries + background writer) behind a
 /// lock, so `finish` can take it while other calls share it.
+/// The run end's own fields (FORMAT.md §2.6), which extra fields may not name.
+const RUN_END_FIELDS: [&str; 6] = [
+    "status",
+    "reason",
+    "steps_completed",
+    "steps_planned",
+    "elapsed_ms",
+    "nonfinite",
+];
+
 #[pyclass(module = "sdtrace._native")]
 struct Recorder {
     probe: RwLock<Option<Probe>>,
@@ -174,8 +185,10 @@ impl Recorder {
     }
 
     /// Close the trace with a run-end frame saying how the run ended; the file is whole after
-    /// this, whatever the status.
-    #[pyo3(signature = (status="complete", reason=None, steps_completed=None, steps_planned=None, elapsed_ms=None))]
+    /// this, whatever the status. `extra_json`, a JSON object, adds free fields to the run end
+    /// (what a host observed during the run, FORMAT.md §2.6).
+    #[pyo3(signature = (status="complete", reason=None, steps_completed=None, steps_planned=None, elapsed_ms=None, extra_json=None))]
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         py: Python<'_>,
@@ -184,8 +197,23 @@ impl Recorder {
         steps_completed: Option<u32>,
         steps_planned: Option<u32>,
         elapsed_ms: Option<u64>,
+        extra_json: Option<&str>,
     ) -> PyResult<u64> {
         let status = run_status(status)?;
+        let extra = match extra_json {
+            None => BTreeMap::new(),
+            Some(text) => serde_json::from_str::<BTreeMap<String, serde_json::Value>>(text)
+                .map_err(|e| {
+                    err(format!(
+                        "the run end's extra fields must be a JSON object: {e}"
+                    ))
+                })?,
+        };
+        if let Some(known) = extra.keys().find(|k| RUN_END_FIELDS.contains(&k.as_str())) {
+            return Err(err(format!(
+                "the run end's extra field '{known}' is one of its own fields; name it otherwise"
+            )));
+        }
         let probe = self
             .probe
             .write()
@@ -205,7 +233,7 @@ impl Recorder {
             steps_planned,
             elapsed_ms,
             nonfinite,
-            ..RunEnd::default()
+            extra,
         };
         let written = py
             .detach(|| probe.finish_with(end))
