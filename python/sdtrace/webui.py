@@ -11,24 +11,47 @@ What is recorded, under the keys ``sdtrace record`` uses:
 - ``noise.initial``: what ``modules.rng.ImageRNG.first`` returns, whichever source draws it
   (``settings.rng``: ``torch-cpu`` for CPU, ``torch-cuda:SMS,THREADS`` for GPU, ``a1111-nv`` for
   NV); ENSD in ``settings.a1111.ensd``;
-- per step i (``on_cfg_denoiser`` / ``on_cfg_after_cfg``): ``sampler.x`` (the k-diffusion x the
-  denoiser gets), every UNet probe point (eval = UNet call within the step), ``sampler.eps.cond``
-  / ``sampler.eps.uncond`` (the UNet outputs, rows labelled by the webui's batch layout:
-  cond rows first, then uncond, in one call or several), ``sampler.denoised`` (CFG-combined x̂₀);
-  the final ``sampler.x`` at step n (``post_sample``);
+- per model evaluation (``on_cfg_denoiser`` / ``on_cfg_after_cfg``), at step i = the sampler's
+  step as k-diffusion's callback counts it and eval = the evaluation within the step (0, and 1
+  for the second evaluation of second-order samplers — Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++
+  SDE, the webui's ``SamplerData.options["second_order"]`` —, whose last step, to σ = 0, is one
+  evaluation): ``sampler.x`` (the k-diffusion x that evaluation gets), every UNet probe point
+  (eval = UNet call within the step, counted across its evaluations: the same number when cond
+  and uncond run batched), ``sampler.eps.cond`` / ``sampler.eps.uncond`` (the UNet outputs,
+  rows labelled by the webui's batch layout: cond rows first, then uncond, in one call or
+  several), ``sampler.denoised`` (CFG-combined x̂₀). The step is counted from the evaluations of
+  each pass (a new CFG denoiser per pass), not taken from the callbacks' ``sampling_step``:
+  the webui sets that in the sampler's callback, after a step's first evaluation, so it lags;
+- the final ``sampler.x`` of each pass, one step after its last (what the sampler's ``sample`` /
+  ``sample_img2img`` returned; the samplers ``sd_samplers.create_sampler`` makes for the batch
+  are watched; ``post_sample`` when none was);
 - ``vae.post_quant_conv``, ``vae.decoder`` (the webui decodes one image at a time; the batch is
   recorded once, concatenated) and ``image`` (what ``postprocess_batch`` gets).
 
-A hires-fix second pass is its own block: its steps are recorded at ``first_step + i`` with
-``first_step`` = first-pass steps + 1 (``settings.host.hires``), its noise as
-``noise.initial`` at step ``first_step``, its final ``sampler.x`` at ``first_step`` + its steps;
-the first pass's own final latent is not recorded then.
+A hires-fix second pass is its own block: the first pass's steps are 0 … n − 1 and its final
+latent is at step n; the second pass's steps are recorded at ``first_step + i`` with
+``first_step`` = n + 1 (``settings.host.hires``), its noise (drawn before ``before_hr``) as
+``noise.initial`` at step ``first_step``, its final ``sampler.x`` at ``first_step`` + its steps.
+The VAE points are those of the final decode (the webui decodes the first pass too for a
+non-latent upscaler; that decode is not recorded).
+
+Split cross-attention (Doggettx, V1, InvokeAI, sub-quadratic: ``model_hijack.optimization_method``)
+chooses its slices from the free memory at each call, so two cards differ: the slices each
+attention layer computed in the first UNet call of each pass are observed (a TorchFunctionMode
+counting ``softmax`` — one per Doggettx/V1/InvokeAI slice — and ``baddbmm`` — one per
+sub-quadratic (query, key) chunk — entered in the layer's forward pre-hook and left in its
+forward hook, also on exceptions; the hooks exist for that one call only) and written to the run
+end (FORMAT.md §2.6), not the header, which is written before the first UNet call:
+``attention_slices`` = {sdtrace key (``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1``
+…): count} for the first pass, ``attention_slices_hires`` for a hires pass.
 
 The header has the webui's version and commit, the command-line flags that change numerics, the
 active cross-attention optimisation, the RNG source, ENSD, the CFG row order and batching
 options, and the extra networks of the batch (LoRA etc. with their weights, embeddings named in
-the prompts). Known gaps (TODO): the Doggettx/InvokeAI split slice counts per layer are not
-observed; second-order samplers are numbered by denoiser call, not by step. On Forge (located
+the prompts). Known gaps (TODO): samplers whose evaluations per step vary otherwise (DPM fast /
+adaptive, Restart's restarts) are numbered as above, which is not their own step count; the
+split counts are read off the ops a layer calls, so a split kernel that computes its slices
+without ``softmax``/``baddbmm`` would record nothing. On Forge (located
 through ``forge_objects``) the rows of each UNet call are split by the labels Forge passes it
 (``transformer_options["cond_or_uncond"]``, its ComfyUI-style ``[uncond; cond]`` batching), which
 is tested against a stand-in only. A call of cond rows followed by as many uncond rows is stored
@@ -181,10 +204,16 @@ class Batch:
         self.map = ldm_map
         self.models = models
         self.steps = steps
-        self.offset = 0  # hires: steps of the second pass are recorded at offset + i
-        self.hires_pass = False
+        self.first_step = steps + 1  # where a second pass (hires fix) starts
+        self.offset = 0  # steps of the current pass are recorded at offset + i
+        self.passes = 0  # sampler passes started (a new CFG denoiser each)
+        self.denoiser = None
+        self.second_order = False
+        self.pass_evals = 0  # model evaluations so far in this pass
+        self.final_recorded = 0  # the last pass whose final latent is recorded
         self.text_calls = 0
         self.step = None
+        self.eval = 0
         self.calls = 0
         self.rows_seen = 0
         self.cond_rows = 0
@@ -194,8 +223,11 @@ class Batch:
         self.noises = 0
         self.restore = []
         self.first_step_seen = False
-        self.pass_steps = steps
+        self.pass_steps = 0
         self.call_labels = None
+        # Split cross-attention: the slices each attention layer computed in the first UNet call
+        # of each pass, observed (not re-derived) while that call runs.
+        self.attention = AttentionSlices(session) if _split_attention() else None
 
     # -- installing ------------------------------------------------------------------------------
     def install(self, rng_module):
@@ -225,6 +257,20 @@ class Batch:
                 module = _get(vae, path[len("first_stage_model."):]) if path else None
                 if module is not None and s._wanted(key):
                     s.add_handle(module.register_forward_hook(self._decoded(key)))
+        # Each sampler the webui creates for this batch (one per pass): what its pass returns
+        # is the pass's final latent (the first pass's too when a hires pass follows).
+        samplers = _sd_samplers()
+        if samplers is not None and callable(getattr(samplers, "create_sampler", None)):
+            create = samplers.create_sampler
+            batch_ = self
+
+            def create_sampler(*args, **kwargs):
+                sampler = create(*args, **kwargs)
+                batch_.s.guard("watching the sampler", batch_._watch_sampler, sampler)
+                return sampler
+
+            samplers.create_sampler = create_sampler
+            self.restore.append((samplers, "create_sampler", create))
         # The noise, wherever ImageRNG draws it from.
         original = rng_module.ImageRNG.first
         batch = self
@@ -249,7 +295,23 @@ class Batch:
             self.p.close = close
             self.restore.append((self.p, "close", None))
 
+    def _watch_sampler(self, sampler):
+        for name in ("sample", "sample_img2img"):
+            run = getattr(sampler, name, None)
+            if not callable(run):
+                continue
+
+            def wrapped(*args, _run=run, **kwargs):
+                out = _run(*args, **kwargs)
+                self.s.guard("recording the pass's final latent", self._on_pass_end, out)
+                return out
+
+            setattr(sampler, name, wrapped)
+            self.restore.append((sampler, name, None))
+
     def uninstall(self):
+        if self.attention is not None:
+            self.attention.stop()
         self.s.remove_hooks()
         while self.restore:
             owner, name, original = self.restore.pop()
@@ -265,30 +327,57 @@ class Batch:
             self.text_calls += 1
 
     def _on_noise(self, x):
+        # ImageRNG.first runs once per ImageRNG: the batch's noise, then (hires fix) the second
+        # pass's, which the webui draws before it calls before_hr.
         self.noises += 1
-        self.s.set_step(self.offset if self.hires_pass else None)
+        self.s.set_step(None if self.noises == 1 else self.first_step)
         self.s.tensor("noise.initial", x)
 
+    def _new_pass(self, denoiser):
+        self.passes += 1
+        self.denoiser = denoiser
+        self.pass_evals = 0
+        self.pass_steps = 0
+        self.offset = 0 if self.passes == 1 else self.first_step
+        self.second_order = _second_order(denoiser, self.p)
+        if self.attention is not None:
+            self.attention.pending = True
+
     def on_cfg_denoiser(self, params):
-        step = self.offset + params.sampling_step
-        if not self.first_step_seen and not self.hires_pass:
+        # The webui's `params.sampling_step` is the step of the sampler's last callback, which
+        # k-diffusion calls after a step's first evaluation: it lags. Steps are counted here
+        # from the evaluations of the pass instead (a new CFG denoiser each pass): two per step
+        # for second-order samplers (the last step, to σ = 0, is one Euler evaluation).
+        denoiser = getattr(params, "denoiser", None)
+        if self.passes == 0 or (denoiser is not None and denoiser is not self.denoiser):
+            self._new_pass(denoiser)
+        n = self.pass_evals
+        self.pass_evals += 1
+        i, e = divmod(n, 2) if self.second_order else (n, 0)
+        step = self.offset + i
+        self.pass_steps = i + 1
+        if not self.first_step_seen and self.passes == 1:
             self.first_step_seen = True
             self.s.set_step(None)
             if params.text_uncond is not None:
                 self.s.tensor("text.uncond", params.text_uncond)
             self.s.tensor("text.cond", params.text_cond)
-        self.step, self.calls, self.rows_seen, self.eps = step, 0, 0, {}
-        self.pass_steps = params.total_sampling_steps
+        if e == 0:
+            self.calls = 0  # UNet calls are numbered across the step's evaluations
+        self.step, self.eval, self.rows_seen, self.eps = step, e, 0, {}
         total = params.x.shape[0]
         uncond = params.text_uncond.shape[0] if params.text_uncond is not None else 0
         # The webui's batch: the cond rows (one block per sub-prompt), then the uncond rows.
         self.cond_rows = total - uncond
-        self.s.set_step(step, 0)
+        self.s.set_step(step, e)
         self.s.tensor("sampler.x", params.x[-uncond:] if uncond else params.x[: total])
 
     def _on_unet_in(self, module, args, kwargs):
         if self.s.active and self.step is not None:
             self.s.set_step(self.step, self.calls)
+            if self.attention is not None and self.attention.pending:
+                self.attention.pending = False
+                self.s.guard("observing the attention slices", self.attention.watch, self.models["unet"], self.map, self.passes)
             # Forge batches the ComfyUI way and says so: transformer_options["cond_or_uncond"]
             # labels each block of rows (0 = cond, 1 = uncond). The webui passes no labels.
             options = kwargs.get("transformer_options") if isinstance(kwargs, dict) else None
@@ -306,6 +395,8 @@ class Batch:
         return None
 
     def _on_unet_out(self, module, args, out):
+        if self.attention is not None:
+            self.attention.stop()
         if not self.s.active or self.step is None:
             return None
         self.s.cond_first(False)
@@ -332,24 +423,46 @@ class Batch:
     def on_cfg_after_cfg(self, params):
         import torch
 
-        self.s.set_step(self.step, 0)
+        if self.step is None:
+            return
+        self.s.set_step(self.step, self.eval)
         for label in ("uncond", "cond"):
             parts = self.eps.get(label)
             if parts:
                 self.s.tensor(f"sampler.eps.{label}", parts[0] if len(parts) == 1 else torch.cat(parts))
         self.s.tensor("sampler.denoised", params.x)
-        self.s.writer.steps_completed = params.sampling_step + 1
+        self.s.writer.steps_completed = self.step + 1
 
     def before_hr(self):
-        self.hires_pass = True
-        self.offset = self.steps + 1
+        # The second pass starts with the next evaluation (its sampler's new CFG denoiser says
+        # so too); its noise was drawn before this call.
+        self.denoiser = _NEXT_PASS
         self.step = None
 
+    def _final_latent(self, x):
+        """``x`` ended the current pass: record it one step after the pass's last one."""
+        import torch
+
+        if self.passes == 0 or self.final_recorded == self.passes or not isinstance(x, torch.Tensor):
+            return
+        self.final_recorded = self.passes
+        self.s.set_step(self.offset + self.pass_steps)
+        self.s.tensor("sampler.x", x)
+        self.step = None
+
+    def _on_pass_end(self, out):
+        if not self.s.active:
+            return
+        self._final_latent(out)
+        # What is decoded from here on is the image, unless a hires pass follows (the webui
+        # decodes the first pass for a non-latent upscaler).
+        if not (getattr(self.p, "enable_hr", False) and self.passes == 1):
+            self.decoding = True
+
     def post_sample(self, samples):
-        # The final x of the last pass: the first pass's at step n, the hires pass's at
-        # first_step + its steps (the first pass's own final x is not seen then).
-        self.s.set_step(self.offset + self.pass_steps if self.hires_pass else self.steps)
-        self.s.tensor("sampler.x", samples)
+        # The final latent when no sampler was watched (with hires fix the webui passes decoded
+        # images here, already recorded as the hires pass's end).
+        self._final_latent(samples)
         self.step = None
         self.decoding = True
 
@@ -369,6 +482,151 @@ class Batch:
             if parts:
                 self.s.tensor(key, torch.cat(parts))
         self.s.tensor("image", images.float())
+
+
+_NEXT_PASS = object()  # before_hr: the next evaluation starts a new pass
+
+# The webui's split cross-attention optimisations (`model_hijack.optimization_method`), whose
+# slices depend on the free memory at each call.
+SPLIT_ATTENTION = ("Doggettx", "V1", "InvokeAI", "sub-quadratic")
+
+
+def _optimization():
+    try:
+        from modules import sd_hijack
+
+        return getattr(sd_hijack.model_hijack, "optimization_method", None)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _split_attention():
+    return _optimization() in SPLIT_ATTENTION
+
+
+def _sd_samplers():
+    try:
+        from modules import sd_samplers
+
+        return sd_samplers
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _second_order(denoiser, p):
+    """Whether the pass's sampler evaluates the model twice per step: the webui's
+    ``SamplerData.options["second_order"]`` (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, Restart)
+    of the denoiser's sampler, else of ``p.sampler``."""
+    for sampler in (getattr(denoiser, "sampler", None), getattr(p, "sampler", None)):
+        options = getattr(getattr(sampler, "config", None), "options", None)
+        if isinstance(options, dict):
+            return bool(options.get("second_order", False))
+    return False
+
+
+class AttentionSlices:
+    """The slices (score blocks) each attention layer computes in one UNet call, observed:
+    while a watched layer's forward runs, a TorchFunctionMode (entered in its forward pre-hook,
+    left in its forward hook, which runs on exceptions too, and by :meth:`stop` whatever
+    happens) counts the calls of ``softmax`` and ``baddbmm``. Doggettx, V1 and InvokeAI compute
+    one softmax per slice; sub-quadratic one ``baddbmm`` per (query chunk, key chunk) block.
+    The hooks live for that one UNet call only."""
+
+    def __init__(self, session):
+        self.s = session
+        self.pending = False
+        self.handles = []
+        self.open = []  # (key, mode) entered and not yet left, innermost last
+        self.found = {}
+        self.pass_index = 0
+
+    def watch(self, unet, ldm_map, pass_index):
+        root, module = unet
+        if module is None or ldm_map is None:
+            return
+        self.pass_index = pass_index
+        self.found = {}
+        for name, m in module.named_modules():
+            key = ldm_map.from_ldm(f"{root}.{name}" if name else root)
+            if key is None or not key.startswith("unet.") or not key.endswith((".attn1", ".attn2")):
+                continue
+            self.handles.append(m.register_forward_pre_hook(self._enter(key)))
+            try:  # first among the forward hooks (the recorder's run outside the count)
+                self.handles.append(m.register_forward_hook(self._leave(key), prepend=True, always_call=True))
+            except TypeError:  # torch < 2.0: stop() leaves what an exception left open
+                self.handles.append(m.register_forward_hook(self._leave(key)))
+
+    def _enter(self, key):
+        def pre(module, args):
+            try:
+                mode = _op_counter()
+                mode.__enter__()
+                self.open.append((key, mode))
+            except Exception as e:  # noqa: BLE001
+                self.s.fail("observing the attention slices", e)
+            return None
+
+        return pre
+
+    def _leave(self, key):
+        def post(module, args, out):
+            if self.open and self.open[-1][0] == key:
+                self._close_top()
+            return None
+
+        return post
+
+    def _close_top(self):
+        key, mode = self.open.pop()
+        try:
+            import torch.overrides
+
+            stack = torch.overrides._get_current_function_mode_stack()
+            if stack and stack[-1] is mode:
+                mode.__exit__(None, None, None)
+            n = mode.counts.get("baddbmm", 0) or mode.counts.get("softmax", 0)
+            if n and key not in self.found:
+                self.found[key] = n
+        except Exception as e:  # noqa: BLE001
+            self.s.fail("observing the attention slices", e)
+
+    def stop(self):
+        """Leave every mode still entered and remove the hooks; file what was found."""
+        while self.open:
+            self._close_top()
+        while self.handles:
+            h = self.handles.pop()
+            try:
+                h.remove()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.found:
+            name = "attention_slices" if self.pass_index <= 1 else "attention_slices_hires"
+            self.s.run_end.setdefault(name, dict(sorted(self.found.items())))
+            self.found = {}
+
+
+_OP_COUNTER = []
+
+
+def _op_counter():
+    """A TorchFunctionMode counting the calls of ``softmax`` and ``baddbmm`` under it."""
+    if not _OP_COUNTER:
+        from torch.overrides import TorchFunctionMode
+
+        class OpCounter(TorchFunctionMode):
+            def __init__(self):
+                super().__init__()
+                self.counts = {}
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                name = getattr(func, "__name__", "")
+                if name in ("softmax", "baddbmm"):
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        _OP_COUNTER.append(OpCounter)
+    return _OP_COUNTER[0]()
 
 
 def _get(module, path):

@@ -7,6 +7,7 @@ that never reach the generation."""
 
 import importlib.util
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -60,12 +61,14 @@ def webui(files):
         spec.loader.exec_module(module)
         script = module.SdtraceScript()
         script.args_from, script.args_to = 0, 3
+        from modules import sd_hijack_optimizations
+
         yield SimpleNamespace(
             model=model, processing=processing, rng=rng, callbacks=script_callbacks, shared=shared, hijack=sd_hijack,
-            runner=scripts.ScriptRunner([script]), script=script,
+            runner=scripts.ScriptRunner([script]), script=script, ldm=ldm_tiny, optimizations=sd_hijack_optimizations,
         )
     finally:
-        for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.") or m == "ldm_tiny"]:
+        for name in [m for m in sys.modules if m.split(".")[0] in ("modules", "k_diffusion") or m == "ldm_tiny"]:
             del sys.modules[name]
         sys.path.remove(os.path.join(HERE, "fakes"))
         sys.path.remove(HERE)
@@ -84,6 +87,7 @@ def trace_in(folder):
 
 
 def clean(w):
+    assert not torch.overrides._get_current_function_mode_stack(), "a TorchFunctionMode was left entered"
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in w.model.modules()) and "first" in vars(w.rng.ImageRNG) and w.rng.ImageRNG.first.__qualname__ == "ImageRNG.first"
 
 
@@ -183,16 +187,72 @@ def test_rng_source_names(webui):
 def test_one_trace_per_batch_and_hires_as_its_own_block(webui, tmp_path):
     generate(webui, tmp_path / "iter", n_iter=2, seed=3)
     assert [os.path.basename(t.path) for t in trace_in(tmp_path / "iter")] == ["3_0.sdt", "4_1.sdt"]
-    generate(webui, tmp_path / "hr", enable_hr=True, hr_steps=4, denoising_strength=0.5)
+    _, plain = generate(webui, enabled=False, enable_hr=True, hr_steps=4, denoising_strength=0.5)
+    _, images = generate(webui, tmp_path / "hr", "full", enable_hr=True, hr_steps=4, denoising_strength=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(images, plain))
     (t,) = trace_in(tmp_path / "hr")
+    assert t.run_end["status"] == "complete"
     first = t.header["settings"]["host"]["hires"]["first_step"]
     assert first == 4
     steps = {r.step for r in t if r.key == "sampler.x"}
-    # First pass: steps 0..2; hires: 3 steps (4 at strength 0.5 → sigmas[1:]) from `first_step`,
-    # and its final x after them.
-    assert steps == {0, 1, 2, first, first + 1, first + 2, first + 3}
+    # First pass: steps 0..2 and its final latent at 3; hires (the webui draws its noise before
+    # before_hr): 4 steps from `first_step` (of a schedule of 4 / 0.5 = 8), its final x after.
+    assert steps == {0, 1, 2, 3, first, first + 1, first + 2, first + 3, first + 4}
     assert {r.step for r in t if r.key == "noise.initial"} == {None, first}
+    assert {r.step for r in t if r.key == "unet.conv_in"} == {0, 1, 2, first, first + 1, first + 2, first + 3}
+    # The first pass's final latent is what the hires pass started from: upscaled, plus its
+    # noise at the schedule's σ.
+    x3 = t.payload("sampler.x", step=3, as_="torch")
+    up = torch.nn.functional.interpolate(x3, scale_factor=2, mode="nearest")
+    sigma = webui.processing.CompVisDenoiser(webui.model).get_sigmas(8)[4]
+    start = up + t.payload("noise.initial", step=first, as_="torch") * sigma
+    assert torch.allclose(t.payload("sampler.x", step=first, as_="torch"), start, atol=1e-5)
+    assert not torch.allclose(x3, t.payload("sampler.x", step=2, as_="torch"), atol=1e-3)
+    # The image is the hires pass's decode (inside the hires pass, before post_sample).
     assert t.payload("image", as_="numpy").shape[-1] == 128
+    assert t.payload("vae.decoder", as_="numpy").shape[-1] == 128
+
+
+def test_second_order_samplers_are_numbered_by_step(webui, tmp_path, monkeypatch):
+    """Heun evaluates the model twice per step (k-diffusion's callback between the two), the
+    last step, to σ = 0, once: records are numbered by the callback's step i, eval = the
+    evaluation within the step, while the webui's own `sampling_step` lags."""
+    seen, steps_seen = [], []
+    real = webui.processing.sd_samplers.KDiffusionSampler.callback_state
+
+    def callback_state(self, d):
+        seen.append({k: d[k].clone() if torch.is_tensor(d[k]) else d[k] for k in ("i", "x", "denoised")})
+        return real(self, d)
+
+    monkeypatch.setattr(webui.processing.sd_samplers.KDiffusionSampler, "callback_state", callback_state)
+    webui.callbacks.on_cfg_denoiser(lambda params: steps_seen.append(params.sampling_step))
+    try:
+        _, plain = generate(webui, enabled=False, sampler_name="Heun")
+        steps_seen.clear()
+        seen.clear()
+        _, images = generate(webui, tmp_path, "full", sampler_name="Heun")
+    finally:
+        webui.callbacks.callbacks["cfg_denoiser"].pop()
+    assert all(torch.equal(a, b) for a, b in zip(images, plain))
+    assert steps_seen == [0, 0, 0, 1, 1], "the stand-in's sampling_step lags as the webui's does"
+    (t,) = trace_in(tmp_path)
+    evals = {(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)}
+    at = lambda key: {(r.step, r.eval) for r in t if r.key == key}
+    assert at("sampler.x") == evals | {(3, 0)}
+    assert at("sampler.denoised") == evals == at("sampler.eps.cond") == at("unet.conv_in") == at("unet.mid_block")
+    assert t.header["settings"]["sampler"] == "Heun" and t.run_end["steps_completed"] == 3
+    x = lambda step, e=0: t.payload("sampler.x", step=step, eval=e, as_="torch")
+    den = lambda step, e=0: t.payload("sampler.denoised", step=step, eval=e, as_="torch")
+    # Eval 0 of step i is what k-diffusion's callback i gets.
+    assert [d["i"] for d in seen] == [0, 1, 2]
+    for d in seen:
+        assert torch.equal(x(d["i"]), d["x"]) and torch.equal(den(d["i"]), d["denoised"])
+    # Eval 1 is the Euler prediction at σ_{i+1}, where the second evaluation runs.
+    sigmas = webui.processing.CompVisDenoiser(webui.model).get_sigmas(3)
+    for i in (0, 1):
+        predicted = x(i) + (x(i) - den(i)) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        assert torch.allclose(x(i, 1), predicted, atol=1e-5), i
+        assert not torch.allclose(x(i, 1), x(i + 1), atol=1e-4), i
 
 
 def test_a_failing_recorder_never_reaches_the_generation(webui, tmp_path, monkeypatch, caplog):
@@ -303,3 +363,95 @@ def test_a_webui_trace_is_a_first_class_trace(webui, files, tmp_path):
     assert report.returncode == 0, report.stdout + report.stderr
     first = report.stdout.splitlines()[0]
     assert "[sdtrace record]" in first and "[webui]" in first, first
+
+
+def attention_shapes(w, **kw):
+    """{sdtrace key: sorted distinct (batch·heads, queries, keys)} of every UNet attention call in
+    an unrecorded generation."""
+    shapes, handles = {}, []
+    for name, m in w.model.model.diffusion_model.named_modules():
+        if isinstance(m, w.ldm.CrossAttention):
+            key = sdtrace.keys.from_ldm(f"model.diffusion_model.{name}")
+
+            def pre(module, args, kwargs, key=key):
+                x = args[0]
+                context = kwargs.get("context", args[1] if len(args) > 1 else None)
+                m_tokens = x.shape[1] if context is None else context.shape[1]
+                shapes.setdefault(key, set()).add((x.shape[0] * module.heads, x.shape[1], m_tokens))
+
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        generate(w, enabled=False, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: sorted(v, key=lambda s: s[1]) for k, v in shapes.items()}
+
+
+def doggettx_slices(bh, n, m, free):
+    """The slices the webui's Doggettx attention cuts n queries into (f32)."""
+    needed = bh * n * m * 4 * 2.5
+    steps = 2 ** math.ceil(math.log2(needed / free)) if needed > free else 1
+    return len(range(0, n, n // steps))
+
+
+@pytest.fixture
+def doggettx(webui):
+    undo = webui.optimizations.apply(webui.ldm.CrossAttention, "Doggettx")
+    free = webui.shared.free_memory
+    try:
+        yield webui
+    finally:
+        undo()
+        webui.shared.free_memory = free
+
+
+def test_split_attention_slices_per_layer_are_observed(doggettx, tmp_path):
+    """Doggettx cuts each layer's queries by the free memory at the call: two "cards" with
+    different free memory record different slice counts per layer (in the run end: they are
+    observed during the first UNet call of each pass, after the header is written)."""
+    w = doggettx
+    shapes = attention_shapes(w, enable_hr=True, hr_steps=2)
+    assert len(shapes) >= 4 and all(len(v) == 2 for v in shapes.values())
+    biggest = max(bh * n * m * 10 for (bh, n, m), _ in shapes.values())  # f32 × 2.5
+    cards = {"roomy": 8 << 30, "tight": biggest // 3}
+    runs = {}
+    for card, free in cards.items():
+        w.shared.free_memory = free
+        _, plain = generate(w, enabled=False, enable_hr=True, hr_steps=2)
+        _, images = generate(w, tmp_path / card, enable_hr=True, hr_steps=2)
+        assert all(torch.equal(a, b) for a, b in zip(images, plain)), card
+        assert clean(w)
+        (t,) = trace_in(tmp_path / card)
+        assert t.run_end["status"] == "complete"
+        assert t.header["settings"]["host"]["cross_attention_optimization"] == "Doggettx"
+        runs[card] = t.run_end
+        for name, at in (("attention_slices", 0), ("attention_slices_hires", 1)):
+            want = {k: doggettx_slices(*v[at], free) for k, v in shapes.items()}
+            assert t.run_end[name] == want, (card, name)
+    assert set(runs["roomy"]["attention_slices"].values()) == {1}
+    tight = runs["tight"]["attention_slices"]
+    assert max(tight.values()) == 4 and min(tight.values()) == 1, tight
+    assert max(runs["tight"]["attention_slices_hires"].values()) > 4
+
+
+def test_attention_observation_leaves_nothing_when_the_attention_raises(doggettx, tmp_path):
+    """Too little memory for 64 slices: the webui's Doggettx raises inside the first UNet call;
+    the generation fails with the webui's own error, no mode or hook is left behind."""
+    from contextlib import closing
+
+    w = doggettx
+    w.shared.free_memory = 1024
+    p = w.processing.StableDiffusionProcessingTxt2Img(w.model, w.runner, [True, "light", str(tmp_path)], PROMPT, NEGATIVE)
+    with pytest.raises(RuntimeError, match="Not enough memory"):
+        with closing(p):
+            w.processing.process_images(p)
+    assert clean(w)
+    (t,) = trace_in(tmp_path)
+    assert t.run_end["status"] == "failed"
+
+
+def test_no_attention_slices_without_a_split_optimisation(webui, tmp_path):
+    generate(webui, tmp_path)
+    (t,) = trace_in(tmp_path)
+    assert "attention_slices" not in t.run_end

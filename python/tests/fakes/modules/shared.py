@@ -10,6 +10,7 @@ opts = SimpleNamespace(
     batch_cond_uncond=True,
     pad_cond_uncond=False,
     cross_attention_optimization="Automatic",
+    upcast_attn=False,
 )
 # Test knob: batch the Forge way ([uncond; cond], rows labelled to the UNet by
 # transformer_options["cond_or_uncond"]) instead of the webui's [cond; uncond].
@@ -19,4 +20,8 @@ cmd_opts = SimpleNamespace(
     no_half=True, no_half_vae=True, upcast_sampling=False, precision="full",
 )
 device = torch.device("cpu")
-state = SimpleNamespace(interrupted=False, skipped=False)
+# sampling_step: set by the sampler's k-diffusion callback (sd_samplers.callback_state).
+state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0)
+# Test knob: the free memory, in bytes, that sd_hijack_optimizations.get_available_vram reports
+# (the webui asks torch.cuda.mem_get_info, or psutil on the CPU): the "card" of the run.
+free_memory = 8 << 30

@@ -1,0 +1,1 @@
+"""A stand-in for k-diffusion as the webui uses it (tests only; see ../README.md)."""
