@@ -259,21 +259,20 @@ class Batch:
                     s.add_handle(module.register_forward_hook(self._decoded(key)))
         # Each sampler the webui creates for this batch (one per pass): what its pass returns
         # is the pass's final latent (the first pass's too when a hires pass follows).
+        batch = self
         samplers = _sd_samplers()
         if samplers is not None and callable(getattr(samplers, "create_sampler", None)):
             create = samplers.create_sampler
-            batch_ = self
 
             def create_sampler(*args, **kwargs):
                 sampler = create(*args, **kwargs)
-                batch_.s.guard("watching the sampler", batch_._watch_sampler, sampler)
+                batch.s.guard("watching the sampler", batch._watch_sampler, sampler)
                 return sampler
 
             samplers.create_sampler = create_sampler
             self.restore.append((samplers, "create_sampler", create))
         # The noise, wherever ImageRNG draws it from.
         original = rng_module.ImageRNG.first
-        batch = self
 
         def first(rng_self, *args, **kwargs):
             x = original(rng_self, *args, **kwargs)

@@ -88,7 +88,11 @@ def trace_in(folder):
 
 def clean(w):
     assert not torch.overrides._get_current_function_mode_stack(), "a TorchFunctionMode was left entered"
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in w.model.modules()) and "first" in vars(w.rng.ImageRNG) and w.rng.ImageRNG.first.__qualname__ == "ImageRNG.first"
+    return (
+        all(not m._forward_hooks and not m._forward_pre_hooks for m in w.model.modules())
+        and "first" in vars(w.rng.ImageRNG) and w.rng.ImageRNG.first.__qualname__ == "ImageRNG.first"
+        and w.processing.sd_samplers.create_sampler.__qualname__ == "create_sampler"
+    )
 
 
 def test_image_unchanged_hooks_removed(webui, tmp_path):
