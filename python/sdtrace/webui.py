@@ -538,6 +538,7 @@ class AttentionSlices:
         self.open = []  # (key, mode) entered and not yet left, innermost last
         self.found = {}
         self.pass_index = 0
+        self.targets = None
 
     def watch(self, unet, ldm_map, pass_index):
         root, module = unet
@@ -545,10 +546,13 @@ class AttentionSlices:
             return
         self.pass_index = pass_index
         self.found = {}
-        for name, m in module.named_modules():
-            key = ldm_map.from_ldm(f"{root}.{name}" if name else root)
-            if key is None or not key.startswith("unet.") or not key.endswith((".attn1", ".attn2")):
-                continue
+        if self.targets is None:  # the attention layers, found once per batch
+            self.targets = []
+            for name, m in module.named_modules():
+                key = ldm_map.from_ldm(f"{root}.{name}" if name else root)
+                if key is not None and key.startswith("unet.") and key.endswith((".attn1", ".attn2")):
+                    self.targets.append((key, m))
+        for key, m in self.targets:
             self.handles.append(m.register_forward_pre_hook(self._enter(key)))
             try:  # first among the forward hooks (the recorder's run outside the count)
                 self.handles.append(m.register_forward_hook(self._leave(key), prepend=True, always_call=True))

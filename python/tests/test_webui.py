@@ -381,7 +381,8 @@ def attention_shapes(w, **kw):
                 x = args[0]
                 context = kwargs.get("context", args[1] if len(args) > 1 else None)
                 m_tokens = x.shape[1] if context is None else context.shape[1]
-                shapes.setdefault(key, set()).add((x.shape[0] * module.heads, x.shape[1], m_tokens))
+                d = module.to_q.out_features // module.heads
+                shapes.setdefault(key, set()).add((x.shape[0] * module.heads, x.shape[1], m_tokens, d))
 
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
     try:
@@ -392,22 +393,40 @@ def attention_shapes(w, **kw):
     return {k: sorted(v, key=lambda s: s[1]) for k, v in shapes.items()}
 
 
-def doggettx_slices(bh, n, m, free):
+def doggettx_slices(bh, n, m, d, free):
     """The slices the webui's Doggettx attention cuts n queries into (f32)."""
     needed = bh * n * m * 4 * 2.5
     steps = 2 ** math.ceil(math.log2(needed / free)) if needed > free else 1
     return len(range(0, n, n // steps))
 
 
-@pytest.fixture
-def doggettx(webui):
-    undo = webui.optimizations.apply(webui.ldm.CrossAttention, "Doggettx")
+def subquad_blocks(bh, n, m, d, free):
+    """The (query chunk, key chunk) blocks of the webui's sub-quadratic attention (f32)."""
+    threshold = int(free * 0.7)
+    if bh * 4 * n * m <= threshold:
+        return math.ceil(n / 1024)
+    chunk = max(min(int(math.sqrt(m)), m), threshold // (bh * 4 * 2 * d))
+    return math.ceil(n / 1024) * (1 if m <= chunk else len(range(0, m, chunk)))
+
+
+def split_attention(webui, name):
+    undo = webui.optimizations.apply(webui.ldm.CrossAttention, name)
     free = webui.shared.free_memory
     try:
         yield webui
     finally:
         undo()
         webui.shared.free_memory = free
+
+
+@pytest.fixture
+def doggettx(webui):
+    yield from split_attention(webui, "Doggettx")
+
+
+@pytest.fixture
+def subquad(webui):
+    yield from split_attention(webui, "sub-quadratic")
 
 
 def test_split_attention_slices_per_layer_are_observed(doggettx, tmp_path):
@@ -417,7 +436,7 @@ def test_split_attention_slices_per_layer_are_observed(doggettx, tmp_path):
     w = doggettx
     shapes = attention_shapes(w, enable_hr=True, hr_steps=2)
     assert len(shapes) >= 4 and all(len(v) == 2 for v in shapes.values())
-    biggest = max(bh * n * m * 10 for (bh, n, m), _ in shapes.values())  # f32 × 2.5
+    biggest = max(bh * n * m * 10 for (bh, n, m, _), _ in shapes.values())  # f32 × 2.5
     cards = {"roomy": 8 << 30, "tight": biggest // 3}
     runs = {}
     for card, free in cards.items():
@@ -437,6 +456,23 @@ def test_split_attention_slices_per_layer_are_observed(doggettx, tmp_path):
     tight = runs["tight"]["attention_slices"]
     assert max(tight.values()) == 4 and min(tight.values()) == 1, tight
     assert max(runs["tight"]["attention_slices_hires"].values()) > 4
+
+
+def test_sub_quadratic_key_chunks_per_layer_are_observed(subquad, tmp_path):
+    """Sub-quadratic attention cuts the keys into chunks when q·kᵀ would not fit in 70 % of the
+    free memory: one `baddbmm` per block, no softmax on that path."""
+    w = subquad
+    shapes = attention_shapes(w)
+    (bh, n, m, d), = max(shapes.values(), key=lambda v: v[0][1] * v[0][2])
+    for card, free in {"roomy": 8 << 30, "tight": bh * 4 * n * m // 4}.items():
+        w.shared.free_memory = free
+        _, plain = generate(w, enabled=False)
+        _, images = generate(w, tmp_path / card)
+        assert all(torch.equal(a, b) for a, b in zip(images, plain)), card
+        (t,) = trace_in(tmp_path / card)
+        want = {k: subquad_blocks(*v[0], free) for k, v in shapes.items()}
+        assert t.run_end["attention_slices"] == want, card
+        assert set(want.values()) == {1} if card == "roomy" else max(want.values()) > 1, want
 
 
 def test_attention_observation_leaves_nothing_when_the_attention_raises(doggettx, tmp_path):

@@ -6,7 +6,12 @@ free memory at each call, as the webui's do:
   score tensor needs `B·h × Nq × Nk × bytes × (3 for f16, else 2.5)`; when that exceeds the free
   memory, the queries are cut into 2^⌈log₂(needed / free)⌉ slices (more than 64: "Not enough
   memory" error), each one einsum, softmax, einsum;
-- V1 (`split_cross_attention_forward_v1`): the batch·heads rows two at a time, whatever the memory.
+- V1 (`split_cross_attention_forward_v1`): the batch·heads rows two at a time, whatever the memory;
+- sub-quadratic (`sub_quad_attention_forward`, `--opt-sub-quad-attention`, Birch-san's chunked
+  attention): queries in chunks of 1024; when the q·kᵀ bytes exceed 70 % of the free memory,
+  keys in chunks of max(⌊√Nk⌋, that budget / (B·h · bytes · (d_k + d_v))), one `baddbmm` per
+  (query chunk, key chunk), the chunks' softmax combined by their maxima; otherwise one
+  `baddbmm` and softmax per query chunk.
 
 `get_available_vram()` reports `shared.free_memory` (the test's "card"). Written for the tests
 from the webui's published behaviour; q, k, v laid out `(b·h, n, d)` as the webui's rearrange
@@ -69,7 +74,53 @@ def split_cross_attention_forward_v1(self, x, context=None, mask=None, **kwargs)
     return self.to_out(_heads_last(r1, h))
 
 
-OPTIMIZATIONS = {"Doggettx": split_cross_attention_forward, "V1": split_cross_attention_forward_v1}
+def _chunk_scores(q, k, scale):
+    return torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype), q, k.transpose(1, 2), alpha=scale, beta=0)
+
+
+def efficient_dot_product_attention(q, k, v, query_chunk_size=1024, kv_chunk_size=None, kv_chunk_size_min=None):
+    k_tokens = k.shape[1]
+    scale = q.shape[-1] ** -0.5
+    kv_chunk_size = min(kv_chunk_size or int(math.sqrt(k_tokens)), k_tokens)
+    if kv_chunk_size_min is not None:
+        kv_chunk_size = max(kv_chunk_size, kv_chunk_size_min)
+    out = []
+    for i in range(0, q.shape[1], query_chunk_size):
+        qc = q[:, i:i + query_chunk_size]
+        if k_tokens <= kv_chunk_size:
+            out.append(torch.bmm(_chunk_scores(qc, k, scale).softmax(dim=-1), v))
+            continue
+        values, weights, maxima = [], [], []
+        for j in range(0, k_tokens, kv_chunk_size):
+            s = _chunk_scores(qc, k[:, j:j + kv_chunk_size], scale)
+            m = torch.amax(s, dim=-1, keepdim=True).detach()
+            e = torch.exp(s - m)
+            values.append(torch.bmm(e, v[:, j:j + kv_chunk_size]))
+            weights.append(e.sum(dim=-1))
+            maxima.append(m.squeeze(-1))
+        values, weights, maxima = torch.stack(values), torch.stack(weights), torch.stack(maxima)
+        diffs = torch.exp(maxima - maxima.max(dim=0, keepdim=True).values)
+        out.append((values * diffs.unsqueeze(-1)).sum(dim=0) / (weights * diffs).sum(dim=0).unsqueeze(-1))
+    return torch.cat(out, dim=1)
+
+
+def sub_quad_attention_forward(self, x, context=None, mask=None, **kwargs):
+    h = self.heads
+    context = x if context is None else context
+    q, k, v = (_heads_first(t, h) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+    bytes_per_token = torch.finfo(q.dtype).bits // 8
+    threshold = int(get_available_vram() * 0.7)
+    kv_min = threshold // (q.shape[0] * bytes_per_token * (k.shape[2] + v.shape[2]))
+    kv_chunk_size = k.shape[1] if q.shape[0] * bytes_per_token * q.shape[1] * k.shape[1] <= threshold else None
+    r = efficient_dot_product_attention(q, k, v, 1024, kv_chunk_size, kv_min)
+    return self.to_out(_heads_last(r, h))
+
+
+OPTIMIZATIONS = {
+    "Doggettx": split_cross_attention_forward,
+    "V1": split_cross_attention_forward_v1,
+    "sub-quadratic": sub_quad_attention_forward,
+}
 
 
 def apply(cross_attention_class, name):
