@@ -452,7 +452,9 @@ class Batch:
     def _on_pass_end(self, out):
         if not self.s.active:
             return
-        self._final_latent(out)
+        # An interrupted pass returns the sampler's last x̂₀ preview, not an x: not recorded.
+        if _abandoned_status() != "interrupted":
+            self._final_latent(out)
         # What is decoded from here on is the image, unless a hires pass follows (the webui
         # decodes the first pass for a non-latent upscaler).
         if not (getattr(self.p, "enable_hr", False) and self.passes == 1):

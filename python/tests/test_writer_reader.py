@@ -121,6 +121,16 @@ def test_an_error_in_the_run_closes_the_trace_marked_failed(tmp_path):
     assert end["status"] == "failed" and "boom" in end["reason"]
 
 
+def test_a_host_adds_free_fields_to_the_run_end(tmp_path):
+    w = sdtrace.Writer(tmp_path / "e.sdt", HEADER)
+    with pytest.raises(sdtrace.SdtraceError, match="'status' is one of its own fields"):
+        w.finish("complete", extra={"status": "mine"})
+    w.finish("complete", extra={"attention_slices": {"unet.mid_block.attentions.0.transformer_blocks.0.attn1": 4}})
+    end = sdtrace.open(tmp_path / "e.sdt").run_end
+    assert end["status"] == "complete"
+    assert end["attention_slices"] == {"unet.mid_block.attentions.0.transformer_blocks.0.attn1": 4}
+
+
 def test_bad_input_gets_clear_errors(tmp_path):
     with pytest.raises(sdtrace.SdtraceError, match="capture 'bogus'"):
         sdtrace.Writer(tmp_path / "x.sdt", HEADER, capture="bogus")
