@@ -6,6 +6,7 @@ record --a1111-cond-uncond`, cond/uncond rows, the header, hires as its own bloc
 that never reach the generation."""
 
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -456,6 +457,10 @@ def test_split_attention_slices_per_layer_are_observed(doggettx, tmp_path):
     tight = runs["tight"]["attention_slices"]
     assert max(tight.values()) == 4 and min(tight.values()) == 1, tight
     assert max(runs["tight"]["attention_slices_hires"].values()) > 4
+    # The report names the first layer whose slices differ among the runs' differences.
+    (a,), (b,) = trace_in(tmp_path / "roomy"), trace_in(tmp_path / "tight")
+    report = json.dumps(sdtrace.compare(a.path, b.path))
+    assert "run_end.attention_slices[unet." in report, report[:2000]
 
 
 def test_sub_quadratic_key_chunks_per_layer_are_observed(subquad, tmp_path):

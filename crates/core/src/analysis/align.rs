@@ -11,7 +11,7 @@
 //! prompt, cfg scale) explain a divergence but do not prevent comparing.
 
 use super::AnalysisError;
-use crate::trace::{RunHeader, Settings};
+use crate::trace::{RunEnd, RunHeader, Settings};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -242,6 +242,41 @@ pub fn sampler_parts_at(a: &RunHeader, b: &RunHeader) -> Option<u32> {
         .filter_map(|k| first_schedule_diff(sa, sb, k))
         .min()
         .map(|i| i as u32)
+}
+
+/// Run-end facts a host observed while it ran that change the numerics: the slices each split
+/// attention layer computed (`attention_slices`, and `attention_slices_hires` for a webui's
+/// hires pass), which depend on the free memory of the card.
+pub const OBSERVED_FIELDS: [&str; 2] = ["attention_slices", "attention_slices_hires"];
+
+/// Differences between the facts two runs observed while they ran ([`OBSERVED_FIELDS`] of their
+/// run ends) where both sides observed them: `run_end.attention_slices[KEY]` for the first
+/// layer (in key order) whose count differs, like `settings.sigmas[STEP]`. A field only one side
+/// has is not a difference (that host did not split its attention; `settings.attention` says
+/// so).
+pub fn run_end_diffs(a: Option<&RunEnd>, b: Option<&RunEnd>) -> Vec<HeaderDiff> {
+    let (Some(a), Some(b)) = (a, b) else {
+        return Vec::new();
+    };
+    let counts = |e: &RunEnd, f: &str| e.extra.get(f).and_then(|v| v.as_object()).cloned();
+    let mut out = Vec::new();
+    for field in OBSERVED_FIELDS {
+        let (Some(x), Some(y)) = (counts(a, field), counts(b, field)) else {
+            continue;
+        };
+        let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+        if let Some(k) = keys.into_iter().find(|k| x.get(*k) != y.get(*k)) {
+            let at =
+                |m: &serde_json::Map<String, serde_json::Value>| m.get(k).map(|v| v.to_string());
+            out.push(HeaderDiff {
+                field: format!("run_end.{field}[{}]", crate::escape::printable(k)),
+                a: at(&x),
+                b: at(&y),
+                structural: false,
+            });
+        }
+    }
+    out
 }
 
 /// Differences between two run headers, in a fixed field order.
@@ -515,5 +550,28 @@ mod tests {
                 ("settings.model_hashes.sha256", true)
             ]
         );
+    }
+
+    #[test]
+    fn split_attention_slices_observed_in_the_run_end_are_compared() {
+        let end = |slices: serde_json::Value| RunEnd {
+            extra: [("attention_slices".to_string(), slices)].into(),
+            ..RunEnd::default()
+        };
+        let roomy =
+            end(serde_json::json!({"unet.a.attn1": 1, "unet.b.attn1": 1, "unet.c.attn1": 1}));
+        let tight =
+            end(serde_json::json!({"unet.a.attn1": 1, "unet.b.attn1": 4, "unet.c.attn1": 2}));
+        assert!(run_end_diffs(Some(&roomy), Some(&roomy)).is_empty());
+        let d = run_end_diffs(Some(&roomy), Some(&tight));
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            d[0].describe(),
+            "run_end.attention_slices[unet.b.attn1] 1 vs 4"
+        );
+        assert!(!d[0].structural);
+        // One side observed nothing (no split attention there), or a side has no run end.
+        assert!(run_end_diffs(Some(&RunEnd::default()), Some(&tight)).is_empty());
+        assert!(run_end_diffs(None, Some(&tight)).is_empty());
     }
 }

@@ -11,7 +11,7 @@
 //! ([`Depth::Summaries`]) and reports each measured pair and the bytes done as it goes, so an
 //! interactive view shows the summary-based picture at once and refines it live.
 
-use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs};
+use super::align::{HeaderDiff, KeyMap, RecordRef, header_diffs, run_end_diffs};
 use super::metrics::{
     ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, decode_all, image_metrics_bytes,
 };
@@ -498,7 +498,11 @@ pub fn compare_with(
         a: side_a,
         b: side_b,
         noise_floor: floor.map(TraceSide::of),
-        header_diffs: header_diffs(a.header(), b.header()),
+        header_diffs: {
+            let mut d = header_diffs(a.header(), b.header());
+            d.extend(run_end_diffs(a.run_end(), b.run_end()));
+            d
+        },
         only_a,
         only_b,
         records,

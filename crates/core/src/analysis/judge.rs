@@ -555,19 +555,32 @@ pub fn amplification(points: &[LatentPoint]) -> Option<Amplification> {
     })
 }
 
-/// Header fields whose difference changes the numerics, not the inputs.
-const PRECISION_FIELDS: [&str; 4] = [
+/// Header fields whose difference changes the numerics, not the inputs (with the run-end
+/// facts a host observed: the slices of its split attention).
+const PRECISION_FIELDS: [&str; 6] = [
     "settings.dtype",
     "settings.attention",
     "device.device",
     "settings.sampler_impl",
+    "run_end.attention_slices",
+    "run_end.attention_slices_hires",
 ];
+
+/// Whether a difference is in one of `fields`: the field itself or one of its elements
+/// (`run_end.attention_slices[KEY]`).
+fn among(d: &HeaderDiff, fields: &[&str]) -> bool {
+    fields.iter().any(|f| {
+        d.field
+            .strip_prefix(f)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+    })
+}
 
 /// `field A vs B` for each header difference among `fields`.
 fn header_changes(c: &Comparison, fields: &[&str]) -> Vec<String> {
     c.header_diffs
         .iter()
-        .filter(|d| fields.contains(&d.field.as_str()))
+        .filter(|d| among(d, fields))
         .map(HeaderDiff::describe)
         .collect()
 }
@@ -575,11 +588,7 @@ fn header_changes(c: &Comparison, fields: &[&str]) -> Vec<String> {
 /// The text conditioning differs because the runs compute in different precisions or on
 /// different devices, with the same prompts: numeric drift, not a conditioning difference.
 fn precision_explains_text(c: &Comparison) -> bool {
-    let differs = |fields: &[&str]| {
-        c.header_diffs
-            .iter()
-            .any(|d| fields.contains(&d.field.as_str()))
-    };
+    let differs = |fields: &[&str]| c.header_diffs.iter().any(|d| among(d, fields));
     differs(&PRECISION_FIELDS) && !differs(&["settings.prompt", "settings.negative_prompt"])
 }
 
