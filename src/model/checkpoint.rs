@@ -414,7 +414,7 @@ impl Checkpoint {
     ) -> super::Result<(UNet, ClipTextModel, Vae)> {
         let wrap = |source| super::ModelError::Weights {
             file: self.path.clone(),
-            source,
+            error: source,
         };
         let unet = UNet::new(
             self.var_builder(layout, Component::Unet, dtype, device),

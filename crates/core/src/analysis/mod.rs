@@ -55,7 +55,7 @@ use std::path::PathBuf;
 pub enum AnalysisError {
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
-    #[error("cannot read key map {path}: {source}")]
+    #[error("cannot read key map {path}")]
     MapIo {
         path: PathBuf,
         #[source]
