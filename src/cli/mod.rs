@@ -59,3 +59,25 @@ pub fn wrap(text: &str, width: usize) -> String {
 pub fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
+
+#[cfg(test)]
+mod tests {
+    /// The help texts are generated from the tables that implement them and wrapped.
+    #[test]
+    fn help_texts_come_from_their_tables() {
+        let report = super::report::help().replace('\n', " ");
+        assert!(
+            report.contains(&sdtrace::analysis::defaults_text()),
+            "{report}"
+        );
+        let diff = super::diff::help();
+        for item in sdtrace::tui::keys::summary() {
+            assert!(diff.replace('\n', " ").contains(&item), "{item}: {diff}");
+        }
+        assert!(diff.contains("q/Ctrl-c quit"), "{diff}");
+        for text in [super::report::help(), diff] {
+            assert!(text.lines().all(|l| l.chars().count() <= 96), "{text}");
+        }
+        assert_eq!(super::wrap("a bb  ccc", 4), "a bb\nccc");
+    }
+}

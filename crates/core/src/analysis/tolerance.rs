@@ -120,6 +120,26 @@ pub fn default_tol(dtype: DType) -> Tol {
     }
 }
 
+/// The default tolerances, generated from [`default_tol`] for help texts:
+/// `f64 rel=1e-7,abs=1e-7; f32 rel=1.3e-6,abs=1e-5; …; integers exact`.
+pub fn defaults_text() -> String {
+    let mut parts: Vec<String> = [DType::F64, DType::F32, DType::F16, DType::BF16]
+        .into_iter()
+        .map(|d| {
+            let t = default_tol(d);
+            format!("{d} rel={:e},abs={:e}", t.rel, t.abs)
+        })
+        .collect();
+    if DType::ALL
+        .into_iter()
+        .filter(|d| !d.is_float())
+        .all(|d| default_tol(d) == Tol { rel: 0.0, abs: 0.0 })
+    {
+        parts.push("integers exact".into());
+    }
+    parts.join("; ")
+}
+
 /// All tolerance settings of one judgement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TolConfig {
@@ -250,6 +270,15 @@ fn spec_text(s: TolSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_text_says_what_the_table_holds() {
+        assert_eq!(
+            defaults_text(),
+            "f64 rel=1e-7,abs=1e-7; f32 rel=1.3e-6,abs=1e-5; f16 rel=1e-3,abs=1e-5; \
+             bf16 rel=1.6e-2,abs=1e-5; integers exact"
+        );
+    }
 
     #[test]
     fn parse_and_resolve() {
