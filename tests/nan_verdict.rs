@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixed_header, normal_vec, observe, sdtrace, Rng};
+use common::{Rng, fixed_header, normal_vec, observe, sdtrace};
 use sdtrace::DType;
 use sdtrace::probe::{Policy, Probe};
 use sdtrace::trace::{TraceWriter, WriterOptions};
@@ -46,7 +46,11 @@ fn write_run(path: &Path, overflow: bool) {
     for (i, key) in DECODER.iter().enumerate() {
         let mut vals = normal_vec(&mut rng, 256, 1.0);
         if overflow && i >= FIRST_BAD {
-            vals[3] = if i == FIRST_BAD { f64::INFINITY } else { f64::NAN };
+            vals[3] = if i == FIRST_BAD {
+                f64::INFINITY
+            } else {
+                f64::NAN
+            };
         }
         observe(&probe, key, DType::F16, &latent, &vals);
     }
@@ -99,7 +103,10 @@ fn an_f16_vae_overflow_names_the_first_decoder_module_and_the_fix() {
         let (code, text) = report(&a, &b, format);
         assert_eq!(code, 1, "{format}");
         assert!(text.contains(first), "{format}: {text}");
-        assert!(text.contains("the known SDXL f16 VAE overflow"), "{format}: {text}");
+        assert!(
+            text.contains("the known SDXL f16 VAE overflow"),
+            "{format}: {text}"
+        );
         assert!(text.contains("--no-half-vae"), "{format}: {text}");
     }
 }
