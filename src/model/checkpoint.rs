@@ -535,7 +535,8 @@ impl SimpleBackend for ShapeOnly {
 
 /// A UNet of `config` whose weights are one-element broadcast tensors: nothing allocated, good
 /// for shape questions such as [`UNet::attention_plan`] or [`UNet::probe_points`], not for
-/// running.
+/// running. Only the tests ask such questions today.
+#[cfg(test)]
 pub fn unet_without_weights(
     config: &super::config::UNetConfig,
     dtype: DType,

@@ -137,8 +137,7 @@ impl Recorder {
         data: &[u8],
     ) -> PyResult<()> {
         let dtype = dtype_of(dtype)?;
-        let view = TensorView::new(dtype, &shape, data)
-            .map_err(|e| err(format!("{key}: {}", chain_text(&e))))?;
+        let view = TensorView::new(dtype, &shape, data).map_err(|e| err(format!("{key}: {e}")))?;
         self.with(|p| {
             py.detach(|| p.tensor(key, view))
                 .map(|_| ())

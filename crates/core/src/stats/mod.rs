@@ -64,11 +64,6 @@ impl Summary {
     pub fn finite(&self) -> u64 {
         self.count - self.nan - self.pos_inf - self.neg_inf
     }
-
-    /// True when any element is NaN or infinite.
-    pub fn has_non_finite(&self) -> bool {
-        self.nan + self.pos_inf + self.neg_inf > 0
-    }
 }
 
 /// Histogram bin of a finite, non-zero value, from its f64 exponent bits.
