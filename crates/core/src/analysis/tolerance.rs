@@ -246,25 +246,28 @@ impl TolConfig {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         match self.global {
-            Some(g) => parts.push(format!("--tol {}", spec_text(g))),
+            Some(g) => parts.push(format!("--tol {g}")),
             None => parts.push("per-dtype defaults".to_string()),
         }
         for (p, s) in &self.per_key {
-            parts.push(format!("--tol-key {p}={}", spec_text(*s)));
+            parts.push(format!("--tol-key {p}={s}"));
         }
         parts.join(", ")
     }
 }
 
-fn spec_text(s: TolSpec) -> String {
-    let mut v = Vec::new();
-    if let Some(r) = s.rel {
-        v.push(format!("rel={r:e}"));
+/// `rel=1e-3,abs=1e-5` (the parts given), as `--tol` and the TUI's `t` prompt take it.
+impl std::fmt::Display for TolSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut v = Vec::new();
+        if let Some(r) = self.rel {
+            v.push(format!("rel={r:e}"));
+        }
+        if let Some(a) = self.abs {
+            v.push(format!("abs={a:e}"));
+        }
+        f.write_str(&v.join(","))
     }
-    if let Some(a) = s.abs {
-        v.push(format!("abs={a:e}"));
-    }
-    v.join(",")
 }
 
 #[cfg(test)]
