@@ -8,8 +8,8 @@
 //! package uses.
 
 pub use sdtrace_core::{
-    DType, analysis, dtype, escape, exit, export, files, glob, image, inspect, probe, report,
-    stats, trace,
+    DType, analysis, dtype, errors, escape, exit, export, files, glob, image, inspect, probe,
+    report, stats, trace,
 };
 
 pub mod explain;

@@ -62,11 +62,11 @@ enum Command {
     #[command(after_help = cli::exit::help("", cli::exit::WRITE))]
     Export(cli::export::ExportArgs),
     /// Compare two traces: where the runs part, where the error grows, and why
-    #[command(after_help = cli::exit::help(cli::report::REPORT_HELP, cli::exit::REPORT))]
+    #[command(after_help = cli::exit::help(&cli::report::help(), cli::exit::REPORT))]
     Report(cli::report::ReportArgs),
     /// Explore a comparison interactively: summary, step × layer heatmap, layer, tensor,
     /// noise and image views (press ? for the keys)
-    #[command(after_help = cli::exit::help(cli::diff::DIFF_HELP, cli::exit::DIFF))]
+    #[command(after_help = cli::exit::help(&cli::diff::help(), cli::exit::DIFF))]
     Diff(cli::diff::DiffArgs),
 }
 

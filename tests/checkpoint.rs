@@ -4,16 +4,15 @@
 //! tokenizer files; hashes reach the header; `--expect-hash`, pickles and broken files are
 //! refused before anything is written.
 
-use assert_cmd::Command;
+mod common;
+
+use common::sdtrace;
+
 use sdtrace::model::hash::hash_file;
 use sdtrace::model::synth::{SynthSize, write_checkpoint_file, write_model};
 use sdtrace::trace::{RunStatus, TraceReader};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
 
 struct Models {
     dir: PathBuf,

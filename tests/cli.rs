@@ -2,12 +2,10 @@
 
 mod common;
 
+use common::sdtrace;
+
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
-
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/example.sdt")
@@ -301,7 +299,10 @@ fn synth_writes_a_diffusers_folder() {
             .args(["synth", "--size", "huge", "--out"])
             .arg(&out),
     );
-    assert!(e.contains("expected tiny, sd15"), "{e}");
+    assert!(
+        e.contains("[possible values: tiny, sd15, sdxl-tiny, sdxl]"),
+        "{e}"
+    );
 }
 
 /// The error cases as a user meets them: each command line's exit code and its whole stderr,
@@ -332,6 +333,9 @@ fn error_cases_snapshot() {
             "sweep", "--sizes", "512,500", "-o", "out", "--model", "nomodel",
         ],
         &["explain", "nofile.png", "other.png"],
+        &["report", "example.sdt", "example.sdt", "--map", "nomap.txt"],
+        &["report", "example.sdt", "example.sdt", "--fail-on", "never"],
+        &["export", "example.sdt", "image", "nodir/out.png"],
     ];
     let mut got = String::new();
     for args in cases {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::sdtrace;
+
 use assert_cmd::Command;
 use candle_core::{DType as CDType, Device, Tensor};
 use sdtrace::DType;
@@ -13,10 +15,6 @@ use sdtrace::model::vae::Vae;
 use sdtrace::probe::{Policy, Probe};
 use sdtrace::trace::{TraceWriter, WriterOptions};
 use std::path::Path;
-
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
 
 fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().unwrap();

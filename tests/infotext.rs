@@ -3,7 +3,10 @@
 //! settings, and `sdtrace record --params / --params-file / --from-png` end to end on the tiny
 //! model, with the A1111 compatibility switches recorded in the header.
 
-use assert_cmd::Command;
+mod common;
+
+use common::sdtrace;
+
 use sdtrace::params::InfotextSettings;
 use sdtrace::sampling::SamplerKind;
 use sdtrace::trace::TraceReader;
@@ -186,10 +189,6 @@ fn malformed_infotexts_fail_naming_the_field() {
 }
 
 // ---------------------------------------------------------------- through `sdtrace record`
-
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
 
 fn model() -> &'static PathBuf {
     static M: OnceLock<PathBuf> = OnceLock::new();
@@ -478,8 +477,7 @@ fn a1111_batching_follows_the_webui() {
         (s["cfg_rows"].as_str(), s["cfg_rows_stored"].as_str()),
         (Some("cond,uncond"), Some("uncond,cond"))
     );
-    let report = Command::cargo_bin("sdtrace")
-        .unwrap()
+    let report = sdtrace()
         .args(["report", "--format", "json"])
         .arg(dir.path().join("a.sdt"))
         .arg(dir.path().join("b.sdt"))

@@ -314,7 +314,7 @@ fn ctrl_c_closes_the_trace_marked_interrupted() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("int.sdt");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sdtrace"))
+    let mut child = std::process::Command::new(common::sdtrace_bin())
         .arg("record")
         .arg("--model")
         .arg(model())

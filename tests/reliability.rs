@@ -189,7 +189,7 @@ fn a_full_disk_mid_run_exits_6_and_leaves_a_readable_prefix() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("full.sdt");
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("sdtrace"));
+    let mut cmd = std::process::Command::new(common::sdtrace_bin());
     cmd.args(["record", "--model"])
         .arg(tiny_model("reliability-model"))
         .args([
@@ -388,7 +388,7 @@ fn an_index_row_that_disagrees_with_its_record_says_both() {
 fn sigterm_closes_the_trace_marked_interrupted() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("term.sdt");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sdtrace"))
+    let mut child = std::process::Command::new(common::sdtrace_bin())
         .args(["record", "--model"])
         .arg(tiny_model("reliability-model"))
         .args([

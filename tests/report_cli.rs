@@ -2,13 +2,11 @@
 
 mod common;
 
+use common::sdtrace;
+
 use assert_cmd::Command;
 use common::write_mini_run;
 use std::path::Path;
-
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
 
 fn code(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();

@@ -1,13 +1,12 @@
 //! `sdtrace sweep` and `sdtrace report --matrix` on the tiny model: one trace per size, the
 //! same seed throughout, and the size × verdict table of two folders.
 
-use assert_cmd::Command;
+mod common;
+
+use common::sdtrace;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-
-fn sdtrace() -> Command {
-    Command::cargo_bin("sdtrace").unwrap()
-}
 
 fn model() -> &'static PathBuf {
     static M: OnceLock<PathBuf> = OnceLock::new();

@@ -224,7 +224,7 @@ fn diff_refuses_without_a_terminal_or_a_trace() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.sdt");
     write_mini_run(&a, 1, 1);
-    let bin = env!("CARGO_BIN_EXE_sdtrace");
+    let bin = common::sdtrace_bin();
     // Standard output is a pipe here.
     let o = Command::new(bin)
         .arg("diff")
@@ -310,7 +310,7 @@ fn diff_in_a_terminal_finds_the_planted_divergence() {
     let model = dir.path().join("model");
     // Seed 0 (what `sdtrace synth` writes by default) gives finite activations at 64×64.
     sdtrace::model::synth::write_model(&model, sdtrace::model::synth::SynthSize::Tiny, 0).unwrap();
-    let bin = env!("CARGO_BIN_EXE_sdtrace");
+    let bin = common::sdtrace_bin();
     let key = "unet.down_blocks.1.attentions.0";
     for (name, extra) in [
         ("a.sdt", vec![]),
@@ -339,7 +339,8 @@ fn diff_in_a_terminal_finds_the_planted_divergence() {
     let modes = "stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo";
     let script = format!(
         "cd '{}' && '{bin}' diff a.sdt b.sdt; echo EXIT=$?; {modes}; read go; '{bin}' diff --no-mouse a.sdt b.sdt; echo EXIT2=$?; {modes}; sleep 60",
-        dir.path().display()
+        dir.path().display(),
+        bin = bin.display()
     );
     t.cmd(&[
         "new-session",

@@ -5,12 +5,18 @@ use anyhow::Result;
 use sdtrace::exit::ExitStatus;
 use std::path::PathBuf;
 
-pub const DIFF_HELP: &str = "\
-Shows the same analysis as `sdtrace report`. Payload metrics are computed in the background
-(progress in the title bar); a trace still being recorded is followed as it grows.
-Keys: arrows/hjkl move, Enter drills down, Esc/Backspace back, Tab switches panes, f first
-over tolerance, s source, a amplification onset, m metric, t tolerance, / filter, n/N next or
-previous failing cell, e export, 1-5 views, ? all keys, q quit. NO_COLOR turns colour off.";
+/// The help text after the flags; the keys come from the key table the viewer runs on
+/// ([`sdtrace::tui::keys::summary`]).
+pub fn help() -> String {
+    let text = format!(
+        "Shows the same analysis as `sdtrace report`. Payload metrics are computed in the \
+         background (progress in the title bar); a trace still being recorded is followed as it \
+         grows. NO_COLOR turns colour off. Keys: arrows/hjkl move, {}; 1-5 switch views and ? \
+         lists every key.",
+        sdtrace::tui::keys::summary().join(", ")
+    );
+    super::wrap(&text, 96)
+}
 
 /// Flags of `sdtrace diff`.
 #[derive(clap::Args, Debug)]

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use sdtrace::exit::ExitStatus;
 use sdtrace::export::{ExportFormat, to_npy, to_png, to_safetensors, write_atomic};
-use sdtrace::trace::TraceReader;
+use sdtrace::trace::{RecordMeta, TraceReader};
 use std::path::{Path, PathBuf};
 
 /// Flags of `sdtrace export`.
@@ -69,31 +69,7 @@ fn export(
     }
     let r = TraceReader::open(trace)?;
     let Some(entry) = r.find(key, step, eval) else {
-        let steps: Vec<String> = r
-            .entries()
-            .iter()
-            .filter(|e| &*e.key == key)
-            .map(|e| match e.step {
-                Some(s) => format!("--step {s} --eval {}", e.eval),
-                None => "(no --step)".into(),
-            })
-            .collect();
-        let at = step.map_or("outside the sampling loop".into(), |s| {
-            format!("at step {s} eval {eval}")
-        });
-        if steps.is_empty() {
-            bail!(
-                "{}: no record with key '{key}'; list the keys with `sdtrace ls {}`",
-                trace.display(),
-                trace.display()
-            );
-        }
-        let shown = steps.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
-        bail!(
-            "{}: '{key}' was not recorded {at}; it was recorded with {shown}{}",
-            trace.display(),
-            if steps.len() > 8 { ", …" } else { "" }
-        );
+        return Err(not_recorded(&r, trace, key, step, eval));
     };
     let meta = r.read_meta(entry)?;
     let Some(data) = r.read_payload(&meta)? else {
@@ -117,34 +93,7 @@ fn export(
             }
             to_safetensors(key, meta.dtype, &meta.shape, &data, &md)?
         }
-        ExportFormat::Png => {
-            let png = to_png(
-                key,
-                meta.dtype,
-                &meta.shape,
-                &data,
-                index,
-                &r.header().settings,
-            )
-            .with_context(|| format!("{}: record '{}'", trace.display(), meta.id()))?;
-            write_atomic(output, &png.bytes)?;
-            for note in &png.notes {
-                eprintln!("note: {note}");
-            }
-            eprintln!(
-                "wrote {} ({}×{} RGB, batch item {index}{}, {} bytes)",
-                output.display(),
-                png.width,
-                png.height,
-                if png.parameters.is_some() {
-                    ", with A1111 parameters"
-                } else {
-                    ""
-                },
-                png.bytes.len()
-            );
-            return Ok(());
-        }
+        ExportFormat::Png => return export_png(&r, trace, &meta, &data, output, index),
     };
     write_atomic(output, &bytes)?;
     eprintln!(
@@ -153,6 +102,79 @@ fn export(
         meta.dtype,
         meta.shape,
         bytes.len()
+    );
+    Ok(())
+}
+
+/// Why `key` at (`step`, `eval`) is not in the trace: no record of that key at all, or the
+/// steps and evals it was recorded at.
+fn not_recorded(
+    r: &TraceReader,
+    trace: &Path,
+    key: &str,
+    step: Option<u32>,
+    eval: u32,
+) -> anyhow::Error {
+    let steps: Vec<String> = r
+        .entries()
+        .iter()
+        .filter(|e| &*e.key == key)
+        .map(|e| match e.step {
+            Some(s) => format!("--step {s} --eval {}", e.eval),
+            None => "(no --step)".into(),
+        })
+        .collect();
+    let at = step.map_or("outside the sampling loop".into(), |s| {
+        format!("at step {s} eval {eval}")
+    });
+    if steps.is_empty() {
+        return anyhow::anyhow!(
+            "{}: no record with key '{key}'; list the keys with `sdtrace ls {}`",
+            trace.display(),
+            trace.display()
+        );
+    }
+    let shown = steps.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+    anyhow::anyhow!(
+        "{}: '{key}' was not recorded {at}; it was recorded with {shown}{}",
+        trace.display(),
+        if steps.len() > 8 { ", …" } else { "" }
+    )
+}
+
+/// Write an image record's batch item `index` as a PNG with A1111's generation parameters.
+fn export_png(
+    r: &TraceReader,
+    trace: &Path,
+    meta: &RecordMeta,
+    data: &[u8],
+    output: &Path,
+    index: usize,
+) -> Result<()> {
+    let png = to_png(
+        &meta.key,
+        meta.dtype,
+        &meta.shape,
+        data,
+        index,
+        &r.header().settings,
+    )
+    .with_context(|| format!("{}: record '{}'", trace.display(), meta.id()))?;
+    write_atomic(output, &png.bytes)?;
+    for note in &png.notes {
+        eprintln!("note: {note}");
+    }
+    eprintln!(
+        "wrote {} ({}×{} RGB, batch item {index}{}, {} bytes)",
+        output.display(),
+        png.width,
+        png.height,
+        if png.parameters.is_some() {
+            ", with A1111 parameters"
+        } else {
+            ""
+        },
+        png.bytes.len()
     );
     Ok(())
 }

@@ -23,10 +23,10 @@ pub struct JudgeArgs {
     /// Key renaming file (`FROM => TO` per line) for traces of other implementations
     #[arg(long, value_name = "FILE")]
     pub map: Option<PathBuf>,
-    /// What fails the verdict (report: exit 1): first-exceed (default), amplify, or image
-    /// (the default with --min-psnr/--min-ssim)
-    #[arg(long, value_name = "WHAT")]
-    fail_on: Option<FailOn>,
+    /// What fails the verdict (report: exit 1); default first-exceed, or image with
+    /// --min-psnr/--min-ssim
+    #[arg(long, value_enum, value_name = "WHAT")]
+    fail_on: Option<super::values::FailOnArg>,
     /// Tolerate records that only one trace holds: comma-separated key globs ('vae.*,image'),
     /// or `all`, which also accepts a truncated, interrupted or failed run. Without it any of
     /// these makes the verdict `incomplete` (report: exit 4). The report lists what it allowed.
@@ -55,7 +55,7 @@ impl JudgeArgs {
     /// What decides the verdict besides tolerances; --min-psnr/--min-ssim judge the final image.
     pub fn criteria(&self) -> Result<Criteria> {
         Ok(Criteria::from_flags(
-            self.fail_on,
+            self.fail_on.map(FailOn::from),
             self.allow_missing.clone(),
             self.min_psnr,
             self.min_ssim,

@@ -19,17 +19,11 @@ use anyhow::{Context, Result};
 use sdtrace::escape::printable;
 use std::io::Write;
 
-/// An error for the terminal: its chain of causes, each said once (an I/O error's text is
-/// often part of the message that wraps it), with control characters escaped (messages quote
-/// keys and paths from the inputs; the message's own line breaks stay).
+/// An error for the terminal: its chain of causes, each said once
+/// ([`sdtrace::errors::chain_text`]), with control characters escaped (messages quote keys and
+/// paths from the inputs; the message's own line breaks stay).
 pub fn error_text(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text = format!("{text}: {cause}");
-        }
-    }
+    let text = sdtrace::errors::chain_text(e.as_ref());
     let lines: Vec<_> = text.split('\n').map(printable).collect();
     lines.join("\n")
 }
@@ -42,6 +36,48 @@ pub fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// `text` broken into lines of at most `width` columns at spaces (help texts generated from
+/// tables).
+pub fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let n = word.chars().count();
+        if line > 0 && line + 1 + n > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += n;
+    }
+    out
+}
+
 pub fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    /// The help texts are generated from the tables that implement them and wrapped.
+    #[test]
+    fn help_texts_come_from_their_tables() {
+        let report = super::report::help().replace('\n', " ");
+        assert!(
+            report.contains(&sdtrace::analysis::defaults_text()),
+            "{report}"
+        );
+        let diff = super::diff::help();
+        for item in sdtrace::tui::keys::summary() {
+            assert!(diff.replace('\n', " ").contains(&item), "{item}: {diff}");
+        }
+        assert!(diff.contains("q/Ctrl-c quit"), "{diff}");
+        for text in [super::report::help(), diff] {
+            assert!(text.lines().all(|l| l.chars().count() <= 96), "{text}");
+        }
+        assert_eq!(super::wrap("a bb  ccc", 4), "a bb\nccc");
+    }
 }

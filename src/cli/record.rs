@@ -696,8 +696,9 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
         // The trace exists and says how the run ended: the error is the run's outcome, not a
         // failure to record (a sweep reports it and stops).
         Err(e @ (PipelineError::Run { .. } | PipelineError::Unclosed { .. })) => {
-            eprintln!("error: {e}");
-            return Ok(super::exit::pipeline(&e));
+            let status = super::exit::pipeline(&e);
+            eprintln!("error: {}", super::error_text(&anyhow::Error::from(e)));
+            return Ok(status);
         }
         Err(e) => return Err(e).with_context(|| format!("record -o {}", args.output.display())),
     };

@@ -13,11 +13,17 @@ use sdtrace::report::{
 use sdtrace::trace::TraceReader;
 use std::path::{Path, PathBuf};
 
-pub const REPORT_HELP: &str = "\
-Records pair by (step, eval, key). A record fails when its relative L2 error exceeds rel AND its
-absolute error exceeds abs; default tolerances per dtype: f64 rel=1e-7,abs=1e-7; f32
-rel=1.3e-6,abs=1e-5; f16 rel=1e-3,abs=1e-5; bf16 rel=1.6e-2,abs=1e-5; integers exact.
-The JSON schema is in docs/REPORT.md.";
+/// The help text after the flags; the default tolerances come from the table that applies them
+/// ([`sdtrace::analysis::defaults_text`]).
+pub fn help() -> String {
+    let text = format!(
+        "Records pair by (step, eval, key). A record fails when its relative L2 error exceeds rel \
+         AND its absolute error exceeds abs; default tolerances per dtype: {}. The JSON schema \
+         is in docs/REPORT.md.",
+        sdtrace::analysis::defaults_text()
+    );
+    super::wrap(&text, 96)
+}
 
 /// Flags of `sdtrace report`.
 #[derive(clap::Args, Debug)]

@@ -11,11 +11,10 @@ pub struct SynthArgs {
     /// Output folder (created; existing files in it are replaced), or file with --format ldm
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32);
-    /// sdxl-tiny: SDXL's structure (two text encoders, text_time UNet) at tiny widths; sdxl:
-    /// SDXL base's real shapes (10 GB of f32). SDXL sizes are diffusers folders only
-    #[arg(long, default_value = "tiny", value_name = "SIZE")]
-    size: sdtrace::model::synth::SynthSize,
+    /// Shapes of the model: tiny, sd15 (3.4 GB of f32), sdxl-tiny or sdxl (10 GB of f32); the
+    /// SDXL sizes are diffusers folders only
+    #[arg(long, value_enum, default_value_t = super::values::SynthSizeArg::Tiny, value_name = "SIZE")]
+    size: super::values::SynthSizeArg,
     /// Seed of the weights
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -36,6 +35,7 @@ pub fn run(args: SynthArgs) -> Result<ExitStatus> {
         format,
         dtype,
     } = args;
+    let size = sdtrace::model::synth::SynthSize::from(size);
     match format {
         super::values::SynthFormat::Ldm => {
             sdtrace::model::synth::write_checkpoint_file(&out, size, seed, dtype)?

@@ -3,6 +3,8 @@
 //! converts into the library type it selects.
 
 use clap::ValueEnum;
+use sdtrace::analysis::FailOn;
+use sdtrace::model::synth::SynthSize;
 use sdtrace::report::Format;
 use sdtrace::tui::graphics::Protocol;
 
@@ -71,6 +73,53 @@ impl From<ReportFormat> for Format {
     }
 }
 
+/// `synth --size`: the shapes of the written model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SynthSizeArg {
+    /// SD 1.x structure at tiny widths (tests, demos).
+    Tiny,
+    /// SD 1.5's real shapes (benchmarks).
+    Sd15,
+    /// SDXL's structure at tiny widths (two text encoders, text_time UNet); a diffusers folder
+    /// only.
+    SdxlTiny,
+    /// SDXL base's real shapes (10 GB of f32); a diffusers folder only.
+    Sdxl,
+}
+
+impl From<SynthSizeArg> for SynthSize {
+    fn from(s: SynthSizeArg) -> SynthSize {
+        match s {
+            SynthSizeArg::Tiny => SynthSize::Tiny,
+            SynthSizeArg::Sd15 => SynthSize::Sd15,
+            SynthSizeArg::SdxlTiny => SynthSize::SdxlTiny,
+            SynthSizeArg::Sdxl => SynthSize::Sdxl,
+        }
+    }
+}
+
+/// `report --fail-on`, `diff --fail-on`: what fails the verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOnArg {
+    /// Any record over tolerance, or a NaN/Inf mismatch (the default).
+    FirstExceed,
+    /// Latent error that grows step over step, or a NaN/Inf mismatch.
+    Amplify,
+    /// The final image over its tolerance, or under --min-psnr/--min-ssim (the default with
+    /// those; without an image record: as first-exceed).
+    Image,
+}
+
+impl From<FailOnArg> for FailOn {
+    fn from(f: FailOnArg) -> FailOn {
+        match f {
+            FailOnArg::FirstExceed => FailOn::FirstExceed,
+            FailOnArg::Amplify => FailOn::Amplify,
+            FailOnArg::Image => FailOn::Image,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +145,17 @@ mod tests {
             }
         }
         assert_eq!(Graphics::from_str("none", false), Ok(Graphics::Off));
+        for f in FailOnArg::value_variants() {
+            let name = f.to_possible_value().map(|v| v.get_name().to_string());
+            let name = name.unwrap_or_default();
+            assert_eq!(name.parse::<FailOn>(), Ok(FailOn::from(*f)), "{name}");
+            assert_eq!(FailOn::from(*f).name(), name);
+        }
+        for s in SynthSizeArg::value_variants() {
+            let name = s.to_possible_value().map(|v| v.get_name().to_string());
+            let name = name.unwrap_or_default();
+            assert_eq!(name.parse::<SynthSize>(), Ok(SynthSize::from(*s)), "{name}");
+        }
         assert_eq!(Graphics::from_str("iterm2", false), Ok(Graphics::Iterm));
     }
 }

@@ -414,7 +414,7 @@ impl Checkpoint {
     ) -> super::Result<(UNet, ClipTextModel, Vae)> {
         let wrap = |source| super::ModelError::Weights {
             file: self.path.clone(),
-            source,
+            error: source,
         };
         let unet = UNet::new(
             self.var_builder(layout, Component::Unet, dtype, device),
@@ -535,7 +535,8 @@ impl SimpleBackend for ShapeOnly {
 
 /// A UNet of `config` whose weights are one-element broadcast tensors: nothing allocated, good
 /// for shape questions such as [`UNet::attention_plan`] or [`UNet::probe_points`], not for
-/// running.
+/// running. Only the tests ask such questions today.
+#[cfg(test)]
 pub fn unet_without_weights(
     config: &super::config::UNetConfig,
     dtype: DType,

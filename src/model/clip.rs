@@ -275,7 +275,7 @@ impl ClipTextModel {
     ) -> Result<Self> {
         let wrap = |source| ModelError::Weights {
             file: weights.to_path_buf(),
-            source,
+            error: source,
         };
         let vb = Checkpoint::open_plain(weights, dtype, device)?;
         ClipTextModel::new(vb, config, "text_encoder").map_err(wrap)

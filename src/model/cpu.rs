@@ -209,7 +209,8 @@ fn gelu_tanh<const FMA: bool>(x: f32) -> f32 {
 }
 
 simd_fn! {
-    /// `out[i] = e^{x[i]}` (for the tests and benchmarks of the polynomial).
+    /// `out[i] = e^{x[i]}` (for the tests of the polynomial).
+    #[cfg(test)]
     fn exp_slice(x: &[f32], out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = exp::<FMA>(v);
@@ -217,8 +218,9 @@ simd_fn! {
     }
 }
 
-/// e^x elementwise (exposed for tests and benchmarks).
-pub fn exp_f32(x: &[f32]) -> Vec<f32> {
+/// e^x elementwise, for the tests of the SIMD exp.
+#[cfg(test)]
+fn exp_f32(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     exp_slice(x, &mut out);
     out

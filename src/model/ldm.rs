@@ -83,7 +83,7 @@ pub enum CheckpointError {
     Pickle { path: PathBuf, kind: &'static str },
     #[error("{}: not a safetensors file: {what}", path.display())]
     NotSafetensors { path: PathBuf, what: String },
-    #[error("{}: {op}: {source}", path.display())]
+    #[error("{}: {op}", path.display())]
     Io {
         path: PathBuf,
         op: &'static str,

@@ -27,13 +27,16 @@ use std::path::PathBuf;
 /// Errors of model construction and evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// candle's errors are told by their first line and are not a [`source`]: their text
+    /// carries a backtrace when RUST_BACKTRACE is set, which a message's chain would repeat.
+    ///
+    /// [`source`]: std::error::Error::source
     #[error("{}", first_line(.0))]
-    Candle(#[from] candle_core::Error),
-    #[error("{file}: {}", first_line(.source))]
+    Candle(candle_core::Error),
+    #[error("{file}: {}", first_line(.error))]
     Weights {
         file: PathBuf,
-        #[source]
-        source: candle_core::Error,
+        error: candle_core::Error,
     },
     #[error("{file}: unsupported model config: field '{field}' {what}")]
     Config {
@@ -41,7 +44,7 @@ pub enum ModelError {
         field: String,
         what: String,
     },
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         path: PathBuf,
         op: &'static str,
@@ -58,11 +61,20 @@ pub enum ModelError {
     Probe(#[from] crate::probe::ProbeError),
     #[error(transparent)]
     Checkpoint(#[from] ldm::CheckpointError),
+    /// A file of a synthetic model could not be written.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
 }
 
 /// candle errors carry a backtrace in their text when RUST_BACKTRACE is set; keep the message.
 fn first_line(e: &candle_core::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Candle(e)
+    }
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

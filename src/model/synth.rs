@@ -259,11 +259,7 @@ pub fn vae_weights(cfg: &AutoEncoderKLConfig, seed: u64) -> Result<BTreeMap<Stri
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).unwrap_or_default();
-    crate::export::write_atomic(path, text.as_bytes()).map_err(|e| ModelError::Io {
-        path: path.to_path_buf(),
-        op: "cannot write",
-        source: std::io::Error::other(e.to_string()),
-    })
+    Ok(crate::export::write_atomic(path, text.as_bytes())?)
 }
 
 /// Save `weights` as safetensors at `path`, through a temporary file (never half-written).
@@ -272,7 +268,7 @@ fn save(path: &Path, weights: BTreeMap<String, Tensor>) -> Result<()> {
     candle_core::safetensors::save(&weights.into_iter().collect(), &tmp).map_err(|source| {
         ModelError::Weights {
             file: tmp.clone(),
-            source,
+            error: source,
         }
     })?;
     std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
@@ -382,11 +378,7 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
 fn write_tokenizer(dir: &Path, pad: &str) -> Result<()> {
     write_json(&dir.join("vocab.json"), &byte_level_vocab())?;
     let merges = dir.join("merges.txt");
-    crate::export::write_atomic(&merges, b"#version: 0.2\n").map_err(|e| ModelError::Io {
-        path: merges.clone(),
-        op: "cannot write",
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    crate::export::write_atomic(&merges, b"#version: 0.2\n")?;
     write_json(
         &dir.join("tokenizer_config.json"),
         &serde_json::json!({

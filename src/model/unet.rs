@@ -734,7 +734,7 @@ impl UNet {
         config.validate(weights)?;
         let wrap = |source| ModelError::Weights {
             file: weights.to_path_buf(),
-            source,
+            error: source,
         };
         let vb = Checkpoint::open_plain(weights, dtype, device)?;
         UNet::new(vb, config, numerics, attention, "unet").map_err(wrap)

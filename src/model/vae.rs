@@ -295,7 +295,7 @@ impl Vae {
     pub fn new(vb: VarBuilder, config: VaeConfig, weights: &Path) -> Result<Self> {
         let wrap = |source| ModelError::Weights {
             file: weights.to_path_buf(),
-            source,
+            error: source,
         };
         let dtype = vb.dtype();
         let vb_device = vb.device().clone();

@@ -86,7 +86,7 @@ pub enum PipelineError {
         free: u64,
         path: PathBuf,
     },
-    #[error("{source} (the trace {} was closed and marked failed)", trace.display())]
+    #[error("the run failed; its trace {} was closed and marked failed", trace.display())]
     Run {
         trace: PathBuf,
         #[source]
@@ -95,7 +95,7 @@ pub enum PipelineError {
     /// The run failed and closing the trace failed too (typically a full disk): the file holds
     /// the records written before the failure but no run-end and no index.
     #[error(
-        "{source}; the trace {} could not be closed either ({close}): it holds the records written before the error, readable as a truncated trace (`sdtrace info` counts them), but no run-end and no index",
+        "the run failed, and its trace {} could not be closed either ({close}; it holds the records written before the error, readable as a truncated trace that `sdtrace info` counts, but no run-end and no index)",
         trace.display()
     )]
     Unclosed {
@@ -114,16 +114,9 @@ impl From<candle_core::Error> for PipelineError {
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
 
-/// `1.5 GiB` style.
-pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    match bytes {
-        0..1024 => format!("{bytes} B"),
-        1024..1_048_576 => format!("{:.1} KiB", b / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
-        _ => format!("{:.2} GiB", b / 1_073_741_824.0),
-    }
-}
+/// `1.5 GiB` style: the one byte formatter, [`crate::inspect::human_bytes`], under the name the
+/// pipeline's messages use.
+pub use crate::inspect::human_bytes as human;
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -901,7 +894,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
         }
         Err(e) => {
             end.status = RunStatus::Failed;
-            end.reason = Some(e.to_string());
+            end.reason = Some(crate::errors::chain_text(&e));
             return Err(match probe.finish_with(end) {
                 Ok(_) => PipelineError::Run {
                     trace: out.to_path_buf(),
@@ -909,10 +902,10 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
                 },
                 Err(close) => {
                     // A full disk fails the run and the close alike: say it once.
-                    let close = close.to_string();
+                    let close = crate::errors::chain_text(&close);
                     PipelineError::Unclosed {
                         trace: out.to_path_buf(),
-                        close: if close == e.to_string() {
+                        close: if close == crate::errors::chain_text(&e) {
                             "the same error".into()
                         } else {
                             close

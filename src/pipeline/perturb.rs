@@ -171,7 +171,10 @@ impl Intervention for Perturb {
     }
 
     fn apply(&mut self, id: &RecordId, t: TensorView<'_>) -> Result<Option<OwnedTensor>, String> {
-        let x = to_f64(t.dtype(), t.data())
+        let x = t
+            .dtype()
+            .is_float()
+            .then(|| t.dtype().decode_all(t.data()))
             .ok_or_else(|| format!("cannot perturb a {} tensor", t.dtype()))?;
         if x.is_empty() {
             return Ok(None);
@@ -198,28 +201,6 @@ impl Intervention for Perturb {
             data: from_f64(t.dtype(), &y),
         }))
     }
-}
-
-fn to_f64(dtype: DType, b: &[u8]) -> Option<Vec<f64>> {
-    Some(match dtype {
-        DType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        DType::F64 => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        _ => return None,
-    })
 }
 
 fn from_f64(dtype: DType, v: &[f64]) -> Vec<u8> {
@@ -282,7 +263,7 @@ mod tests {
         let ya = a.apply(&id, view).unwrap().unwrap();
         let yb = Perturb::new(p, 7).apply(&id, view).unwrap().unwrap();
         assert_eq!(ya.data, yb.data);
-        let y = to_f64(DType::F32, &ya.data).unwrap();
+        let y = DType::F32.decode_all(&ya.data);
         let (num, den) = x.iter().zip(&y).fold((0.0, 0.0), |(n, d), (&a, &b)| {
             (n + (b - a as f64).powi(2), d + (a as f64).powi(2))
         });

@@ -28,7 +28,7 @@ pub enum TextError {
         "{dir}: no tokenizer files: looked for vocab.json + merges.txt, or tokenizer.json (give the model's diffusers tokenizer/ folder)"
     )]
     MissingFiles { dir: PathBuf },
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io {
         path: PathBuf,
         #[source]

@@ -803,7 +803,7 @@ impl App {
                 self.say(format!("metric: {}", self.metric.name()), false);
             }
             Action::EditTolerance => {
-                let text = self.tol.global.map(spec_text).unwrap_or_default();
+                let text = self.tol.global.map(|t| t.to_string()).unwrap_or_default();
                 self.prompt = Some(Prompt::Tolerance {
                     text,
                     before: self.tol.clone(),
@@ -1279,17 +1279,6 @@ fn parse_tol(text: &str) -> Result<Option<TolSpec>, String> {
     TolSpec::parse(text, "tolerance")
         .map(Some)
         .map_err(|e| e.to_string())
-}
-
-fn spec_text(s: TolSpec) -> String {
-    let mut v = Vec::new();
-    if let Some(r) = s.rel {
-        v.push(format!("rel={r:e}"));
-    }
-    if let Some(a) = s.abs {
-        v.push(format!("abs={a:e}"));
-    }
-    v.join(",")
 }
 
 #[cfg(test)]

@@ -515,6 +515,19 @@ pub fn footer_items(scope: Scope) -> Vec<(String, &'static str)> {
     items
 }
 
+/// The keys of the overview for `sdtrace diff --help`, from the table: each binding of the
+/// global and heatmap scopes that has a footer label, as `KEYS label` (`q/Ctrl-c quit`).
+pub fn summary() -> Vec<String> {
+    BINDINGS
+        .iter()
+        .filter(|b| matches!(b.scope, Scope::Global | Scope::Heatmap))
+        .filter_map(|b| {
+            let keys: Vec<String> = b.keys.iter().map(|k| k.name()).collect();
+            b.footer.map(|label| format!("{} {label}", keys.join("/")))
+        })
+        .collect()
+}
+
 /// The help overlay: per scope a title and `(keys, description)` rows.
 pub fn help_lines() -> Vec<(&'static str, Vec<(String, &'static str)>)> {
     [

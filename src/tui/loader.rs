@@ -141,7 +141,7 @@ fn run_analysis(
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(e), _) | (_, Err(e)) => {
                     // A trace being created may not have its header yet: try again.
-                    fail(e.to_string());
+                    fail(crate::errors::chain_text(&e));
                     if !nap(job.poll, stop) {
                         return;
                     }
@@ -152,7 +152,7 @@ fn run_analysis(
         let floor = match job.floor.as_deref().map(TraceReader::open).transpose() {
             Ok(f) => f,
             Err(e) => {
-                fail(e.to_string());
+                fail(crate::errors::chain_text(&e));
                 return;
             }
         };
@@ -186,7 +186,7 @@ fn run_analysis(
             }
             Err(AnalysisError::Cancelled) => return,
             Err(e) => {
-                fail(e.to_string());
+                fail(crate::errors::chain_text(&e));
                 if !live {
                     return;
                 }
@@ -242,7 +242,7 @@ fn run_analysis(
                     });
                 }
                 Err(AnalysisError::Cancelled) => return,
-                Err(e) => fail(e.to_string()),
+                Err(e) => fail(crate::errors::chain_text(&e)),
             }
             if !live {
                 return;
@@ -404,9 +404,9 @@ pub fn export_pair(readers: &Readers, pair: &PairRecord, dir: &Path) -> Result<S
         } else {
             to_npy(&m.key, m.dtype, &m.shape, &data)
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::errors::chain_text(&e))?;
         let path = dir.join(&name);
-        write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+        write_atomic(&path, &bytes).map_err(|e| crate::errors::chain_text(&e))?;
         written.push(path.display().to_string());
     }
     if written.is_empty() {

@@ -57,7 +57,7 @@ pub enum TuiError {
     Analysis(#[from] AnalysisError),
     #[error(transparent)]
     Trace(#[from] TraceError),
-    #[error("terminal: {0}")]
+    #[error("terminal")]
     Terminal(#[from] std::io::Error),
 }
 

@@ -12,6 +12,7 @@ use super::model::{CellStat, MARK_FIRST, MARK_ONSET, MARK_SOURCE, Metric};
 use super::palette::{Palette, SHADES};
 use super::views;
 use crate::analysis::Status;
+use crate::inspect::human_bytes;
 use crate::report::sci;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -130,22 +131,6 @@ mod escape_tests {
     }
 }
 
-/// `1.5 GiB`, `12 MiB`, `300 B`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// `text` in at most `width` columns, cut on the left (`…` marks the cut): tree labels, whose
 /// indentation and own name are at the end.
 pub fn fit_left(text: &str, width: usize) -> String {
@@ -209,8 +194,8 @@ pub fn status_text(app: &App) -> String {
                 "payload metrics {}/{} pairs · {} of {} · {pct:.0}%",
                 k.pairs_done,
                 k.pairs_total,
-                bytes(k.bytes_done),
-                bytes(k.bytes_total)
+                human_bytes(k.bytes_done),
+                human_bytes(k.bytes_total)
             )
         }
         Phase::Done => "all metrics computed".into(),

@@ -9,7 +9,12 @@ use std::sync::OnceLock;
 
 /// The `sdtrace` binary, for driving it as a user does.
 pub fn sdtrace() -> assert_cmd::Command {
-    assert_cmd::Command::cargo_bin("sdtrace").unwrap()
+    assert_cmd::Command::new(sdtrace_bin())
+}
+
+/// The path of the `sdtrace` binary, for a test that spawns it itself (signals, a terminal).
+pub fn sdtrace_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sdtrace"))
 }
 
 /// The tiny synthetic model (seed 3), written once per test binary under the target's tmp dir

@@ -104,8 +104,9 @@ pub fn names() -> String {
         .join(", ")
 }
 
-/// The presets whose wave is exactly `elements`.
-pub fn with_wave(elements: u64) -> Vec<&'static GpuPreset> {
+/// The presets whose wave is exactly `elements` (the tests' check of the waves).
+#[cfg(test)]
+fn with_wave(elements: u64) -> Vec<&'static GpuPreset> {
     PRESETS.iter().filter(|p| p.wave() == elements).collect()
 }
 

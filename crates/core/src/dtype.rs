@@ -77,6 +77,46 @@ impl DType {
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
     }
+
+    /// The element whose little-endian bytes are `b` (exactly [`size`](Self::size) bytes; a
+    /// shorter slice reads as 0), as f64: exact for every float dtype and for integers up to
+    /// 2⁵³. The one decoder of element bytes; only the summaries' and the metrics' inner
+    /// loops keep their own, specialised per dtype for speed (`stats::decode_chunk`,
+    /// `analysis::metrics`), and tests check them against this one.
+    #[inline]
+    pub fn decode(self, b: &[u8]) -> f64 {
+        fn le<const N: usize>(b: &[u8]) -> [u8; N] {
+            b.get(..N).and_then(|b| b.try_into().ok()).unwrap_or([0; N])
+        }
+        match self {
+            DType::F32 => f32::from_le_bytes(le(b)) as f64,
+            DType::F16 => half::f16::from_le_bytes(le(b)).to_f64(),
+            DType::BF16 => half::bf16::from_le_bytes(le(b)).to_f64(),
+            DType::F64 => f64::from_le_bytes(le(b)),
+            DType::I64 => i64::from_le_bytes(le(b)) as f64,
+            DType::I32 => i32::from_le_bytes(le(b)) as f64,
+            DType::U8 => le::<1>(b)[0] as f64,
+        }
+    }
+
+    /// Every whole element of `bytes` as f64 ([`decode`](Self::decode)).
+    pub fn decode_all(self, bytes: &[u8]) -> Vec<f64> {
+        bytes
+            .chunks_exact(self.size())
+            .map(|b| self.decode(b))
+            .collect()
+    }
+
+    /// Every whole element of a float tensor as f32 (f16 and bf16 exactly; f64 rounded),
+    /// `None` for integer dtypes.
+    pub fn decode_floats(self, bytes: &[u8]) -> Option<Vec<f32>> {
+        self.is_float().then(|| {
+            bytes
+                .chunks_exact(self.size())
+                .map(|b| self.decode(b) as f32)
+                .collect()
+        })
+    }
 }
 
 impl fmt::Display for DType {
@@ -135,6 +175,36 @@ mod tests {
         assert_eq!(DType::BF16.code(), 2);
         assert_eq!(DType::U8.code(), 6);
         assert_eq!(DType::from_code(200), None);
+    }
+
+    #[test]
+    fn decode_reads_each_dtype_little_endian() {
+        let cases: [(DType, Vec<u8>, f64); 7] = [
+            (DType::F32, 1.5f32.to_le_bytes().to_vec(), 1.5),
+            (
+                DType::F16,
+                half::f16::from_f64(-2.0).to_le_bytes().to_vec(),
+                -2.0,
+            ),
+            (
+                DType::BF16,
+                half::bf16::from_f64(3.0).to_le_bytes().to_vec(),
+                3.0,
+            ),
+            (DType::F64, 0.1f64.to_le_bytes().to_vec(), 0.1),
+            (DType::I64, (-7i64).to_le_bytes().to_vec(), -7.0),
+            (DType::I32, 9i32.to_le_bytes().to_vec(), 9.0),
+            (DType::U8, vec![200], 200.0),
+        ];
+        for (d, bytes, want) in cases {
+            assert_eq!(d.decode(&bytes), want, "{d}");
+            let two = [bytes.clone(), bytes].concat();
+            assert_eq!(d.decode_all(&two), vec![want; 2], "{d}");
+        }
+        assert_eq!(DType::F32.decode(&[1, 2]), 0.0, "a short slice reads as 0");
+        assert_eq!(DType::I32.decode_floats(&[0; 8]), None);
+        let f16 = half::f16::from_f64(0.25).to_le_bytes();
+        assert_eq!(DType::F16.decode_floats(&f16), Some(vec![0.25f32]));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum ExportError {
     Image(#[from] ImageError),
     #[error(".npy has no bfloat16 type; export '{key}' to .safetensors instead")]
     NpyBf16 { key: String },
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         path: PathBuf,
         op: &'static str,

@@ -177,29 +177,6 @@ pub struct ImageTensor {
     pub planes: Planes,
 }
 
-/// Little-endian floats of `dtype` as f32 (`None` for integer dtypes).
-fn floats(dtype: DType, data: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        DType::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        DType::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-        DType::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        DType::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        DType::I64 | DType::I32 | DType::U8 => return None,
-    })
-}
-
 impl ImageTensor {
     /// Check and decode a record's payload (little-endian `dtype` values of `shape`). Refuses
     /// other ranks or channel counts, integer dtypes other than u8, and finite float values
@@ -218,7 +195,7 @@ impl ImageTensor {
         let planes = if dtype == DType::U8 {
             Planes::U8(data.to_vec())
         } else {
-            let Some(values) = floats(dtype, data) else {
+            let Some(values) = dtype.decode_floats(data) else {
                 return Err(not_image(format!(
                     "it holds {dtype} values; an image holds floats in [0, 1] or u8"
                 )));

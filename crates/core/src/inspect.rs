@@ -7,8 +7,8 @@ use crate::escape::printable;
 use crate::glob;
 use crate::stats::Summary;
 use crate::trace::{
-    Codec, Fidelity, Integrity, RecordEntry, RunEnd, RunHeader, TraceError, TraceReader,
-    format_unix_ms,
+    Codec, DeviceFacts, Fidelity, Integrity, RecordEntry, RunEnd, RunHeader, Settings, TraceError,
+    TraceReader, format_unix_ms,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -134,6 +134,21 @@ pub fn render_info(i: &TraceInfo) -> String {
         i.version.0,
         i.version.1
     );
+    status_lines(&mut s, i);
+    provenance_lines(&mut s, h);
+    section(
+        &mut s,
+        "settings",
+        &settings_rows(&h.settings),
+        &h.settings.extra,
+    );
+    section(&mut s, "device", &device_rows(&h.device), &h.device.extra);
+    record_lines(&mut s, i);
+    s
+}
+
+/// Whether the trace is whole, how its run ended, what was verified and what is damaged.
+fn status_lines(s: &mut String, i: &TraceInfo) {
     match &i.integrity {
         Integrity::Complete => {
             let _ = writeln!(s, "status    complete");
@@ -206,6 +221,10 @@ pub fn render_info(i: &TraceInfo) -> String {
             );
         }
     }
+}
+
+/// Which versions wrote the trace, and when.
+fn provenance_lines(s: &mut String, h: &RunHeader) {
     let versions = [
         h.sdtrace_version.as_ref().map(|v| format!("sdtrace {v}")),
         h.candle_version.as_ref().map(|v| format!("candle {v}")),
@@ -217,8 +236,11 @@ pub fn render_info(i: &TraceInfo) -> String {
     if let Some(ms) = h.created_unix_ms {
         let _ = writeln!(s, "created   {}", format_unix_ms(ms));
     }
-    let st = &h.settings;
-    let mut rows: Vec<(&str, Option<String>)> = vec![("model", st.model.clone())];
+}
+
+/// The generation settings of the header, in `info`'s order.
+fn settings_rows(st: &Settings) -> Vec<(&'static str, Option<String>)> {
+    let mut rows: Vec<(&'static str, Option<String>)> = vec![("model", st.model.clone())];
     rows.extend(
         st.model_hashes
             .iter()
@@ -241,9 +263,12 @@ pub fn render_info(i: &TraceInfo) -> String {
         ("attention", st.attention.clone()),
         ("capture", st.capture.clone()),
     ]);
-    section(&mut s, "settings", &rows, &st.extra);
-    let d = &h.device;
-    let mut rows: Vec<(&str, Option<String>)> = vec![
+    rows
+}
+
+/// The device facts of the header (and its GPU's, when it ran on one).
+fn device_rows(d: &DeviceFacts) -> Vec<(&'static str, Option<String>)> {
+    let mut rows: Vec<(&'static str, Option<String>)> = vec![
         ("device", d.device.clone()),
         (
             "os",
@@ -292,7 +317,11 @@ pub fn render_info(i: &TraceInfo) -> String {
             ("cuda", g.cuda_version.clone()),
         ]);
     }
-    section(&mut s, "device", &rows, &d.extra);
+    rows
+}
+
+/// Record counts, steps, key groups and the bytes stored per fidelity.
+fn record_lines(s: &mut String, i: &TraceInfo) {
     let _ = writeln!(
         s,
         "\nrecords   {} ({} outside the sampling loop)",
@@ -316,7 +345,6 @@ pub fn render_info(i: &TraceInfo) -> String {
             human_bytes(*b)
         );
     }
-    s
 }
 
 /// A titled block of `name value` lines; absent values are left out, unknown fields follow.

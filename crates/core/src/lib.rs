@@ -17,6 +17,7 @@
 pub mod analysis;
 pub mod cards;
 pub mod dtype;
+pub mod errors;
 pub mod escape;
 pub mod exit;
 pub mod export;

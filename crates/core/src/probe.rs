@@ -446,7 +446,8 @@ impl Probe {
         Self::build(Some(writer), policy)
     }
 
-    /// A probe with interventions only (no trace), e.g. to replay inputs.
+    /// A probe with interventions only (no trace), for the tests of interventions.
+    #[cfg(test)]
     pub fn interventions_only() -> Self {
         Self::build(None, Policy::preset("off").unwrap_or_default())
     }
@@ -489,10 +490,6 @@ impl Probe {
     /// How many captured records held NaN/Inf so far (cheap; for polling during a run).
     pub fn nonfinite_count(&self) -> u64 {
         self.state.as_ref().map_or(0, |s| lock(s).nonfinite_total)
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        self.state.is_some()
     }
 
     /// Enter sampler step `step` (or leave the loop with `None`) at model evaluation `eval`.

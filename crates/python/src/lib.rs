@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use sdtrace_core::DType;
 use sdtrace_core::analysis::{AllowMissing, CompareOptions, Criteria, FailOn, TolConfig};
+use sdtrace_core::errors::chain_text;
 use sdtrace_core::probe::{Policy, Probe, TensorView};
 use sdtrace_core::trace::{RunEnd, RunHeader, RunStatus, TraceReader, TraceWriter, WriterOptions};
 use std::collections::BTreeMap;
@@ -29,6 +30,12 @@ pyo3::create_exception!(
 
 fn err(msg: impl std::fmt::Display) -> PyErr {
     SdtraceError::new_err(msg.to_string())
+}
+
+/// An error as an exception: its message and every cause of its chain, each once (a trace
+/// error names the file, its source the OS's reason).
+fn fail(e: impl std::error::Error + 'static) -> PyErr {
+    err(chain_text(&e))
 }
 
 fn dtype_of(name: &str) -> PyResult<DType> {
@@ -93,8 +100,7 @@ impl Recorder {
             .map_err(|e| err(format!("run header: {e}")))?;
         let policy =
             Policy::from_spec(capture).map_err(|e| err(format!("capture '{capture}': {e}")))?;
-        let writer = TraceWriter::create(&path, &header, WriterOptions::default())
-            .map_err(|e| err(e.to_string()))?;
+        let writer = TraceWriter::create(&path, &header, WriterOptions::default()).map_err(fail)?;
         Ok(Recorder {
             probe: RwLock::new(Some(Probe::new(writer, policy.clone()))),
             policy,
@@ -105,7 +111,7 @@ impl Recorder {
     /// The step (None outside the sampling loop) and evaluation the next records belong to.
     #[pyo3(signature = (step, eval=0))]
     fn set_step(&self, step: Option<u32>, eval: u32) -> PyResult<()> {
-        self.with(|p| p.set_step(step, eval).map_err(|e| err(e.to_string())))
+        self.with(|p| p.set_step(step, eval).map_err(fail))
     }
 
     /// Whether the model call about to run batches its CFG rows [cond; uncond] (the webui's
@@ -146,7 +152,7 @@ impl Recorder {
         self.with(|p| {
             py.detach(|| p.tensor(key, view))
                 .map(|_| ())
-                .map_err(|e| err(format!("{key}: {e}")))
+                .map_err(|e| err(format!("{key}: {}", chain_text(&e))))
         })
     }
 
@@ -235,9 +241,7 @@ impl Recorder {
             nonfinite,
             extra,
         };
-        let written = py
-            .detach(|| probe.finish_with(end))
-            .map_err(|e| err(e.to_string()))?;
+        let written = py.detach(|| probe.finish_with(end)).map_err(fail)?;
         Ok(written.map_or(0, |w| w.records))
     }
 
@@ -308,7 +312,7 @@ impl Trace {
                     }))
                 })
                 .collect::<Result<Vec<_>, sdtrace_core::trace::TraceError>>()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(fail)?;
             serde_json::to_string(&metas).map_err(err)
         })
     }
@@ -329,13 +333,10 @@ impl Trace {
                 self.reader.path().display()
             ))
         })?;
-        let meta = self
-            .reader
-            .read_meta(entry)
-            .map_err(|e| err(e.to_string()))?;
+        let meta = self.reader.read_meta(entry).map_err(fail)?;
         let data = py
             .detach(|| self.reader.read_payload(&meta))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(fail)?;
         Ok(data.map(|d| (meta.dtype.name(), meta.shape.clone(), PyBytes::new(py, &d))))
     }
 }
@@ -344,7 +345,7 @@ impl Trace {
 #[pyfunction]
 fn open_trace(path: PathBuf) -> PyResult<Trace> {
     Ok(Trace {
-        reader: TraceReader::open(&path).map_err(|e| err(e.to_string()))?,
+        reader: TraceReader::open(&path).map_err(fail)?,
     })
 }
 
@@ -395,7 +396,7 @@ fn compare(
         ..CompareOptions::default()
     };
     py.detach(|| {
-        let c = sdtrace_core::analysis::compare_paths(&a, &b, None, &opts).map_err(err)?;
+        let c = sdtrace_core::analysis::compare_paths(&a, &b, None, &opts).map_err(fail)?;
         let j = sdtrace_core::analysis::judge(&c, &tols, &criteria);
         serde_json::to_string(&sdtrace_core::report::report_json(&c, &j)).map_err(err)
     })

@@ -10,6 +10,7 @@
 //! (leading 1s aside) is an error naming both shapes, never a silent reshape.
 
 use super::RngError;
+use crate::dtype::DType;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -163,24 +164,9 @@ fn count(path: &Path, shape: &[usize]) -> Result<usize, RngError> {
         .ok_or_else(|| err(path, format!("shape {shape:?} is too large")))
 }
 
-/// Little-endian floats of `size` bytes each to f32.
-fn decode(bytes: &[u8], size: usize, f: fn(&[u8]) -> f32) -> Vec<f32> {
-    bytes.chunks_exact(size).map(f).collect()
-}
-
-fn f32_of(b: &[u8]) -> f32 {
-    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
-fn f64_of(b: &[u8]) -> f32 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    f64::from_le_bytes(a) as f32
-}
-fn f16_of(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-fn bf16_of(b: &[u8]) -> f32 {
-    half::bf16::from_le_bytes([b[0], b[1]]).to_f32()
+/// Little-endian floats of `dtype` to f32 ([`DType::decode_floats`]).
+fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    dtype.decode_floats(bytes).unwrap_or_default()
 }
 
 /// Read a `.npy` file.
@@ -226,10 +212,10 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Stored, RngError> {
         .map(|s| s.trim_end_matches('L').parse::<usize>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| err(path, format!("cannot read the shape ({shape_text})")))?;
-    let (size, f): (usize, fn(&[u8]) -> f32) = match descr {
-        "<f4" | "=f4" => (4, f32_of),
-        "<f8" | "=f8" => (8, f64_of),
-        "<f2" | "=f2" => (2, f16_of),
+    let dtype = match descr {
+        "<f4" | "=f4" => DType::F32,
+        "<f8" | "=f8" => DType::F64,
+        "<f2" | "=f2" => DType::F16,
         other => {
             return Err(err(
                 path,
@@ -239,6 +225,7 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Stored, RngError> {
             ));
         }
     };
+    let size = dtype.size();
     let n = count(path, &shape)?;
     let data = &bytes[start + header_len..];
     if n.checked_mul(size) != Some(data.len()) {
@@ -254,7 +241,7 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Stored, RngError> {
     Ok(Stored {
         name: "(npy)".into(),
         shape,
-        data: decode(data, size, f),
+        data: decode(data, dtype),
     })
 }
 
@@ -268,11 +255,11 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<Stored>, RngError> 
         let t = st
             .tensor(name)
             .map_err(|e| err(path, format!("tensor '{name}': {e}")))?;
-        let (size, f): (usize, fn(&[u8]) -> f32) = match t.dtype() {
-            Dtype::F32 => (4, f32_of),
-            Dtype::F64 => (8, f64_of),
-            Dtype::F16 => (2, f16_of),
-            Dtype::BF16 => (2, bf16_of),
+        let dtype = match t.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F64 => DType::F64,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
             other => {
                 return Err(err(
                     path,
@@ -283,7 +270,7 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<Stored>, RngError> 
         Ok(Stored {
             name: name.to_string(),
             shape: t.shape().to_vec(),
-            data: decode(t.data(), size, f),
+            data: decode(t.data(), dtype),
         })
     };
     if names.len() == 1 {

@@ -595,8 +595,51 @@ fn precision_explains_text(c: &Comparison) -> bool {
 /// Apply tolerances and localise the divergence.
 pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement {
     let recs = &c.records;
-    let mut out: Vec<RecordJudgement> = recs
-        .iter()
+    let mut out = record_judgements(recs, tol);
+    let errors: Vec<Option<f64>> = out.iter().map(|j| j.error).collect();
+    propagate(recs, &errors, &mut out);
+    let first_nonfinite = first_nonfinite(recs);
+    let parts = sampler_parts_at(&c.a.header, &c.b.header).and_then(|k| {
+        recs.iter().position(|r| {
+            r.key == "sampler.x" && r.step == Some(k) && r.bit_identical == Some(false)
+        })
+    });
+    let source = source(recs, &out, parts);
+    let (latent_key, latent) = latent_series(recs, &errors);
+    let amp = amplification(&latent);
+    let image = recs.iter().rposition(|r| r.key == "image");
+    let gaps = gaps(c, &criteria.allow_missing);
+    let found = Findings {
+        out: &out,
+        first_nonfinite,
+        source: source.as_ref(),
+        amp: amp.as_ref(),
+        image,
+        gaps: &gaps,
+        sampler_parts: parts,
+    };
+    let verdict = verdict(c, &found, criteria);
+    Judgement {
+        tolerance: tol.describe(),
+        criteria: criteria.clone(),
+        gaps,
+        counts: counts(&out),
+        first_non_identical: recs.iter().position(|r| r.bit_identical == Some(false)),
+        first_over_tolerance: out.iter().position(|j| j.status == Status::Fail),
+        records: out,
+        first_nonfinite,
+        source,
+        latent_key,
+        latent,
+        amplification: amp,
+        image,
+        verdict,
+    }
+}
+
+/// Each record against its tolerance, before localisation (no input errors yet).
+fn record_judgements(recs: &[PairRecord], tol: &TolConfig) -> Vec<RecordJudgement> {
+    recs.iter()
         .map(|r| {
             let (da, db) = r.dtypes();
             let t = tol.resolve(&r.key, da, db, r.floor.map(|f| (f.rel_l2, f.abs)));
@@ -617,12 +660,16 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
                 reason,
             }
         })
-        .collect();
-    let errors: Vec<Option<f64>> = out.iter().map(|j| j.error).collect();
+        .collect()
+}
+
+/// Localisation: each record's input error (by the module's feeding rule), its gain, and
+/// whether it creates error.
+fn propagate(recs: &[PairRecord], errors: &[Option<f64>], out: &mut [RecordJudgement]) {
     let graph = Graph::new(recs);
     for i in 0..recs.len() {
         let Some(e_out) = errors[i] else { continue };
-        let inputs = graph.inputs(recs, i, &errors);
+        let inputs = graph.inputs(recs, i, errors);
         let e_in = inputs
             .iter()
             .filter_map(|&j| errors[j])
@@ -638,8 +685,11 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
             j.creates = e_in == 0.0 || e_out / e_in >= CREATE_GAIN;
         }
     }
+}
+
+fn counts(out: &[RecordJudgement]) -> Counts {
     let mut counts = Counts::default();
-    for j in &out {
+    for j in out {
         match j.status {
             Status::Identical => counts.identical += 1,
             Status::Pass => counts.pass += 1,
@@ -648,22 +698,38 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
             Status::NotCompared => counts.not_compared += 1,
         }
     }
-    let first_non_identical = recs.iter().position(|r| r.bit_identical == Some(false));
-    let first_over_tolerance = out.iter().position(|j| j.status == Status::Fail);
-    let first_nonfinite = recs.iter().position(|r| r.nonfinite_mismatch > 0);
-    // Samplers that step differently by design part at the sampler's state of that step.
-    let parts = sampler_parts_at(&c.a.header, &c.b.header).and_then(|k| {
-        recs.iter().position(|r| {
-            r.key == "sampler.x" && r.step == Some(k) && r.bit_identical == Some(false)
-        })
+    counts
+}
+
+/// The first record, in execution order, with non-finite values where the other run has none.
+/// Execution order is that of the side holding them (the records are listed in A's order; when
+/// B holds more non-finite values, B's order decides, should the two runs order differently).
+fn first_nonfinite(recs: &[PairRecord]) -> Option<usize> {
+    let bad = || {
+        recs.iter()
+            .enumerate()
+            .filter(|(_, r)| r.nonfinite_mismatch > 0)
+    };
+    let (in_a, in_b) = bad().fold((0u64, 0u64), |(a, b), (_, r)| {
+        (a + r.summary.nonfinite_a, b + r.summary.nonfinite_b)
     });
-    let source_idx = parts
+    if in_b > in_a {
+        bad().min_by_key(|(_, r)| r.order_b).map(|(i, _)| i)
+    } else {
+        bad().map(|(i, _)| i).next()
+    }
+}
+
+/// The source of the divergence: where samplers part by design (`parts`), else the first
+/// creating record that fails tolerance, else the first creating record.
+fn source(recs: &[PairRecord], out: &[RecordJudgement], parts: Option<usize>) -> Option<Source> {
+    let i = parts
         .or_else(|| {
             out.iter()
                 .position(|j| j.creates && j.status == Status::Fail)
         })
-        .or_else(|| out.iter().position(|j| j.creates));
-    let source = source_idx.map(|i| Source {
+        .or_else(|| out.iter().position(|j| j.creates))?;
+    Some(Source {
         index: i,
         key: recs[i].key.clone(),
         step: recs[i].step,
@@ -671,7 +737,15 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
         error_in: out[i].error_in.unwrap_or(0.0),
         error: out[i].error.unwrap_or(0.0),
         over_tolerance: out[i].status == Status::Fail,
-    });
+    })
+}
+
+/// The latent error per step: `sampler.x`, or `sampler.denoised` without it (one point per
+/// step, the first eval's).
+fn latent_series(
+    recs: &[PairRecord],
+    errors: &[Option<f64>],
+) -> (Option<String>, Vec<LatentPoint>) {
     let latent_key = ["sampler.x", "sampler.denoised"]
         .into_iter()
         .find(|k| recs.iter().any(|r| r.key == *k && r.step.is_some()))
@@ -688,35 +762,7 @@ pub fn judge(c: &Comparison, tol: &TolConfig, criteria: &Criteria) -> Judgement 
         }
         latent.sort_by_key(|p| p.step);
     }
-    let amp = amplification(&latent);
-    let image = recs.iter().rposition(|r| r.key == "image");
-    let gaps = gaps(c, &criteria.allow_missing);
-    let found = Findings {
-        out: &out,
-        first_nonfinite,
-        source: source.as_ref(),
-        amp: amp.as_ref(),
-        image,
-        gaps: &gaps,
-        sampler_parts: parts,
-    };
-    let verdict = verdict(c, &found, criteria);
-    Judgement {
-        tolerance: tol.describe(),
-        criteria: criteria.clone(),
-        gaps,
-        records: out,
-        counts,
-        first_non_identical,
-        first_over_tolerance,
-        first_nonfinite,
-        source,
-        latent_key,
-        latent,
-        amplification: amp,
-        image,
-        verdict,
-    }
+    (latent_key, latent)
 }
 
 /// The first `sampler.noise` pair drawn by a different generator (not mere rounding), when the
@@ -929,14 +975,7 @@ fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
         );
     }
     if let Some(i) = f.first_nonfinite {
-        return (
-            VerdictClass::NanInf,
-            format!(
-                "NaN/Inf: {} has non-finite values where the other run has not ({} elements).",
-                recs[i].label(),
-                recs[i].nonfinite_mismatch
-            ),
-        );
+        return (VerdictClass::NanInf, nonfinite_lead(&recs[i]));
     }
     if let Some(i) = differs("noise.").or_else(|| ancestral_noise_differs(recs)) {
         return (VerdictClass::NoiseRng, noise_lead(c, &recs[i]));
@@ -988,6 +1027,47 @@ fn lead(c: &Comparison, f: &Findings, passed: bool) -> (VerdictClass, String) {
             "The traces are bit-identical ({} records compared).",
             recs.len()
         ),
+    )
+}
+
+/// A record of the VAE decoder: `vae.post_quant_conv`, `vae.decoder…`, or the decoded `image`.
+fn is_vae_decoder(key: &str) -> bool {
+    key == "image" || key == "vae.post_quant_conv" || key.starts_with("vae.decoder")
+}
+
+/// The NaN/Inf lead for the first record `r` with non-finite values on one side only; in the
+/// VAE decoder at f16 it names the known SDXL f16 VAE overflow and its fix.
+fn nonfinite_lead(r: &PairRecord) -> String {
+    let lead = format!(
+        "NaN/Inf: {} has non-finite values where the other run has not ({} elements).",
+        r.label(),
+        r.nonfinite_mismatch
+    );
+    if !is_vae_decoder(&r.key) {
+        return lead;
+    }
+    let bad_dtype = if r.summary.nonfinite_b > r.summary.nonfinite_a {
+        &r.dtype_b
+    } else {
+        &r.dtype_a
+    };
+    let module = if r.key == "image" {
+        "the VAE decoder (no decoder module was recorded; capture vae.*=stats to name it)".into()
+    } else {
+        format!(
+            "the VAE decoder module {}",
+            crate::escape::printable(&r.key)
+        )
+    };
+    if bad_dtype != "f16" {
+        return format!("{lead} The first non-finite values come from {module}.");
+    }
+    format!(
+        "{lead} The first non-finite values come from {module}: the VAE overflows in f16, the known \
+         SDXL f16 VAE overflow (its activations exceed f16's largest value, 65504). Fix: decode \
+         with an f32 VAE (AUTOMATIC1111/Forge: --no-half-vae; diffusers: keep the VAE in float32, \
+         as its config's force_upcast asks; sdtrace record: --dtype f32), or use the fp16-fixed \
+         SDXL VAE (madebyollin/sdxl-vae-fp16-fix)."
     )
 }
 

@@ -46,7 +46,7 @@ pub use metrics::{
     ImageMetrics, PairAccumulator, PayloadMetrics, SummaryDelta, image_metrics, ulp_bins_p99,
 };
 pub use noise::{NoiseClass, NoiseDiagnosis, diagnose};
-pub use tolerance::{Tol, TolConfig, TolSpec, default_tol};
+pub use tolerance::{Tol, TolConfig, TolSpec, default_tol, defaults_text};
 
 use std::path::PathBuf;
 
@@ -55,7 +55,7 @@ use std::path::PathBuf;
 pub enum AnalysisError {
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
-    #[error("cannot read key map {path}: {source}")]
+    #[error("cannot read key map {path}")]
     MapIo {
         path: PathBuf,
         #[source]

@@ -120,6 +120,26 @@ pub fn default_tol(dtype: DType) -> Tol {
     }
 }
 
+/// The default tolerances, generated from [`default_tol`] for help texts:
+/// `f64 rel=1e-7,abs=1e-7; f32 rel=1.3e-6,abs=1e-5; …; integers exact`.
+pub fn defaults_text() -> String {
+    let mut parts: Vec<String> = [DType::F64, DType::F32, DType::F16, DType::BF16]
+        .into_iter()
+        .map(|d| {
+            let t = default_tol(d);
+            format!("{d} rel={:e},abs={:e}", t.rel, t.abs)
+        })
+        .collect();
+    if DType::ALL
+        .into_iter()
+        .filter(|d| !d.is_float())
+        .all(|d| default_tol(d) == Tol { rel: 0.0, abs: 0.0 })
+    {
+        parts.push("integers exact".into());
+    }
+    parts.join("; ")
+}
+
 /// All tolerance settings of one judgement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TolConfig {
@@ -226,30 +246,42 @@ impl TolConfig {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         match self.global {
-            Some(g) => parts.push(format!("--tol {}", spec_text(g))),
+            Some(g) => parts.push(format!("--tol {g}")),
             None => parts.push("per-dtype defaults".to_string()),
         }
         for (p, s) in &self.per_key {
-            parts.push(format!("--tol-key {p}={}", spec_text(*s)));
+            parts.push(format!("--tol-key {p}={s}"));
         }
         parts.join(", ")
     }
 }
 
-fn spec_text(s: TolSpec) -> String {
-    let mut v = Vec::new();
-    if let Some(r) = s.rel {
-        v.push(format!("rel={r:e}"));
+/// `rel=1e-3,abs=1e-5` (the parts given), as `--tol` and the TUI's `t` prompt take it.
+impl std::fmt::Display for TolSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut v = Vec::new();
+        if let Some(r) = self.rel {
+            v.push(format!("rel={r:e}"));
+        }
+        if let Some(a) = self.abs {
+            v.push(format!("abs={a:e}"));
+        }
+        f.write_str(&v.join(","))
     }
-    if let Some(a) = s.abs {
-        v.push(format!("abs={a:e}"));
-    }
-    v.join(",")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_text_says_what_the_table_holds() {
+        assert_eq!(
+            defaults_text(),
+            "f64 rel=1e-7,abs=1e-7; f32 rel=1.3e-6,abs=1e-5; f16 rel=1e-3,abs=1e-5; \
+             bf16 rel=1.6e-2,abs=1e-5; integers exact"
+        );
+    }
 
     #[test]
     fn parse_and_resolve() {

@@ -517,8 +517,21 @@ fn noise_strip(n: &ReportNoise) -> String {
 
 /// The HTML report; `extras` adds the final images' pictures and the noise picture.
 pub fn render_html(c: &Comparison, j: &Judgement, extras: &ReportExtras) -> String {
-    let v = &j.verdict;
     let mut s = String::new();
+    verdict_section(&mut s, c, j);
+    s.push_str(&noise_section(c, j, extras.noise.as_ref()));
+    s.push_str("<h2>Step × layer: log10 relative error</h2>\n<p>Columns: pre (before the sampling loop: noise, text encoder, conditioning), the sampler steps, post (after it: VAE, image). Grey: bit-identical; white: unknown; blue → red: 1e-8 → 1. Black frame: source; red frame: first over tolerance; dashed line: amplification onset.</p>\n");
+    s.push_str(&heatmap(c, j));
+    s.push_str(&error_curves(c, j));
+    s.push_str(&final_images(c, j, extras.images.as_ref()));
+    key_tables(&mut s, c, j);
+    s.push_str("</body></html>\n");
+    s
+}
+
+/// The page head, the verdict, the traces and the header differences.
+fn verdict_section(s: &mut String, c: &Comparison, j: &Judgement) {
+    let v = &j.verdict;
     let mark = v.outcome();
     let cls = match v.status() {
         ExitStatus::Success => "ok",
@@ -561,9 +574,11 @@ pub fn render_html(c: &Comparison, j: &Judgement, extras: &ReportExtras) -> Stri
         }
         s.push_str("</table>\n");
     }
-    s.push_str(&noise_section(c, j, extras.noise.as_ref()));
-    s.push_str("<h2>Step × layer: log10 relative error</h2>\n<p>Columns: pre (before the sampling loop: noise, text encoder, conditioning), the sampler steps, post (after it: VAE, image). Grey: bit-identical; white: unknown; blue → red: 1e-8 → 1. Black frame: source; red frame: first over tolerance; dashed line: amplification onset.</p>\n");
-    s.push_str(&heatmap(c, j));
+}
+
+/// The latent error and the worst record's error per step.
+fn error_curves(c: &Comparison, j: &Judgement) -> String {
+    let mut s = String::new();
     let latent: Vec<(u32, f64)> = j.latent.iter().map(|p| (p.step, p.error)).collect();
     let mut worst: BTreeMap<u32, f64> = BTreeMap::new();
     for (r, rj) in c.records.iter().zip(&j.records) {
@@ -577,7 +592,11 @@ pub fn render_html(c: &Comparison, j: &Judgement, extras: &ReportExtras) -> Stri
         (j.latent_key.as_deref().unwrap_or("latent"), "#06c", latent),
         ("worst record", "#c60", worst.into_iter().collect()),
     ]));
-    s.push_str(&final_images(c, j, extras.images.as_ref()));
+    s
+}
+
+/// The key groups and the failing records (at most 500).
+fn key_tables(s: &mut String, c: &Comparison, j: &Judgement) {
     s.push_str("<h2>Keys</h2><table><tr><th>key</th><th>records</th><th>fail</th><th>worst rel L2</th><th>at</th><th>status</th></tr>\n");
     for r in key_rows(c, j) {
         let (w, at) = r.worst.map_or(("-".into(), "-".into()), |(e, i)| {
@@ -615,8 +634,6 @@ pub fn render_html(c: &Comparison, j: &Judgement, extras: &ReportExtras) -> Stri
         }
         s.push_str("</table>\n");
     }
-    s.push_str("</body></html>\n");
-    s
 }
 
 #[cfg(test)]

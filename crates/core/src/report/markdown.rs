@@ -18,8 +18,17 @@ fn cell(s: &str) -> String {
 }
 
 pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
-    let v = &j.verdict;
     let mut s = String::new();
+    overview(&mut s, c, j);
+    key_table(&mut s, c, j);
+    failing_table(&mut s, c, j);
+    s
+}
+
+/// The heading with the outcome, the verdict, and the table of traces, counts, tolerance,
+/// completeness, localisation and header differences.
+fn overview(s: &mut String, c: &Comparison, j: &Judgement) {
+    let v = &j.verdict;
     let mark = format!(
         "{} {}",
         match v.status() {
@@ -104,6 +113,10 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
             if d.structural { " (structural)" } else { "" }
         );
     }
+}
+
+/// The key groups, failing ones first, at most [`MAX_ROWS`].
+fn key_table(s: &mut String, c: &Comparison, j: &Judgement) {
     let mut rows = key_rows(c, j);
     rows.sort_by_key(|r| (r.fail == 0, r.first_fail));
     let _ = writeln!(
@@ -132,6 +145,10 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
             rows.len() - MAX_ROWS
         );
     }
+}
+
+/// The failing records in a folded table, with the smallest passing tolerance of each.
+fn failing_table(s: &mut String, c: &Comparison, j: &Judgement) {
     let fails = failing(j);
     if !fails.is_empty() {
         let _ = writeln!(
@@ -163,7 +180,6 @@ pub fn render_markdown(c: &Comparison, j: &Judgement) -> String {
         }
         let _ = writeln!(s, "\n</details>");
     }
-    s
 }
 
 #[cfg(test)]

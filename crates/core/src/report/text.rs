@@ -33,6 +33,17 @@ pub(crate) fn wrap(text: &str, width: usize) -> String {
 
 pub fn render_text(c: &Comparison, j: &Judgement) -> String {
     let mut s = String::new();
+    let labels = Labels::new(c);
+    overview(&mut s, c, j);
+    key_table(&mut s, c, j, &labels);
+    failing_lines(&mut s, c, j, &labels);
+    only_lines(&mut s, c);
+    s
+}
+
+/// The traces, the verdict, the counts, the tolerance, and what differs in the headers, the
+/// completeness and the noise.
+fn overview(s: &mut String, c: &Comparison, j: &Judgement) {
     let v = &j.verdict;
     let outcome = v.outcome_loud();
     let _ = writeln!(
@@ -117,6 +128,10 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
                 ))
         );
     }
+}
+
+/// One row per key group: records, failures, the worst error and where, the status.
+fn key_table(s: &mut String, c: &Comparison, j: &Judgement, labels: &Labels) {
     let rows = key_rows(c, j);
     let keys: Vec<String> = rows
         .iter()
@@ -140,7 +155,6 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
         "at",
         "status"
     );
-    let labels = Labels::new(c);
     for (r, key) in rows.iter().zip(&keys) {
         let (worst, at) = match r.worst {
             Some((e, i)) => (sci(Some(e)), labels.at(&c.records[i])),
@@ -158,6 +172,10 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
         );
         let _ = writeln!(s, "{}", line.trim_end());
     }
+}
+
+/// The failing records with the smallest tolerance that would have passed each.
+fn failing_lines(s: &mut String, c: &Comparison, j: &Judgement, labels: &Labels) {
     let fails = failing(j);
     if !fails.is_empty() {
         let _ = writeln!(
@@ -195,6 +213,10 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
             let _ = writeln!(s, "  … and {} more", fails.len() - MAX_FAILING);
         }
     }
+}
+
+/// The records only one trace holds.
+fn only_lines(s: &mut String, c: &Comparison) {
     for (side, list) in [("A", &c.only_a), ("B", &c.only_b)] {
         if list.is_empty() {
             continue;
@@ -212,7 +234,6 @@ pub fn render_text(c: &Comparison, j: &Judgement) -> String {
             }
         );
     }
-    s
 }
 
 #[cfg(test)]

@@ -64,11 +64,6 @@ impl Summary {
     pub fn finite(&self) -> u64 {
         self.count - self.nan - self.pos_inf - self.neg_inf
     }
-
-    /// True when any element is NaN or infinite.
-    pub fn has_non_finite(&self) -> bool {
-        self.nan + self.pos_inf + self.neg_inf > 0
-    }
 }
 
 /// Histogram bin of a finite, non-zero value, from its f64 exponent bits.
@@ -520,6 +515,30 @@ pub fn summarize_with_sketch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The specialised chunk decoders read what [`DType::decode`] reads.
+    #[test]
+    fn chunk_decoders_agree_with_the_dtype_decoder() {
+        let bytes: Vec<u8> = (0..64u32).map(|i| (i * 37 + 11) as u8).collect();
+        for d in DType::ALL {
+            let mut out = [0f64; CHUNK];
+            let n = decode_chunk(d, &bytes, &mut out);
+            let want = d.decode_all(&bytes);
+            assert_eq!(n, want.len(), "{d}");
+            for (got, want) in out[..n].iter().zip(&want) {
+                assert!(
+                    got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
+                    "{d}"
+                );
+            }
+            let mut out32 = [0f32; CHUNK];
+            if let Some(n) = decode_chunk_f32(d, &bytes, &mut out32) {
+                for (got, want) in out32[..n].iter().zip(&want) {
+                    assert!(*got as f64 == *want || got.is_nan() && want.is_nan(), "{d}");
+                }
+            }
+        }
+    }
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -40,7 +40,7 @@ use std::path::PathBuf;
 /// Errors reading or writing traces. Each names the file and, for damage, the byte offset.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         path: PathBuf,
         op: &'static str,

@@ -311,7 +311,10 @@ impl IoThread {
                         None => self.finish(end.as_deref()),
                     };
                     if let Err(e) = &r {
-                        shared.lock().error.get_or_insert_with(|| e.to_string());
+                        shared
+                            .lock()
+                            .error
+                            .get_or_insert_with(|| crate::errors::chain_text(e));
                     }
                     return r;
                 }
@@ -324,7 +327,7 @@ impl IoThread {
                 }
             };
             if let Err(e) = result {
-                shared.lock().error = Some(e.to_string());
+                shared.lock().error = Some(crate::errors::chain_text(&e));
                 shared.not_full.notify_all();
                 let _ = self.out.flush();
             }
