@@ -1,11 +1,14 @@
 //! The text-to-image pipeline behind `sdtrace record`: load a diffusers model folder, encode the
 //! prompts, draw the initial noise, sample, decode, and record all of it into one trace.
 //!
-//! [`record`] owns the run's life cycle: it checks every setting and file before it creates
-//! the trace, computes what will be captured and its size ([`estimate`]) and refuses to start
-//! when that exceeds the limit or the free disk, writes the run header (every
-//! determinism-relevant setting: seeds, RNG, dtype, attention and its chunking plan, thread
-//! count, device facts, model file hashes, sigmas and timesteps), then runs. Whatever happens
+//! [`record`] owns the run's life cycle in three steps after the pure [`RecordSpec::check`]:
+//! *prepare* reads and checks the model files, the scheduler config and the prompts' tokens,
+//! builds the sampler, opens the device and loads the weights; *plan* computes the header and
+//! what will be captured and its size ([`estimate`]) and refuses to start when that exceeds
+//! the limit or the free disk; *execute* creates the trace and runs. Nothing before execute
+//! creates a file. The header holds every determinism-relevant setting: seeds, RNG, dtype,
+//! attention and its chunking plan, thread count, device facts, model file hashes, sigmas and
+//! timesteps. Whatever happens
 //! after the trace exists — success, a stop request between steps (Ctrl-C, NaN with
 //! `stop_on_nan`), or an error — the trace is closed with a run-end frame saying how the run
 //! ended, so it is always a valid file. I/O to the terminal is the caller's: progress comes
@@ -261,8 +264,9 @@ pub struct RecordSpec {
     pub dtype: DType,
     /// cuBLAS reduced-precision GEMMs (`--gemm-reduced-precision`; CUDA only, default none).
     pub gemm_reduced_precision: gpu::GemmPrecision,
-    /// `full`, `sliced:N`, `split:auto|BUDGET`, `subquad:Q,KV`.
-    pub attention: String,
+    /// The attention implementation (`--attention`; `split:auto` already resolved against
+    /// the VRAM budget).
+    pub attention: AttentionImpl,
     /// Compute threads in effect (recorded; the caller configures the thread pool).
     pub threads: Option<u32>,
     /// The capture rules and how they were given (`light`, `full`, or the rules text).
@@ -277,6 +281,37 @@ pub struct RecordSpec {
     /// What the webui did differently (recorded in the header), and the VRAM budget
     /// `split:auto` plans for.
     pub a1111: A1111Options,
+}
+
+impl RecordSpec {
+    /// What is wrong with the spec on its own, before any file or device is touched: a pure
+    /// check, each refusal naming the flag and what to give instead.
+    pub fn check(&self) -> Result<()> {
+        let bad = |s: String| Err(PipelineError::Setting(s));
+        if self.clip_skip == 0 {
+            return bad("--clip-skip 0: give 1 or more (1 = the last layer, the webui's default; 2 = the penultimate)".into());
+        }
+        if self.steps == 0 {
+            return bad("--steps 0: give at least 1 sampler step".into());
+        }
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v % 8 != 0 || v > MAX_SIDE {
+                return bad(format!(
+                    "--size {}x{}: the {name} must be a multiple of 8 between 8 and {MAX_SIDE}",
+                    self.width, self.height
+                ));
+            }
+        }
+        if self.dtype == DType::BF16 && self.device == DeviceChoice::Cpu {
+            return bad("--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into());
+        }
+        if self.sampler_impl == SamplerImpl::Diffusers
+            && (self.a1111.alphas_fp16 || self.a1111.old_karras)
+        {
+            return bad("--sampler-impl diffusers: the webui's fp16 alphas and old Karras bounds are k-diffusion settings; drop them or use --sampler-impl k-diffusion".into());
+        }
+        Ok(())
+    }
 }
 
 /// AUTOMATIC1111 compatibility switches.
@@ -686,25 +721,53 @@ fn planned_records(
     (out, per_step)
 }
 
-/// Record one text-to-image run of `spec` into `out`.
+/// Record one text-to-image run of `spec` into `out`: [`RecordSpec::check`], then prepare
+/// (model files, tokens, sampler, device, weights), plan (header, planned records, size
+/// estimate and its limits), execute (the trace is created and always closed).
 pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Result<Recording> {
     let started = Instant::now();
     monitor.stage("loading");
-    if spec.clip_skip == 0 {
-        return Err(PipelineError::Setting(
-            "--clip-skip must be at least 1 (1 = the last layer, A1111's default)".into(),
-        ));
+    spec.check()?;
+    let prepared = prepare(spec)?;
+    let planned = plan(spec, &prepared, out)?;
+    monitor.plan(&planned.run_plan);
+    planned.fits(spec, out)?;
+    execute(spec, &prepared, planned, out, monitor, started)
+}
+
+/// Both prompts as token chunks, and how many empty-prompt chunks padded each.
+struct Prompts {
+    uncond: crate::text::PromptTokens,
+    cond: crate::text::PromptTokens,
+    /// Padding chunks added to (uncond, cond).
+    pads: (usize, usize),
+}
+
+impl Prompts {
+    /// Tokens per UNet call: (uncond, cond).
+    fn tokens(&self) -> (usize, usize) {
+        (77 * self.uncond.chunks.len(), 77 * self.cond.chunks.len())
     }
-    let device = spec.device.open()?;
-    // Read before the weights load, so the free memory is what the run found.
-    let gpu_facts = gpu::gpu_facts(&device)?;
-    spec.gemm_reduced_precision.apply(&device)?;
-    if spec.dtype == DType::BF16 && device.is_cpu() {
-        return Err(PipelineError::Setting(
-            "--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into(),
-        ));
-    }
-    let attention = AttentionImpl::parse(&spec.attention, spec.a1111.vram_budget)?;
+}
+
+/// Everything read and checked before the trace exists: the model's files, the prompts'
+/// tokens, the sampler, the device and the loaded weights.
+struct Prepared {
+    files: model::ModelSource,
+    tokenizer_origin: String,
+    prompts: Prompts,
+    sampler: Sampler,
+    device: Device,
+    /// The GPU as found before the weights were loaded (free memory).
+    gpu_facts: Option<crate::trace::GpuFacts>,
+    unet: UNet,
+    clip: ClipTextModel,
+    vae: Vae,
+}
+
+/// Open and check the model (files, configs, scheduler), tokenize the prompts, build the
+/// sampler, then open the device and load the weights.
+fn prepare(spec: &RecordSpec) -> Result<Prepared> {
     let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
     if files.unet_config().addition.is_some() {
         return Err(PipelineError::Setting(format!(
@@ -720,22 +783,45 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
             files.clip_config().num_hidden_layers
         )));
     }
-    let mut uncond_tokens = tokenize_prompt(&tokenizer, &spec.negative, spec.syntax)?;
-    let mut cond_tokens = tokenize_prompt(&tokenizer, &spec.prompt, spec.syntax)?;
-    let empty = tokenize_prompt(&tokenizer, "", spec.syntax)?;
+    let prompts = tokenize(spec, &tokenizer)?;
+    let sampler = sampler_of(spec, &files)?;
+    let device = spec.device.open()?;
+    // Read before the weights load, so the free memory is what the run found.
+    let gpu_facts = gpu::gpu_facts(&device)?;
+    spec.gemm_reduced_precision.apply(&device)?;
+    let (unet, clip, vae) = files.load(spec.dtype, &device, Numerics::PYTORCH, spec.attention)?;
+    Ok(Prepared {
+        files,
+        tokenizer_origin,
+        prompts,
+        sampler,
+        device,
+        gpu_facts,
+        unet,
+        clip,
+        vae,
+    })
+}
+
+/// Both prompts' token chunks, padded to equal counts unless the webui's batching runs them
+/// apart.
+fn tokenize(spec: &RecordSpec, tokenizer: &crate::text::ClipTokenizer) -> Result<Prompts> {
+    let mut uncond = tokenize_prompt(tokenizer, &spec.negative, spec.syntax)?;
+    let mut cond = tokenize_prompt(tokenizer, &spec.prompt, spec.syntax)?;
+    let empty = tokenize_prompt(tokenizer, "", spec.syntax)?;
     let empty_chunk = empty.chunks.first().cloned().ok_or_else(|| {
         PipelineError::Conditioning("the empty prompt gave no token chunk".into())
     })?;
-    let a1111_batching = spec.a1111.batching == Batching::A1111;
-    let (pad_u, pad_c) = if a1111_batching {
+    let pads = if spec.a1111.batching == Batching::A1111 {
         (0, 0)
     } else {
-        conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk)
+        conditioning::pad_chunks(&mut uncond, &mut cond, &empty_chunk)
     };
-    let tokens = 77 * cond_tokens.chunks.len();
-    let tokens_u = 77 * uncond_tokens.chunks.len();
+    Ok(Prompts { uncond, cond, pads })
+}
 
-    let (unet, clip, vae) = files.load(spec.dtype, &device, Numerics::PYTORCH, attention)?;
+/// The sampler of `spec` over the model's prediction type and schedule.
+fn sampler_of(spec: &RecordSpec, files: &model::ModelSource) -> Result<Sampler> {
     let mut sampler_spec = SamplerSpec::new(spec.sampler, spec.steps, spec.cfg_scale);
     sampler_spec.prediction = files.unet_config().prediction;
     if spec.a1111.old_karras {
@@ -746,7 +832,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     } else {
         AlphasPrecision::F32
     };
-    let sampler = match spec.sampler_impl {
+    Ok(match spec.sampler_impl {
         SamplerImpl::KDiffusion => {
             if let Some(c) = files.scheduler_config() {
                 kdiffusion_follows(c)?;
@@ -760,37 +846,68 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
                     spec.model.display()
                 ))
             })?;
-            if spec.a1111.alphas_fp16 || spec.a1111.old_karras {
-                return Err(PipelineError::Setting(
-                    "--sampler-impl diffusers: the webui's fp16 alphas and old Karras bounds are k-diffusion settings; drop them or use --sampler-impl k-diffusion".into(),
-                ));
-            }
             Sampler::diffusers(sampler_spec, config)?
         }
-    };
+    })
+}
+
+/// What the run will write, decided before the trace is created.
+struct Planned {
+    run_plan: RunPlan,
+    rng: RunRng,
+}
+
+impl Planned {
+    /// Refuse a trace larger than `--max-trace-size` or the free disk.
+    fn fits(&self, spec: &RecordSpec, out: &Path) -> Result<()> {
+        let bytes = self.run_plan.estimate.bytes;
+        if bytes > spec.max_trace_size {
+            return Err(PipelineError::TooLarge {
+                estimate: bytes,
+                limit: spec.max_trace_size,
+            });
+        }
+        if let Some(free) = self.run_plan.free_disk
+            && bytes > free
+        {
+            return Err(PipelineError::DiskFull {
+                estimate: bytes,
+                free,
+                path: out.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The header (settings, tokens, attention plan, host and device facts), the generator with
+/// its draws checked, and every record the run will offer with the size they come to.
+fn plan(spec: &RecordSpec, p: &Prepared, out: &Path) -> Result<Planned> {
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
+    let (tokens_u, tokens) = p.prompts.tokens();
     // The webui's separate calls (token counts differ) run batches of one.
     let plan_batch = if tokens_u == tokens { 2 } else { 1 };
-    let attention_plan = unet.attention_plan(plan_batch, lh, lw, tokens)?;
+    let attention_plan = p.unet.attention_plan(plan_batch, lh, lw, tokens)?;
     if tokens_u != tokens {
-        unet.attention_plan(1, lh, lw, tokens_u)?;
+        p.unet.attention_plan(1, lh, lw, tokens_u)?;
     }
 
-    // Header.
-    let mut settings = settings(spec, &files, &tokenizer_origin, &attention)?;
-    let mut rng =
-        RunRng::new(&spec.rng, spec.seed, spec.ensd, &device).map_err(SamplingError::from)?;
+    let mut settings = settings(spec, &p.files, &p.tokenizer_origin, &spec.attention)?;
+    let rng =
+        RunRng::new(&spec.rng, spec.seed, spec.ensd, &p.device).map_err(SamplingError::from)?;
     let draws = 1 + match spec.sampler {
-        SamplerKind::EulerA => sampler.sigmas()[1..].iter().filter(|&&s| s > 0.0).count(),
+        SamplerKind::EulerA => p.sampler.sigmas()[1..].iter().filter(|&&s| s > 0.0).count(),
         _ => 0,
     };
     rng.check_draws(&vec![vec![1, 4, lh, lw]; draws])?;
-    sampler.fill_settings(&mut settings, &rng);
+    p.sampler.fill_settings(&mut settings, &rng);
+    let (pad_u, pad_c) = p.prompts.pads;
+    let (u, c) = (&p.prompts.uncond, &p.prompts.cond);
     settings.extra.insert(
         "tokens".into(),
         json!({
-            "cond": {"chunks": cond_tokens.chunks.len(), "tokens": cond_tokens.token_count, "truncated": cond_tokens.truncated, "padding_chunks": pad_c},
-            "uncond": {"chunks": uncond_tokens.chunks.len(), "tokens": uncond_tokens.token_count, "truncated": uncond_tokens.truncated, "padding_chunks": pad_u},
+            "cond": {"chunks": c.chunks.len(), "tokens": c.token_count, "truncated": c.truncated, "padding_chunks": pad_c},
+            "uncond": {"chunks": u.chunks.len(), "tokens": u.token_count, "truncated": u.truncated, "padding_chunks": pad_u},
         }),
     );
     settings.extra.insert(
@@ -816,8 +933,8 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     );
     let mut facts = host_facts(spec.threads);
     facts.device = Some(spec.device.to_string());
-    if device.is_cuda() {
-        facts.gpu = gpu_facts;
+    if p.device.is_cuda() {
+        facts.gpu = p.gpu_facts.clone();
         settings
             .extra
             .insert("cublas".into(), gpu::GemmPrecision::header());
@@ -825,59 +942,57 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     let mut header = RunHeader::new(settings, facts);
     header.candle_version = Some(CANDLE_VERSION.into());
 
-    // What will be captured, and whether it fits.
-    let text_calls = uncond_tokens.chunks.len() + cond_tokens.chunks.len();
+    let text_calls = u.chunks.len() + c.chunks.len();
     let (records, points_per_step) = planned_records(
-        &unet,
-        &sampler,
+        &p.unet,
+        &p.sampler,
         spec,
-        files.clip_config(),
+        p.files.clip_config(),
         text_calls,
         (tokens_u, tokens),
     );
     perturb::check_targets(&spec.perturb, &records).map_err(PipelineError::Setting)?;
-    let est = estimate::estimate(&records, &spec.policy);
-    let free = free_disk(out);
-    monitor.plan(&RunPlan {
-        header: header.clone(),
-        estimate: est.clone(),
-        points_per_step,
-        free_disk: free,
-    });
-    if est.bytes > spec.max_trace_size {
-        return Err(PipelineError::TooLarge {
-            estimate: est.bytes,
-            limit: spec.max_trace_size,
-        });
-    }
-    if let Some(free) = free
-        && est.bytes > free
-    {
-        return Err(PipelineError::DiskFull {
-            estimate: est.bytes,
-            free,
-            path: out.to_path_buf(),
-        });
-    }
+    let estimate = estimate::estimate(&records, &spec.policy);
+    Ok(Planned {
+        run_plan: RunPlan {
+            header,
+            estimate,
+            points_per_step,
+            free_disk: free_disk(out),
+        },
+        rng,
+    })
+}
 
-    // From here on the trace exists and is always closed with a run-end frame.
+/// Create the trace, run, and close it with a run-end saying how the run ended, whatever
+/// happened.
+fn execute(
+    spec: &RecordSpec,
+    p: &Prepared,
+    planned: Planned,
+    out: &Path,
+    monitor: &mut dyn Monitor,
+    started: Instant,
+) -> Result<Recording> {
+    let Planned { run_plan, mut rng } = planned;
+    let header = run_plan.header;
     let writer = TraceWriter::create(out, &header, WriterOptions::default())?;
     let mut probe = Probe::new(writer, spec.policy.clone());
-    for p in &spec.perturb {
-        probe.add_intervention(Box::new(Perturb::new(p.clone(), spec.seed)));
+    for pert in &spec.perturb {
+        probe.add_intervention(Box::new(Perturb::new(pert.clone(), spec.seed)));
     }
     let mut steps_done = 0u32;
     let mut reported = 0usize;
     let result = run(
         spec,
         Models {
-            unet: &unet,
-            clip: &clip,
-            vae: &vae,
-            device: &device,
+            unet: &p.unet,
+            clip: &p.clip,
+            vae: &p.vae,
+            device: &p.device,
         },
-        (&uncond_tokens, &cond_tokens),
-        &sampler,
+        (&p.prompts.uncond, &p.prompts.cond),
+        &p.sampler,
         &mut rng,
         &probe,
         monitor,
