@@ -49,6 +49,7 @@ fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
         max_trace_size: u64::MAX,
         model_options: Default::default(),
         a1111: Default::default(),
+        size_conditioning: Default::default(),
     }
 }
 

@@ -208,6 +208,7 @@ fn spec(model: &Path, run: &Run) -> Result<RecordSpec> {
         max_trace_size: 2 << 30,
         model_options: Default::default(),
         a1111: Default::default(),
+        size_conditioning: Default::default(),
     })
 }
 

@@ -181,6 +181,14 @@ pub struct RecordArgs {
     /// A1111's emphasis mode [default: original]
     #[arg(long, value_name = "MODE", value_enum, ignore_case = true)]
     emphasis: Option<EmphasisArg>,
+    /// SDXL: the original size its UNet is conditioned on [default: the image size, as the
+    /// webui sets it]
+    #[arg(long, value_name = "WxH", value_parser = parse_pair_x)]
+    sdxl_original_size: Option<(u32, u32)>,
+    /// SDXL: the crop's top-left corner its UNet is conditioned on (the webui's
+    /// sdxl_crop_top, sdxl_crop_left) [default: 0,0]
+    #[arg(long, value_name = "TOP,LEFT", value_parser = parse_crop)]
+    sdxl_crop: Option<(u32, u32)>,
     /// Free VRAM that --attention split:auto plans for, as a card of that size would (e.g. 5GiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes_arg)]
     vram_budget: Option<u64>,
@@ -303,6 +311,26 @@ fn check_threads(n: u32, cpus: usize) -> Result<u32, String> {
         ));
     }
     Ok(n)
+}
+
+/// `--sdxl-original-size WxH`: two positive numbers.
+fn parse_pair_x(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{s}': expected WIDTHxHEIGHT in pixels, e.g. 1024x1024");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    match (w.trim().parse::<u32>(), h.trim().parse::<u32>()) {
+        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(bad()),
+    }
+}
+
+/// `--sdxl-crop TOP,LEFT`: two numbers of pixels.
+fn parse_crop(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{s}': expected TOP,LEFT in pixels, e.g. 0,0");
+    let (t, l) = s.split_once(',').ok_or_else(bad)?;
+    match (t.trim().parse::<u32>(), l.trim().parse::<u32>()) {
+        (Ok(t), Ok(l)) => Ok((t, l)),
+        _ => Err(bad()),
+    }
 }
 
 fn parse_bytes_arg(s: &str) -> Result<u64, String> {
@@ -736,6 +764,10 @@ pub fn resolve(args: &RecordArgs, info: Option<Infotext>, env: &Surroundings) ->
             } else {
                 sdtrace::sampling::Batching::UncondFirst
             },
+        },
+        size_conditioning: sdtrace::pipeline::SizeConditioning {
+            original_size: args.sdxl_original_size,
+            crop: args.sdxl_crop.unwrap_or((0, 0)),
         },
     };
     // What the library refuses of any spec (bf16 on the CPU, webui switches with diffusers'

@@ -43,7 +43,7 @@ use crate::trace::{
     NonFinite, RunEnd, RunHeader, RunStatus, Settings, TraceError, TraceWriter, WriterOptions,
     WrittenTrace,
 };
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use estimate::{Estimate, PlannedRecord};
 use perturb::{Perturb, Perturbation};
 use serde_json::json;
@@ -281,6 +281,27 @@ pub struct RecordSpec {
     /// What the webui did differently (recorded in the header), and the VRAM budget
     /// `split:auto` plans for.
     pub a1111: A1111Options,
+    /// SDXL's size and crop conditioning (refused for other models unless the default).
+    pub size_conditioning: SizeConditioning,
+}
+
+/// SDXL's size and crop conditioning: the six ids its UNet embeds beside the pooled text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SizeConditioning {
+    /// The original size (width, height); `None`: the image size, as the webui sets it.
+    pub original_size: Option<(u32, u32)>,
+    /// The crop's top-left corner (top, left): the webui's `sdxl_crop_top`/`sdxl_crop_left`,
+    /// (0, 0) by default.
+    pub crop: (u32, u32),
+}
+
+impl SizeConditioning {
+    /// The ids in the UNet's order for a `width`×`height` image: original (h, w), crop (top,
+    /// left), target (h, w), the target being the image size.
+    pub fn time_ids(&self, width: u32, height: u32) -> [u32; 6] {
+        let (ow, oh) = self.original_size.unwrap_or((width, height));
+        [oh, ow, self.crop.0, self.crop.1, height, width]
+    }
 }
 
 impl RecordSpec {
@@ -384,6 +405,15 @@ struct ModelFiles {
     tokenizer_dir: PathBuf,
     /// `scheduler/scheduler_config.json`, validated (absent: `None`).
     scheduler: Option<SchedulerConfig>,
+    /// SDXL's second text encoder and tokenizer (`None` for SD 1.x/2.x).
+    xl: Option<XlFiles>,
+}
+
+/// SDXL's `text_encoder_2/` and `tokenizer_2/`.
+struct XlFiles {
+    clip_config: ClipConfig,
+    clip_weights: PathBuf,
+    tokenizer_dir: PathBuf,
 }
 
 fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
@@ -394,11 +424,14 @@ fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
         .ok_or_else(|| PipelineError::ModelFolder {
             dir: dir.to_path_buf(),
             what: format!(
-                "no {sub}/{} (a diffusers folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/; `sdtrace synth --out DIR` writes one)",
+                "no {sub}/{} (a diffusers folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/, SDXL also text_encoder_2/ and tokenizer_2/; `sdtrace synth --out DIR` writes one)",
                 names.join(" or ")
             ),
         })
 }
+
+/// The text encoder weights of a diffusers folder.
+const CLIP_WEIGHTS: [&str; 2] = ["model.safetensors", "model.fp16.safetensors"];
 
 impl ModelFiles {
     fn find(dir: &Path) -> Result<Self> {
@@ -409,6 +442,10 @@ impl ModelFiles {
             });
         }
         let unet_cfg = first_existing(dir, "unet", &["config.json"])?;
+        let mut unet_config = UNetConfig::from_diffusers_file(&unet_cfg)?;
+        if unet_config.addition.is_some() {
+            refuse_refiner(dir)?;
+        }
         let clip_cfg = first_existing(dir, "text_encoder", &["config.json"])?;
         let clip_json = crate::model::read_json(&clip_cfg)?;
         first_existing(dir, "vae", &["config.json"])?;
@@ -426,10 +463,39 @@ impl ModelFiles {
         } else {
             None
         };
-        let mut unet_config = UNetConfig::from_diffusers_file(&unet_cfg)?;
         if let Some(s) = &scheduler {
             unet_config.prediction = s.prediction;
         }
+        let clip_config = ClipConfig::from_hf_json(&clip_json, &clip_cfg)?;
+        let xl = match unet_config.addition {
+            Some(added) => {
+                let cfg2 = first_existing(dir, "text_encoder_2", &["config.json"])?;
+                let clip2 = ClipConfig::from_hf_json(&crate::model::read_json(&cfg2)?, &cfg2)?;
+                let width = clip_config.hidden_size + clip2.hidden_size;
+                let pooled = added.pooled_dim();
+                if width != unet_config.cross_attention_dim || pooled != clip2.projection_dim {
+                    return Err(PipelineError::ModelFolder {
+                        dir: dir.to_path_buf(),
+                        what: format!(
+                            "the SDXL parts do not fit: the UNet takes {}-wide text and a {}-wide pooled embedding, the encoders give {} + {} = {width} and {} (text_encoder_2/config.json projection_dim); a refiner or a mixed-up folder?",
+                            unet_config.cross_attention_dim,
+                            pooled.map_or("?".into(), |p| p.to_string()),
+                            clip_config.hidden_size,
+                            clip2.hidden_size,
+                            clip2
+                                .projection_dim
+                                .map_or("none".into(), |p| p.to_string()),
+                        ),
+                    });
+                }
+                Some(XlFiles {
+                    clip_weights: first_existing(dir, "text_encoder_2", &CLIP_WEIGHTS)?,
+                    clip_config: clip2,
+                    tokenizer_dir: dir.join("tokenizer_2"),
+                })
+            }
+            None => None,
+        };
         Ok(ModelFiles {
             unet_config,
             unet_weights: first_existing(
@@ -440,18 +506,43 @@ impl ModelFiles {
                     "diffusion_pytorch_model.fp16.safetensors",
                 ],
             )?,
-            clip_config: ClipConfig::from_hf_json(&clip_json, &clip_cfg)?,
-            clip_weights: first_existing(
-                dir,
-                "text_encoder",
-                &["model.safetensors", "model.fp16.safetensors"],
-            )?,
+            clip_config,
+            clip_weights: first_existing(dir, "text_encoder", &CLIP_WEIGHTS)?,
             vae_weights,
             vae_dir: dir.join("vae"),
             tokenizer_dir: dir.join("tokenizer"),
             scheduler,
+            xl,
         })
     }
+}
+
+/// An SDXL refiner (its UNet is conditioned on an aesthetic score; it has only
+/// `text_encoder_2`) is refused: it refines a base model's latents rather than making an
+/// image from noise, and sdtrace's pipeline is text-to-image.
+fn refuse_refiner(dir: &Path) -> Result<()> {
+    let index = dir.join("model_index.json");
+    let aesthetic = index.is_file()
+        && crate::model::read_json(&index)?
+            .get("requires_aesthetics_score")
+            .and_then(|v| v.as_bool())
+            == Some(true);
+    let only_second = !dir.join("text_encoder/config.json").is_file()
+        && dir.join("text_encoder_2/config.json").is_file();
+    if aesthetic || only_second {
+        return Err(PipelineError::ModelFolder {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "an SDXL refiner ({}); sdtrace record runs text-to-image models (SDXL base and its fine-tunes), not the refiner's image-to-image pass: give the base model's folder",
+                if aesthetic {
+                    "model_index.json has requires_aesthetics_score: true"
+                } else {
+                    "it has text_encoder_2/ but no text_encoder/"
+                }
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// XXH3-64 of a file, streamed.
@@ -630,12 +721,35 @@ fn kdiffusion_follows(c: &SchedulerConfig) -> Result<()> {
     )))
 }
 
+/// SDXL's uncond is zeros when the negative prompt is empty, as in the webui and diffusers.
+fn zero_negative(spec: &RecordSpec) -> bool {
+    spec.negative.is_empty()
+}
+
+/// The header's `sdxl` facts: the size and crop conditioning, and how the text was encoded.
+fn sdxl_facts(spec: &RecordSpec, files: &model::ModelSource) -> serde_json::Value {
+    let ids = spec.size_conditioning.time_ids(spec.width, spec.height);
+    json!({
+        "original_size": [ids[0], ids[1]],
+        "crop_coords_top_left": [ids[2], ids[3]],
+        "target_size": [ids[4], ids[5]],
+        "time_ids": ids,
+        "original_size_source": if spec.size_conditioning.original_size.is_some() { "--sdxl-original-size" } else { "the image size (the webui's)" },
+        "text": "per 75-token chunk: text_encoder and text_encoder_2 hidden states before their last layer, emphasis on each, concatenated along the features",
+        "context_dim": files.clip_config().hidden_size + files.clip_2_config().map_or(0, |c| c.hidden_size),
+        "pooled": "text_encoder_2's text_projection at the end token of the first chunk, unweighted",
+        "pooled_dim": files.clip_2_config().and_then(|c| c.projection_dim),
+        "zero_negative": zero_negative(spec),
+        "clip_skip": format!("{} not applied: SDXL takes each encoder's penultimate layer (the webui's default)", spec.clip_skip),
+    })
+}
+
 /// Every record the run will offer the probe, in order.
 fn planned_records(
     unet: &UNet,
     sampler: &Sampler,
     spec: &RecordSpec,
-    clip: &ClipConfig,
+    (clip, clip_2): (&ClipConfig, Option<&ClipConfig>),
     text_calls: usize,
     (tokens_u, tokens): (usize, usize),
 ) -> (Vec<PlannedRecord>, usize) {
@@ -648,31 +762,50 @@ fn planned_records(
         dtype: crate::DType::F32,
     };
     let model_dtype = trace_dtype(spec.dtype).unwrap_or(crate::DType::F32);
+    let rec = |key: String, shape: Vec<usize>| PlannedRecord {
+        key,
+        step: None,
+        shape,
+        dtype: model_dtype,
+    };
+    // Each encoder call: its layers (SD 1.x/2.x: up to Clip skip; SDXL: all, for the pooled
+    // embedding), the final layer norm, and SDXL's projection.
+    let layers_run = if clip_2.is_some() {
+        clip.num_hidden_layers
+    } else {
+        clip.num_hidden_layers
+            .saturating_sub(spec.clip_skip.max(1) as usize - 1)
+    };
+    let mut encoders = vec![("text_encoder", clip, layers_run)];
+    encoders.extend(clip_2.map(|c| ("text_encoder_2", c, c.num_hidden_layers)));
     let mut out = Vec::new();
     for _ in 0..text_calls {
-        let skip = spec.clip_skip.max(1) as usize;
-        for l in 0..clip.num_hidden_layers.saturating_sub(skip - 1) {
-            out.push(PlannedRecord {
-                key: format!("text_encoder.encoder.layers.{l}"),
-                step: None,
-                shape: vec![1, 77, clip.hidden_size],
-                dtype: model_dtype,
-            });
+        for (prefix, c, layers) in &encoders {
+            for l in 0..*layers {
+                out.push(rec(
+                    format!("{prefix}.encoder.layers.{l}"),
+                    vec![1, 77, c.hidden_size],
+                ));
+            }
+            out.push(rec(
+                format!("{prefix}.final_layer_norm"),
+                vec![1, 77, c.hidden_size],
+            ));
+            if clip_2.is_some()
+                && let Some(p) = c.projection_dim
+            {
+                out.push(rec(format!("{prefix}.text_projection"), vec![1, p]));
+            }
         }
-        out.push(PlannedRecord {
-            key: "text_encoder.final_layer_norm".into(),
-            step: None,
-            shape: vec![1, 77, clip.hidden_size],
-            dtype: model_dtype,
-        });
     }
+    if let Some(p) = clip_2.and_then(|c| c.projection_dim) {
+        for key in ["text.pooled.uncond", "text.pooled.cond"] {
+            out.push(rec(key.into(), vec![1, p]));
+        }
+    }
+    let width = clip.hidden_size + clip_2.map_or(0, |c| c.hidden_size);
     for (key, n) in [("text.uncond", tokens_u), ("text.cond", tokens)] {
-        out.push(PlannedRecord {
-            key: key.into(),
-            step: None,
-            shape: vec![1, n, clip.hidden_size],
-            dtype: model_dtype,
-        });
+        out.push(rec(key.into(), vec![1, n, width]));
     }
     out.push(f32r("noise.initial", None, latent.clone()));
     // One batched call, or the webui's two calls when the token counts differ.
@@ -756,27 +889,36 @@ struct Prepared {
     files: model::ModelSource,
     tokenizer_origin: String,
     prompts: Prompts,
+    /// SDXL: the prompts as `tokenizer_2/` splits them (same chunks, `!` padding).
+    prompts_2: Option<Prompts>,
     sampler: Sampler,
     device: Device,
     /// The GPU as found before the weights were loaded (free memory).
     gpu_facts: Option<crate::trace::GpuFacts>,
-    unet: UNet,
-    clip: ClipTextModel,
-    vae: Vae,
+    nets: model::Loaded,
 }
 
 /// Open and check the model (files, configs, scheduler), tokenize the prompts, build the
 /// sampler, then open the device and load the weights.
 fn prepare(spec: &RecordSpec) -> Result<Prepared> {
     let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
-    if files.unet_config().addition.is_some() {
+    let sdxl = files.unet_config().addition.is_some();
+    if sdxl && files.clip_2_config().is_none() {
         return Err(PipelineError::Setting(format!(
-            "{}: an SDXL model (its UNet has addition_embed_type text_time); sdtrace record runs SD 1.x/2.x so far (its SDXL UNet and text encoders exist, the SDXL pipeline does not yet)",
+            "{}: a single-file SDXL checkpoint; sdtrace record loads SDXL from a diffusers folder so far (text_encoder_2/ and tokenizer_2/ beside unet/): give the folder",
+            spec.model.display()
+        )));
+    }
+    if !sdxl && spec.size_conditioning != SizeConditioning::default() {
+        return Err(PipelineError::Setting(format!(
+            "--sdxl-original-size/--sdxl-crop: {} is not an SDXL model (its UNet has no size and crop conditioning); drop them",
             spec.model.display()
         )));
     }
     let (tokenizer, tokenizer_origin) = files.tokenizer(&spec.model_options)?;
-    if spec.clip_skip as usize > files.clip_config().num_hidden_layers {
+    // SDXL takes each encoder's penultimate layer whatever Clip skip says (the webui's default:
+    // its "sdxl_clip_l_skip" off); the header says so.
+    if !sdxl && spec.clip_skip as usize > files.clip_config().num_hidden_layers {
         return Err(PipelineError::Setting(format!(
             "--clip-skip {} exceeds the {} layers of the text encoder",
             spec.clip_skip,
@@ -784,22 +926,25 @@ fn prepare(spec: &RecordSpec) -> Result<Prepared> {
         )));
     }
     let prompts = tokenize(spec, &tokenizer)?;
+    let prompts_2 = match files.tokenizer_2()? {
+        Some((t2, _)) => Some(tokenize(spec, &t2)?),
+        None => None,
+    };
     let sampler = sampler_of(spec, &files)?;
     let device = spec.device.open()?;
     // Read before the weights load, so the free memory is what the run found.
     let gpu_facts = gpu::gpu_facts(&device)?;
     spec.gemm_reduced_precision.apply(&device)?;
-    let (unet, clip, vae) = files.load(spec.dtype, &device, Numerics::PYTORCH, spec.attention)?;
+    let nets = files.load(spec.dtype, &device, Numerics::PYTORCH, spec.attention)?;
     Ok(Prepared {
         files,
         tokenizer_origin,
         prompts,
+        prompts_2,
         sampler,
         device,
         gpu_facts,
-        unet,
-        clip,
-        vae,
+        nets,
     })
 }
 
@@ -887,9 +1032,9 @@ fn plan(spec: &RecordSpec, p: &Prepared, out: &Path) -> Result<Planned> {
     let (tokens_u, tokens) = p.prompts.tokens();
     // The webui's separate calls (token counts differ) run batches of one.
     let plan_batch = if tokens_u == tokens { 2 } else { 1 };
-    let attention_plan = p.unet.attention_plan(plan_batch, lh, lw, tokens)?;
+    let attention_plan = p.nets.unet.attention_plan(plan_batch, lh, lw, tokens)?;
     if tokens_u != tokens {
-        p.unet.attention_plan(1, lh, lw, tokens_u)?;
+        p.nets.unet.attention_plan(1, lh, lw, tokens_u)?;
     }
 
     let mut settings = settings(spec, &p.files, &p.tokenizer_origin, &spec.attention)?;
@@ -939,15 +1084,20 @@ fn plan(spec: &RecordSpec, p: &Prepared, out: &Path) -> Result<Planned> {
             .extra
             .insert("cublas".into(), gpu::GemmPrecision::header());
     }
+    if p.prompts_2.is_some() {
+        settings
+            .extra
+            .insert("sdxl".into(), sdxl_facts(spec, &p.files));
+    }
     let mut header = RunHeader::new(settings, facts);
     header.candle_version = Some(CANDLE_VERSION.into());
 
     let text_calls = u.chunks.len() + c.chunks.len();
     let (records, points_per_step) = planned_records(
-        &p.unet,
+        &p.nets.unet,
         &p.sampler,
         spec,
-        p.files.clip_config(),
+        (p.files.clip_config(), p.files.clip_2_config()),
         text_calls,
         (tokens_u, tokens),
     );
@@ -986,9 +1136,10 @@ fn execute(
     let result = run(
         spec,
         Models {
-            unet: &p.unet,
-            clip: &p.clip,
-            vae: &p.vae,
+            unet: &p.nets.unet,
+            clip: &p.nets.clip,
+            clip_2: p.nets.clip_2.as_ref().zip(p.prompts_2.as_ref()),
+            vae: &p.nets.vae,
             device: &p.device,
         },
         (&p.prompts.uncond, &p.prompts.cond),
@@ -1055,6 +1206,8 @@ pub const CANDLE_VERSION: &str = "0.11";
 struct Models<'a> {
     unet: &'a UNet,
     clip: &'a ClipTextModel,
+    /// SDXL's second encoder and the prompts as its tokenizer split them.
+    clip_2: Option<(&'a ClipTextModel, &'a Prompts)>,
     vae: &'a Vae,
     device: &'a Device,
 }
@@ -1102,25 +1255,65 @@ fn run(
     monitor.stage("text");
     check_stop(monitor, 0)?;
     let weighted = (spec.syntax == PromptSyntax::A1111).then_some(spec.a1111.emphasis);
-    let skip = spec.clip_skip as usize;
-    let (uncond, next) = conditioning::encode(
-        m.clip,
-        &uncond_tokens.chunks,
-        weighted,
-        skip,
-        probe,
-        0,
-        m.device,
-    )?;
-    let (cond, _) = conditioning::encode(
-        m.clip,
-        &cond_tokens.chunks,
-        weighted,
-        skip,
-        probe,
-        next,
-        m.device,
-    )?;
+    let (uncond, cond, added) = match m.clip_2 {
+        None => {
+            let skip = spec.clip_skip as usize;
+            let (uncond, next) = conditioning::encode(
+                m.clip,
+                &uncond_tokens.chunks,
+                weighted,
+                skip,
+                probe,
+                0,
+                m.device,
+            )?;
+            let (cond, _) = conditioning::encode(
+                m.clip,
+                &cond_tokens.chunks,
+                weighted,
+                skip,
+                probe,
+                next,
+                m.device,
+            )?;
+            (uncond, cond, None)
+        }
+        Some((clip_2, tokens_2)) => {
+            let (uncond, uncond_pooled, next) = conditioning::encode_sdxl(
+                m.clip,
+                clip_2,
+                (&uncond_tokens.chunks, &tokens_2.uncond.chunks),
+                weighted,
+                probe,
+                0,
+                m.device,
+            )?;
+            let (cond, cond_pooled, _) = conditioning::encode_sdxl(
+                m.clip,
+                clip_2,
+                (&cond_tokens.chunks, &tokens_2.cond.chunks),
+                weighted,
+                probe,
+                next,
+                m.device,
+            )?;
+            // An empty negative prompt conditions on zeros (the webui's
+            // force_zero_negative_prompt, diffusers' force_zeros_for_empty_prompt).
+            let (uncond, uncond_pooled) = if zero_negative(spec) {
+                (uncond.zeros_like()?, uncond_pooled.zeros_like()?)
+            } else {
+                (uncond, uncond_pooled)
+            };
+            let uncond_pooled = observe(probe, "text.pooled.uncond", &uncond_pooled)?;
+            let cond_pooled = observe(probe, "text.pooled.cond", &cond_pooled)?;
+            let ids = spec
+                .size_conditioning
+                .time_ids(spec.width, spec.height)
+                .map(|v| v as f32);
+            let ids = Tensor::new(&ids, m.device)?.unsqueeze(0)?;
+            (uncond, cond, Some((uncond_pooled, cond_pooled, ids)))
+        }
+    };
     let uncond = observe(probe, "text.uncond", &uncond)?;
     let cond = observe(probe, "text.cond", &cond)?;
 
@@ -1135,6 +1328,9 @@ fn run(
         Batching::UncondFirst => UNetDenoiser::new(m.unet, &uncond, &cond, probe)?,
         Batching::A1111 => UNetDenoiser::a1111(m.unet, &uncond, &cond, probe)?,
     };
+    if let Some((uncond_pooled, cond_pooled, ids)) = &added {
+        denoiser = denoiser.with_added(uncond_pooled, cond_pooled, ids)?;
+    }
     let n = sampler.timesteps().len() as u32;
     let mut t0 = Instant::now();
     let latent = sampler.sample_with(&mut denoiser, &noise, rng, probe, &mut |i| {
