@@ -63,7 +63,8 @@ def _check(pipe):
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]
     kind = type(pipe).__name__
     xl = getattr(pipe, "text_encoder_2", None) is not None or "XL" in kind
-    if xl and (bool(getattr(pipe.config, "requires_aesthetics_score", False)) or getattr(pipe, "text_encoder", None) is None):
+    config = getattr(pipe, "config", None)
+    if xl and (bool(getattr(config, "requires_aesthetics_score", False)) or getattr(pipe, "text_encoder", None) is None):
         raise _native.SdtraceError(
             f"{kind}: an SDXL refiner (aesthetic-score conditioning, text_encoder_2 only); sdtrace.record supports {_SUPPORTED}"
         )
