@@ -1389,6 +1389,18 @@ mod tests {
     }
 
     #[test]
+    fn sdxl_time_ids_are_the_webuis_by_default() {
+        let c = SizeConditioning::default();
+        // original (h, w), crop (top, left), target (h, w)
+        assert_eq!(c.time_ids(1152, 896), [896, 1152, 0, 0, 896, 1152]);
+        let c = SizeConditioning {
+            original_size: Some((2048, 1536)),
+            crop: (16, 8),
+        };
+        assert_eq!(c.time_ids(1024, 768), [1536, 2048, 16, 8, 768, 1024]);
+    }
+
+    #[test]
     fn gpu_devices_need_their_feature() {
         if !cfg!(feature = "cuda") {
             let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
