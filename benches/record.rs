@@ -40,7 +40,7 @@ fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
         device: DeviceChoice::Cpu,
         dtype: ModelDType::F32,
         gemm_reduced_precision: Default::default(),
-        attention: "full".into(),
+        attention: sdtrace::model::attention::AttentionImpl::Full,
         threads: None,
         policy: Policy::from_spec(capture).unwrap(),
         capture: capture.into(),
@@ -49,6 +49,7 @@ fn spec(model: &Path, steps: u32, side: u32, capture: &str) -> RecordSpec {
         max_trace_size: u64::MAX,
         model_options: Default::default(),
         a1111: Default::default(),
+        size_conditioning: Default::default(),
     }
 }
 

@@ -171,6 +171,9 @@ fn refusals_are_clear_and_leave_nothing() {
         (&["--perturb", "unet.mid_block@x=1"], "KEY@STEP=EPS"),
         (&["--clip-skip", "9"], "--clip-skip"),
         (&["--attention", "split:1"], "not enough memory"),
+        (&["--attention", "bogus"], "--attention"),
+        (&["--clip-skip", "0"], "--clip-skip 0"),
+        (&["--dtype", "int8"], "[possible values: f32, f16, bf16]"),
     ];
     for (args, want) in cases {
         let (c, err) = run(args, &out);

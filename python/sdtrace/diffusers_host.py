@@ -1,11 +1,14 @@
-"""Recording a diffusers ``StableDiffusionPipeline`` run: ``with sdtrace.record(pipe, path): pipe(...)``.
+"""Recording a diffusers ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` run:
+``with sdtrace.record(pipe, path): pipe(...)``.
 
 What is recorded, under the keys ``sdtrace record`` uses (so the two traces align):
 
 - ``text_encoder.encoder.layers.N`` and ``text_encoder.final_layer_norm`` per encoder call (the
   negative prompt is eval 0 and the prompt eval 1, as sdtrace numbers them, although diffusers
   encodes the prompt first), then ``text.uncond`` and ``text.cond`` (the embeddings
-  ``encode_prompt`` returns);
+  ``encode_prompt`` returns); SDXL adds ``text_encoder_2.*`` (with ``text_projection``) and
+  ``text.pooled.uncond`` / ``text.pooled.cond``, and the header's ``settings.sdxl`` holds the size
+  and crop conditioning;
 - ``noise.initial``: the unit noise ``randn_tensor`` draws, before the scheduler scales it;
 - per step i: ``sampler.x`` (the latents the step starts from, in the scheduler's own space: see
   ``settings.extra.host.latent_space``), every UNet probe point, ``sampler.eps.uncond`` and
@@ -32,16 +35,16 @@ from .writer import Writer
 
 # diffusers module paths (relative to the UNet) that are sdtrace probe points.
 _UNET_POINT = re.compile(
-    r"^(conv_in|time_embedding|conv_norm_out|conv_out|mid_block"
+    r"^(conv_in|time_embedding|add_embedding|conv_norm_out|conv_out|mid_block"
     r"|(down|up)_blocks\.\d+"
     r"|((down|up)_blocks\.\d+|mid_block)\.(resnets|attentions)\.\d+"
     r"|(down|up)_blocks\.\d+\.(downsamplers|upsamplers)\.0"
     r"|((down|up)_blocks\.\d+|mid_block)\.attentions\.\d+\.transformer_blocks\.\d+\.(attn1|attn2|ff)"
     r"|((down|up)_blocks\.\d+|mid_block)\.attentions\.\d+\.transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v))$"
 )
-_TEXT_POINT = re.compile(r"^(text_model\.)?(encoder\.layers\.\d+|final_layer_norm)$")
+_TEXT_POINT = re.compile(r"^(text_model\.)?(encoder\.layers\.\d+|final_layer_norm|text_projection)$")
 
-_SUPPORTED = "StableDiffusionPipeline (SD 1.x and 2.x)"
+_SUPPORTED = "StableDiffusionPipeline (SD 1.x and 2.x) and StableDiffusionXLPipeline (SDXL base and fine-tunes)"
 
 
 def _tensor_of(out):
@@ -59,8 +62,14 @@ def _tensor_of(out):
 def _check(pipe):
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]
     kind = type(pipe).__name__
-    if getattr(pipe, "text_encoder_2", None) is not None or "XL" in kind:
-        raise _native.SdtraceError(f"{kind}: SDXL pipelines are not recorded yet; sdtrace.record supports {_SUPPORTED}")
+    xl = getattr(pipe, "text_encoder_2", None) is not None or "XL" in kind
+    config = getattr(pipe, "config", None)
+    if xl and (bool(getattr(config, "requires_aesthetics_score", False)) or getattr(pipe, "text_encoder", None) is None):
+        raise _native.SdtraceError(
+            f"{kind}: an SDXL refiner (aesthetic-score conditioning, text_encoder_2 only); sdtrace.record supports {_SUPPORTED}"
+        )
+    if xl and getattr(pipe, "tokenizer_2", None) is None:
+        raise _native.SdtraceError(f"{kind}: an SDXL pipeline without tokenizer_2; sdtrace.record supports {_SUPPORTED}")
     if getattr(pipe, "transformer", None) is not None or missing:
         raise _native.SdtraceError(
             f"{kind}: not an SD 1.x/2.x pipeline (no {', '.join(missing) or 'UNet'}; SD3 and Flux use a transformer); "
@@ -132,7 +141,9 @@ def _offload(pipe):
     model), ``sequential`` (``enable_sequential_cpu_offload``: hooks on the submodules) or None.
     Either way module forward hooks still see every output on the execution device, so an
     offloaded pipeline records like any other; the header says which was used."""
-    models = [m for m in (pipe.unet, pipe.vae, pipe.text_encoder) if isinstance(m, torch.nn.Module)]
+    models = [
+        m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if isinstance(m, torch.nn.Module)
+    ]
     if any(hasattr(m, "_hf_hook") and type(m._hf_hook).__name__ != "AlignDevicesHook" for m in models):
         return "model"
     if any(hasattr(sub, "_hf_hook") for m in models for sub in m.modules()):
@@ -188,7 +199,7 @@ class _Run:
         self.cfg = cfg
         self.steps = steps
         self.step = 0
-        self.text_calls = 0
+        self.text_calls = {}
         self.handles = []
         self.restore = []
         # DPM-Solver++ converts the model output to x̂₀; the older "dpmsolver" to ε.
@@ -211,12 +222,16 @@ class _Run:
 
     def install(self):
         pipe, w = self.pipe, self.w
-        # Text encoder: number its calls (the prompt first in diffusers, eval 1 in sdtrace).
-        self.hook(pipe.text_encoder, self._on_text_call, pre=True)
-        for name, module in pipe.text_encoder.named_modules():
-            m = _TEXT_POINT.match(name)
-            if m and self.wants(f"text_encoder.{m.group(2)}"):
-                self.hook(module, self._recorder(f"text_encoder.{m.group(2)}"))
+        # Text encoders: number their calls (the prompt first in diffusers, eval 1 in sdtrace).
+        for prefix in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, prefix, None)
+            if not isinstance(encoder, torch.nn.Module):
+                continue
+            self.hook(encoder, self._text_call_counter(prefix), pre=True)
+            for name, module in encoder.named_modules():
+                m = _TEXT_POINT.match(name)
+                if m and self.wants(f"{prefix}.{m.group(2)}"):
+                    self.hook(module, self._recorder(f"{prefix}.{m.group(2)}"))
         self.wrap(pipe, "encode_prompt", self._wrap_encode_prompt)
         # Noise: the pipeline module's randn_tensor.
         if hasattr(self.module, "randn_tensor"):
@@ -262,19 +277,27 @@ class _Run:
 
         return on_out
 
-    def _on_text_call(self, module, args):
-        # diffusers encodes the prompt, then the negative prompt; sdtrace numbers the negative
-        # prompt's call 0.
-        call = self.text_calls
-        self.text_calls += 1
-        self.w.step(None, (1 - call) if self.cfg and call < 2 else call)
+    def _text_call_counter(self, prefix):
+        def on_call(module, args):
+            # diffusers encodes the prompt, then the negative prompt (SDXL: each with both
+            # encoders); sdtrace numbers the negative prompt's call 0.
+            call = self.text_calls.get(prefix, 0)
+            self.text_calls[prefix] = call + 1
+            self.w.step(None, (1 - call) if self.cfg and call < 2 else call)
+
+        return on_call
 
     def _wrap_encode_prompt(self, original):
         def encode_prompt(*args, **kwargs):
-            self.text_calls = 0
+            self.text_calls = {}
             out = original(*args, **kwargs)
             self.w.step(None)
             cond, uncond = out[0], out[1] if len(out) > 1 else None
+            if len(out) == 4:
+                # SDXL: the pooled embeddings come in the order sdtrace record writes them.
+                if out[3] is not None and self.cfg:
+                    self.w.tensor("text.pooled.uncond", out[3])
+                self.w.tensor("text.pooled.cond", out[2])
             if uncond is not None and self.cfg:
                 self.w.tensor("text.uncond", uncond)
             self.w.tensor("text.cond", cond)
@@ -359,7 +382,7 @@ class record:
     of ``pipe`` made inside the block into ``run.sdt``.
 
     ``header`` adds fields to the run header (``{"settings": {"model": "..."}}``). Refused with
-    :class:`sdtrace.SdtraceError`: pipelines other than SD 1.x/2.x, an output file that cannot be
+    :class:`sdtrace.SdtraceError`: pipelines other than SD 1.x/2.x and SDXL (refiners too), an output file that cannot be
     created (checked at the call), a second call in the same block.
     """
 
@@ -454,6 +477,17 @@ class record:
         }
         if a.get("timesteps") is None and a.get("sigmas") is None:
             settings.update(_schedule(sched, steps))
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            original = [int(v) for v in (a.get("original_size") or (height, width))]
+            crop = [int(v) for v in (a.get("crops_coords_top_left") or (0, 0))]
+            target = [int(v) for v in (a.get("target_size") or (height, width))]
+            settings["sdxl"] = {
+                "original_size": original,
+                "crop_coords_top_left": crop,
+                "target_size": target,
+                "time_ids": original + crop + target,
+                "zero_negative": negative is None and bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
+            }
         header = {"settings": settings, "device": _device_facts(device), "candle_version": None}
         for k, v in self.extra.items():
             if isinstance(v, dict) and isinstance(header.get(k), dict):

@@ -135,7 +135,7 @@ def test_refusals(pipe, tmp_path):
     class XL:
         unet = vae = text_encoder = tokenizer = scheduler = text_encoder_2 = object()
 
-    with pytest.raises(sdtrace.SdtraceError, match="SDXL"):
+    with pytest.raises(sdtrace.SdtraceError, match="SDXL pipeline without tokenizer_2"):
         sdtrace.record(XL(), tmp_path / "xl.sdt")
 
 

@@ -1,7 +1,7 @@
 """The SDXL-structured tiny model `sdtrace synth --size sdxl-tiny` writes, loaded by diffusers'
 StableDiffusionXLPipeline offline: every weight file matches the module it is loaded into, and a
-generation runs. `sdtrace record` and `sdtrace.record` refuse SDXL with a message until the SDXL
-pipeline lands (issue #25)."""
+generation runs; `sdtrace.record` records it under the keys `sdtrace record` writes, and the two
+implementations agree within the cross-implementation tolerance."""
 
 import subprocess
 
@@ -45,8 +45,71 @@ def test_diffusers_loads_the_sdxl_tiny_folder_with_no_missing_keys(xl_dir, tmp_p
                generator=torch.Generator().manual_seed(1), output_type="np").images
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
 
-    with pytest.raises(sdtrace.SdtraceError, match="SDXL"):
-        sdtrace.record(pipe, tmp_path / "xl.sdt")
-    r = subprocess.run([sdtrace_bin(), "record", "--model", str(xl_dir), "--size", "64x64", "-q", "--no-png",
-                        "-o", str(tmp_path / "xl.sdt")], capture_output=True, text=True)
-    assert r.returncode == 2 and "SDXL" in r.stderr and not (tmp_path / "xl.sdt").exists()
+
+
+PROMPT = dict(prompt="a lighthouse at dusk", negative_prompt="blurry", num_inference_steps=3, height=64, width=96, guidance_scale=7.0)
+# As test_diffusers.py: candle's and PyTorch's kernels round differently.
+CROSS_TOL = "rel=5e-5,abs=1e-4"
+
+
+@pytest.fixture()
+def pipe(xl_dir):
+    p = diffusers.StableDiffusionXLPipeline.from_pretrained(str(xl_dir), local_files_only=True)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def run(pipe, **kw):
+    return pipe(generator=torch.Generator().manual_seed(1), output_type="np", **{**PROMPT, **kw}).images
+
+
+def ids(path):
+    return {(r.key, r.step, r.eval) for r in sdtrace.open(path)}
+
+
+def record_rust(xl_dir, out, *extra):
+    subprocess.run(
+        [sdtrace_bin(), "record", "--model", str(xl_dir), "--prompt", PROMPT["prompt"], "--negative", PROMPT["negative_prompt"],
+         "--steps", "3", "--size", "96x64", "--seed", "1", "--cfg", "7", "--rng", "torch-cpu", "--sampler", "euler",
+         "--sampler-impl", "diffusers", "--prompt-syntax", "plain", "-q", "--no-png", "-o", str(out), *extra],
+        check=True, capture_output=True,
+    )
+
+
+def test_sdxl_records_the_keys_of_sdtrace_record_and_agrees_with_it(pipe, xl_dir, tmp_path):
+    plain = run(pipe)
+    # transformers installs output-capturing hooks of its own on the first call; ours must go.
+    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in pipe.text_encoder_2.named_modules()}
+    with sdtrace.record(pipe, tmp_path / "py.sdt"):
+        img = run(pipe)
+    assert np.array_equal(img, plain), "recording changed the image"
+    assert type(pipe) is diffusers.StableDiffusionXLPipeline
+    assert hooks == {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in pipe.text_encoder_2.named_modules()}
+    record_rust(xl_dir, tmp_path / "rust.sdt")
+    py_ids, rust_ids = ids(tmp_path / "py.sdt"), ids(tmp_path / "rust.sdt")
+    assert py_ids == rust_ids, (sorted(py_ids - rust_ids, key=str), sorted(rust_ids - py_ids, key=str))
+    for key in ("text_encoder_2.text_projection", "text.pooled.cond", "unet.add_embedding"):
+        assert any(k == key for k, _, _ in py_ids), key
+    py = sdtrace.open(tmp_path / "py.sdt").header["settings"]
+    rs = sdtrace.open(tmp_path / "rust.sdt").header["settings"]
+    for fact in ("original_size", "crop_coords_top_left", "target_size", "time_ids", "zero_negative"):
+        assert py["sdxl"][fact] == rs["sdxl"][fact], fact
+    assert py["sdxl"]["time_ids"] == [64, 96, 0, 0, 64, 96]
+    rep = sdtrace.compare(tmp_path / "py.sdt", tmp_path / "rust.sdt", tol=CROSS_TOL)
+    v = rep["verdict"]
+    assert v["passed"] and v["exit_code"] == 0, v["summary"]
+
+    # Another crop: both sides condition on it, and still agree.
+    with sdtrace.record(pipe, tmp_path / "py_crop.sdt"):
+        run(pipe, crops_coords_top_left=(8, 16), original_size=(768, 1024))
+    record_rust(xl_dir, tmp_path / "rust_crop.sdt", "--sdxl-crop", "8,16", "--sdxl-original-size", "1024x768")
+    v = sdtrace.compare(tmp_path / "py_crop.sdt", tmp_path / "rust_crop.sdt", tol=CROSS_TOL)["verdict"]
+    assert v["passed"], v["summary"]
+    v = sdtrace.compare(tmp_path / "py.sdt", tmp_path / "rust_crop.sdt", tol=CROSS_TOL)["verdict"]
+    assert not v["passed"], v["summary"]
+
+
+def test_refiners_are_refused(pipe, tmp_path):
+    pipe.register_to_config(requires_aesthetics_score=True)
+    with pytest.raises(sdtrace.SdtraceError, match="refiner"):
+        sdtrace.record(pipe, tmp_path / "r.sdt")

@@ -199,7 +199,7 @@ fn spec(model: &Path, run: &Run) -> Result<RecordSpec> {
         dtype: run.dtype,
         gemm_reduced_precision: Default::default(),
         // One batch·head row at a time keeps the 704x704 attention scores at 240 MB.
-        attention: "sliced:1".into(),
+        attention: sdtrace::model::attention::AttentionImpl::Sliced(1),
         threads: Some(sdtrace::pipeline::compute_threads() as u32),
         policy: Policy::from_spec("light")?,
         capture: "light".into(),
@@ -208,6 +208,7 @@ fn spec(model: &Path, run: &Run) -> Result<RecordSpec> {
         max_trace_size: 2 << 30,
         model_options: Default::default(),
         a1111: Default::default(),
+        size_conditioning: Default::default(),
     })
 }
 

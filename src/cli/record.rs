@@ -1,21 +1,21 @@
-//! `sdtrace record`: flags → [`RecordSpec`], the terminal side of a run (plan, progress bar or
+//! `sdtrace record`: flags → [`RecordSpec`] by the pure [`resolve`] (every flag checked before
+//! the device, the model or the output is touched), the terminal side of a run (plan, progress bar or
 //! plain lines, NaN warnings, Ctrl-C), and the PNG with A1111 infotext next to the trace.
 
+use super::values::{DTypeArg, EmphasisArg, PredictionArg, SamplerImplArg, ScheduleArg, SyntaxArg};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sdtrace::exit::ExitStatus;
 use sdtrace::image::{InfotextParams, encode_png, infotext, rgb8_from_chw};
+use sdtrace::model::attention::AttentionImpl;
 use sdtrace::params::{InfotextSettings, SDTRACE_RNG_KEY, resolve_sampler};
 use sdtrace::pipeline::gpu::GemmPrecision;
 use sdtrace::pipeline::perturb::Perturbation;
 use sdtrace::pipeline::{
-    DeviceChoice, ModelDType, Monitor, PipelineError, RecordSpec, Recording, RunPlan, human,
-    parse_dtype, parse_size,
+    DeviceChoice, Monitor, PipelineError, RecordSpec, Recording, RunPlan, human, parse_size,
 };
 use sdtrace::probe::Policy;
-use sdtrace::sampling::SamplerImpl;
 use sdtrace::sampling::{RngSpec, SamplerKind, rng};
-use sdtrace::text::PromptSyntax;
 use sdtrace::trace::{NonFinite, RunHeader, RunStatus};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -52,8 +52,8 @@ pub struct RecordArgs {
     #[arg(long)]
     negative: Option<String>,
     /// Prompt syntax: a1111 (weights, BREAK, 75-token chunks) or plain (diffusers: one chunk)
-    #[arg(long, value_name = "SYNTAX", default_value = "a1111", value_parser = parse_syntax)]
-    prompt_syntax: PromptSyntax,
+    #[arg(long, value_name = "SYNTAX", value_enum, default_value = "a1111")]
+    prompt_syntax: SyntaxArg,
     /// Sampler steps [default: 20]
     #[arg(long)]
     steps: Option<u32>,
@@ -65,12 +65,18 @@ pub struct RecordArgs {
     /// Whose sampler semantics to follow: k-diffusion (the webuis' and ComfyUI's; default) or
     /// diffusers (its EulerDiscrete, DPMSolverMultistep and DDIM schedulers, configured from the
     /// model folder's scheduler/scheduler_config.json, as a diffusers pipeline runs them)
-    #[arg(long, value_name = "IMPL", default_value = "k-diffusion", value_parser = parse_sampler_impl)]
-    sampler_impl: SamplerImpl,
+    #[arg(long, value_name = "IMPL", value_enum, default_value = "k-diffusion")]
+    sampler_impl: SamplerImplArg,
     /// The webui's Schedule type for a webui sampler name: karras, uniform or automatic
     /// ("DPM++ 2M" + karras = "DPM++ 2M Karras")
-    #[arg(long, value_name = "TYPE", requires = "sampler")]
-    schedule: Option<String>,
+    #[arg(
+        long,
+        value_name = "TYPE",
+        value_enum,
+        ignore_case = true,
+        requires = "sampler"
+    )]
+    schedule: Option<ScheduleArg>,
     /// Classifier-free guidance scale [default: 7]
     #[arg(long)]
     cfg: Option<f64>,
@@ -93,15 +99,15 @@ pub struct RecordArgs {
     /// Image size WIDTHxHEIGHT, multiples of 8 [default: 512x512]
     #[arg(long, value_parser = parse_size)]
     size: Option<(u32, u32)>,
-    /// A1111's Clip skip (1 = the last layer) [default: 1]
+    /// A1111's Clip skip (1 = the last layer; at least 1) [default: 1]
     #[arg(long)]
     clip_skip: Option<u32>,
     /// Device: cpu, cuda, cuda:N, metal
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
-    /// Model dtype: f32, f16, bf16 (bf16 not on the CPU)
-    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
-    dtype: ModelDType,
+    /// Model dtype (bf16 not on the CPU)
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
     /// cuBLAS reduced precision (CUDA): none, all, or a list of f32 (TF32 tensor cores), f16
     /// (f16 accumulation), bf16 — recorded in the header
     #[arg(long, default_value = "none", value_name = "LIST")]
@@ -138,8 +144,8 @@ pub struct RecordArgs {
     quiet: bool,
     /// What the UNet predicts: epsilon or v (SD 2.x 768-v models); single-file SD 1.x
     /// checkpoints default to epsilon, SD 2.x ones need it said
-    #[arg(long, value_name = "KIND", value_parser = sdtrace::pipeline::model::parse_prediction)]
-    prediction: Option<sdtrace::model::config::Prediction>,
+    #[arg(long, value_name = "KIND", value_enum)]
+    prediction: Option<PredictionArg>,
     /// Refuse a single-file checkpoint whose hash differs: A1111's old 8-hex hash, the 10-hex
     /// short SHA-256 of the infotext's "Model hash", or the full SHA-256 ('off': do not check
     /// the infotext's Model hash)
@@ -172,10 +178,17 @@ pub struct RecordArgs {
     /// count, else two calls (cond, then uncond) without padding the shorter prompt
     #[arg(long)]
     a1111_cond_uncond: bool,
-    /// A1111's emphasis mode: original (weights, then the mean restored) or no-norm
-    /// [default: original]
-    #[arg(long, value_name = "MODE")]
-    emphasis: Option<sdtrace::pipeline::conditioning::Emphasis>,
+    /// A1111's emphasis mode [default: original]
+    #[arg(long, value_name = "MODE", value_enum, ignore_case = true)]
+    emphasis: Option<EmphasisArg>,
+    /// SDXL: the original size its UNet is conditioned on [default: the image size, as the
+    /// webui sets it]
+    #[arg(long, value_name = "WxH", value_parser = parse_pair_x)]
+    sdxl_original_size: Option<(u32, u32)>,
+    /// SDXL: the crop's top-left corner its UNet is conditioned on (the webui's
+    /// sdxl_crop_top, sdxl_crop_left) [default: 0,0]
+    #[arg(long, value_name = "TOP,LEFT", value_parser = parse_crop)]
+    sdxl_crop: Option<(u32, u32)>,
     /// Free VRAM that --attention split:auto plans for, as a card of that size would (e.g. 5GiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes_arg)]
     vram_budget: Option<u64>,
@@ -204,8 +217,19 @@ fn read_limited(path: &Path, limit: u64, flag: &str) -> Result<Vec<u8>> {
         .with_context(|| format!("{flag} {}", path.display()))
 }
 
-/// The infotext of --params / --params-file / --from-png, typed, with where it came from.
-fn infotext_of(args: &RecordArgs) -> Result<Option<(String, String, InfotextSettings)>> {
+/// An A1111 infotext given by --params, --params-file or --from-png, parsed.
+#[derive(Clone, Debug)]
+pub struct Infotext {
+    /// The flag (and file) it came from, e.g. `--params-file p.txt`.
+    source: String,
+    /// The text as given.
+    text: String,
+    settings: InfotextSettings,
+}
+
+/// Read and parse the infotext of --params / --params-file / --from-png (the only files
+/// `record` reads before [`resolve`]).
+pub fn read_infotext(args: &RecordArgs) -> Result<Option<Infotext>> {
     let (source, text) = if let Some(t) = &args.params {
         ("--params".to_string(), t.clone())
     } else if let Some(p) = &args.params_file {
@@ -221,12 +245,13 @@ fn infotext_of(args: &RecordArgs) -> Result<Option<(String, String, InfotextSett
     } else {
         return Ok(None);
     };
-    let parsed =
+    let settings =
         InfotextSettings::parse(&text).with_context(|| format!("{source}: A1111 infotext"))?;
-    if parsed.gpu_source && args.rng.is_none() && args.card.is_none() {
-        bail!("{}", rng_refusal(&source, &parsed));
-    }
-    Ok(Some((source, text, parsed)))
+    Ok(Some(Infotext {
+        source,
+        text,
+        settings,
+    }))
 }
 
 /// Why an infotext without a usable generator needs a choice, and the two commands.
@@ -288,11 +313,23 @@ fn check_threads(n: u32, cpus: usize) -> Result<u32, String> {
     Ok(n)
 }
 
-fn parse_syntax(s: &str) -> Result<PromptSyntax, String> {
-    match s {
-        "a1111" => Ok(PromptSyntax::A1111),
-        "plain" => Ok(PromptSyntax::Plain),
-        _ => Err(format!("'{s}': expected a1111 or plain")),
+/// `--sdxl-original-size WxH`: two positive numbers.
+fn parse_pair_x(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{s}': expected WIDTHxHEIGHT in pixels, e.g. 1024x1024");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    match (w.trim().parse::<u32>(), h.trim().parse::<u32>()) {
+        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(bad()),
+    }
+}
+
+/// `--sdxl-crop TOP,LEFT`: two numbers of pixels.
+fn parse_crop(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{s}': expected TOP,LEFT in pixels, e.g. 0,0");
+    let (t, l) = s.split_once(',').ok_or_else(bad)?;
+    match (t.trim().parse::<u32>(), l.trim().parse::<u32>()) {
+        (Ok(t), Ok(l)) => Ok((t, l)),
+        _ => Err(bad()),
     }
 }
 
@@ -516,27 +553,64 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
     });
 }
 
-fn seed_of(seed: i64) -> Result<u64> {
-    match seed {
-        -1 => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64 % 4_294_967_296)
-            .unwrap_or(0)),
-        s if s >= 0 => Ok(s as u64),
-        s => bail!("--seed {s}: must be -1 (random) or a number >= 0"),
+/// A random seed, as `--seed -1` draws it (below 2³², as the webui's).
+fn random_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64 % 4_294_967_296)
+        .unwrap_or(0)
+}
+
+/// What [`resolve`] takes from outside the flags, so that it stays pure.
+#[derive(Clone, Copy, Debug)]
+pub struct Surroundings {
+    /// `--model` names a folder (diffusers) rather than a single file.
+    pub model_is_dir: bool,
+    /// The seed `--seed -1` (or no seed from flags or infotext) stands for.
+    pub random_seed: u64,
+    /// Compute threads in effect (recorded).
+    pub threads: u32,
+}
+
+impl Surroundings {
+    /// This process's: the file system's answer for `--model`, the clock's seed, candle's
+    /// threads.
+    pub fn here(args: &RecordArgs) -> Self {
+        Surroundings {
+            model_is_dir: args.model.is_dir(),
+            random_seed: random_seed(),
+            threads: sdtrace::pipeline::compute_threads() as u32,
+        }
     }
 }
 
-pub fn run(args: RecordArgs) -> Result<ExitStatus> {
+/// A run `record` will make: its spec, and the infotext's account (applied, overridden, not
+/// applied) for the terminal.
+#[derive(Debug)]
+pub struct Resolved {
+    pub spec: RecordSpec,
+    pub infotext_lines: Vec<String>,
+}
+
+/// Flags and infotext → the [`RecordSpec`] of the run, every value checked: a pure step (no
+/// device, no model file, no output file touched), so that a bad flag is refused before any
+/// work, naming the flag and what to give instead. Flags win over the infotext.
+pub fn resolve(args: &RecordArgs, info: Option<Infotext>, env: &Surroundings) -> Result<Resolved> {
     let policy = Policy::from_spec(&args.capture).context("--capture")?;
+    let attention = AttentionImpl::parse(&args.attention, args.vram_budget)
+        .map_err(|e| anyhow::anyhow!("--attention: {e}"))?;
     let sampler_flag = args
         .sampler
         .as_deref()
-        .map(|name| resolve_sampler(name, args.schedule.as_deref()))
+        .map(|name| resolve_sampler(name, args.schedule.map(ScheduleArg::webui_name)))
         .transpose()
         .map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
-    let mut info = infotext_of(&args)?;
-    if let Some((_, _, parsed)) = &mut info {
+    let mut info = info;
+    if let Some(i) = &mut info {
+        if i.settings.gpu_source && args.rng.is_none() && args.card.is_none() {
+            bail!("{}", rng_refusal(&i.source, &i.settings));
+        }
+        let parsed = &mut i.settings;
         for (given, key, flag) in [
             (args.prompt.is_some(), "Prompt", "--prompt"),
             (args.negative.is_some(), "Negative prompt", "--negative"),
@@ -558,7 +632,7 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
                 parsed.overridden(key, flag);
             }
         }
-        if args.model.is_dir()
+        if env.model_is_dir
             && args.expect_hash.is_none()
             && parsed.model_hash.is_some()
             && let Some(i) = parsed.applied.iter().position(|f| f.key == "Model hash")
@@ -571,7 +645,8 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
             parsed.not_applied.push(f);
         }
     }
-    let from = info.as_ref().map(|(_, _, s)| s);
+    let from = info.as_ref().map(|i| &i.settings);
+    let source = info.as_ref().map_or("", |i| i.source.as_str());
     let sampler = match (
         sampler_flag,
         from.and_then(|s| s.sampler),
@@ -579,38 +654,55 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
     ) {
         (Some(s), _, _) | (None, Some(s), _) => s,
         (None, None, Some(theirs)) => bail!(
-            "the infotext's sampler '{theirs}' has no sdtrace equivalent; give --sampler (one of {})",
+            "{source}: the infotext's sampler '{theirs}' has no sdtrace equivalent; give --sampler (one of {})",
             SamplerKind::ALL.map(|k| k.name()).join(", ")
         ),
         (None, None, None) => SamplerKind::DpmPp2mKarras,
     };
     let seed = match (args.seed, from.and_then(|s| s.seed)) {
-        (Some(s), _) => seed_of(s)?,
+        (Some(-1), _) | (None, None) => env.random_seed,
+        (Some(s), _) if s >= 0 => s as u64,
+        (Some(s), _) => bail!("--seed {s}: give -1 (a random seed) or a number >= 0"),
         (None, Some(s)) => s,
-        (None, None) => seed_of(-1)?,
     };
+    let clip_skip = match (args.clip_skip, from.and_then(|s| s.clip_skip)) {
+        (Some(0), _) => bail!(
+            "--clip-skip 0: give 1 or more (1 = the last layer, the webui's default; 2 = the penultimate)"
+        ),
+        (Some(n), _) => n,
+        (None, Some(0)) => bail!(
+            "{source}: Clip skip: 0 is not a webui value; give --clip-skip 1 or more (1 = the last layer)"
+        ),
+        (None, Some(n)) => n,
+        (None, None) => 1,
+    };
+    let steps = args.steps.or(from.and_then(|s| s.steps)).unwrap_or(20);
+    if steps == 0 {
+        bail!("--steps 0: give at least 1 sampler step");
+    }
+    let cfg_scale = args.cfg.or(from.and_then(|s| s.cfg_scale)).unwrap_or(7.0);
+    if !cfg_scale.is_finite() {
+        bail!("--cfg {cfg_scale}: give a finite guidance scale such as 7");
+    }
     let (width, height) = args
         .size
         .or(from.and_then(|s| s.size))
         .unwrap_or((512, 512));
     let mut expect_hash = args.expect_hash.clone();
-    if expect_hash.is_none() && !args.model.is_dir() {
+    if expect_hash.is_none() && !env.model_is_dir {
         expect_hash = from.and_then(|s| s.model_hash.clone());
     }
     if expect_hash.as_deref() == Some("off") {
         expect_hash = None;
     }
     let mut infotext_json = None;
-    if let Some((source, text, parsed)) = &info {
-        if !args.quiet {
-            eprintln!("infotext from {source}:");
-            for line in parsed.describe() {
-                eprintln!("  {line}");
-            }
-        }
-        let mut j = parsed.to_json();
-        j["source"] = serde_json::json!(source);
-        j["text"] = serde_json::json!(text);
+    let mut infotext_lines = Vec::new();
+    if let Some(i) = &info {
+        infotext_lines.push(format!("infotext from {}:", i.source));
+        infotext_lines.extend(i.settings.describe().into_iter().map(|l| format!("  {l}")));
+        let mut j = i.settings.to_json();
+        j["source"] = serde_json::json!(i.source);
+        j["text"] = serde_json::json!(i.text);
         infotext_json = Some(j);
     }
     let spec = RecordSpec {
@@ -625,11 +717,11 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
             .clone()
             .or(from.and_then(|s| s.negative.clone()))
             .unwrap_or_default(),
-        syntax: args.prompt_syntax,
-        steps: args.steps.or(from.and_then(|s| s.steps)).unwrap_or(20),
+        syntax: args.prompt_syntax.into(),
+        steps,
         sampler,
-        sampler_impl: args.sampler_impl,
-        cfg_scale: args.cfg.or(from.and_then(|s| s.cfg_scale)).unwrap_or(7.0),
+        sampler_impl: args.sampler_impl.into(),
+        cfg_scale,
         seed,
         rng: args
             .rng
@@ -640,22 +732,19 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
         ensd: args.ensd.or(from.and_then(|s| s.ensd)).unwrap_or(0),
         width,
         height,
-        clip_skip: args
-            .clip_skip
-            .or(from.and_then(|s| s.clip_skip))
-            .unwrap_or(1),
+        clip_skip,
         device: args.device,
-        dtype: args.dtype,
+        dtype: args.dtype.into(),
         gemm_reduced_precision: args.gemm_reduced_precision,
-        attention: args.attention.clone(),
-        threads: Some(sdtrace::pipeline::compute_threads() as u32),
+        attention,
+        threads: Some(env.threads),
         policy,
         capture: args.capture.clone(),
         perturb: args.perturb.clone(),
         stop_on_nan: args.stop_on_nan,
         max_trace_size: args.max_trace_size,
         model_options: sdtrace::pipeline::model::ModelOptions {
-            prediction: args.prediction,
+            prediction: args.prediction.map(Into::into),
             expect_hash,
             tokenizer: args.tokenizer.clone(),
             ignore_unknown_keys: args.ignore_unknown_keys,
@@ -665,6 +754,7 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
             old_karras: args.a1111_old_karras,
             emphasis: args
                 .emphasis
+                .map(Into::into)
                 .or(from.and_then(|s| s.emphasis))
                 .unwrap_or_default(),
             vram_budget: args.vram_budget,
@@ -675,7 +765,31 @@ pub fn run(args: RecordArgs) -> Result<ExitStatus> {
                 sdtrace::sampling::Batching::UncondFirst
             },
         },
+        size_conditioning: sdtrace::pipeline::SizeConditioning {
+            original_size: args.sdxl_original_size,
+            crop: args.sdxl_crop.unwrap_or((0, 0)),
+        },
     };
+    // What the library refuses of any spec (bf16 on the CPU, webui switches with diffusers'
+    // schedulers), checked here too so that it comes before the device opens.
+    spec.check()?;
+    Ok(Resolved {
+        spec,
+        infotext_lines,
+    })
+}
+
+pub fn run(args: RecordArgs) -> Result<ExitStatus> {
+    let info = read_infotext(&args)?;
+    let Resolved {
+        spec,
+        infotext_lines,
+    } = resolve(&args, info, &Surroundings::here(&args))?;
+    if !args.quiet {
+        for line in &infotext_lines {
+            eprintln!("{line}");
+        }
+    }
     let stop = stop_flag();
     let mut term = Terminal {
         tty: std::io::stderr().is_terminal(),
@@ -784,12 +898,15 @@ impl RecordArgs {
         if self.png.is_some() {
             bail!("sweep names each PNG after its trace: leave out --png (or pass --no-png)");
         }
-        // Read (and check) the infotext once before any run, so that a refusal, such as a
-        // missing generator choice, comes before the folder is made.
-        let from_infotext = infotext_of(self)?.and_then(|(_, _, s)| s.seed);
+        // Read the infotext and resolve every flag once before any run, so that a refusal,
+        // such as a missing generator choice or a bad --attention, comes before the folder is
+        // made.
+        let info = read_infotext(self)?;
+        let from_infotext = info.as_ref().and_then(|i| i.settings.seed);
+        resolve(self, info, &Surroundings::here(self))?;
         let mut seed = self.seed;
         if (seed.is_none() && from_infotext.is_none()) || seed == Some(-1) {
-            seed = Some(seed_of(-1)? as i64);
+            seed = Some(random_seed() as i64);
         }
         Ok(sizes
             .iter()
@@ -808,10 +925,167 @@ impl RecordArgs {
     }
 }
 
-fn parse_sampler_impl(s: &str) -> std::result::Result<SamplerImpl, String> {
-    match s {
-        "k-diffusion" | "kdiffusion" | "webui" => Ok(SamplerImpl::KDiffusion),
-        "diffusers" => Ok(SamplerImpl::Diffusers),
-        _ => Err(format!("'{s}': expected k-diffusion or diffusers")),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        record: RecordArgs,
+    }
+
+    /// Flags as clap reads them, with a model and an output that do not exist: resolving
+    /// must not look at either.
+    fn parse(extra: &[&str]) -> std::result::Result<RecordArgs, clap::Error> {
+        let base = [
+            "record",
+            "--model",
+            "/no/such/model",
+            "-o",
+            "/no/such/dir/x.sdt",
+        ];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.record)
+    }
+
+    const HERE: Surroundings = Surroundings {
+        model_is_dir: true,
+        random_seed: 1234,
+        threads: 2,
+    };
+
+    fn resolved(extra: &[&str]) -> Result<RecordSpec> {
+        let args = parse(extra).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = read_infotext(&args)?;
+        resolve(&args, info, &HERE).map(|r| r.spec)
+    }
+
+    fn refused(extra: &[&str]) -> String {
+        match resolved(extra) {
+            Ok(_) => panic!("{extra:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn defaults_resolve_without_touching_anything() {
+        let spec = resolved(&[]).unwrap();
+        assert_eq!(spec.seed, 1234);
+        assert_eq!(
+            (spec.width, spec.height, spec.steps, spec.clip_skip),
+            (512, 512, 20, 1)
+        );
+        assert_eq!(spec.attention, AttentionImpl::Full);
+        assert_eq!(spec.sampler, SamplerKind::DpmPp2mKarras);
+        assert_eq!(spec.threads, Some(2));
+        assert_eq!(spec.dtype, sdtrace::pipeline::ModelDType::F32);
+        let spec = resolved(&["--attention", "split:auto", "--vram-budget", "2GiB"]).unwrap();
+        assert_eq!(
+            spec.attention,
+            AttentionImpl::Split {
+                budget: Some(2 << 30)
+            }
+        );
+    }
+
+    /// Each bad flag is refused by the pure step, naming the flag and what to give.
+    #[test]
+    fn each_bad_flag_names_itself_and_the_fix() {
+        for (flags, want) in [
+            (
+                &["--attention", "bogus"][..],
+                &["--attention", "'bogus'", "expected full, sliced:N"][..],
+            ),
+            (&["--attention", "sliced:0"], &["--attention", "positive"]),
+            (&["--clip-skip", "0"], &["--clip-skip 0", "give 1 or more"]),
+            (&["--seed", "-5"], &["--seed -5", "give -1"]),
+            (&["--steps", "0"], &["--steps 0", "at least 1"]),
+            (
+                &["--dtype", "bf16"],
+                &["--dtype bf16", "use --dtype f32 or f16"],
+            ),
+            (&["--capture", "unet.*=loud"], &["--capture"]),
+            (&["--sampler", "nope"], &["--sampler"]),
+            (
+                &["--sampler-impl", "diffusers", "--a1111-alphas-fp16"],
+                &["--sampler-impl diffusers", "--sampler-impl k-diffusion"],
+            ),
+            (
+                &[
+                    "--params",
+                    "a cat\nSteps: 5, Seed: 1, Clip skip: 0, RNG: CPU",
+                ],
+                &["--params", "Clip skip: 0", "--clip-skip 1"],
+            ),
+            (
+                &["--params", "a cat\nSteps: 5, Seed: 1, Sampler: Euler"],
+                &["--params", "--card", "--rng torch-cpu"],
+            ),
+        ] {
+            let e = refused(flags);
+            for w in want {
+                assert!(e.contains(w), "{flags:?}: '{w}' not in: {e}");
+            }
+            assert!(!e.contains("record -o"), "{flags:?} blamed the output: {e}");
+        }
+    }
+
+    /// Closed value sets are clap's: refused with the list of values, which --help shows too.
+    #[test]
+    fn closed_value_sets_are_validated_by_clap() {
+        for (flag, bad, listed) in [
+            ("--dtype", "int8", "f32, f16, bf16"),
+            ("--prompt-syntax", "markdown", "a1111, plain"),
+            ("--sampler-impl", "comfy", "k-diffusion, diffusers"),
+            ("--emphasis", "loud", "original, no-norm"),
+            ("--prediction", "x0", "epsilon, v"),
+        ] {
+            let e = parse(&[flag, bad])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(flag) && e.contains(listed), "{flag} {bad}: {e}");
+        }
+        let e = parse(&["--sampler", "euler", "--schedule", "sometimes"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("karras, uniform, automatic"));
+        let a = parse(&[
+            "--dtype",
+            "half",
+            "--emphasis",
+            "No norm",
+            "--schedule",
+            "Karras",
+            "--sampler",
+            "DPM++ 2M",
+        ])
+        .unwrap();
+        let spec = resolve(&a, None, &HERE).unwrap();
+        assert_eq!(spec.spec.dtype, sdtrace::pipeline::ModelDType::F16);
+        assert_eq!(spec.spec.sampler, SamplerKind::DpmPp2mKarras);
+        assert_eq!(
+            spec.spec.a1111.emphasis,
+            sdtrace::pipeline::conditioning::Emphasis::NoNorm
+        );
+    }
+
+    /// The infotext fills what the flags leave out; flags win.
+    #[test]
+    fn flags_win_over_the_infotext() {
+        let text = "a cat\nNegative prompt: dog\nSteps: 5, Sampler: Euler a, CFG scale: 4, Seed: 3, Size: 64x128, Clip skip: 2, RNG: CPU";
+        let spec = resolved(&["--params", text, "--steps", "7"]).unwrap();
+        assert_eq!(
+            (spec.prompt.as_str(), spec.negative.as_str()),
+            ("a cat", "dog")
+        );
+        assert_eq!((spec.steps, spec.seed, spec.clip_skip), (7, 3, 2));
+        assert_eq!((spec.width, spec.height), (64, 128));
+        assert_eq!(spec.sampler, SamplerKind::EulerA);
+        assert_eq!(spec.cfg_scale, 4.0);
+        assert!(spec.a1111.infotext.is_some());
+        let spec = resolved(&["--params", text, "--seed", "-1"]).unwrap();
+        assert_eq!(spec.seed, 1234);
     }
 }

@@ -98,6 +98,48 @@ impl From<SynthSizeArg> for SynthSize {
     }
 }
 
+/// `record --dtype`: the model's compute dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    /// 32-bit float.
+    #[value(alias = "fp32", alias = "float32")]
+    F32,
+    /// 16-bit float (the webuis' half precision).
+    #[value(alias = "fp16", alias = "half", alias = "float16")]
+    F16,
+    /// bfloat16 (GPUs only: candle's CPU backend has no bf16 convolutions).
+    #[value(alias = "bfloat16")]
+    Bf16,
+}
+
+impl From<DTypeArg> for sdtrace::pipeline::ModelDType {
+    fn from(d: DTypeArg) -> Self {
+        match d {
+            DTypeArg::F32 => Self::F32,
+            DTypeArg::F16 => Self::F16,
+            DTypeArg::Bf16 => Self::BF16,
+        }
+    }
+}
+
+/// `record --prompt-syntax`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyntaxArg {
+    /// The webui's: (word), [word], (word:1.2), BREAK, 75-token chunks.
+    A1111,
+    /// diffusers': the text as is, one chunk.
+    Plain,
+}
+
+impl From<SyntaxArg> for sdtrace::text::PromptSyntax {
+    fn from(s: SyntaxArg) -> Self {
+        match s {
+            SyntaxArg::A1111 => Self::A1111,
+            SyntaxArg::Plain => Self::Plain,
+        }
+    }
+}
+
 /// `report --fail-on`, `diff --fail-on`: what fails the verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FailOnArg {
@@ -116,6 +158,87 @@ impl From<FailOnArg> for FailOn {
             FailOnArg::FirstExceed => FailOn::FirstExceed,
             FailOnArg::Amplify => FailOn::Amplify,
             FailOnArg::Image => FailOn::Image,
+        }
+    }
+}
+
+/// `record --sampler-impl`: whose sampler semantics to follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SamplerImplArg {
+    /// k-diffusion's (the webuis' and ComfyUI's).
+    #[value(alias = "kdiffusion", alias = "webui")]
+    KDiffusion,
+    /// diffusers' schedulers, configured from the model's scheduler_config.json.
+    Diffusers,
+}
+
+impl From<SamplerImplArg> for sdtrace::sampling::SamplerImpl {
+    fn from(s: SamplerImplArg) -> Self {
+        match s {
+            SamplerImplArg::KDiffusion => Self::KDiffusion,
+            SamplerImplArg::Diffusers => Self::Diffusers,
+        }
+    }
+}
+
+/// `record --schedule`: the webui's Schedule type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum ScheduleArg {
+    /// Karras σ spacing.
+    Karras,
+    /// Uniform spacing.
+    Uniform,
+    /// The sampler's own.
+    Automatic,
+}
+
+impl ScheduleArg {
+    /// The webui's name, as `params::resolve_sampler` reads it.
+    pub fn webui_name(self) -> &'static str {
+        match self {
+            ScheduleArg::Karras => "Karras",
+            ScheduleArg::Uniform => "Uniform",
+            ScheduleArg::Automatic => "Automatic",
+        }
+    }
+}
+
+/// `record --emphasis`: the webui's Emphasis mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmphasisArg {
+    /// Weights, then the original mean restored (the webui's default).
+    Original,
+    /// Weights only.
+    #[value(alias = "nonorm", alias = "No norm")]
+    NoNorm,
+}
+
+impl From<EmphasisArg> for sdtrace::pipeline::conditioning::Emphasis {
+    fn from(e: EmphasisArg) -> Self {
+        match e {
+            EmphasisArg::Original => Self::Original,
+            EmphasisArg::NoNorm => Self::NoNorm,
+        }
+    }
+}
+
+/// `record --prediction`: what the UNet predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PredictionArg {
+    /// The noise ε (SD 1.x, SDXL, SD 2.x base).
+    #[value(alias = "eps")]
+    Epsilon,
+    /// v (SD 2.x 768-v models).
+    #[value(alias = "v_prediction", alias = "v-prediction")]
+    V,
+}
+
+impl From<PredictionArg> for sdtrace::model::config::Prediction {
+    fn from(p: PredictionArg) -> Self {
+        match p {
+            PredictionArg::Epsilon => Self::Epsilon,
+            PredictionArg::V => Self::VPrediction,
         }
     }
 }
@@ -157,5 +280,35 @@ mod tests {
             assert_eq!(name.parse::<SynthSize>(), Ok(SynthSize::from(*s)), "{name}");
         }
         assert_eq!(Graphics::from_str("iterm2", false), Ok(Graphics::Iterm));
+        // record's enums accept what the old string parsers did.
+        use sdtrace::pipeline::conditioning::Emphasis;
+        use sdtrace::pipeline::{ModelDType, parse_dtype};
+        for name in [
+            "f32", "fp32", "float32", "f16", "fp16", "half", "float16", "bf16", "bfloat16",
+        ] {
+            let d = DTypeArg::from_str(name, false).map(ModelDType::from);
+            assert_eq!(d.ok(), parse_dtype(name).ok(), "{name}");
+        }
+        for name in ["original", "Original", "no-norm", "nonorm", "No norm"] {
+            let e = EmphasisArg::from_str(name, true).map(Emphasis::from);
+            assert_eq!(e.ok(), name.parse::<Emphasis>().ok(), "{name}");
+        }
+        for name in ["epsilon", "eps", "v", "v_prediction", "v-prediction"] {
+            let p =
+                PredictionArg::from_str(name, false).map(sdtrace::model::config::Prediction::from);
+            assert_eq!(
+                p.ok(),
+                sdtrace::pipeline::model::parse_prediction(name).ok(),
+                "{name}"
+            );
+        }
+        for name in ["k-diffusion", "kdiffusion", "webui", "diffusers"] {
+            assert!(SamplerImplArg::from_str(name, false).is_ok(), "{name}");
+        }
+        assert_eq!(
+            ScheduleArg::from_str("karras", false),
+            Ok(ScheduleArg::Karras)
+        );
+        assert_eq!(SyntaxArg::from_str("plain", false), Ok(SyntaxArg::Plain));
     }
 }

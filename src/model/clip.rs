@@ -273,12 +273,23 @@ impl ClipTextModel {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_as(weights, config, dtype, device, "text_encoder")
+    }
+
+    /// [`ClipTextModel::load`] with probe keys under `prefix` (SDXL's `text_encoder_2`).
+    pub fn load_as(
+        weights: &Path,
+        config: &ClipConfig,
+        dtype: DType,
+        device: &Device,
+        prefix: &str,
+    ) -> Result<Self> {
         let wrap = |source| ModelError::Weights {
             file: weights.to_path_buf(),
             error: source,
         };
         let vb = Checkpoint::open_plain(weights, dtype, device)?;
-        ClipTextModel::new(vb, config, "text_encoder").map_err(wrap)
+        ClipTextModel::new(vb, config, prefix).map_err(wrap)
     }
 
     pub fn config(&self) -> &ClipConfig {

@@ -7,6 +7,12 @@
 //! the conditioning is f32 as in the webui. The chunks are concatenated on the token axis. Every encoder call is a separate
 //! probe evaluation (eval 0, 1, …: the negative prompt's chunks first, as A1111 encodes the
 //! unconditional prompt first), so `text_encoder.*` records never collide.
+//!
+//! SDXL ([`encode_sdxl`]) runs both encoders on each chunk, as the webui's
+//! `GeneralConditioner`: each encoder's hidden state before its last layer, emphasis applied
+//! to each on its own, the two concatenated along the features (768 + 1280 = 2048), and the
+//! pooled embedding of `text_encoder_2` from the first chunk (unweighted). Both encoders of a
+//! chunk share its eval number; their keys differ (`text_encoder.*`, `text_encoder_2.*`).
 
 use super::{PipelineError, Result};
 use crate::model::clip::ClipTextModel;
@@ -70,6 +76,57 @@ pub fn encode(
     }
     probe.set_step(None, 0)?;
     Ok((Tensor::cat(&parts, 1)?, eval))
+}
+
+/// SDXL's conditioning of one prompt: `chunks` and `chunks_2` are the same prompt tokenized for
+/// each encoder (equal counts; OpenCLIP's tokenizer pads with `!`). Returns the context
+/// `[1, 77·k, d₁ + d₂]`, the pooled embedding `[1, projection]` and the next free eval number.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_sdxl(
+    clip: &ClipTextModel,
+    clip_2: &ClipTextModel,
+    (chunks, chunks_2): (&[Chunk], &[Chunk]),
+    emphasis: Option<Emphasis>,
+    probe: &Probe,
+    first_eval: u32,
+    device: &Device,
+) -> Result<(Tensor, Tensor, u32)> {
+    if chunks.len() != chunks_2.len() || chunks.is_empty() {
+        return Err(PipelineError::Conditioning(format!(
+            "the prompt gave {} chunks for tokenizer/ and {} for tokenizer_2/; SDXL's two tokenizers must split a prompt alike",
+            chunks.len(),
+            chunks_2.len()
+        )));
+    }
+    let mut parts = Vec::with_capacity(chunks.len());
+    let mut pooled = None;
+    let mut eval = first_eval;
+    for (c1, c2) in chunks.iter().zip(chunks_2) {
+        probe.set_step(None, eval)?;
+        eval += 1;
+        let ids = Tensor::new(c1.ids.as_slice(), device)?.unsqueeze(0)?;
+        let (z1, _) = clip.forward_sdxl(&ids, probe)?;
+        let ids = Tensor::new(c2.ids.as_slice(), device)?.unsqueeze(0)?;
+        let (z2, p) = clip_2.forward_sdxl(&ids, probe)?;
+        if pooled.is_none() {
+            pooled = p;
+        }
+        let (z1, z2) = match emphasis {
+            Some(mode) => (
+                emphasize(&z1, &c1.weights, mode)?,
+                emphasize(&z2, &c2.weights, mode)?,
+            ),
+            None => (z1, z2),
+        };
+        parts.push(Tensor::cat(&[&z1, &z2], 2)?);
+    }
+    probe.set_step(None, 0)?;
+    let pooled = pooled.ok_or_else(|| {
+        PipelineError::Conditioning(
+            "text_encoder_2 has no text_projection, which SDXL's pooled embedding needs".into(),
+        )
+    })?;
+    Ok((Tensor::cat(&parts, 1)?, pooled, eval))
 }
 
 /// A1111's emphasis on one chunk's output `z` [1, tokens, dim], as the webui's

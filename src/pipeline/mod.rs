@@ -1,11 +1,14 @@
 //! The text-to-image pipeline behind `sdtrace record`: load a diffusers model folder, encode the
 //! prompts, draw the initial noise, sample, decode, and record all of it into one trace.
 //!
-//! [`record`] owns the run's life cycle: it checks every setting and file before it creates
-//! the trace, computes what will be captured and its size ([`estimate`]) and refuses to start
-//! when that exceeds the limit or the free disk, writes the run header (every
-//! determinism-relevant setting: seeds, RNG, dtype, attention and its chunking plan, thread
-//! count, device facts, model file hashes, sigmas and timesteps), then runs. Whatever happens
+//! [`record`] owns the run's life cycle in three steps after the pure [`RecordSpec::check`]:
+//! *prepare* reads and checks the model files, the scheduler config and the prompts' tokens,
+//! builds the sampler, opens the device and loads the weights; *plan* computes the header and
+//! what will be captured and its size ([`estimate`]) and refuses to start when that exceeds
+//! the limit or the free disk; *execute* creates the trace and runs. Nothing before execute
+//! creates a file. The header holds every determinism-relevant setting: seeds, RNG, dtype,
+//! attention and its chunking plan, thread count, device facts, model file hashes, sigmas and
+//! timesteps. Whatever happens
 //! after the trace exists — success, a stop request between steps (Ctrl-C, NaN with
 //! `stop_on_nan`), or an error — the trace is closed with a run-end frame saying how the run
 //! ended, so it is always a valid file. I/O to the terminal is the caller's: progress comes
@@ -40,7 +43,7 @@ use crate::trace::{
     NonFinite, RunEnd, RunHeader, RunStatus, Settings, TraceError, TraceWriter, WriterOptions,
     WrittenTrace,
 };
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use estimate::{Estimate, PlannedRecord};
 use perturb::{Perturb, Perturbation};
 use serde_json::json;
@@ -254,8 +257,9 @@ pub struct RecordSpec {
     pub dtype: DType,
     /// cuBLAS reduced-precision GEMMs (`--gemm-reduced-precision`; CUDA only, default none).
     pub gemm_reduced_precision: gpu::GemmPrecision,
-    /// `full`, `sliced:N`, `split:auto|BUDGET`, `subquad:Q,KV`.
-    pub attention: String,
+    /// The attention implementation (`--attention`; `split:auto` already resolved against
+    /// the VRAM budget).
+    pub attention: AttentionImpl,
     /// Compute threads in effect (recorded; the caller configures the thread pool).
     pub threads: Option<u32>,
     /// The capture rules and how they were given (`light`, `full`, or the rules text).
@@ -270,6 +274,58 @@ pub struct RecordSpec {
     /// What the webui did differently (recorded in the header), and the VRAM budget
     /// `split:auto` plans for.
     pub a1111: A1111Options,
+    /// SDXL's size and crop conditioning (refused for other models unless the default).
+    pub size_conditioning: SizeConditioning,
+}
+
+/// SDXL's size and crop conditioning: the six ids its UNet embeds beside the pooled text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SizeConditioning {
+    /// The original size (width, height); `None`: the image size, as the webui sets it.
+    pub original_size: Option<(u32, u32)>,
+    /// The crop's top-left corner (top, left): the webui's `sdxl_crop_top`/`sdxl_crop_left`,
+    /// (0, 0) by default.
+    pub crop: (u32, u32),
+}
+
+impl SizeConditioning {
+    /// The ids in the UNet's order for a `width`×`height` image: original (h, w), crop (top,
+    /// left), target (h, w), the target being the image size.
+    pub fn time_ids(&self, width: u32, height: u32) -> [u32; 6] {
+        let (ow, oh) = self.original_size.unwrap_or((width, height));
+        [oh, ow, self.crop.0, self.crop.1, height, width]
+    }
+}
+
+impl RecordSpec {
+    /// What is wrong with the spec on its own, before any file or device is touched: a pure
+    /// check, each refusal naming the flag and what to give instead.
+    pub fn check(&self) -> Result<()> {
+        let bad = |s: String| Err(PipelineError::Setting(s));
+        if self.clip_skip == 0 {
+            return bad("--clip-skip 0: give 1 or more (1 = the last layer, the webui's default; 2 = the penultimate)".into());
+        }
+        if self.steps == 0 {
+            return bad("--steps 0: give at least 1 sampler step".into());
+        }
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v % 8 != 0 || v > MAX_SIDE {
+                return bad(format!(
+                    "--size {}x{}: the {name} must be a multiple of 8 between 8 and {MAX_SIDE}",
+                    self.width, self.height
+                ));
+            }
+        }
+        if self.dtype == DType::BF16 && self.device == DeviceChoice::Cpu {
+            return bad("--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into());
+        }
+        if self.sampler_impl == SamplerImpl::Diffusers
+            && (self.a1111.alphas_fp16 || self.a1111.old_karras)
+        {
+            return bad("--sampler-impl diffusers: the webui's fp16 alphas and old Karras bounds are k-diffusion settings; drop them or use --sampler-impl k-diffusion".into());
+        }
+        Ok(())
+    }
 }
 
 /// AUTOMATIC1111 compatibility switches.
@@ -342,6 +398,15 @@ struct ModelFiles {
     tokenizer_dir: PathBuf,
     /// `scheduler/scheduler_config.json`, validated (absent: `None`).
     scheduler: Option<SchedulerConfig>,
+    /// SDXL's second text encoder and tokenizer (`None` for SD 1.x/2.x).
+    xl: Option<XlFiles>,
+}
+
+/// SDXL's `text_encoder_2/` and `tokenizer_2/`.
+struct XlFiles {
+    clip_config: ClipConfig,
+    clip_weights: PathBuf,
+    tokenizer_dir: PathBuf,
 }
 
 fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
@@ -352,11 +417,14 @@ fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
         .ok_or_else(|| PipelineError::ModelFolder {
             dir: dir.to_path_buf(),
             what: format!(
-                "no {sub}/{} (a diffusers folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/; `sdtrace synth --out DIR` writes one)",
+                "no {sub}/{} (a diffusers folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/, SDXL also text_encoder_2/ and tokenizer_2/; `sdtrace synth --out DIR` writes one)",
                 names.join(" or ")
             ),
         })
 }
+
+/// The text encoder weights of a diffusers folder.
+const CLIP_WEIGHTS: [&str; 2] = ["model.safetensors", "model.fp16.safetensors"];
 
 impl ModelFiles {
     fn find(dir: &Path) -> Result<Self> {
@@ -367,6 +435,10 @@ impl ModelFiles {
             });
         }
         let unet_cfg = first_existing(dir, "unet", &["config.json"])?;
+        let mut unet_config = UNetConfig::from_diffusers_file(&unet_cfg)?;
+        if unet_config.addition.is_some() {
+            refuse_refiner(dir)?;
+        }
         let clip_cfg = first_existing(dir, "text_encoder", &["config.json"])?;
         let clip_json = crate::model::read_json(&clip_cfg)?;
         first_existing(dir, "vae", &["config.json"])?;
@@ -384,10 +456,39 @@ impl ModelFiles {
         } else {
             None
         };
-        let mut unet_config = UNetConfig::from_diffusers_file(&unet_cfg)?;
         if let Some(s) = &scheduler {
             unet_config.prediction = s.prediction;
         }
+        let clip_config = ClipConfig::from_hf_json(&clip_json, &clip_cfg)?;
+        let xl = match unet_config.addition {
+            Some(added) => {
+                let cfg2 = first_existing(dir, "text_encoder_2", &["config.json"])?;
+                let clip2 = ClipConfig::from_hf_json(&crate::model::read_json(&cfg2)?, &cfg2)?;
+                let width = clip_config.hidden_size + clip2.hidden_size;
+                let pooled = added.pooled_dim();
+                if width != unet_config.cross_attention_dim || pooled != clip2.projection_dim {
+                    return Err(PipelineError::ModelFolder {
+                        dir: dir.to_path_buf(),
+                        what: format!(
+                            "the SDXL parts do not fit: the UNet takes {}-wide text and a {}-wide pooled embedding, the encoders give {} + {} = {width} and {} (text_encoder_2/config.json projection_dim); a refiner or a mixed-up folder?",
+                            unet_config.cross_attention_dim,
+                            pooled.map_or("?".into(), |p| p.to_string()),
+                            clip_config.hidden_size,
+                            clip2.hidden_size,
+                            clip2
+                                .projection_dim
+                                .map_or("none".into(), |p| p.to_string()),
+                        ),
+                    });
+                }
+                Some(XlFiles {
+                    clip_weights: first_existing(dir, "text_encoder_2", &CLIP_WEIGHTS)?,
+                    clip_config: clip2,
+                    tokenizer_dir: dir.join("tokenizer_2"),
+                })
+            }
+            None => None,
+        };
         Ok(ModelFiles {
             unet_config,
             unet_weights: first_existing(
@@ -398,18 +499,43 @@ impl ModelFiles {
                     "diffusion_pytorch_model.fp16.safetensors",
                 ],
             )?,
-            clip_config: ClipConfig::from_hf_json(&clip_json, &clip_cfg)?,
-            clip_weights: first_existing(
-                dir,
-                "text_encoder",
-                &["model.safetensors", "model.fp16.safetensors"],
-            )?,
+            clip_config,
+            clip_weights: first_existing(dir, "text_encoder", &CLIP_WEIGHTS)?,
             vae_weights,
             vae_dir: dir.join("vae"),
             tokenizer_dir: dir.join("tokenizer"),
             scheduler,
+            xl,
         })
     }
+}
+
+/// An SDXL refiner (its UNet is conditioned on an aesthetic score; it has only
+/// `text_encoder_2`) is refused: it refines a base model's latents rather than making an
+/// image from noise, and sdtrace's pipeline is text-to-image.
+fn refuse_refiner(dir: &Path) -> Result<()> {
+    let index = dir.join("model_index.json");
+    let aesthetic = index.is_file()
+        && crate::model::read_json(&index)?
+            .get("requires_aesthetics_score")
+            .and_then(|v| v.as_bool())
+            == Some(true);
+    let only_second = !dir.join("text_encoder/config.json").is_file()
+        && dir.join("text_encoder_2/config.json").is_file();
+    if aesthetic || only_second {
+        return Err(PipelineError::ModelFolder {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "an SDXL refiner ({}); sdtrace record runs text-to-image models (SDXL base and its fine-tunes), not the refiner's image-to-image pass: give the base model's folder",
+                if aesthetic {
+                    "model_index.json has requires_aesthetics_score: true"
+                } else {
+                    "it has text_encoder_2/ but no text_encoder/"
+                }
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// XXH3-64 of a file, streamed.
@@ -588,12 +714,35 @@ fn kdiffusion_follows(c: &SchedulerConfig) -> Result<()> {
     )))
 }
 
+/// SDXL's uncond is zeros when the negative prompt is empty, as in the webui and diffusers.
+fn zero_negative(spec: &RecordSpec) -> bool {
+    spec.negative.is_empty()
+}
+
+/// The header's `sdxl` facts: the size and crop conditioning, and how the text was encoded.
+fn sdxl_facts(spec: &RecordSpec, files: &model::ModelSource) -> serde_json::Value {
+    let ids = spec.size_conditioning.time_ids(spec.width, spec.height);
+    json!({
+        "original_size": [ids[0], ids[1]],
+        "crop_coords_top_left": [ids[2], ids[3]],
+        "target_size": [ids[4], ids[5]],
+        "time_ids": ids,
+        "original_size_source": if spec.size_conditioning.original_size.is_some() { "--sdxl-original-size" } else { "the image size (the webui's)" },
+        "text": "per 75-token chunk: text_encoder and text_encoder_2 hidden states before their last layer, emphasis on each, concatenated along the features",
+        "context_dim": files.clip_config().hidden_size + files.clip_2_config().map_or(0, |c| c.hidden_size),
+        "pooled": "text_encoder_2's text_projection at the end token of the first chunk, unweighted",
+        "pooled_dim": files.clip_2_config().and_then(|c| c.projection_dim),
+        "zero_negative": zero_negative(spec),
+        "clip_skip": format!("{} not applied: SDXL takes each encoder's penultimate layer (the webui's default)", spec.clip_skip),
+    })
+}
+
 /// Every record the run will offer the probe, in order.
 fn planned_records(
     unet: &UNet,
     sampler: &Sampler,
     spec: &RecordSpec,
-    clip: &ClipConfig,
+    (clip, clip_2): (&ClipConfig, Option<&ClipConfig>),
     text_calls: usize,
     (tokens_u, tokens): (usize, usize),
 ) -> (Vec<PlannedRecord>, usize) {
@@ -606,31 +755,50 @@ fn planned_records(
         dtype: crate::DType::F32,
     };
     let model_dtype = trace_dtype(spec.dtype).unwrap_or(crate::DType::F32);
+    let rec = |key: String, shape: Vec<usize>| PlannedRecord {
+        key,
+        step: None,
+        shape,
+        dtype: model_dtype,
+    };
+    // Each encoder call: its layers (SD 1.x/2.x: up to Clip skip; SDXL: all, for the pooled
+    // embedding), the final layer norm, and SDXL's projection.
+    let layers_run = if clip_2.is_some() {
+        clip.num_hidden_layers
+    } else {
+        clip.num_hidden_layers
+            .saturating_sub(spec.clip_skip.max(1) as usize - 1)
+    };
+    let mut encoders = vec![("text_encoder", clip, layers_run)];
+    encoders.extend(clip_2.map(|c| ("text_encoder_2", c, c.num_hidden_layers)));
     let mut out = Vec::new();
     for _ in 0..text_calls {
-        let skip = spec.clip_skip.max(1) as usize;
-        for l in 0..clip.num_hidden_layers.saturating_sub(skip - 1) {
-            out.push(PlannedRecord {
-                key: format!("text_encoder.encoder.layers.{l}"),
-                step: None,
-                shape: vec![1, 77, clip.hidden_size],
-                dtype: model_dtype,
-            });
+        for (prefix, c, layers) in &encoders {
+            for l in 0..*layers {
+                out.push(rec(
+                    format!("{prefix}.encoder.layers.{l}"),
+                    vec![1, 77, c.hidden_size],
+                ));
+            }
+            out.push(rec(
+                format!("{prefix}.final_layer_norm"),
+                vec![1, 77, c.hidden_size],
+            ));
+            if clip_2.is_some()
+                && let Some(p) = c.projection_dim
+            {
+                out.push(rec(format!("{prefix}.text_projection"), vec![1, p]));
+            }
         }
-        out.push(PlannedRecord {
-            key: "text_encoder.final_layer_norm".into(),
-            step: None,
-            shape: vec![1, 77, clip.hidden_size],
-            dtype: model_dtype,
-        });
     }
+    if let Some(p) = clip_2.and_then(|c| c.projection_dim) {
+        for key in ["text.pooled.uncond", "text.pooled.cond"] {
+            out.push(rec(key.into(), vec![1, p]));
+        }
+    }
+    let width = clip.hidden_size + clip_2.map_or(0, |c| c.hidden_size);
     for (key, n) in [("text.uncond", tokens_u), ("text.cond", tokens)] {
-        out.push(PlannedRecord {
-            key: key.into(),
-            step: None,
-            shape: vec![1, n, clip.hidden_size],
-            dtype: model_dtype,
-        });
+        out.push(rec(key.into(), vec![1, n, width]));
     }
     out.push(f32r("noise.initial", None, latent.clone()));
     // One batched call, or the webui's two calls when the token counts differ.
@@ -679,56 +847,119 @@ fn planned_records(
     (out, per_step)
 }
 
-/// Record one text-to-image run of `spec` into `out`.
+/// Record one text-to-image run of `spec` into `out`: [`RecordSpec::check`], then prepare
+/// (model files, tokens, sampler, device, weights), plan (header, planned records, size
+/// estimate and its limits), execute (the trace is created and always closed).
 pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Result<Recording> {
     let started = Instant::now();
     monitor.stage("loading");
-    if spec.clip_skip == 0 {
-        return Err(PipelineError::Setting(
-            "--clip-skip must be at least 1 (1 = the last layer, A1111's default)".into(),
-        ));
+    spec.check()?;
+    let prepared = prepare(spec)?;
+    let planned = plan(spec, &prepared, out)?;
+    monitor.plan(&planned.run_plan);
+    planned.fits(spec, out)?;
+    execute(spec, &prepared, planned, out, monitor, started)
+}
+
+/// Both prompts as token chunks, and how many empty-prompt chunks padded each.
+struct Prompts {
+    uncond: crate::text::PromptTokens,
+    cond: crate::text::PromptTokens,
+    /// Padding chunks added to (uncond, cond).
+    pads: (usize, usize),
+}
+
+impl Prompts {
+    /// Tokens per UNet call: (uncond, cond).
+    fn tokens(&self) -> (usize, usize) {
+        (77 * self.uncond.chunks.len(), 77 * self.cond.chunks.len())
     }
-    let device = spec.device.open()?;
-    // Read before the weights load, so the free memory is what the run found.
-    let gpu_facts = gpu::gpu_facts(&device)?;
-    spec.gemm_reduced_precision.apply(&device)?;
-    if spec.dtype == DType::BF16 && device.is_cpu() {
-        return Err(PipelineError::Setting(
-            "--dtype bf16: candle's CPU backend has no bf16 convolutions; use --dtype f32 or f16 on the CPU, or bf16 on a GPU".into(),
-        ));
-    }
-    let attention = AttentionImpl::parse(&spec.attention, spec.a1111.vram_budget)?;
+}
+
+/// Everything read and checked before the trace exists: the model's files, the prompts'
+/// tokens, the sampler, the device and the loaded weights.
+struct Prepared {
+    files: model::ModelSource,
+    tokenizer_origin: String,
+    prompts: Prompts,
+    /// SDXL: the prompts as `tokenizer_2/` splits them (same chunks, `!` padding).
+    prompts_2: Option<Prompts>,
+    sampler: Sampler,
+    device: Device,
+    /// The GPU as found before the weights were loaded (free memory).
+    gpu_facts: Option<crate::trace::GpuFacts>,
+    nets: model::Loaded,
+}
+
+/// Open and check the model (files, configs, scheduler), tokenize the prompts, build the
+/// sampler, then open the device and load the weights.
+fn prepare(spec: &RecordSpec) -> Result<Prepared> {
     let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
-    if files.unet_config().addition.is_some() {
+    let sdxl = files.unet_config().addition.is_some();
+    if sdxl && files.clip_2_config().is_none() {
         return Err(PipelineError::Setting(format!(
-            "{}: an SDXL model (its UNet has addition_embed_type text_time); sdtrace record runs SD 1.x/2.x so far (its SDXL UNet and text encoders exist, the SDXL pipeline does not yet)",
+            "{}: a single-file SDXL checkpoint; sdtrace record loads SDXL from a diffusers folder so far (text_encoder_2/ and tokenizer_2/ beside unet/): give the folder",
+            spec.model.display()
+        )));
+    }
+    if !sdxl && spec.size_conditioning != SizeConditioning::default() {
+        return Err(PipelineError::Setting(format!(
+            "--sdxl-original-size/--sdxl-crop: {} is not an SDXL model (its UNet has no size and crop conditioning); drop them",
             spec.model.display()
         )));
     }
     let (tokenizer, tokenizer_origin) = files.tokenizer(&spec.model_options)?;
-    if spec.clip_skip as usize > files.clip_config().num_hidden_layers {
+    // SDXL takes each encoder's penultimate layer whatever Clip skip says (the webui's default:
+    // its "sdxl_clip_l_skip" off); the header says so.
+    if !sdxl && spec.clip_skip as usize > files.clip_config().num_hidden_layers {
         return Err(PipelineError::Setting(format!(
             "--clip-skip {} exceeds the {} layers of the text encoder",
             spec.clip_skip,
             files.clip_config().num_hidden_layers
         )));
     }
-    let mut uncond_tokens = tokenize_prompt(&tokenizer, &spec.negative, spec.syntax)?;
-    let mut cond_tokens = tokenize_prompt(&tokenizer, &spec.prompt, spec.syntax)?;
-    let empty = tokenize_prompt(&tokenizer, "", spec.syntax)?;
+    let prompts = tokenize(spec, &tokenizer)?;
+    let prompts_2 = match files.tokenizer_2()? {
+        Some((t2, _)) => Some(tokenize(spec, &t2)?),
+        None => None,
+    };
+    let sampler = sampler_of(spec, &files)?;
+    let device = spec.device.open()?;
+    // Read before the weights load, so the free memory is what the run found.
+    let gpu_facts = gpu::gpu_facts(&device)?;
+    spec.gemm_reduced_precision.apply(&device)?;
+    let nets = files.load(spec.dtype, &device, Numerics::PYTORCH, spec.attention)?;
+    Ok(Prepared {
+        files,
+        tokenizer_origin,
+        prompts,
+        prompts_2,
+        sampler,
+        device,
+        gpu_facts,
+        nets,
+    })
+}
+
+/// Both prompts' token chunks, padded to equal counts unless the webui's batching runs them
+/// apart.
+fn tokenize(spec: &RecordSpec, tokenizer: &crate::text::ClipTokenizer) -> Result<Prompts> {
+    let mut uncond = tokenize_prompt(tokenizer, &spec.negative, spec.syntax)?;
+    let mut cond = tokenize_prompt(tokenizer, &spec.prompt, spec.syntax)?;
+    let empty = tokenize_prompt(tokenizer, "", spec.syntax)?;
     let empty_chunk = empty.chunks.first().cloned().ok_or_else(|| {
         PipelineError::Conditioning("the empty prompt gave no token chunk".into())
     })?;
-    let a1111_batching = spec.a1111.batching == Batching::A1111;
-    let (pad_u, pad_c) = if a1111_batching {
+    let pads = if spec.a1111.batching == Batching::A1111 {
         (0, 0)
     } else {
-        conditioning::pad_chunks(&mut uncond_tokens, &mut cond_tokens, &empty_chunk)
+        conditioning::pad_chunks(&mut uncond, &mut cond, &empty_chunk)
     };
-    let tokens = 77 * cond_tokens.chunks.len();
-    let tokens_u = 77 * uncond_tokens.chunks.len();
+    Ok(Prompts { uncond, cond, pads })
+}
 
-    let (unet, clip, vae) = files.load(spec.dtype, &device, Numerics::PYTORCH, attention)?;
+/// The sampler of `spec` over the model's prediction type and schedule.
+fn sampler_of(spec: &RecordSpec, files: &model::ModelSource) -> Result<Sampler> {
     let mut sampler_spec = SamplerSpec::new(spec.sampler, spec.steps, spec.cfg_scale);
     sampler_spec.prediction = files.unet_config().prediction;
     if spec.a1111.old_karras {
@@ -739,7 +970,7 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     } else {
         AlphasPrecision::F32
     };
-    let sampler = match spec.sampler_impl {
+    Ok(match spec.sampler_impl {
         SamplerImpl::KDiffusion => {
             if let Some(c) = files.scheduler_config() {
                 kdiffusion_follows(c)?;
@@ -753,37 +984,68 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
                     spec.model.display()
                 ))
             })?;
-            if spec.a1111.alphas_fp16 || spec.a1111.old_karras {
-                return Err(PipelineError::Setting(
-                    "--sampler-impl diffusers: the webui's fp16 alphas and old Karras bounds are k-diffusion settings; drop them or use --sampler-impl k-diffusion".into(),
-                ));
-            }
             Sampler::diffusers(sampler_spec, config)?
         }
-    };
+    })
+}
+
+/// What the run will write, decided before the trace is created.
+struct Planned {
+    run_plan: RunPlan,
+    rng: RunRng,
+}
+
+impl Planned {
+    /// Refuse a trace larger than `--max-trace-size` or the free disk.
+    fn fits(&self, spec: &RecordSpec, out: &Path) -> Result<()> {
+        let bytes = self.run_plan.estimate.bytes;
+        if bytes > spec.max_trace_size {
+            return Err(PipelineError::TooLarge {
+                estimate: bytes,
+                limit: spec.max_trace_size,
+            });
+        }
+        if let Some(free) = self.run_plan.free_disk
+            && bytes > free
+        {
+            return Err(PipelineError::DiskFull {
+                estimate: bytes,
+                free,
+                path: out.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The header (settings, tokens, attention plan, host and device facts), the generator with
+/// its draws checked, and every record the run will offer with the size they come to.
+fn plan(spec: &RecordSpec, p: &Prepared, out: &Path) -> Result<Planned> {
     let (lh, lw) = (spec.height as usize / 8, spec.width as usize / 8);
+    let (tokens_u, tokens) = p.prompts.tokens();
     // The webui's separate calls (token counts differ) run batches of one.
     let plan_batch = if tokens_u == tokens { 2 } else { 1 };
-    let attention_plan = unet.attention_plan(plan_batch, lh, lw, tokens)?;
+    let attention_plan = p.nets.unet.attention_plan(plan_batch, lh, lw, tokens)?;
     if tokens_u != tokens {
-        unet.attention_plan(1, lh, lw, tokens_u)?;
+        p.nets.unet.attention_plan(1, lh, lw, tokens_u)?;
     }
 
-    // Header.
-    let mut settings = settings(spec, &files, &tokenizer_origin, &attention)?;
-    let mut rng =
-        RunRng::new(&spec.rng, spec.seed, spec.ensd, &device).map_err(SamplingError::from)?;
+    let mut settings = settings(spec, &p.files, &p.tokenizer_origin, &spec.attention)?;
+    let rng =
+        RunRng::new(&spec.rng, spec.seed, spec.ensd, &p.device).map_err(SamplingError::from)?;
     let draws = 1 + match spec.sampler {
-        SamplerKind::EulerA => sampler.sigmas()[1..].iter().filter(|&&s| s > 0.0).count(),
+        SamplerKind::EulerA => p.sampler.sigmas()[1..].iter().filter(|&&s| s > 0.0).count(),
         _ => 0,
     };
     rng.check_draws(&vec![vec![1, 4, lh, lw]; draws])?;
-    sampler.fill_settings(&mut settings, &rng);
+    p.sampler.fill_settings(&mut settings, &rng);
+    let (pad_u, pad_c) = p.prompts.pads;
+    let (u, c) = (&p.prompts.uncond, &p.prompts.cond);
     settings.extra.insert(
         "tokens".into(),
         json!({
-            "cond": {"chunks": cond_tokens.chunks.len(), "tokens": cond_tokens.token_count, "truncated": cond_tokens.truncated, "padding_chunks": pad_c},
-            "uncond": {"chunks": uncond_tokens.chunks.len(), "tokens": uncond_tokens.token_count, "truncated": uncond_tokens.truncated, "padding_chunks": pad_u},
+            "cond": {"chunks": c.chunks.len(), "tokens": c.token_count, "truncated": c.truncated, "padding_chunks": pad_c},
+            "uncond": {"chunks": u.chunks.len(), "tokens": u.token_count, "truncated": u.truncated, "padding_chunks": pad_u},
         }),
     );
     settings.extra.insert(
@@ -809,68 +1071,72 @@ pub fn record(spec: &RecordSpec, out: &Path, monitor: &mut dyn Monitor) -> Resul
     );
     let mut facts = host_facts(spec.threads);
     facts.device = Some(spec.device.to_string());
-    if device.is_cuda() {
-        facts.gpu = gpu_facts;
+    if p.device.is_cuda() {
+        facts.gpu = p.gpu_facts.clone();
         settings
             .extra
             .insert("cublas".into(), gpu::GemmPrecision::header());
     }
+    if p.prompts_2.is_some() {
+        settings
+            .extra
+            .insert("sdxl".into(), sdxl_facts(spec, &p.files));
+    }
     let mut header = RunHeader::new(settings, facts);
     header.candle_version = Some(CANDLE_VERSION.into());
 
-    // What will be captured, and whether it fits.
-    let text_calls = uncond_tokens.chunks.len() + cond_tokens.chunks.len();
+    let text_calls = u.chunks.len() + c.chunks.len();
     let (records, points_per_step) = planned_records(
-        &unet,
-        &sampler,
+        &p.nets.unet,
+        &p.sampler,
         spec,
-        files.clip_config(),
+        (p.files.clip_config(), p.files.clip_2_config()),
         text_calls,
         (tokens_u, tokens),
     );
     perturb::check_targets(&spec.perturb, &records).map_err(PipelineError::Setting)?;
-    let est = estimate::estimate(&records, &spec.policy);
-    let free = free_disk(out);
-    monitor.plan(&RunPlan {
-        header: header.clone(),
-        estimate: est.clone(),
-        points_per_step,
-        free_disk: free,
-    });
-    if est.bytes > spec.max_trace_size {
-        return Err(PipelineError::TooLarge {
-            estimate: est.bytes,
-            limit: spec.max_trace_size,
-        });
-    }
-    if let Some(free) = free
-        && est.bytes > free
-    {
-        return Err(PipelineError::DiskFull {
-            estimate: est.bytes,
-            free,
-            path: out.to_path_buf(),
-        });
-    }
+    let estimate = estimate::estimate(&records, &spec.policy);
+    Ok(Planned {
+        run_plan: RunPlan {
+            header,
+            estimate,
+            points_per_step,
+            free_disk: free_disk(out),
+        },
+        rng,
+    })
+}
 
-    // From here on the trace exists and is always closed with a run-end frame.
+/// Create the trace, run, and close it with a run-end saying how the run ended, whatever
+/// happened.
+fn execute(
+    spec: &RecordSpec,
+    p: &Prepared,
+    planned: Planned,
+    out: &Path,
+    monitor: &mut dyn Monitor,
+    started: Instant,
+) -> Result<Recording> {
+    let Planned { run_plan, mut rng } = planned;
+    let header = run_plan.header;
     let writer = TraceWriter::create(out, &header, WriterOptions::default())?;
     let mut probe = Probe::new(writer, spec.policy.clone());
-    for p in &spec.perturb {
-        probe.add_intervention(Box::new(Perturb::new(p.clone(), spec.seed)));
+    for pert in &spec.perturb {
+        probe.add_intervention(Box::new(Perturb::new(pert.clone(), spec.seed)));
     }
     let mut steps_done = 0u32;
     let mut reported = 0usize;
     let result = run(
         spec,
         Models {
-            unet: &unet,
-            clip: &clip,
-            vae: &vae,
-            device: &device,
+            unet: &p.nets.unet,
+            clip: &p.nets.clip,
+            clip_2: p.nets.clip_2.as_ref().zip(p.prompts_2.as_ref()),
+            vae: &p.nets.vae,
+            device: &p.device,
         },
-        (&uncond_tokens, &cond_tokens),
-        &sampler,
+        (&p.prompts.uncond, &p.prompts.cond),
+        &p.sampler,
         &mut rng,
         &probe,
         monitor,
@@ -933,6 +1199,8 @@ pub const CANDLE_VERSION: &str = "0.11";
 struct Models<'a> {
     unet: &'a UNet,
     clip: &'a ClipTextModel,
+    /// SDXL's second encoder and the prompts as its tokenizer split them.
+    clip_2: Option<(&'a ClipTextModel, &'a Prompts)>,
     vae: &'a Vae,
     device: &'a Device,
 }
@@ -980,25 +1248,65 @@ fn run(
     monitor.stage("text");
     check_stop(monitor, 0)?;
     let weighted = (spec.syntax == PromptSyntax::A1111).then_some(spec.a1111.emphasis);
-    let skip = spec.clip_skip as usize;
-    let (uncond, next) = conditioning::encode(
-        m.clip,
-        &uncond_tokens.chunks,
-        weighted,
-        skip,
-        probe,
-        0,
-        m.device,
-    )?;
-    let (cond, _) = conditioning::encode(
-        m.clip,
-        &cond_tokens.chunks,
-        weighted,
-        skip,
-        probe,
-        next,
-        m.device,
-    )?;
+    let (uncond, cond, added) = match m.clip_2 {
+        None => {
+            let skip = spec.clip_skip as usize;
+            let (uncond, next) = conditioning::encode(
+                m.clip,
+                &uncond_tokens.chunks,
+                weighted,
+                skip,
+                probe,
+                0,
+                m.device,
+            )?;
+            let (cond, _) = conditioning::encode(
+                m.clip,
+                &cond_tokens.chunks,
+                weighted,
+                skip,
+                probe,
+                next,
+                m.device,
+            )?;
+            (uncond, cond, None)
+        }
+        Some((clip_2, tokens_2)) => {
+            let (uncond, uncond_pooled, next) = conditioning::encode_sdxl(
+                m.clip,
+                clip_2,
+                (&uncond_tokens.chunks, &tokens_2.uncond.chunks),
+                weighted,
+                probe,
+                0,
+                m.device,
+            )?;
+            let (cond, cond_pooled, _) = conditioning::encode_sdxl(
+                m.clip,
+                clip_2,
+                (&cond_tokens.chunks, &tokens_2.cond.chunks),
+                weighted,
+                probe,
+                next,
+                m.device,
+            )?;
+            // An empty negative prompt conditions on zeros (the webui's
+            // force_zero_negative_prompt, diffusers' force_zeros_for_empty_prompt).
+            let (uncond, uncond_pooled) = if zero_negative(spec) {
+                (uncond.zeros_like()?, uncond_pooled.zeros_like()?)
+            } else {
+                (uncond, uncond_pooled)
+            };
+            let uncond_pooled = observe(probe, "text.pooled.uncond", &uncond_pooled)?;
+            let cond_pooled = observe(probe, "text.pooled.cond", &cond_pooled)?;
+            let ids = spec
+                .size_conditioning
+                .time_ids(spec.width, spec.height)
+                .map(|v| v as f32);
+            let ids = Tensor::new(&ids, m.device)?.unsqueeze(0)?;
+            (uncond, cond, Some((uncond_pooled, cond_pooled, ids)))
+        }
+    };
     let uncond = observe(probe, "text.uncond", &uncond)?;
     let cond = observe(probe, "text.cond", &cond)?;
 
@@ -1013,6 +1321,9 @@ fn run(
         Batching::UncondFirst => UNetDenoiser::new(m.unet, &uncond, &cond, probe)?,
         Batching::A1111 => UNetDenoiser::a1111(m.unet, &uncond, &cond, probe)?,
     };
+    if let Some((uncond_pooled, cond_pooled, ids)) = &added {
+        denoiser = denoiser.with_added(uncond_pooled, cond_pooled, ids)?;
+    }
     let n = sampler.timesteps().len() as u32;
     let mut t0 = Instant::now();
     let latent = sampler.sample_with(&mut denoiser, &noise, rng, probe, &mut |i| {
@@ -1068,6 +1379,18 @@ mod tests {
         assert_eq!(parse_dtype("fp16"), Ok(DType::F16));
         assert!(parse_dtype("int8").is_err());
         assert_eq!(human(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn sdxl_time_ids_are_the_webuis_by_default() {
+        let c = SizeConditioning::default();
+        // original (h, w), crop (top, left), target (h, w)
+        assert_eq!(c.time_ids(1152, 896), [896, 1152, 0, 0, 896, 1152]);
+        let c = SizeConditioning {
+            original_size: Some((2048, 1536)),
+            crop: (16, 8),
+        };
+        assert_eq!(c.time_ids(1024, 768), [1536, 2048, 16, 8, 768, 1024]);
     }
 
     #[test]

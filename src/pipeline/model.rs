@@ -80,6 +80,15 @@ fn cached_hashes(path: &Path) -> Result<ModelHashes> {
     Ok(h)
 }
 
+/// The loaded networks of a model.
+pub(super) struct Loaded {
+    pub(super) unet: UNet,
+    pub(super) clip: ClipTextModel,
+    /// SDXL's `text_encoder_2` (probe keys `text_encoder_2.*`).
+    pub(super) clip_2: Option<ClipTextModel>,
+    pub(super) vae: Vae,
+}
+
 /// A single-file checkpoint, checked.
 pub(super) struct FileModel {
     ckpt: Arc<Checkpoint>,
@@ -153,6 +162,29 @@ impl ModelSource {
         }
     }
 
+    /// SDXL's second text encoder (`text_encoder_2/`), `None` for SD 1.x/2.x and single files.
+    pub(super) fn clip_2_config(&self) -> Option<&ClipConfig> {
+        match self {
+            ModelSource::Folder(f) => f.xl.as_ref().map(|x| &x.clip_config),
+            ModelSource::File(_) => None,
+        }
+    }
+
+    /// SDXL's second tokenizer (`tokenizer_2/`, OpenCLIP's: pads with `!`), and where it came
+    /// from; `None` without a second encoder.
+    pub(super) fn tokenizer_2(&self) -> Result<Option<(ClipTokenizer, String)>> {
+        match self {
+            ModelSource::Folder(f) => match &f.xl {
+                Some(x) => Ok(Some((
+                    ClipTokenizer::from_dir(&x.tokenizer_dir)?,
+                    "the model's tokenizer_2/".into(),
+                ))),
+                None => Ok(None),
+            },
+            ModelSource::File(_) => Ok(None),
+        }
+    }
+
     pub(super) fn clip_config(&self) -> &ClipConfig {
         match self {
             ModelSource::Folder(f) => &f.clip_config,
@@ -186,17 +218,17 @@ impl ModelSource {
         })
     }
 
-    /// Build the UNet, text encoder and VAE in `dtype` on `device`.
+    /// Build the UNet, the text encoder(s) and the VAE in `dtype` on `device`.
     pub(super) fn load(
         &self,
         dtype: DType,
         device: &Device,
         numerics: Numerics,
         attention: AttentionImpl,
-    ) -> Result<(UNet, ClipTextModel, Vae)> {
+    ) -> Result<Loaded> {
         Ok(match self {
-            ModelSource::Folder(f) => (
-                UNet::load(
+            ModelSource::Folder(f) => Loaded {
+                unet: UNet::load(
                     &f.unet_weights,
                     &f.unet_config,
                     dtype,
@@ -204,12 +236,30 @@ impl ModelSource {
                     numerics,
                     attention,
                 )?,
-                ClipTextModel::load(&f.clip_weights, &f.clip_config, dtype, device)?,
-                Vae::load(&f.vae_dir, dtype, device)?,
-            ),
-            ModelSource::File(f) => f
-                .ckpt
-                .load_models(&f.layout, dtype, device, numerics, attention)?,
+                clip: ClipTextModel::load(&f.clip_weights, &f.clip_config, dtype, device)?,
+                clip_2: match &f.xl {
+                    Some(x) => Some(ClipTextModel::load_as(
+                        &x.clip_weights,
+                        &x.clip_config,
+                        dtype,
+                        device,
+                        "text_encoder_2",
+                    )?),
+                    None => None,
+                },
+                vae: Vae::load(&f.vae_dir, dtype, device)?,
+            },
+            ModelSource::File(f) => {
+                let (unet, clip, vae) = f
+                    .ckpt
+                    .load_models(&f.layout, dtype, device, numerics, attention)?;
+                Loaded {
+                    unet,
+                    clip,
+                    clip_2: None,
+                    vae,
+                }
+            }
         })
     }
 
@@ -221,7 +271,12 @@ impl ModelSource {
                     ("unet_xxh3", &f.unet_weights),
                     ("text_encoder_xxh3", &f.clip_weights),
                     ("vae_xxh3", &f.vae_weights),
-                ] {
+                ]
+                .into_iter()
+                .chain(
+                    f.xl.as_ref()
+                        .map(|x| ("text_encoder_2_xxh3", &x.clip_weights)),
+                ) {
                     s.model_hashes.insert(name.into(), file_hash(file)?);
                 }
                 s.extra.insert(

@@ -10,7 +10,7 @@
 
 use super::{Result, SamplingError};
 use crate::model::config::Prediction;
-use crate::model::unet::UNet;
+use crate::model::unet::{Added, UNet};
 use crate::probe::Probe;
 use candle_core::Tensor;
 
@@ -80,6 +80,9 @@ pub struct UNetDenoiser<'a> {
     batching: Batching,
     /// The webui's separate calls: (cond, uncond) embeddings of different token counts.
     separate: Option<(Tensor, Tensor)>,
+    /// SDXL's added conditioning: for the batched call (rows as `context`'s), and for the
+    /// separate calls (cond, uncond).
+    added: Option<(Added, Added, Added)>,
 }
 
 impl<'a> UNetDenoiser<'a> {
@@ -99,6 +102,7 @@ impl<'a> UNetDenoiser<'a> {
             probe,
             batching: Batching::UncondFirst,
             separate: None,
+            added: None,
         })
     }
 
@@ -122,7 +126,32 @@ impl<'a> UNetDenoiser<'a> {
             probe,
             batching: Batching::A1111,
             separate: (!equal).then(|| (cond.clone(), uncond.clone())),
+            added: None,
         })
+    }
+
+    /// SDXL: the pooled text embeddings `[B, pooled]` of each prompt and the size/crop ids
+    /// `[B, 6]` (the same for both), passed to [`UNet::forward_added`] in the rows of each call.
+    pub fn with_added(
+        mut self,
+        uncond_pooled: &Tensor,
+        cond_pooled: &Tensor,
+        time_ids: &Tensor,
+    ) -> Result<Self> {
+        let one = |pooled: &Tensor| Added {
+            text_embeds: pooled.clone(),
+            time_ids: time_ids.clone(),
+        };
+        let rows = match self.batching {
+            Batching::UncondFirst => [uncond_pooled, cond_pooled],
+            Batching::A1111 => [cond_pooled, uncond_pooled],
+        };
+        let batched = Added {
+            text_embeds: Tensor::cat(&rows, 0)?,
+            time_ids: Tensor::cat(&[time_ids, time_ids], 0)?,
+        };
+        self.added = Some((batched, one(cond_pooled), one(uncond_pooled)));
+        Ok(self)
     }
 }
 
@@ -136,9 +165,13 @@ impl Denoiser for UNetDenoiser<'_> {
                     cond.dim(0)?
                 )));
             }
-            let c = self.unet.forward(x_in, t, cond, self.probe)?;
+            let (ac, au) = match &self.added {
+                Some((_, c, u)) => (Some(c), Some(u)),
+                None => (None, None),
+            };
+            let c = self.unet.forward_added(x_in, t, cond, ac, self.probe)?;
             self.probe.set_step(Some(step), 1)?;
-            let u = self.unet.forward(x_in, t, uncond, self.probe);
+            let u = self.unet.forward_added(x_in, t, uncond, au, self.probe);
             self.probe.set_step(Some(step), 0)?;
             return Ok((u?, c));
         }
@@ -152,7 +185,10 @@ impl Denoiser for UNetDenoiser<'_> {
         // The webui's rows are [cond; uncond]; the trace stores [uncond; cond] either way.
         let cond_first = self.batching == Batching::A1111;
         self.probe.set_cond_first(cond_first);
-        let out = self.unet.forward(&batch, t, &self.context, self.probe);
+        let added = self.added.as_ref().map(|(b, _, _)| b);
+        let out = self
+            .unet
+            .forward_added(&batch, t, &self.context, added, self.probe);
         self.probe.set_cond_first(false);
         let out = out?;
         let (first, second) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
