@@ -13,7 +13,8 @@ pub struct SynthArgs {
     out: PathBuf,
     /// tiny: SD 1.x structure at tiny widths; sd15: SD 1.5's real shapes (3.4 GB of f32);
     /// sdxl-tiny: SDXL's structure (two text encoders, text_time UNet) at tiny widths; sdxl:
-    /// SDXL base's real shapes (10 GB of f32). SDXL sizes are diffusers folders only
+    /// SDXL base's real shapes (10 GB of f32). With --format ldm, SDXL sizes are written in the
+    /// webui's SDXL layout (conditioner.embedders.0/1)
     #[arg(long, default_value = "tiny", value_name = "SIZE")]
     size: sdtrace::model::synth::SynthSize,
     /// Seed of the weights

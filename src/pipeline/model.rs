@@ -265,3 +265,66 @@ impl ModelSource {
         Ok(())
     }
 }
+
+impl ModelSource {
+    /// The four models of an SDXL single-file checkpoint (`unet`, `text_encoder`,
+    /// `text_encoder_2`, `vae`: the same structs, weights and probe keys as the diffusers folder
+    /// of the same model gives), or `None` for a folder or an SD 1.x/2.x file. Its layout
+    /// (`clip2`, the VAE's 0.13025 scaling) was read and its keys checked by
+    /// [`ModelSource::open`].
+    // The SDXL pipeline (#25) calls it; until then only the test below does.
+    #[allow(dead_code)]
+    pub(super) fn load_sdxl_file(
+        &self,
+        dtype: DType,
+        device: &Device,
+        numerics: Numerics,
+        attention: AttentionImpl,
+    ) -> Result<Option<crate::model::checkpoint::SdxlModels>> {
+        match self {
+            ModelSource::File(f) if f.layout.is_sdxl() => Ok(Some(
+                f.ckpt
+                    .load_sdxl_models(&f.layout, dtype, device, numerics, attention)?,
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synth::{SynthSize, write_checkpoint_file, write_model};
+
+    /// An SDXL single file opens (layout read, keys checked) and loads its four models; folders
+    /// and SD files have none to give.
+    #[test]
+    fn sdxl_single_files_load_their_four_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("xl.safetensors");
+        write_checkpoint_file(&file, SynthSize::SdxlTiny, 1, DType::F16).unwrap();
+        let opts = ModelOptions::default();
+        let src = ModelSource::open(&file, &opts).unwrap();
+        assert!(src.unet_config().addition.is_some());
+        let (dev, num, full) = (Device::Cpu, Numerics::PYTORCH, AttentionImpl::Full);
+        let m = src
+            .load_sdxl_file(DType::F32, &dev, num, full)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.text_encoder_2.config(), &ClipConfig::sdxl_g_tiny());
+        assert_eq!(m.vae.config().scaling_factor, 0.13025);
+        assert!(src.load(DType::F32, &dev, num, full).is_err());
+        let sd = dir.path().join("sd.safetensors");
+        write_checkpoint_file(&sd, SynthSize::Tiny, 1, DType::F32).unwrap();
+        let folder = dir.path().join("folder");
+        write_model(&folder, SynthSize::Tiny, 1).unwrap();
+        for p in [sd, folder] {
+            let src = ModelSource::open(&p, &opts).unwrap();
+            assert!(
+                src.load_sdxl_file(DType::F32, &dev, num, full)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+}
