@@ -50,3 +50,28 @@ def test_diffusers_loads_the_sdxl_tiny_folder_with_no_missing_keys(xl_dir, tmp_p
     r = subprocess.run([sdtrace_bin(), "record", "--model", str(xl_dir), "--size", "64x64", "-q", "--no-png",
                         "-o", str(tmp_path / "xl.sdt")], capture_output=True, text=True)
     assert r.returncode == 2 and "SDXL" in r.stderr and not (tmp_path / "xl.sdt").exists()
+
+
+def test_diffusers_loads_the_sdxl_tiny_single_file_to_the_folders_weights(xl_dir, tmp_path):
+    """`synth --size sdxl-tiny --format ldm` writes the webui's SDXL layout: diffusers' own
+    single-file converter (fused in-projection split, text projection transposed, label_emb)
+    loads it, offline with the folder as config, to exactly the folder's weights."""
+    ckpt = tmp_path / "xl.safetensors"
+    subprocess.run([sdtrace_bin(), "synth", "--out", str(ckpt), "--size", "sdxl-tiny", "--format", "ldm"],
+                   check=True, capture_output=True)
+    folder = diffusers.StableDiffusionXLPipeline.from_pretrained(str(xl_dir), local_files_only=True)
+    single = diffusers.StableDiffusionXLPipeline.from_single_file(str(ckpt), config=str(xl_dir), local_files_only=True)
+    # diffusers tells SDXL's two text encoders apart by their widths, which the tiny model's are
+    # equal in (32): its text_encoder_2 is checked with the OpenCLIP converter itself below.
+    for name in ["unet", "vae", "text_encoder"]:
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert set(a) == set(b), (name, sorted(set(a) ^ set(b))[:5])
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    a = folder.text_encoder_2.state_dict()
+    b = convert_open_clip_checkpoint(folder.text_encoder_2, load_file(ckpt), prefix="conditioner.embedders.1.model.")
+    assert set(a) == set(b), sorted(set(a) ^ set(b))[:5]
+    for k in a:
+        assert torch.equal(a[k], b[k]), ("text_encoder_2", k)

@@ -23,8 +23,8 @@
 //! lives in the file ([`Source`]): the key, a row range (OpenCLIP's fused `in_proj` holds q, k
 //! and v), whether a 1×1 convolution weight `[C, C, 1, 1]` is read as a linear `[C, C]`
 //! (the VAE's attention) and whether it is stored transposed (SDXL's OpenCLIP
-//! `text_projection`, applied as `x @ P`). They read the one table of LDM names, [`sdtrace_core::ldm::LdmMap`],
-//! which also maps the module paths the webui, Forge and ComfyUI hook to our probe keys (its
+//! `text_projection`, applied as `x @ P`). They read the one table of LDM names,
+//! [`sdtrace_core::ldm::LdmMap`], which also maps the module paths the webui, Forge and ComfyUI hook to our probe keys (its
 //! module doc has the index rules); [`LdmLayout::map`] builds it for this layout, once per
 //! architecture.
 //! [`LdmLayout::is_ignored`] names what a checkpoint may hold besides the model: EMA copies
