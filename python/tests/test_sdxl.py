@@ -1,6 +1,7 @@
 """The SDXL-structured tiny model `sdtrace synth --size sdxl-tiny` writes, loaded by diffusers'
 StableDiffusionXLPipeline offline: every weight file matches the module it is loaded into, and a
-generation runs. `sdtrace record` and `sdtrace.record` refuse SDXL with a message until the SDXL
+generation runs; the same model as one webui-layout file (`--format ldm`) converts, by diffusers'
+own single-file code, to the folder's weights. `sdtrace record` and `sdtrace.record` refuse SDXL with a message until the SDXL
 pipeline lands (issue #25)."""
 
 import subprocess

@@ -545,7 +545,7 @@ fn infer_unet(
             let input_dim = *w.get(1).unwrap_or(&0);
             let ids = input_dim.saturating_sub(pooled);
             let t = ids / TextTime::IDS;
-            if input_dim <= pooled || t * TextTime::IDS != ids || t % 2 != 0 {
+            if input_dim <= pooled || t * TextTime::IDS != ids || !t.is_multiple_of(2) {
                 return Err(format!(
                     "{UNET_PREFIX}label_emb.0.0.weight takes {input_dim} features; SDXL's is the {pooled}-wide pooled text embedding and 6 size/crop ids of an even width"
                 ));
@@ -753,7 +753,7 @@ fn clip_heads(
     meta: &str,
 ) -> std::result::Result<usize, String> {
     let heads = heads.unwrap_or((hidden / 64).max(1));
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(format!(
             "the text encoder's width {hidden} is not divisible into {heads} heads (set metadata {meta})"
         ));
