@@ -176,5 +176,28 @@ fn wrong_files_are_refused_before_anything_is_written() {
         err.contains("cut.safetensors") && err.contains("not a safetensors"),
         "{err}"
     );
+    // An SDXL refiner: OpenCLIP alone under conditioner.embedders.0.model.
+    let refiner = dir.path().join("sd_xl_refiner_1.0.safetensors");
+    let zeros = |shape: &[usize]| {
+        candle_core::Tensor::zeros(shape, candle_core::DType::F16, &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let tensors = std::collections::HashMap::from([
+        (
+            "conditioner.embedders.0.model.token_embedding.weight".to_string(),
+            zeros(&[8, 4]),
+        ),
+        (
+            "model.diffusion_model.label_emb.0.0.weight".to_string(),
+            zeros(&[4, 2560]),
+        ),
+    ]);
+    candle_core::safetensors::save(&tensors, &refiner).unwrap();
+    let (c, err) = record(&refiner, &[], &out);
+    assert_eq!(c, 2, "{err}");
+    assert!(
+        err.contains("sd_xl_refiner_1.0.safetensors") && err.contains("SDXL refiner"),
+        "{err}"
+    );
     assert!(!out.exists());
 }

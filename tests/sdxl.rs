@@ -338,3 +338,50 @@ fn refiners_and_sdxl_flags_on_other_models_are_refused() {
     assert!(err.contains("not an SDXL model"), "{err}");
     assert!(!out.exists());
 }
+
+/// The same SDXL weights as a diffusers folder and as the webui's single file (`synth --format
+/// ldm`: `conditioner.embedders.0/1`, OpenCLIP's fused in-projection, `label_emb`) record
+/// bit-identical traces. The prompts are one-letter words, which OpenAI's vocabulary (the single
+/// file's built-in tokenizers) and the folder's byte-level one give the same ids.
+#[test]
+fn folder_and_single_file_sdxl_record_bit_identical_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xl.safetensors");
+    sdtrace::model::synth::write_checkpoint_file(
+        &file,
+        SynthSize::SdxlTiny,
+        5,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let args = [
+        "--prompt",
+        "a b c",
+        "--negative",
+        "x y",
+        "--capture",
+        "full",
+        "--no-png",
+    ];
+    let (a, b) = (dir.path().join("a.sdt"), dir.path().join("b.sdt"));
+    let (c, err) = record(&args, &a);
+    assert_eq!(c, 0, "{err}");
+    let (c, err) = record_with(&file, &args, &b);
+    assert_eq!(c, 0, "{err}");
+    let (ha, hb) = (hashes(&a), hashes(&b));
+    assert!(ha.len() > 100, "{} records", ha.len());
+    assert!(ha.iter().any(|(id, _)| id.contains("text_encoder_2.")));
+    for ((ia, sa), (ib, sb)) in ha.iter().zip(&hb) {
+        assert_eq!((ia, sa), (ib, sb));
+    }
+    assert_eq!(ha.len(), hb.len());
+    let h = TraceReader::open(&b).unwrap().header().clone();
+    let f = &h.settings.extra["model_format"];
+    let n = |k: &str| f[k].as_u64().unwrap();
+    assert_eq!(n("used") + n("other_ignored"), n("tensors"), "{f}");
+    assert_eq!(f["unknown_ignored"], serde_json::json!([]), "{f}");
+    assert!(
+        f["text_encoder_2"].as_str().unwrap().contains("OpenCLIP"),
+        "{f}"
+    );
+}

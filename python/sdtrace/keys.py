@@ -11,9 +11,12 @@ command-line pipeline loads under those keys.
   ``cond_stage_model.…``); ComfyUI's ``diffusion_model.…``, paths inside the UNet
   (``middle_block.1``) and the webui's ``cond_stage_model.wrapped.…`` are taken too.
 - ``to_ldm(key)`` → the LDM module path, or ``None``.
-- Both use SD 1.x/2.x names unless given ``ldm_map=``: ``LdmMap("sd1")``, ``LdmMap("sd2")``
-  or ``LdmMap.from_names(names)`` for another model of the same structure (read off its module
-  or weight names; raises ``SdtraceError`` for SDXL, SD3, Flux and the like).
+- Both use SD 1.x/2.x names unless given ``ldm_map=``: ``LdmMap("sd1")``, ``LdmMap("sd2")``,
+  ``LdmMap("sdxl")`` (SDXL base: ``conditioner.embedders.0.transformer.text_model`` is
+  ``text_encoder``, ``conditioner.embedders.1.model`` is ``text_encoder_2``, ``label_emb.0`` is
+  ``unet.add_embedding``) or ``LdmMap.from_names(names)`` for another model of one of these
+  structures (read off its module or weight names; raises ``SdtraceError`` for the SDXL
+  refiner, SD3, Flux and the like).
 """
 
 from ._native import LdmMap

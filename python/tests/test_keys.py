@@ -1,6 +1,7 @@
 """`sdtrace.keys`: the LDM module map (one Rust table, shared with the checkpoint loader) from
-Python — the documented SD 1.x/2.x pairs, the architecture read off the tiny single-file
-checkpoint `sdtrace synth --format ldm` writes, and refusal of other model families."""
+Python — the documented SD 1.x/2.x and SDXL pairs, the architecture read off the tiny
+single-file checkpoints `sdtrace synth --format ldm` writes (SD and SDXL), and refusal of other
+model families."""
 
 import subprocess
 
@@ -41,8 +42,8 @@ def test_host_spellings_and_modules_without_a_key():
     for key in ["noise.initial", "sampler.x", "unet.down_blocks.7", "image"]:
         assert keys.to_ldm(key) is None, key
     assert keys.to_ldm("text_encoder.encoder.layers.3", keys.LdmMap("sd2")) == "cond_stage_model.model.transformer.resblocks.3"
-    with pytest.raises(sdtrace.SdtraceError, match="sd1"):
-        keys.LdmMap("sdxl")
+    with pytest.raises(sdtrace.SdtraceError, match="sdxl"):
+        keys.LdmMap("sd3")
 
 
 def test_the_tiny_checkpoint_names_its_architecture_and_every_module_maps(tmp_path):
@@ -55,10 +56,12 @@ def test_the_tiny_checkpoint_names_its_architecture_and_every_module_maps(tmp_pa
     assert m.arch() == {
         "unet_attention": [True, True, False],
         "unet_layers_per_block": 2,
+        "unet_label_emb": False,
         "vae_levels": 4,
         "vae_layers_per_block": 1,
         "text": "openai-clip",
         "text_layers": 2,
+        "text2_layers": None,
     }
     # Every weight's owning module has a key, and the key maps back to that module.
     mapped = 0
@@ -76,9 +79,59 @@ def test_the_tiny_checkpoint_names_its_architecture_and_every_module_maps(tmp_pa
     assert keys.to_ldm("unet.down_blocks.3") == "model.diffusion_model.input_blocks.11"
 
 
+SDXL_PAIRS = [
+    ("unet.add_embedding", "model.diffusion_model.label_emb.0"),
+    ("unet.down_blocks.0.downsamplers.0", "model.diffusion_model.input_blocks.3.0"),
+    ("unet.down_blocks.2.attentions.1.transformer_blocks.9.attn2", "model.diffusion_model.input_blocks.8.1.transformer_blocks.9.attn2"),
+    ("unet.up_blocks.0.attentions.2", "model.diffusion_model.output_blocks.2.1"),
+    ("unet.up_blocks.0.upsamplers.0", "model.diffusion_model.output_blocks.2.2"),
+    ("text_encoder.encoder.layers.11", "conditioner.embedders.0.transformer.text_model.encoder.layers.11"),
+    ("text_encoder_2.encoder.layers.31", "conditioner.embedders.1.model.transformer.resblocks.31"),
+    ("text_encoder_2.final_layer_norm", "conditioner.embedders.1.model.ln_final"),
+]
+
+
+@pytest.mark.parametrize("ours,ldm", SDXL_PAIRS)
+def test_sdxl_pairs_both_ways(ours, ldm):
+    m = keys.LdmMap("sdxl")
+    assert keys.to_ldm(ours, m) == ldm
+    assert keys.from_ldm(ldm, m) == ours
+
+
+def test_the_sdxl_checkpoint_names_its_architecture_and_every_module_maps(tmp_path):
+    safetensors = pytest.importorskip("safetensors")
+    ckpt = tmp_path / "xl.safetensors"
+    subprocess.run([sdtrace_bin(), "synth", "--out", str(ckpt), "--size", "sdxl-tiny", "--format", "ldm"], check=True, capture_output=True)
+    with safetensors.safe_open(str(ckpt), "np") as f:
+        names = list(f.keys())
+    m = keys.LdmMap.from_names(names)
+    assert m.arch() == {
+        "unet_attention": [False, True, True],
+        "unet_layers_per_block": 2,
+        "unet_label_emb": True,
+        "vae_levels": 4,
+        "vae_layers_per_block": 1,
+        "text": "openai-clip",
+        "text_layers": 2,
+        "text2_layers": 2,
+    }
+    for name in names:
+        module = name.rsplit(".", 1)[0]
+        key = m.from_ldm(module)
+        assert key is not None, name
+        assert m.to_ldm(key) == module, name
+    assert any(n.endswith("attn.in_proj_weight") for n in names)
+    # The webui's wrapped SDXL embedders.
+    assert m.from_ldm("conditioner.embedders.1.wrapped.model.transformer.resblocks.1") == "text_encoder_2.encoder.layers.1"
+    assert m.from_ldm("conditioner.embedders.0.wrapped.transformer.text_model.final_layer_norm") == "text_encoder.final_layer_norm"
+
+
 def test_other_families_are_refused_with_what_to_do():
-    sdxl = ["model.diffusion_model.label_emb.0.0.weight", "model.diffusion_model.input_blocks.0.0.weight"]
+    # A label embedding on a UNet cut short, and the SDXL refiner's text tower.
+    truncated = ["model.diffusion_model.label_emb.0.0.weight", "model.diffusion_model.input_blocks.0.0.weight"]
     with pytest.raises(sdtrace.SdtraceError, match="pipeline points only"):
-        keys.LdmMap.from_names(sdxl)
+        keys.LdmMap.from_names(truncated)
+    with pytest.raises(sdtrace.SdtraceError, match="pipeline points only"):
+        keys.LdmMap.from_names(["conditioner.embedders.0.model.transformer.resblocks.0.ln_1.weight"])
     with pytest.raises(sdtrace.SdtraceError, match="SD 1.x/2.x"):
         keys.LdmMap.from_names(["double_blocks.0.img_attn.qkv.weight"])

@@ -1,7 +1,9 @@
 """The SDXL-structured tiny model `sdtrace synth --size sdxl-tiny` writes, loaded by diffusers'
 StableDiffusionXLPipeline offline: every weight file matches the module it is loaded into, and a
-generation runs; `sdtrace.record` records it under the keys `sdtrace record` writes, and the two
-implementations agree within the cross-implementation tolerance."""
+generation runs; the same model as one webui-layout file (`--format ldm`) converts, by diffusers'
+own single-file code, to the folder's weights; `sdtrace.record` records it under the keys
+`sdtrace record` writes, and the two implementations agree within the cross-implementation
+tolerance."""
 
 import subprocess
 
@@ -113,3 +115,28 @@ def test_refiners_are_refused(pipe, tmp_path):
     pipe.register_to_config(requires_aesthetics_score=True)
     with pytest.raises(sdtrace.SdtraceError, match="refiner"):
         sdtrace.record(pipe, tmp_path / "r.sdt")
+
+
+def test_diffusers_loads_the_sdxl_tiny_single_file_to_the_folders_weights(xl_dir, tmp_path):
+    """`synth --size sdxl-tiny --format ldm` writes the webui's SDXL layout: diffusers' own
+    single-file converter (fused in-projection split, text projection transposed, label_emb)
+    loads it, offline with the folder as config, to exactly the folder's weights."""
+    ckpt = tmp_path / "xl.safetensors"
+    subprocess.run([sdtrace_bin(), "synth", "--out", str(ckpt), "--size", "sdxl-tiny", "--format", "ldm"],
+                   check=True, capture_output=True)
+    folder = diffusers.StableDiffusionXLPipeline.from_pretrained(str(xl_dir), local_files_only=True)
+    single = diffusers.StableDiffusionXLPipeline.from_single_file(str(ckpt), config=str(xl_dir), local_files_only=True)
+    # diffusers tells SDXL's two text encoders apart by their widths, which the tiny model's are
+    # equal in (32): its text_encoder_2 is checked with the OpenCLIP converter itself below.
+    for name in ["unet", "vae", "text_encoder"]:
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert set(a) == set(b), (name, sorted(set(a) ^ set(b))[:5])
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    a = folder.text_encoder_2.state_dict()
+    b = convert_open_clip_checkpoint(folder.text_encoder_2, load_file(ckpt), prefix="conditioner.embedders.1.model.")
+    assert set(a) == set(b), sorted(set(a) ^ set(b))[:5]
+    for k in a:
+        assert torch.equal(a[k], b[k]), ("text_encoder_2", k)

@@ -11,8 +11,9 @@ pub struct SynthArgs {
     /// Output folder (created; existing files in it are replaced), or file with --format ldm
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Shapes of the model: tiny, sd15 (3.4 GB of f32), sdxl-tiny or sdxl (10 GB of f32); the
-    /// SDXL sizes are diffusers folders only
+    /// Shapes of the model: tiny, sd15 (3.4 GB of f32), sdxl-tiny or sdxl (10 GB of f32); with
+    /// --format ldm the SDXL sizes are written in the webui's SDXL layout
+    /// (conditioner.embedders.0/1)
     #[arg(long, value_enum, default_value_t = super::values::SynthSizeArg::Tiny, value_name = "SIZE")]
     size: super::values::SynthSizeArg,
     /// Seed of the weights

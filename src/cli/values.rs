@@ -80,10 +80,9 @@ pub enum SynthSizeArg {
     Tiny,
     /// SD 1.5's real shapes (benchmarks).
     Sd15,
-    /// SDXL's structure at tiny widths (two text encoders, text_time UNet); a diffusers folder
-    /// only.
+    /// SDXL's structure at tiny widths (two text encoders, text_time UNet).
     SdxlTiny,
-    /// SDXL base's real shapes (10 GB of f32); a diffusers folder only.
+    /// SDXL base's real shapes (10 GB of f32).
     Sdxl,
 }
 

@@ -13,13 +13,16 @@
 //! (`MADV_DONTNEED`; the file stays in the page cache), so loading costs about the weights in
 //! the model dtype plus one tensor, not the file on top. [`write_checkpoint`] writes our
 //! diffusers-named weights in the LDM layout (the inverse mapping: 1×1 convolutions for the
-//! VAE's attention, OpenCLIP's fused q/k/v and its unused last layer), which the tests use for
-//! round trips.
+//! VAE's attention, OpenCLIP's fused q/k/v, SD 2.x's unused last layer, SDXL's transposed
+//! `text_projection`), which `sdtrace synth --format ldm` and the tests use. SDXL checkpoints
+//! have a fourth component, the second text encoder ([`Component::TextEncoder2`]);
+//! [`Checkpoint::load_sdxl_models`] builds all four.
 
 use super::attention::{AttentionImpl, Numerics};
 use super::clip::ClipTextModel;
 use super::ldm::{
-    CheckpointError, KeyProblems, LdmLayout, OPENCLIP_PREFIX, Result, Shapes, Source, TextTower,
+    CheckpointError, KeyProblems, LdmLayout, OPENCLIP_PREFIX, Result, SDXL_OPENCLIP_PREFIX, Shapes,
+    Source, TextTower,
 };
 use super::unet::UNet;
 use super::vae::Vae;
@@ -29,21 +32,32 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The three models of a checkpoint.
+/// The models of a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Component {
     Unet,
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG with its projection).
+    TextEncoder2,
     Vae,
 }
 
 impl Component {
+    /// The three of an SD 1.x/2.x checkpoint.
     pub const ALL: [Component; 3] = [Component::Unet, Component::TextEncoder, Component::Vae];
+    /// The four of an SDXL checkpoint.
+    pub const SDXL: [Component; 4] = [
+        Component::Unet,
+        Component::TextEncoder,
+        Component::TextEncoder2,
+        Component::Vae,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Component::Unet => "unet",
             Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
             Component::Vae => "vae",
         }
     }
@@ -55,9 +69,29 @@ impl LdmLayout {
         match component {
             Component::Unet => self.unet_source(name),
             Component::TextEncoder => self.clip_source(name),
+            Component::TextEncoder2 => self.clip2_source(name),
             Component::Vae => self.vae_source(name),
         }
     }
+
+    /// The components of this layout's model.
+    pub fn components(&self) -> &'static [Component] {
+        if self.is_sdxl() {
+            &Component::SDXL
+        } else {
+            &Component::ALL
+        }
+    }
+}
+
+/// The four models of an SDXL checkpoint, as the diffusers folder's loaders build them.
+pub struct SdxlModels {
+    pub unet: UNet,
+    /// CLIP ViT-L (`text_encoder`).
+    pub text_encoder: ClipTextModel,
+    /// OpenCLIP ViT-bigG with its projection (`text_encoder_2`).
+    pub text_encoder_2: ClipTextModel,
+    pub vae: Vae,
 }
 
 /// One tensor of the file.
@@ -239,7 +273,7 @@ impl Checkpoint {
         let mut misshapen = Vec::new();
         let mut used = BTreeSet::new();
         let mut report = KeyReport::default();
-        for c in Component::ALL {
+        for &c in layout.components() {
             for (name, want) in required_weights(layout, c)? {
                 let Some(src) = layout.source(c, &name) else {
                     missing.push(format!("{} weight '{name}' (no LDM name)", c.name()));
@@ -345,9 +379,22 @@ impl Checkpoint {
                 src.key
             ))
         })?;
-        let t = Tensor::from_raw_buffer(bytes, stored, &shape, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
+        let t = if src.transpose {
+            let (a, b) = (shape.first().copied(), shape.get(1).copied());
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "{}: '{}' is not a matrix",
+                    self.path.display(),
+                    src.key
+                )));
+            };
+            Tensor::from_raw_buffer(bytes, stored, &[b, a], &Device::Cpu)?
+                .t()?
+                .contiguous()?
+        } else {
+            Tensor::from_raw_buffer(bytes, stored, &shape, &Device::Cpu)?
+        };
+        let t = t.to_dtype(dtype)?.to_device(device)?;
         self.release(start, end);
         Ok(t)
     }
@@ -403,7 +450,8 @@ impl Checkpoint {
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 
-    /// Build the three models from this file (after [`Checkpoint::check`]).
+    /// Build the three models of an SD 1.x/2.x-structured file (after [`Checkpoint::check`]);
+    /// SDXL files have four ([`Checkpoint::load_sdxl_models`]).
     pub fn load_models(
         self: &Arc<Self>,
         layout: &LdmLayout,
@@ -412,6 +460,51 @@ impl Checkpoint {
         numerics: Numerics,
         attention: AttentionImpl,
     ) -> super::Result<(UNet, ClipTextModel, Vae)> {
+        if layout.is_sdxl() {
+            return Err(CheckpointError::Layout {
+                path: self.path.clone(),
+                what: "an SDXL checkpoint has two text encoders; it loads with load_sdxl_models, and this pipeline runs SD 1.x/2.x".into(),
+            }
+            .into());
+        }
+        let (unet, clip, _, vae) = self.build(layout, dtype, device, numerics, attention)?;
+        Ok((unet, clip, vae))
+    }
+
+    /// Build the four models of an SDXL file (after [`Checkpoint::check`]): the same modules,
+    /// weights and probe keys (`text_encoder_2.…`) as the diffusers folder of the same model.
+    pub fn load_sdxl_models(
+        self: &Arc<Self>,
+        layout: &LdmLayout,
+        dtype: DType,
+        device: &Device,
+        numerics: Numerics,
+        attention: AttentionImpl,
+    ) -> super::Result<SdxlModels> {
+        let (unet, text_encoder, text_encoder_2, vae) =
+            self.build(layout, dtype, device, numerics, attention)?;
+        let text_encoder_2 = text_encoder_2.ok_or_else(|| CheckpointError::Layout {
+            path: self.path.clone(),
+            what: "not an SDXL checkpoint: it has one text encoder (load it with load_models)"
+                .into(),
+        })?;
+        Ok(SdxlModels {
+            unet,
+            text_encoder,
+            text_encoder_2,
+            vae,
+        })
+    }
+
+    /// The models of `layout`, the second text encoder if it has one.
+    fn build(
+        self: &Arc<Self>,
+        layout: &LdmLayout,
+        dtype: DType,
+        device: &Device,
+        numerics: Numerics,
+        attention: AttentionImpl,
+    ) -> super::Result<(UNet, ClipTextModel, Option<ClipTextModel>, Vae)> {
         let wrap = |source| super::ModelError::Weights {
             file: self.path.clone(),
             error: source,
@@ -430,12 +523,23 @@ impl Checkpoint {
             "text_encoder",
         )
         .map_err(wrap)?;
+        let clip2 = match &layout.clip2 {
+            Some(c) => Some(
+                ClipTextModel::new(
+                    self.var_builder(layout, Component::TextEncoder2, dtype, device),
+                    c,
+                    "text_encoder_2",
+                )
+                .map_err(wrap)?,
+            ),
+            None => None,
+        };
         let vae = Vae::new(
             self.var_builder(layout, Component::Vae, dtype, device),
             layout.vae.clone(),
             &self.path,
         )?;
-        Ok((unet, clip, vae))
+        Ok((unet, clip, clip2, vae))
     }
 }
 
@@ -564,6 +668,12 @@ pub fn required_weights(layout: &LdmLayout, c: Component) -> Result<BTreeMap<Str
         Component::TextEncoder => ClipTextModel::new(vb, &layout.clip, "text_encoder")
             .map(drop)
             .map_err(|e| e.to_string()),
+        Component::TextEncoder2 => match &layout.clip2 {
+            Some(c) => ClipTextModel::new(vb, c, "text_encoder_2")
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => Err("the layout has no second text encoder (not SDXL)".into()),
+        },
         Component::Vae => Vae::new(vb, layout.vae.clone(), Path::new("(checkpoint)"))
             .map(drop)
             .map_err(|e| e.to_string()),
@@ -579,7 +689,7 @@ pub fn required_weights(layout: &LdmLayout, c: Component) -> Result<BTreeMap<Str
 /// Write diffusers-named weights (`parts`: each component's weights by name) as a single-file
 /// LDM checkpoint in `dtype`, through a temporary file. `metadata` goes into the header.
 /// OpenCLIP layouts also get the last transformer layer SD 2.x does not use (zeros) and the
-/// text projection, as real SD 2.x files have them.
+/// text projection, as real SD 2.x files have them; SDXL layouts OpenCLIP's `logit_scale`.
 pub fn write_checkpoint(
     path: &Path,
     layout: &LdmLayout,
@@ -634,6 +744,8 @@ pub fn to_ldm(
             let t = if src.squeeze_1x1 {
                 let (a, b) = t.dims2()?;
                 t.reshape((a, b, 1, 1))?
+            } else if src.transpose {
+                t.t()?.contiguous()?
             } else {
                 t
             };
@@ -675,6 +787,13 @@ pub fn to_ldm(
         }
         out.insert(format!("{OPENCLIP_PREFIX}text_projection"), zeros(&[d, d])?);
     }
+    if layout.is_sdxl() {
+        // OpenCLIP's contrastive temperature, which nothing here runs: ln(1/0.07).
+        let t = Tensor::new(&[(1.0f32 / 0.07).ln()], &Device::Cpu)?
+            .reshape(())?
+            .to_dtype(dtype)?;
+        out.insert(format!("{SDXL_OPENCLIP_PREFIX}logit_scale"), t);
+    }
     Ok(out)
 }
 
@@ -689,12 +808,15 @@ mod tests {
     /// The LDM shapes a model of `layout` has (no tensor allocated).
     fn ldm_shapes(layout: &LdmLayout) -> Shapes {
         let mut out = Shapes::new();
-        for c in Component::ALL {
+        for &c in layout.components() {
             for (name, shape) in required_weights(layout, c).unwrap() {
                 let src = layout.source(c, &name).unwrap();
                 let mut shape = shape;
                 if src.squeeze_1x1 {
                     shape.extend([1, 1]);
+                }
+                if src.transpose {
+                    shape.reverse();
                 }
                 if src.rows.is_some() {
                     shape[0] *= 3;
@@ -879,6 +1001,192 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    /// The SDXL single file `synth --size sdxl-tiny --format ldm` writes (the webui layout: fused
+    /// in-projection, transposed text projection, `label_emb`) loads to the very tensors of the
+    /// diffusers folder of the same seed — every one, bit for bit in f32 and as their f16
+    /// rounding in f16 — and the UNet, both text encoders and the VAE built from either compute
+    /// the same bits.
+    #[test]
+    fn sdxl_single_file_loads_the_folders_tensors() {
+        use crate::model::unet::Added;
+        use crate::probe::Probe;
+        let dir = tempfile::tempdir().unwrap();
+        synth::write_model(dir.path(), SynthSize::SdxlTiny, 7).unwrap();
+        let dev = Device::Cpu;
+        let files = [
+            (Component::Unet, "unet/diffusion_pytorch_model.safetensors"),
+            (Component::TextEncoder, "text_encoder/model.safetensors"),
+            (Component::TextEncoder2, "text_encoder_2/model.safetensors"),
+            (Component::Vae, "vae/diffusion_pytorch_model.safetensors"),
+        ];
+        for dtype in [DType::F32, DType::F16] {
+            let path = dir.path().join(format!("xl-{dtype:?}.safetensors"));
+            synth::write_checkpoint_file(&path, SynthSize::SdxlTiny, 7, dtype).unwrap();
+            let ck = Arc::new(Checkpoint::open(&path).unwrap());
+            let open_clip: Vec<String> = ck
+                .shapes()
+                .into_keys()
+                .filter(|k| k.starts_with(SDXL_OPENCLIP_PREFIX))
+                .collect();
+            assert!(
+                open_clip.iter().any(|k| k.ends_with("attn.in_proj_weight"))
+                    && !open_clip.iter().any(|k| k.contains("q_proj")),
+                "OpenCLIP's in-projection is fused: {open_clip:?}"
+            );
+            let l = ck.layout(None).unwrap();
+            assert_eq!(l, synth::ldm_layout(SynthSize::SdxlTiny));
+            assert_eq!(l.vae.scaling_factor, 0.13025);
+            let report = ck.check(&l, false).unwrap();
+            // OpenCLIP's logit scale.
+            assert_eq!((report.ignored, report.ema), (1, 0));
+            let mut n = 0;
+            for (c, file) in files {
+                let folder = candle_core::safetensors::load(dir.path().join(file), &dev).unwrap();
+                assert_eq!(
+                    folder.len(),
+                    required_weights(&l, c).unwrap().len(),
+                    "{file}"
+                );
+                let vb = ck.var_builder(&l, c, dtype, &dev);
+                for (name, want) in &folder {
+                    let got = vb.get(want.dims(), name).unwrap();
+                    assert!(same(&got, &want.to_dtype(dtype).unwrap()), "{file}: {name}");
+                    n += 1;
+                }
+            }
+            assert!(n > 300, "{n} tensors");
+        }
+        // Forward passes from both, f32.
+        let path = dir.path().join("xl-F32.safetensors");
+        let ck = Arc::new(Checkpoint::open(&path).unwrap());
+        let l = ck.layout(None).unwrap();
+        let (f32, num, full) = (DType::F32, Numerics::PYTORCH, AttentionImpl::Full);
+        let file = ck.load_sdxl_models(&l, f32, &dev, num, full).unwrap();
+        assert!(ck.load_models(&l, f32, &dev, num, full).is_err());
+        let d = dir.path();
+        let unet = UNet::load(&d.join(files[0].1), &l.unet, f32, &dev, num, full).unwrap();
+        let te1 = ClipTextModel::load(&d.join(files[1].1), &l.clip, f32, &dev).unwrap();
+        let clip2 = l.clip2.as_ref().unwrap();
+        let te2 = ClipTextModel::load(&d.join(files[2].1), clip2, f32, &dev).unwrap();
+        let vae = Vae::load(&d.join("vae"), f32, &dev).unwrap();
+        assert_eq!(vae.config(), file.vae.config());
+        let probe = Probe::disabled();
+        let ids = Tensor::new(&[[49406u32, 320, 1125, 49407, 49407]], &dev).unwrap();
+        for (a, b) in [(&te1, &file.text_encoder), (&te2, &file.text_encoder_2)] {
+            let (ha, pa) = a.forward_sdxl(&ids, &probe).unwrap();
+            let (hb, pb) = b.forward_sdxl(&ids, &probe).unwrap();
+            assert!(same(&ha, &hb));
+            assert_eq!(pa.is_some(), pb.is_some());
+            if let (Some(pa), Some(pb)) = (pa, pb) {
+                assert!(same(&pa, &pb));
+            }
+        }
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &dev).unwrap();
+        let ctx = Tensor::randn(0f32, 1.0, (2, 77, 64), &dev).unwrap();
+        let added = Added {
+            text_embeds: Tensor::randn(0f32, 1.0, (2, 32), &dev).unwrap(),
+            time_ids: Tensor::new(&[[64f32, 64.0, 0.0, 0.0, 64.0, 64.0]; 2], &dev).unwrap(),
+        };
+        let a = unet
+            .forward_added(&x, 500.0, &ctx, Some(&added), &probe)
+            .unwrap();
+        let b = file
+            .unet
+            .forward_added(&x, 500.0, &ctx, Some(&added), &probe)
+            .unwrap();
+        assert!(same(&a, &b));
+        let z = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &dev).unwrap();
+        assert!(same(
+            &vae.decode(&z, &probe).unwrap(),
+            &file.vae.decode(&z, &probe).unwrap()
+        ));
+    }
+
+    /// The real SDXL base shapes (nothing allocated): read back to SDXL base's configuration,
+    /// with diffusers' tensor counts, and every weight has its own LDM key but q/k/v.
+    #[test]
+    fn sdxl_base_shapes_read_back() {
+        let l = synth::ldm_layout(SynthSize::Sdxl);
+        let n = |c| required_weights(&l, c).unwrap().len();
+        // diffusers' SDXL base: 1680 UNet, 196 + 517 text-encoder and 248 VAE tensors.
+        assert_eq!(
+            [
+                Component::Unet,
+                Component::TextEncoder,
+                Component::TextEncoder2,
+                Component::Vae
+            ]
+            .map(n),
+            [1680, 196, 517, 248]
+        );
+        let shapes = ldm_shapes(&l);
+        assert_eq!(shapes.len(), 1680 + 196 + 517 + 248 - 32 * 4);
+        let got =
+            LdmLayout::infer(&shapes, &BTreeMap::new(), None, Path::new("xl.safetensors")).unwrap();
+        assert_eq!(got, l);
+        assert_eq!(got.family, Family::Sdxl);
+        assert_eq!(
+            shapes["conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight"],
+            [3840, 1280]
+        );
+        assert_eq!(
+            shapes["model.diffusion_model.label_emb.0.0.weight"],
+            [1280, 2816]
+        );
+    }
+
+    /// The SDXL refiner (OpenCLIP alone under `conditioner.embedders.0.model`, aesthetic-score
+    /// `label_emb`) and half an SDXL file are refused with the file named.
+    #[test]
+    fn sdxl_refiners_and_broken_sdxl_files_are_refused() {
+        let p = Path::new("refiner.safetensors");
+        let none = BTreeMap::new();
+        let base = ldm_shapes(&synth::ldm_layout(SynthSize::Sdxl));
+        let mut refiner: Shapes = base
+            .iter()
+            .filter(|(k, _)| !k.starts_with("conditioner."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        refiner.insert(
+            "model.diffusion_model.label_emb.0.0.weight".into(),
+            vec![1536, 2560],
+        );
+        let e = LdmLayout::infer(&refiner, &none, None, p).unwrap_err();
+        assert!(matches!(e, CheckpointError::Refiner { .. }), "{e}");
+        refiner.insert(
+            "conditioner.embedders.0.model.token_embedding.weight".into(),
+            vec![49408, 1280],
+        );
+        let e = LdmLayout::infer(&refiner, &none, None, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refiner.safetensors")
+                && e.contains("SDXL refiner")
+                && e.contains("conditioner.embedders.0.model"),
+            "{e}"
+        );
+        let mut half = base.clone();
+        half.retain(|k, _| !k.starts_with("conditioner.embedders.1."));
+        let e = LdmLayout::infer(&half, &none, None, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("conditioner.embedders.1.model.token_embedding.weight"),
+            "{e}"
+        );
+        // SD 1.x's text tower with a label embedding (a class-conditioned model).
+        let mut sd1 = ldm_shapes(&synth::ldm_layout(SynthSize::Sd15));
+        sd1.insert(
+            "model.diffusion_model.label_emb.0.0.weight".into(),
+            vec![1280, 1024],
+        );
+        let e = LdmLayout::infer(&sd1, &none, None, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("label embedding"), "{e}");
     }
 
     #[test]

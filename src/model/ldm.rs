@@ -1,33 +1,40 @@
 //! The LDM/CompVis single-file checkpoint layout (what A1111 loads: `model.diffusion_model.*`,
-//! `first_stage_model.*`, `cond_stage_model.*`) and its correspondence with our diffusers-named
-//! modules, without any tensor library.
+//! `first_stage_model.*`, `cond_stage_model.*`, or SDXL's `conditioner.embedders.0/1.*`) and its
+//! correspondence with our diffusers-named modules, without any tensor library.
 //!
 //! [`LdmLayout::infer`] reads the model's configuration off tensor shapes: the UNet's levels,
-//! channels, layers per level, transformer depth, context width and projection kind; the VAE's
-//! levels and channels; the text encoder's width, depth and MLP size, and which tower it is
-//! (OpenAI CLIP under `cond_stage_model.transformer`, SD 1.x; OpenCLIP under
-//! `cond_stage_model.model`, SD 2.x). What shapes cannot tell is fixed by the SD conventions —
-//! 8 heads per UNet level with a 768-wide context (SD 1.x), otherwise 64 channels per head;
-//! 64 channels per text-encoder head; 32 norm groups; VAE scaling 0.18215 — unless the file's
-//! safetensors metadata says otherwise ([`META_UNET_HEADS`], [`META_CLIP_HEADS`],
-//! [`META_UNET_SAMPLE_SIZE`]; our synthetic writer sets them). The prediction type cannot be
-//! read off the weights: SD 1.x-shaped files default to ε-prediction, SD 2.x-shaped ones need
-//! it said ([`CheckpointError::NeedPrediction`]).
+//! channels, layers per level, per-level transformer depth, context width, projection kind and
+//! SDXL's `label_emb` (the `text_time` conditioning's input width); the VAE's levels and
+//! channels; the text encoders' widths, depths and MLP sizes, and which towers they are (OpenAI
+//! CLIP under `cond_stage_model.transformer`, SD 1.x; OpenCLIP under `cond_stage_model.model`,
+//! SD 2.x; SDXL base: CLIP ViT-L under `conditioner.embedders.0.transformer` and OpenCLIP
+//! ViT-bigG with its projection under `conditioner.embedders.1.model`, every layer used). The
+//! SDXL refiner (OpenCLIP alone under `conditioner.embedders.0.model`, aesthetic-score
+//! `label_emb`) is refused ([`CheckpointError::Refiner`]). What shapes cannot tell is fixed by
+//! the SD conventions — 8 heads per UNet level with a 768-wide context (SD 1.x), otherwise 64
+//! channels per head; 64 channels per text-encoder head; 32 norm groups; VAE scaling 0.18215
+//! (SDXL: 0.13025) — unless the file's safetensors metadata says otherwise
+//! ([`META_UNET_HEADS`], [`META_CLIP_HEADS`], [`META_CLIP2_HEADS`], [`META_UNET_SAMPLE_SIZE`];
+//! our synthetic writer sets them). The prediction type cannot be read off the weights: SD 1.x-
+//! and SDXL-shaped files default to ε-prediction, SD 2.x-shaped ones need it said
+//! ([`CheckpointError::NeedPrediction`]).
 //!
 //! The `*_source` methods map a diffusers weight name (as our modules ask for it) to where it
 //! lives in the file ([`Source`]): the key, a row range (OpenCLIP's fused `in_proj` holds q, k
-//! and v) and whether a 1×1 convolution weight `[C, C, 1, 1]` is read as a linear `[C, C]`
-//! (the VAE's attention). They read the one table of LDM names, [`sdtrace_core::ldm::LdmMap`],
-//! which also maps the module paths the webui, Forge and ComfyUI hook to our probe keys (its
+//! and v), whether a 1×1 convolution weight `[C, C, 1, 1]` is read as a linear `[C, C]`
+//! (the VAE's attention) and whether it is stored transposed (SDXL's OpenCLIP
+//! `text_projection`, applied as `x @ P`). They read the one table of LDM names,
+//! [`sdtrace_core::ldm::LdmMap`], which also maps the module paths the webui, Forge and ComfyUI hook to our probe keys (its
 //! module doc has the index rules); [`LdmLayout::map`] builds it for this layout, once per
 //! architecture.
 //! [`LdmLayout::is_ignored`] names what a checkpoint may hold besides the model: EMA copies
-//! (`model_ema.*`), the DDPM schedule buffers, CLIP's `position_ids`, OpenCLIP's projection,
-//! logit scale and the last transformer layer SD 2.x does not use.
+//! (`model_ema.*`), the DDPM schedule buffers (SGM's `denoiser.sigmas`), CLIP's
+//! `position_ids`, OpenCLIP's logit scale and attention mask, and SD 2.x's unused projection and
+//! last transformer layer.
 
 use super::clip::{ClipActivation, ClipConfig};
-use super::config::{BlockConfig, Prediction, UNetConfig};
-use super::vae::{SD_SCALING_FACTOR, VaeConfig};
+use super::config::{BlockConfig, Prediction, TextTime, UNetConfig};
+use super::vae::{SD_SCALING_FACTOR, SDXL_SCALING_FACTOR, VaeConfig};
 use sdtrace_core::ldm::{LdmArch, LdmMap};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -44,12 +51,20 @@ pub const OPENAI_CLIP_PREFIX: &str = "cond_stage_model.transformer.text_model.";
 pub const OPENAI_CLIP_OLD_PREFIX: &str = "cond_stage_model.transformer.";
 /// SD 2.x's text encoder (OpenCLIP names inside).
 pub const OPENCLIP_PREFIX: &str = "cond_stage_model.model.";
+/// SDXL's first text encoder, CLIP ViT-L (HF `CLIPTextModel` names inside).
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.text_model.";
+/// SDXL's second text encoder, OpenCLIP ViT-bigG with `text_projection`.
+pub const SDXL_OPENCLIP_PREFIX: &str = "conditioner.embedders.1.model.";
+/// The SDXL refiner's only text encoder (refused).
+pub const SDXL_REFINER_PREFIX: &str = "conditioner.embedders.0.model.";
 /// EMA copies of the UNet weights (ignored).
 pub const EMA_PREFIX: &str = "model_ema.";
 /// Metadata: the UNet's heads per level, a JSON list (`[8, 8, 8, 8]`).
 pub const META_UNET_HEADS: &str = "sdtrace.unet_attention_heads";
 /// Metadata: the text encoder's heads, a number.
 pub const META_CLIP_HEADS: &str = "sdtrace.text_encoder_attention_heads";
+/// Metadata: SDXL's second text encoder's heads, a number.
+pub const META_CLIP2_HEADS: &str = "sdtrace.text_encoder_2_attention_heads";
 /// Metadata: the UNet's `sample_size` (latent side it was trained at).
 pub const META_UNET_SAMPLE_SIZE: &str = "sdtrace.unet_sample_size";
 
@@ -69,6 +84,8 @@ pub const DDPM_BUFFERS: [&str; 13] = [
     "posterior_mean_coef2",
     "logvar",
 ];
+/// The noise levels SGM's denoiser saves with SDXL weights (sdtrace computes its own).
+pub const SGM_BUFFERS: [&str; 1] = ["denoiser.sigmas"];
 
 /// Tensor shapes by key, as a checkpoint's header lists them.
 pub type Shapes = BTreeMap<String, Vec<usize>>;
@@ -90,8 +107,13 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: not a Stable Diffusion 1.x/2.x LDM checkpoint: {what}", path.display())]
+    #[error("{}: not a Stable Diffusion 1.x/2.x/XL LDM checkpoint: {what}", path.display())]
     Layout { path: PathBuf, what: String },
+    #[error(
+        "{}: an SDXL refiner checkpoint ({what}); sdtrace loads SDXL base-structured checkpoints only (CLIP ViT-L under conditioner.embedders.0.transformer and OpenCLIP ViT-bigG under conditioner.embedders.1.model): give the base model or a fine-tune of it",
+        path.display()
+    )]
+    Refiner { path: PathBuf, what: &'static str },
     #[error(
         "{}: an SD 2.x checkpoint, and whether it predicts v (768-v models such as SD 2.0/2.1 at 768x768) or ε (the 512 'base' models) cannot be read off its weights; say which with --prediction v or --prediction epsilon",
         path.display()
@@ -146,7 +168,9 @@ pub enum Family {
     Sd1,
     /// SD 2.x: OpenCLIP ViT-H/14, 1024-wide context.
     Sd2,
-    /// Another SD-structured model (e.g. sdtrace's tiny synthetic one).
+    /// SDXL base: CLIP ViT-L and OpenCLIP ViT-bigG, 2048-wide context, 320/640/1280 channels.
+    Sdxl,
+    /// Another SD- or SDXL-structured model (e.g. sdtrace's tiny synthetic ones).
     Other,
 }
 
@@ -155,6 +179,7 @@ impl Family {
         match self {
             Family::Sd1 => "SD 1.x",
             Family::Sd2 => "SD 2.x",
+            Family::Sdxl => "SDXL",
             Family::Other => "SD-structured (non-standard sizes)",
         }
     }
@@ -163,7 +188,8 @@ impl Family {
 /// Which text encoder a checkpoint holds, and under which prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextTower {
-    /// OpenAI CLIP in HF `CLIPTextModel` names under this prefix (SD 1.x).
+    /// OpenAI CLIP in HF `CLIPTextModel` names under this prefix (SD 1.x; SDXL's first
+    /// encoder under [`SDXL_CLIP_PREFIX`]).
     OpenAi { prefix: &'static str },
     /// OpenCLIP (SD 2.x): fused attention projections, `resblocks`, and one more layer than
     /// SD uses (it takes the penultimate layer's output).
@@ -178,6 +204,8 @@ pub struct Source {
     pub rows: Option<Range<usize>>,
     /// Stored as a 1×1 convolution `[a, b, 1, 1]`, read as a linear weight `[a, b]`.
     pub squeeze_1x1: bool,
+    /// Stored transposed: `[b, a]` in the file, `[a, b]` for our module.
+    pub transpose: bool,
 }
 
 impl Source {
@@ -186,6 +214,7 @@ impl Source {
             key,
             rows: None,
             squeeze_1x1: false,
+            transpose: false,
         }
     }
 
@@ -210,6 +239,12 @@ impl Source {
                 _ => return Err(format!("a 1x1 convolution weight, not {stored:?}")),
             }
         }
+        if self.transpose {
+            match shape.as_slice() {
+                [a, b] => shape = vec![*b, *a],
+                _ => return Err(format!("a matrix, not {stored:?}")),
+            }
+        }
         Ok(shape)
     }
 }
@@ -222,6 +257,8 @@ pub struct LdmLayout {
     pub vae: VaeConfig,
     pub clip: ClipConfig,
     pub tower: TextTower,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG with its projection), `text_encoder_2`.
+    pub clip2: Option<ClipConfig>,
     /// Whether the prediction type was given (else: the SD 1.x default, ε).
     pub prediction_given: bool,
     /// What was taken from the file's metadata rather than conventions.
@@ -268,17 +305,18 @@ impl LdmLayout {
             }
             None => None,
         };
-        let clip_heads = match metadata.get(META_CLIP_HEADS) {
+        let mut heads_of = |key: &'static str| match metadata.get(key) {
             Some(v) => {
-                from_metadata.push(META_CLIP_HEADS);
-                Some(v.trim().parse::<usize>().map_err(|_| {
-                    err(format!(
-                        "metadata {META_CLIP_HEADS} '{v}' is not a head count"
-                    ))
-                })?)
+                from_metadata.push(key);
+                v.trim()
+                    .parse::<usize>()
+                    .map(Some)
+                    .map_err(|_| err(format!("metadata {key} '{v}' is not a head count")))
             }
-            None => None,
+            None => Ok(None),
         };
+        let clip_heads = heads_of(META_CLIP_HEADS)?;
+        let clip2_heads = heads_of(META_CLIP2_HEADS)?;
         let sample_size = match metadata.get(META_UNET_SAMPLE_SIZE) {
             Some(v) => {
                 from_metadata.push(META_UNET_SAMPLE_SIZE);
@@ -290,29 +328,42 @@ impl LdmLayout {
             }
             None => None,
         };
-        let (clip, tower) = infer_clip(shapes, clip_heads).map_err(err)?;
-        let mut unet = infer_unet(shapes, unet_heads).map_err(err)?;
-        let vae = infer_vae(shapes).map_err(err)?;
-        let sd1_channels = unet
-            .blocks
-            .iter()
-            .map(|b| b.out_channels)
-            .eq([320, 640, 1280, 1280]);
+        refuse_refiner(shapes, file)?;
+        let (clip, tower, clip2) = infer_clip(shapes, clip_heads, clip2_heads).map_err(err)?;
+        let pooled = clip2.as_ref().and_then(|c| c.projection_dim);
+        let mut unet = infer_unet(shapes, unet_heads, pooled).map_err(err)?;
+        let mut vae = infer_vae(shapes).map_err(err)?;
+        let channels: Vec<usize> = unet.blocks.iter().map(|b| b.out_channels).collect();
+        let sd1_channels = channels == [320, 640, 1280, 1280];
         let family = match tower {
+            TextTower::OpenAi { .. } if clip2.is_some() => {
+                if channels == [320, 640, 1280] && unet.cross_attention_dim == 2048 {
+                    Family::Sdxl
+                } else {
+                    Family::Other
+                }
+            }
             TextTower::OpenAi { .. } if sd1_channels && unet.cross_attention_dim == 768 => {
                 Family::Sd1
             }
             TextTower::OpenClip if sd1_channels && unet.cross_attention_dim == 1024 => Family::Sd2,
             _ => Family::Other,
         };
-        if unet.cross_attention_dim != clip.hidden_size {
+        let context = clip.hidden_size + clip2.as_ref().map_or(0, |c| c.hidden_size);
+        if unet.cross_attention_dim != context {
             return Err(err(format!(
-                "the UNet's cross-attention expects {}-wide text embeddings but the text encoder makes {}-wide ones",
-                unet.cross_attention_dim, clip.hidden_size
+                "the UNet's cross-attention expects {}-wide text embeddings but the text encoder{} make{} {context}-wide ones",
+                unet.cross_attention_dim,
+                if clip2.is_some() { "s" } else { "" },
+                if clip2.is_some() { "" } else { "s" },
             )));
+        }
+        if clip2.is_some() {
+            vae.scaling_factor = SDXL_SCALING_FACTOR;
         }
         unet.sample_size = sample_size.unwrap_or(match family {
             Family::Sd2 if prediction == Some(Prediction::VPrediction) => 96,
+            Family::Sdxl => 128,
             _ => 64,
         });
         unet.prediction = match (prediction, family) {
@@ -331,9 +382,15 @@ impl LdmLayout {
             vae,
             clip,
             tower,
+            clip2,
             prediction_given: prediction.is_some(),
             from_metadata,
         })
+    }
+
+    /// An SDXL-structured layout (two text encoders, `text_time` UNet).
+    pub fn is_sdxl(&self) -> bool {
+        self.clip2.is_some()
     }
 
     /// The names-only description of this layout that the LDM table is built from.
@@ -346,6 +403,7 @@ impl LdmLayout {
                 .map(|b| b.cross_attention.is_some())
                 .collect(),
             unet_layers_per_block: self.unet.layers_per_block,
+            unet_label_emb: self.unet.addition.is_some(),
             vae_levels: self.vae.block_out_channels.len(),
             vae_layers_per_block: self.vae.layers_per_block,
             text: match self.tower {
@@ -355,6 +413,7 @@ impl LdmLayout {
                 TextTower::OpenClip => sdtrace_core::ldm::TextTower::OpenClip,
             },
             text_layers: self.clip.num_hidden_layers,
+            text2_layers: self.clip2.as_ref().map(|c| c.num_hidden_layers),
         }
     }
 
@@ -371,14 +430,20 @@ impl LdmLayout {
         m
     }
 
-    /// Where the weight `component.name` (`unet.…`, `vae.…`, `text_encoder.…`) is stored.
+    /// Where the weight `component.name` (`unet.…`, `vae.…`, `text_encoder.…`,
+    /// `text_encoder_2.…`) is stored.
     fn source_of(&self, name: &str) -> Option<Source> {
         let w = self.map().weight(name)?;
-        let d = self.clip.hidden_size;
+        // Fused q/k/v rows are as wide as their encoder.
+        let d = match (name.starts_with("text_encoder_2."), &self.clip2) {
+            (true, Some(c)) => c.hidden_size,
+            _ => self.clip.hidden_size,
+        };
         Some(Source {
             key: w.key,
             rows: w.fused.map(|i| i * d..(i + 1) * d),
             squeeze_1x1: w.squeeze_1x1,
+            transpose: w.transpose,
         })
     }
 
@@ -398,10 +463,24 @@ impl LdmLayout {
         self.source_of(&format!("text_encoder.{rest}"))
     }
 
+    /// SDXL's second text-encoder weight `name` (HF `CLIPTextModelWithProjection` naming:
+    /// `text_model.…`, `text_projection.weight`).
+    pub fn clip2_source(&self, name: &str) -> Option<Source> {
+        self.clip2.as_ref()?;
+        let rest = name.strip_prefix("text_model.").unwrap_or(name);
+        self.source_of(&format!("text_encoder_2.{rest}"))
+    }
+
     /// Whether `key` is something a checkpoint holds besides the model (see the module doc).
     pub fn is_ignored(&self, key: &str) -> bool {
-        if key.starts_with(EMA_PREFIX) || DDPM_BUFFERS.contains(&key) {
+        if key.starts_with(EMA_PREFIX) || DDPM_BUFFERS.contains(&key) || SGM_BUFFERS.contains(&key)
+        {
             return true;
+        }
+        if self.is_sdxl()
+            && let Some(rest) = key.strip_prefix(SDXL_OPENCLIP_PREFIX)
+        {
+            return matches!(rest, "logit_scale" | "attn_mask");
         }
         match self.tower {
             TextTower::OpenAi { prefix } => key == format!("{prefix}embeddings.position_ids"),
@@ -419,15 +498,64 @@ impl LdmLayout {
     }
 }
 
-fn infer_unet(s: &Shapes, heads: Option<Vec<usize>>) -> std::result::Result<UNetConfig, String> {
+/// The SDXL refiner: its only text encoder is OpenCLIP under `conditioner.embedders.0.model`, and
+/// its `label_emb` takes 2560 features (the pooled 1280 and five size/crop/aesthetic-score ids
+/// of 256) where SDXL base has no such tower.
+fn refuse_refiner(s: &Shapes, file: &Path) -> Result<()> {
+    let refiner_tower = s
+        .range(SDXL_REFINER_PREFIX.to_string()..)
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(SDXL_REFINER_PREFIX));
+    let base_tower = s.contains_key(&format!(
+        "{SDXL_CLIP_PREFIX}embeddings.token_embedding.weight"
+    ));
+    let label_in = s
+        .get(&format!("{UNET_PREFIX}label_emb.0.0.weight"))
+        .and_then(|w| w.get(1).copied());
+    let what = if refiner_tower {
+        "its only text encoder is OpenCLIP ViT-bigG under conditioner.embedders.0.model"
+    } else if label_in == Some(2560) && !base_tower {
+        "its UNet's label_emb takes 2560 features, the aesthetic-score conditioning"
+    } else {
+        return Ok(());
+    };
+    Err(CheckpointError::Refiner {
+        path: file.to_path_buf(),
+        what,
+    })
+}
+
+/// `pooled`: the width of SDXL's pooled text embedding (its second encoder's projection), which
+/// a UNet with `label_emb` needs to split the label input into it and the six size/crop ids.
+fn infer_unet(
+    s: &Shapes,
+    heads: Option<Vec<usize>>,
+    pooled: Option<usize>,
+) -> std::result::Result<UNetConfig, String> {
     let get = |k: &str| s.get(&format!("{UNET_PREFIX}{k}")).map(Vec::as_slice);
     let need = |k: &str| get(k).ok_or_else(|| format!("it has no {UNET_PREFIX}{k}"));
-    if get("label_emb.0.0.weight").is_some() {
-        return Err(
-            "its UNet has a label embedding (SDXL or a class-conditioned model), which sdtrace does not support"
-                .into(),
-        );
-    }
+    let addition = match (get("label_emb.0.0.weight"), pooled) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(format!(
+                "its UNet has a label embedding (SDXL's added conditioning, or a class-conditioned model such as unCLIP) but the file has no SDXL text encoders ({SDXL_CLIP_PREFIX}*, {SDXL_OPENCLIP_PREFIX}*); only SDXL's label embedding is supported"
+            ));
+        }
+        (Some(w), Some(pooled)) => {
+            let input_dim = *w.get(1).unwrap_or(&0);
+            let ids = input_dim.saturating_sub(pooled);
+            let t = ids / TextTime::IDS;
+            if input_dim <= pooled || t * TextTime::IDS != ids || !t.is_multiple_of(2) {
+                return Err(format!(
+                    "{UNET_PREFIX}label_emb.0.0.weight takes {input_dim} features; SDXL's is the {pooled}-wide pooled text embedding and 6 size/crop ids of an even width"
+                ));
+            }
+            Some(TextTime {
+                time_embed_dim: t,
+                input_dim,
+            })
+        }
+    };
     let conv_in = need("input_blocks.0.0.weight")?;
     let [c0, in_channels, 3, 3] = *conv_in else {
         return Err(format!(
@@ -521,7 +649,7 @@ fn infer_unet(s: &Shapes, heads: Option<Vec<usize>>) -> std::result::Result<UNet
         center_input_sample: false,
         prediction: Prediction::Epsilon,
         sample_size: 64,
-        addition: None,
+        addition,
     })
 }
 
@@ -554,18 +682,14 @@ fn infer_vae(s: &Shapes) -> std::result::Result<VaeConfig, String> {
     })
 }
 
+/// The text encoder(s): the first (SD's only one, SDXL's CLIP ViT-L), its tower, and SDXL's
+/// second (OpenCLIP ViT-bigG with its projection).
 fn infer_clip(
     s: &Shapes,
     heads: Option<usize>,
-) -> std::result::Result<(ClipConfig, TextTower), String> {
-    let two = |k: &str| -> std::result::Result<(usize, usize), String> {
-        match s.get(k).map(Vec::as_slice) {
-            Some([a, b]) => Ok((*a, *b)),
-            Some(x) => Err(format!("{k} has shape {x:?}, expected two dimensions")),
-            None => Err(format!("it has no {k}")),
-        }
-    };
-    let tower = [OPENAI_CLIP_PREFIX, OPENAI_CLIP_OLD_PREFIX]
+    heads2: Option<usize>,
+) -> std::result::Result<(ClipConfig, TextTower, Option<ClipConfig>), String> {
+    let tower = [OPENAI_CLIP_PREFIX, OPENAI_CLIP_OLD_PREFIX, SDXL_CLIP_PREFIX]
         .into_iter()
         .find(|p| s.contains_key(&format!("{p}embeddings.token_embedding.weight")))
         .map(|prefix| TextTower::OpenAi { prefix })
@@ -575,64 +699,126 @@ fn infer_clip(
         })
         .ok_or_else(|| {
             format!(
-                "it has no text encoder: expected {OPENAI_CLIP_PREFIX}* (SD 1.x) or {OPENCLIP_PREFIX}* (SD 2.x)"
+                "it has no text encoder: expected {OPENAI_CLIP_PREFIX}* (SD 1.x), {OPENCLIP_PREFIX}* (SD 2.x) or {SDXL_CLIP_PREFIX}* and {SDXL_OPENCLIP_PREFIX}* (SDXL)"
             )
         })?;
-    let (vocab, hidden, positions, layers, inter, activation) = match tower {
-        TextTower::OpenAi { prefix } => {
-            let (vocab, hidden) = two(&format!("{prefix}embeddings.token_embedding.weight"))?;
-            let (positions, _) = two(&format!("{prefix}embeddings.position_embedding.weight"))?;
-            let layers = indices(s, &format!("{prefix}encoder.layers.")).len();
-            let (inter, _) = two(&format!("{prefix}encoder.layers.0.mlp.fc1.weight"))?;
-            (
-                vocab,
-                hidden,
-                positions,
-                layers,
-                inter,
-                ClipActivation::QuickGelu,
-            )
+    let clip = match tower {
+        TextTower::OpenAi { prefix } => openai_config(s, prefix, heads)?,
+        // SD 2.x uses the penultimate layer: the last is not run.
+        TextTower::OpenClip => openclip_config(s, OPENCLIP_PREFIX, heads, true)?,
+    };
+    let clip2 = if tower
+        == (TextTower::OpenAi {
+            prefix: SDXL_CLIP_PREFIX,
+        }) {
+        if !s.contains_key(&format!("{SDXL_OPENCLIP_PREFIX}token_embedding.weight")) {
+            return Err(format!(
+                "it has SDXL's first text encoder ({SDXL_CLIP_PREFIX}*) but not its second ({SDXL_OPENCLIP_PREFIX}token_embedding.weight, OpenCLIP ViT-bigG)"
+            ));
         }
-        TextTower::OpenClip => {
-            let p = OPENCLIP_PREFIX;
-            let (vocab, hidden) = two(&format!("{p}token_embedding.weight"))?;
-            let (positions, _) = two(&format!("{p}positional_embedding"))?;
-            let blocks = indices(s, &format!("{p}transformer.resblocks.")).len();
-            if blocks < 2 {
+        // SDXL runs every layer: the penultimate one's output for the context, the last one's
+        // for the pooled embedding.
+        let mut c = openclip_config(s, SDXL_OPENCLIP_PREFIX, heads2, false)?;
+        let k = format!("{SDXL_OPENCLIP_PREFIX}text_projection");
+        c.projection_dim = Some(match s.get(&k).map(Vec::as_slice) {
+            Some([d, p]) if *d == c.hidden_size => *p,
+            Some(x) => {
                 return Err(format!(
-                    "its OpenCLIP text encoder has {blocks} layers; SD 2.x uses the penultimate one, so at least 2 are needed"
+                    "{k} has shape {x:?}, expected [{}, projection width]",
+                    c.hidden_size
                 ));
             }
-            let (inter, _) = two(&format!("{p}transformer.resblocks.0.mlp.c_fc.weight"))?;
-            (
-                vocab,
-                hidden,
-                positions,
-                blocks - 1,
-                inter,
-                ClipActivation::GeluErf,
-            )
-        }
+            None => return Err(format!("it has no {k} (SDXL's pooled text projection)")),
+        });
+        Some(c)
+    } else {
+        None
     };
+    Ok((clip, tower, clip2))
+}
+
+/// `[a, b]` of the two-dimensional tensor `k`.
+fn two(s: &Shapes, k: &str) -> std::result::Result<(usize, usize), String> {
+    match s.get(k).map(Vec::as_slice) {
+        Some([a, b]) => Ok((*a, *b)),
+        Some(x) => Err(format!("{k} has shape {x:?}, expected two dimensions")),
+        None => Err(format!("it has no {k}")),
+    }
+}
+
+/// `heads` (metadata) or 64 channels per head, checked against the width `hidden`.
+fn clip_heads(
+    hidden: usize,
+    heads: Option<usize>,
+    meta: &str,
+) -> std::result::Result<usize, String> {
     let heads = heads.unwrap_or((hidden / 64).max(1));
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(format!(
-            "the text encoder's width {hidden} is not divisible into {heads} heads (set metadata {META_CLIP_HEADS})"
+            "the text encoder's width {hidden} is not divisible into {heads} heads (set metadata {meta})"
         ));
     }
-    Ok((
-        ClipConfig {
-            vocab_size: vocab,
-            max_position_embeddings: positions,
-            hidden_size: hidden,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            intermediate_size: inter,
-            activation,
-            projection_dim: None,
-        },
-        tower,
-    ))
+    Ok(heads)
+}
+
+/// OpenAI CLIP in HF names under `prefix`.
+fn openai_config(
+    s: &Shapes,
+    prefix: &str,
+    heads: Option<usize>,
+) -> std::result::Result<ClipConfig, String> {
+    let (vocab, hidden) = two(s, &format!("{prefix}embeddings.token_embedding.weight"))?;
+    let (positions, _) = two(s, &format!("{prefix}embeddings.position_embedding.weight"))?;
+    let layers = indices(s, &format!("{prefix}encoder.layers.")).len();
+    let (inter, _) = two(s, &format!("{prefix}encoder.layers.0.mlp.fc1.weight"))?;
+    Ok(ClipConfig {
+        vocab_size: vocab,
+        max_position_embeddings: positions,
+        hidden_size: hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: clip_heads(hidden, heads, META_CLIP_HEADS)?,
+        intermediate_size: inter,
+        activation: ClipActivation::QuickGelu,
+        projection_dim: None,
+    })
+}
+
+/// OpenCLIP under `p`; `skip_last`: the model runs all but the last layer (SD 2.x).
+fn openclip_config(
+    s: &Shapes,
+    p: &str,
+    heads: Option<usize>,
+    skip_last: bool,
+) -> std::result::Result<ClipConfig, String> {
+    let (vocab, hidden) = two(s, &format!("{p}token_embedding.weight"))?;
+    let (positions, _) = two(s, &format!("{p}positional_embedding"))?;
+    let blocks = indices(s, &format!("{p}transformer.resblocks.")).len();
+    let layers = if skip_last {
+        if blocks < 2 {
+            return Err(format!(
+                "its OpenCLIP text encoder has {blocks} layers; SD 2.x uses the penultimate one, so at least 2 are needed"
+            ));
+        }
+        blocks - 1
+    } else {
+        blocks
+    };
+    let (inter, _) = two(s, &format!("{p}transformer.resblocks.0.mlp.c_fc.weight"))?;
+    let meta = if p == SDXL_OPENCLIP_PREFIX {
+        META_CLIP2_HEADS
+    } else {
+        META_CLIP_HEADS
+    };
+    Ok(ClipConfig {
+        vocab_size: vocab,
+        max_position_embeddings: positions,
+        hidden_size: hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: clip_heads(hidden, heads, meta)?,
+        intermediate_size: inter,
+        activation: ClipActivation::GeluErf,
+        projection_dim: None,
+    })
 }
 
 #[cfg(test)]
@@ -658,6 +844,7 @@ mod tests {
             tower: TextTower::OpenAi {
                 prefix: OPENAI_CLIP_PREFIX,
             },
+            clip2: None,
             prediction_given: false,
             from_metadata: vec![],
         }
@@ -841,11 +1028,12 @@ mod tests {
     /// The module map and the weight-key mapping are one table: for every weight our modules
     /// ask for, the module that owns it maps (both ways) to the module that owns its LDM key,
     /// and every probe point maps to an LDM module that holds exactly the LDM keys of the
-    /// weights under it — for the tiny synthetic model, SD 1.5 and SD 2.1.
+    /// weights under it — for the tiny synthetic model, SD 1.5, SD 2.1, the tiny SDXL model and
+    /// SDXL base.
     #[test]
     fn module_paths_agree_with_the_weight_keys() {
         use crate::model::attention::AttentionImpl;
-        use crate::model::checkpoint::{Component, required_weights, unet_without_weights};
+        use crate::model::checkpoint::{required_weights, unet_without_weights};
         use crate::model::synth::{SynthSize, ldm_layout};
         let mut sd21 = sd15_layout();
         sd21.unet = UNetConfig::sd21();
@@ -856,18 +1044,25 @@ mod tests {
             ("tiny", ldm_layout(SynthSize::Tiny)),
             ("SD 1.5", ldm_layout(SynthSize::Sd15)),
             ("SD 2.1", sd21),
+            ("SDXL tiny", ldm_layout(SynthSize::SdxlTiny)),
+            ("SDXL", ldm_layout(SynthSize::Sdxl)),
         ] {
             let map = layout.map();
             // (our weight name with its component, its LDM key)
             let mut weights = Vec::new();
-            for c in Component::ALL {
+            for &c in layout.components() {
                 for w in required_weights(&layout, c).unwrap().into_keys() {
                     let src = layout.source(c, &w).unwrap();
                     let ours = match w.strip_prefix("text_model.") {
-                        Some(rest) => format!("text_encoder.{rest}"),
+                        Some(rest) => format!("{}.{rest}", c.name()),
                         None => format!("{}.{w}", c.name()),
                     };
-                    if src.rows.is_none() && !src.key.ends_with("positional_embedding") {
+                    // Parameters that are no module's in LDM: fused rows, OpenCLIP's positional
+                    // embedding and text projection.
+                    if src.rows.is_none()
+                        && !src.key.ends_with("positional_embedding")
+                        && !src.transpose
+                    {
                         let (m, l) = (parent(&ours).unwrap(), parent(&src.key).unwrap());
                         assert_eq!(map.to_ldm(&m).as_ref(), Some(&l), "{name}: {ours}");
                         assert_eq!(map.from_ldm(&l).as_ref(), Some(&m), "{name}: {}", src.key);
@@ -896,6 +1091,14 @@ mod tests {
                 ]
                 .map(String::from),
             );
+            if let Some(c) = &layout.clip2 {
+                keys.extend(
+                    (0..c.num_hidden_layers)
+                        .map(|n| format!("text_encoder_2.encoder.layers.{n}"))
+                        .chain(["text_encoder_2.final_layer_norm".into()]),
+                );
+                assert!(keys.iter().any(|k| k == "unet.add_embedding"), "{name}");
+            }
             assert!(keys.len() > 40, "{name}: {} probe keys", keys.len());
             for k in keys {
                 let l = map
@@ -932,6 +1135,7 @@ mod tests {
             key: "k".into(),
             rows: None,
             squeeze_1x1: true,
+            transpose: false,
         };
         assert_eq!(s.shape_from(&[512, 512, 1, 1]), Ok(vec![512, 512]));
         assert_eq!(s.shape_from(&[512, 512]), Ok(vec![512, 512]));

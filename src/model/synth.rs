@@ -73,7 +73,11 @@ impl SynthSize {
 
     /// The VAE's latent scaling factor (SD 0.18215, SDXL 0.13025).
     pub fn vae_scaling(self) -> f64 {
-        if self.is_sdxl() { 0.13025 } else { 0.18215 }
+        if self.is_sdxl() {
+            super::vae::SDXL_SCALING_FACTOR
+        } else {
+            super::vae::SD_SCALING_FACTOR
+        }
     }
 }
 
@@ -351,19 +355,19 @@ pub fn write_model(dir: &Path, size: SynthSize, seed: u64) -> Result<()> {
     )?;
     save(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
-        vae_weights(&vae, seed ^ 0x0056_4145)?,
+        vae_weights(&vae, seed ^ VAE_SEED)?,
     )?;
     let clip = clip_config(size);
     write_json(&dir.join("text_encoder/config.json"), &clip.to_hf_json())?;
     save(
         &dir.join("text_encoder/model.safetensors"),
-        clip_weights(&clip, seed ^ 0x434c_4950)?,
+        clip_weights(&clip, seed ^ CLIP_SEED)?,
     )?;
     if let Some(clip2) = size.clip2_config() {
         write_json(&dir.join("text_encoder_2/config.json"), &clip2.to_hf_json())?;
         save(
             &dir.join("text_encoder_2/model.safetensors"),
-            clip_weights(&clip2, seed ^ 0x0043_4c32)?,
+            clip_weights(&clip2, seed ^ CLIP2_SEED)?,
         )?;
     }
     write_tokenizer(&dir.join("tokenizer"), "<|endoftext|>")?;
@@ -390,14 +394,19 @@ fn write_tokenizer(dir: &Path, pad: &str) -> Result<()> {
     Ok(())
 }
 
-/// The single-file layout of a synthetic model: SD 1.x's (OpenAI CLIP text tower), with the
-/// head counts and sample size its shapes cannot tell in the file's metadata for the tiny size.
+/// The single-file layout of a synthetic model: SD 1.x's (OpenAI CLIP text tower) or SDXL
+/// base's (`conditioner.embedders.0/1`), with the head counts and sample size their shapes
+/// cannot tell in the file's metadata for the tiny sizes.
 pub fn ldm_layout(size: SynthSize) -> super::ldm::LdmLayout {
-    use super::ldm::{Family, LdmLayout, OPENAI_CLIP_PREFIX, TextTower};
+    use super::ldm::{
+        Family, LdmLayout, META_CLIP_HEADS, META_CLIP2_HEADS, META_UNET_HEADS,
+        META_UNET_SAMPLE_SIZE, OPENAI_CLIP_PREFIX, SDXL_CLIP_PREFIX, TextTower,
+    };
     let vae = vae_config(size);
     LdmLayout {
         family: match size {
             SynthSize::Sd15 => Family::Sd1,
+            SynthSize::Sdxl => Family::Sdxl,
             _ => Family::Other,
         },
         unet: size.unet_config(),
@@ -410,72 +419,80 @@ pub fn ldm_layout(size: SynthSize) -> super::ldm::LdmLayout {
             norm_num_groups: vae.norm_num_groups,
             use_quant_conv: vae.use_quant_conv,
             use_post_quant_conv: vae.use_post_quant_conv,
-            scaling_factor: super::vae::SD_SCALING_FACTOR,
+            scaling_factor: size.vae_scaling(),
         },
         clip: clip_config(size),
         tower: TextTower::OpenAi {
-            prefix: OPENAI_CLIP_PREFIX,
+            prefix: if size.is_sdxl() {
+                SDXL_CLIP_PREFIX
+            } else {
+                OPENAI_CLIP_PREFIX
+            },
         },
+        clip2: size.clip2_config(),
         prediction_given: false,
         from_metadata: match size {
-            SynthSize::Tiny => vec![
-                super::ldm::META_UNET_HEADS,
-                super::ldm::META_CLIP_HEADS,
-                super::ldm::META_UNET_SAMPLE_SIZE,
+            SynthSize::Tiny => vec![META_UNET_HEADS, META_CLIP_HEADS, META_UNET_SAMPLE_SIZE],
+            SynthSize::SdxlTiny => vec![
+                META_UNET_HEADS,
+                META_CLIP_HEADS,
+                META_CLIP2_HEADS,
+                META_UNET_SAMPLE_SIZE,
             ],
             _ => vec![],
         },
     }
 }
 
+/// Seeds of the components' weights, derived from the model's seed (the same in both layouts).
+const VAE_SEED: u64 = 0x0056_4145;
+const CLIP_SEED: u64 = 0x434c_4950;
+const CLIP2_SEED: u64 = 0x0043_4c32;
+
 /// Write the same model as [`write_model`] (same `size` and `seed`, so the same weights) as one
-/// LDM/CompVis checkpoint file, `dtype` f32 or f16, by the key rules of [`super::ldm`].
+/// LDM/CompVis checkpoint file, `dtype` f32 or f16, by the key rules of [`super::ldm`]: SD 1.x's
+/// layout, or for the SDXL sizes the webui's SDXL layout (`conditioner.embedders.0/1`,
+/// OpenCLIP's fused in-projection and transposed `text_projection`, `label_emb`).
 pub fn write_checkpoint_file(path: &Path, size: SynthSize, seed: u64, dtype: DType) -> Result<()> {
     use super::checkpoint::{Component, write_checkpoint};
-    if size.is_sdxl() {
-        return Err(ModelError::Config {
-            file: path.to_path_buf(),
-            field: "--size".into(),
-            what: format!(
-                "is {size:?}: single-file SDXL checkpoints are not written yet; drop --format ldm for a diffusers folder"
-            ),
-        });
-    }
     let layout = ldm_layout(size);
     let unet = unet_weights(&layout.unet, seed)?;
-    let vae = vae_weights(&vae_config(size), seed ^ 0x0056_4145)?;
-    let clip = clip_weights(&layout.clip, seed ^ 0x434c_4950)?;
+    let vae = vae_weights(&vae_config(size), seed ^ VAE_SEED)?;
+    let clip = clip_weights(&layout.clip, seed ^ CLIP_SEED)?;
+    let clip2 = match &layout.clip2 {
+        Some(c) => Some(clip_weights(c, seed ^ CLIP2_SEED)?),
+        None => None,
+    };
     let mut meta = BTreeMap::new();
     meta.insert(
         "sdtrace.synthetic".to_string(),
         format!("{{\"size\": \"{size:?}\", \"seed\": {seed}}}").to_lowercase(),
     );
-    if size == SynthSize::Tiny {
-        let heads: Vec<usize> = layout.unet.blocks.iter().map(|b| b.heads).collect();
-        meta.insert(
-            super::ldm::META_UNET_HEADS.into(),
-            serde_json::to_string(&heads).unwrap_or_default(),
-        );
-        meta.insert(
-            super::ldm::META_CLIP_HEADS.into(),
-            layout.clip.num_attention_heads.to_string(),
-        );
-        meta.insert(
-            super::ldm::META_UNET_SAMPLE_SIZE.into(),
-            layout.unet.sample_size.to_string(),
-        );
+    for key in &layout.from_metadata {
+        let value = match *key {
+            super::ldm::META_UNET_HEADS => {
+                let heads: Vec<usize> = layout.unet.blocks.iter().map(|b| b.heads).collect();
+                serde_json::to_string(&heads).unwrap_or_default()
+            }
+            super::ldm::META_CLIP_HEADS => layout.clip.num_attention_heads.to_string(),
+            super::ldm::META_CLIP2_HEADS => layout
+                .clip2
+                .as_ref()
+                .map_or(0, |c| c.num_attention_heads)
+                .to_string(),
+            _ => layout.unet.sample_size.to_string(),
+        };
+        meta.insert((*key).to_string(), value);
     }
-    write_checkpoint(
-        path,
-        &layout,
-        &[
-            (Component::Unet, &unet),
-            (Component::TextEncoder, &clip),
-            (Component::Vae, &vae),
-        ],
-        dtype,
-        meta,
-    )
+    let mut parts = vec![
+        (Component::Unet, &unet),
+        (Component::TextEncoder, &clip),
+        (Component::Vae, &vae),
+    ];
+    if let Some(c) = &clip2 {
+        parts.push((Component::TextEncoder2, c));
+    }
+    write_checkpoint(path, &layout, &parts, dtype, meta)
 }
 
 #[cfg(test)]
@@ -550,15 +567,6 @@ mod tests {
         assert_eq!(
             (hidden.dims(), pooled.unwrap().dims()),
             (&[1, 4, 32][..], &[1, 32][..])
-        );
-        assert!(
-            write_checkpoint_file(
-                &dir.path().join("x.safetensors"),
-                SynthSize::SdxlTiny,
-                5,
-                DType::F32
-            )
-            .is_err()
         );
     }
 }

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 
 /// SD 1.x/2.x's latent scaling factor (diffusers' default when `config.json` has none).
 pub const SD_SCALING_FACTOR: f64 = 0.18215;
+/// SDXL's latent scaling factor (its VAE's `config.json`).
+pub const SDXL_SCALING_FACTOR: f64 = 0.13025;
 
 /// Weight files tried in `vae/`, in order.
 pub const WEIGHT_FILES: [&str; 2] = [

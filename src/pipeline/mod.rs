@@ -896,12 +896,6 @@ struct Prepared {
 fn prepare(spec: &RecordSpec) -> Result<Prepared> {
     let files = model::ModelSource::open(&spec.model, &spec.model_options)?;
     let sdxl = files.unet_config().addition.is_some();
-    if sdxl && files.clip_2_config().is_none() {
-        return Err(PipelineError::Setting(format!(
-            "{}: a single-file SDXL checkpoint; sdtrace record loads SDXL from a diffusers folder so far (text_encoder_2/ and tokenizer_2/ beside unet/): give the folder",
-            spec.model.display()
-        )));
-    }
     if !sdxl && spec.size_conditioning != SizeConditioning::default() {
         return Err(PipelineError::Setting(format!(
             "--sdxl-original-size/--sdxl-crop: {} is not an SDXL model (its UNet has no size and crop conditioning); drop them",

@@ -162,11 +162,12 @@ impl ModelSource {
         }
     }
 
-    /// SDXL's second text encoder (`text_encoder_2/`), `None` for SD 1.x/2.x and single files.
+    /// SDXL's second text encoder (`text_encoder_2/`, or `conditioner.embedders.1` of a single
+    /// file), `None` for SD 1.x/2.x.
     pub(super) fn clip_2_config(&self) -> Option<&ClipConfig> {
         match self {
             ModelSource::Folder(f) => f.xl.as_ref().map(|x| &x.clip_config),
-            ModelSource::File(_) => None,
+            ModelSource::File(f) => f.layout.clip2.as_ref(),
         }
     }
 
@@ -181,6 +182,10 @@ impl ModelSource {
                 ))),
                 None => Ok(None),
             },
+            ModelSource::File(f) if f.layout.is_sdxl() => Ok(Some((
+                ClipTokenizer::openai()?.with_pad_token("!")?,
+                "built-in OpenAI CLIP vocabulary, padded with '!' (OpenCLIP)".into(),
+            ))),
             ModelSource::File(_) => Ok(None),
         }
     }
@@ -249,6 +254,17 @@ impl ModelSource {
                 },
                 vae: Vae::load(&f.vae_dir, dtype, device)?,
             },
+            ModelSource::File(f) if f.layout.is_sdxl() => {
+                let m = f
+                    .ckpt
+                    .load_sdxl_models(&f.layout, dtype, device, numerics, attention)?;
+                Loaded {
+                    unet: m.unet,
+                    clip: m.text_encoder,
+                    clip_2: Some(m.text_encoder_2),
+                    vae: m.vae,
+                }
+            }
             ModelSource::File(f) => {
                 let (unet, clip, vae) = f
                     .ckpt
@@ -315,8 +331,56 @@ impl ModelSource {
                         "text_encoder_config": l.clip.to_hf_json(),
                     }),
                 );
+                if let (Some(c2), Some(serde_json::Value::Object(m))) =
+                    (&l.clip2, s.extra.get_mut("model_format"))
+                {
+                    m.insert(
+                        "text_encoder_2".into(),
+                        json!("OpenCLIP ViT-bigG with its projection under conditioner.embedders.1.model."),
+                    );
+                    m.insert("text_encoder_2_config".into(), c2.to_hf_json());
+                }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synth::{SynthSize, write_checkpoint_file, write_model};
+
+    /// An SDXL single file opens (layout read, keys checked) and loads both text encoders with
+    /// the rest; SD files and folders have no second encoder.
+    #[test]
+    fn sdxl_single_files_load_their_four_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("xl.safetensors");
+        write_checkpoint_file(&file, SynthSize::SdxlTiny, 1, DType::F16).unwrap();
+        let opts = ModelOptions::default();
+        let src = ModelSource::open(&file, &opts).unwrap();
+        assert!(src.unet_config().addition.is_some());
+        let (dev, num, full) = (Device::Cpu, Numerics::PYTORCH, AttentionImpl::Full);
+        assert_eq!(src.clip_2_config(), Some(&ClipConfig::sdxl_g_tiny()));
+        assert!(src.tokenizer_2().unwrap().is_some());
+        let m = src.load(DType::F32, &dev, num, full).unwrap();
+        let clip_2 = m.clip_2.as_ref().unwrap();
+        assert_eq!(clip_2.config(), &ClipConfig::sdxl_g_tiny());
+        assert_eq!(m.vae.config().scaling_factor, 0.13025);
+        let sd = dir.path().join("sd.safetensors");
+        write_checkpoint_file(&sd, SynthSize::Tiny, 1, DType::F32).unwrap();
+        let folder = dir.path().join("folder");
+        write_model(&folder, SynthSize::Tiny, 1).unwrap();
+        for p in [sd, folder] {
+            let src = ModelSource::open(&p, &opts).unwrap();
+            assert!(src.clip_2_config().is_none());
+            assert!(
+                src.load(DType::F32, &dev, num, full)
+                    .unwrap()
+                    .clip_2
+                    .is_none()
+            );
+        }
     }
 }

@@ -1,19 +1,23 @@
 //! The LDM module map: the one table that says which module of an LDM/CompVis-structured Stable
 //! Diffusion model (what AUTOMATIC1111, Forge and ComfyUI run, and what single-file checkpoints
-//! are named after: `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`) is
-//! which sdtrace key (diffusers names: `unet.*`, `vae.*`, `text_encoder.*`), for SD 1.x and 2.x
-//! and any model of the same structure (sdtrace's tiny synthetic one).
+//! are named after: `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`, and
+//! SDXL's `conditioner.embedders.0/1.*`) is which sdtrace key (diffusers names: `unet.*`,
+//! `vae.*`, `text_encoder.*`, `text_encoder_2.*`), for SD 1.x, 2.x and SDXL (base) and any model
+//! of the same structure (sdtrace's tiny synthetic ones).
 //!
 //! [`LdmMap::new`] builds the table ([`Entry`] rows) from an [`LdmArch`] — the few numbers the
-//! names depend on: the UNet's levels and which have cross-attention, its layers per level, the
-//! VAE's levels and layers, the text tower. Three lookups read the same rows: [`LdmMap::to_ldm`]
+//! names depend on: the UNet's levels and which have cross-attention, its layers per level,
+//! whether it has SDXL's `label_emb` (diffusers' `add_embedding`), the VAE's levels and layers,
+//! the text tower(s). Transformer depths do not enter: a UNet attention's insides have the same
+//! names on both sides. Three lookups read the same rows: [`LdmMap::to_ldm`]
 //! (sdtrace key → LDM module path), [`LdmMap::from_ldm`] (the reverse; hosts hook the modules
 //! it names) and [`LdmMap::weight`] (a diffusers weight name → the key it is stored under in a
 //! single-file checkpoint, which `sdtrace`'s checkpoint loader uses). A row maps a module and,
 //! by its [`Inner`] rule, what lies inside it: the same names (UNet attentions, OpenAI CLIP),
 //! a short list of renamed children (resnets: `conv1` ↔ `in_layers.2`; OpenCLIP's fused
 //! `in_proj` holds q, k and v as row blocks; the VAE attention stores linear weights as 1×1
-//! convolutions), or nothing (level outputs such as `unet.down_blocks.1` ↔
+//! convolutions; SDXL's OpenCLIP `text_projection` is a matrix applied as `x @ P`, so the
+//! `Linear` weight is its transpose), or nothing (level outputs such as `unet.down_blocks.1` ↔
 //! `input_blocks.6`, whose children have rows of their own). Lookups take the row with the
 //! longest matching prefix, on whole dotted segments.
 //!
@@ -40,12 +44,26 @@ pub const OPENAI_CLIP_ROOT: &str = "cond_stage_model.transformer.text_model";
 pub const OPENAI_CLIP_OLD_ROOT: &str = "cond_stage_model.transformer";
 /// SD 2.x's text encoder (OpenCLIP names inside).
 pub const OPENCLIP_ROOT: &str = "cond_stage_model.model";
+/// SDXL's first text encoder, CLIP ViT-L (HF `CLIPTextModel` names inside): `text_encoder`.
+pub const SDXL_CLIP_ROOT: &str = "conditioner.embedders.0.transformer.text_model";
+/// The same as hosts with transformers 5 name it (no `text_model` level).
+pub const SDXL_CLIP_OLD_ROOT: &str = "conditioner.embedders.0.transformer";
+/// SDXL's second text encoder, OpenCLIP ViT-bigG with its projection: `text_encoder_2`.
+pub const SDXL_OPENCLIP_ROOT: &str = "conditioner.embedders.1.model";
+/// The SDXL refiner's only text encoder (OpenCLIP ViT-bigG), which sdtrace does not support.
+pub const SDXL_REFINER_OPENCLIP_ROOT: &str = "conditioner.embedders.0.model";
+
+/// HF CLIP roots with and without the `text_model` level, per family.
+const OPENAI_ROOT_PAIRS: [(&str, &str); 2] = [
+    (OPENAI_CLIP_ROOT, OPENAI_CLIP_OLD_ROOT),
+    (SDXL_CLIP_ROOT, SDXL_CLIP_OLD_ROOT),
+];
 
 /// Which text encoder a model has, and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TextTower {
-    /// OpenAI CLIP in HF `CLIPTextModel` names under `root` (SD 1.x): [`OPENAI_CLIP_ROOT`] or
-    /// [`OPENAI_CLIP_OLD_ROOT`].
+    /// OpenAI CLIP in HF `CLIPTextModel` names under `root`: [`OPENAI_CLIP_ROOT`] or
+    /// [`OPENAI_CLIP_OLD_ROOT`] (SD 1.x), [`SDXL_CLIP_ROOT`] (SDXL's first encoder).
     OpenAi { root: &'static str },
     /// OpenCLIP under [`OPENCLIP_ROOT`] (SD 2.x): fused attention projections, `resblocks`.
     OpenClip,
@@ -58,6 +76,8 @@ pub struct LdmArch {
     pub unet_attention: Vec<bool>,
     /// Resnets per down level (SD: 2); up levels have one more.
     pub unet_layers_per_block: usize,
+    /// SDXL's added conditioning: LDM's `label_emb.0` is diffusers' `add_embedding`.
+    pub unet_label_emb: bool,
     /// The VAE's levels (SD: 4).
     pub vae_levels: usize,
     /// Resnets per encoder level (SD: 2); decoder levels have one more.
@@ -65,6 +85,9 @@ pub struct LdmArch {
     pub text: TextTower,
     /// Text-encoder layers the model runs (SD 1.x: 12; SD 2.x: 23 of OpenCLIP's 24).
     pub text_layers: usize,
+    /// SDXL's second text encoder (OpenCLIP under [`SDXL_OPENCLIP_ROOT`], every layer used, with
+    /// its `text_projection`): its layers (SDXL: 32); `None` without one.
+    pub text2_layers: Option<usize>,
 }
 
 impl LdmArch {
@@ -73,12 +96,14 @@ impl LdmArch {
         LdmArch {
             unet_attention: vec![true, true, true, false],
             unet_layers_per_block: 2,
+            unet_label_emb: false,
             vae_levels: 4,
             vae_layers_per_block: 2,
             text: TextTower::OpenAi {
                 root: OPENAI_CLIP_ROOT,
             },
             text_layers: 12,
+            text2_layers: None,
         }
     }
 
@@ -91,13 +116,31 @@ impl LdmArch {
         }
     }
 
+    /// SDXL base: three UNet levels, the first without attention, `label_emb`; CLIP ViT-L under
+    /// `conditioner.embedders.0` and OpenCLIP ViT-bigG under `conditioner.embedders.1`.
+    pub fn sdxl() -> Self {
+        LdmArch {
+            unet_attention: vec![false, true, true],
+            unet_label_emb: true,
+            text: TextTower::OpenAi {
+                root: SDXL_CLIP_ROOT,
+            },
+            text2_layers: Some(32),
+            ..LdmArch::sd1()
+        }
+    }
+
     /// Read the architecture off LDM names: a checkpoint's keys or a host model's
     /// `named_modules()`/`state_dict()` names, rooted as in a checkpoint
-    /// (`model.diffusion_model.…`, `first_stage_model.…`, `cond_stage_model.…`). Each component
-    /// is read off its own names, and one that is absent keeps SD's values (a host may hook its
-    /// UNet and its VAE at different times). `None` when no component is there, when one that
-    /// is there does not have this structure, or when the UNet has a label embedding (SDXL);
-    /// what is unsupported is for the caller to say.
+    /// (`model.diffusion_model.…`, `first_stage_model.…`, `cond_stage_model.…`,
+    /// `conditioner.embedders.N.…`). Each component is read off its own names, and one that is
+    /// absent keeps SD's values — SDXL's when the names are SDXL's (a UNet with `label_emb`, or
+    /// text towers under `conditioner.embedders`; a host may hook its UNet and its VAE at
+    /// different times). `None` when no component is there, when one that is there does not
+    /// have this structure, when a UNet with a label embedding comes with an SD 1.x/2.x text
+    /// tower (a class-conditioned model such as SD 2.x unCLIP), or for the SDXL refiner's text
+    /// tower (OpenCLIP under `conditioner.embedders.0.model`); what is unsupported is for the
+    /// caller to say.
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
         let names: BTreeSet<&str> = names.into_iter().collect();
         let has = |p: &str| {
@@ -114,11 +157,17 @@ impl LdmArch {
                 .filter_map(|n| n[p.len()..].split('.').next()?.parse().ok())
                 .collect()
         };
-        let mut arch = LdmArch::sd1();
-        let mut found = false;
-        if has(&format!("{UNET_ROOT}.label_emb")) {
+        if has(SDXL_REFINER_OPENCLIP_ROOT) {
             return None;
         }
+        let label_emb = has(&format!("{UNET_ROOT}.label_emb"));
+        let sdxl = label_emb || has("conditioner.embedders");
+        let mut arch = if sdxl {
+            LdmArch::sdxl()
+        } else {
+            LdmArch::sd1()
+        };
+        let mut found = false;
         if has(UNET_ROOT) {
             let inputs = indices(&format!("{UNET_ROOT}.input_blocks"));
             let last = *inputs.last()?;
@@ -135,6 +184,7 @@ impl LdmArch {
                 .map(|b| has(&format!("{UNET_ROOT}.input_blocks.{}.1", 1 + per * b)))
                 .collect();
             arch.unet_layers_per_block = per - 1;
+            arch.unet_label_emb = label_emb;
             found = true;
         }
         if has(VAE_ROOT) {
@@ -152,9 +202,21 @@ impl LdmArch {
             }
             found = true;
         }
-        let openai = [OPENAI_CLIP_ROOT, OPENAI_CLIP_OLD_ROOT]
+        let sd_text = [OPENAI_CLIP_ROOT, OPENAI_CLIP_OLD_ROOT]
             .into_iter()
-            .find(|r| has(&format!("{r}.encoder.layers")));
+            .any(|r| has(&format!("{r}.encoder.layers")))
+            || has(&format!("{OPENCLIP_ROOT}.transformer.resblocks"));
+        if sdxl && sd_text {
+            return None;
+        }
+        let openai = [
+            OPENAI_CLIP_ROOT,
+            OPENAI_CLIP_OLD_ROOT,
+            SDXL_CLIP_ROOT,
+            SDXL_CLIP_OLD_ROOT,
+        ]
+        .into_iter()
+        .find(|r| has(&format!("{r}.encoder.layers")));
         if let Some(root) = openai {
             arch.text = TextTower::OpenAi { root };
             arch.text_layers = indices(&format!("{root}.encoder.layers")).len();
@@ -163,6 +225,11 @@ impl LdmArch {
             let n = indices(&format!("{OPENCLIP_ROOT}.transformer.resblocks")).len();
             arch.text = TextTower::OpenClip;
             arch.text_layers = n.checked_sub(1).filter(|n| *n > 0)?;
+            found = true;
+        }
+        if has(&format!("{SDXL_OPENCLIP_ROOT}.transformer.resblocks")) {
+            let n = indices(&format!("{SDXL_OPENCLIP_ROOT}.transformer.resblocks")).len();
+            arch.text2_layers = Some(n);
             found = true;
         }
         found.then_some(arch)
@@ -200,6 +267,9 @@ pub enum RuleKind {
     Fused(usize),
     /// A parameter, not a module: the full relative weight name on each side.
     Param,
+    /// A parameter stored transposed: LDM's matrix `P` applied as `x @ P` (OpenCLIP's
+    /// `text_projection`) is our linear weight `Pᵀ`.
+    ParamTransposed,
 }
 
 const fn rule(ours: &'static str, ldm: &'static str) -> Rule {
@@ -263,6 +333,22 @@ const OPENCLIP_ROOT_RULES: &[Rule] = &[
     },
     rule("final_layer_norm", "ln_final"),
 ];
+/// SDXL's second encoder: the same, and the projection (our `text_projection.weight`, HF's
+/// `CLIPTextModelWithProjection` name, outside its `text_model`).
+const OPENCLIP_PROJECTED_ROOT_RULES: &[Rule] = &[
+    rule("embeddings.token_embedding", "token_embedding"),
+    Rule {
+        ours: "embeddings.position_embedding.weight",
+        ldm: "positional_embedding",
+        kind: RuleKind::Param,
+    },
+    rule("final_layer_norm", "ln_final"),
+    Rule {
+        ours: "text_projection.weight",
+        ldm: "text_projection",
+        kind: RuleKind::ParamTransposed,
+    },
+];
 const OPENCLIP_LAYER: &[Rule] = &[
     rule("layer_norm1", "ln_1"),
     rule("layer_norm2", "ln_2"),
@@ -303,6 +389,8 @@ pub struct WeightKey {
     pub fused: Option<usize>,
     /// Stored as a 1×1 convolution `[a, b, 1, 1]`, read as a linear weight `[a, b]`.
     pub squeeze_1x1: bool,
+    /// Stored transposed (`[b, a]` for our `[a, b]`).
+    pub transpose: bool,
 }
 
 /// The table for one architecture, indexed both ways.
@@ -370,6 +458,15 @@ impl LdmMap {
         unet_rows(arch, &mut rows);
         vae_rows(arch, &mut rows);
         text_rows(arch.text, arch.text_layers, &mut rows);
+        if let Some(layers) = arch.text2_layers {
+            openclip_rows(
+                "text_encoder_2",
+                SDXL_OPENCLIP_ROOT,
+                layers,
+                OPENCLIP_PROJECTED_ROOT_RULES,
+                &mut rows,
+            );
+        }
         let n = rows.len();
         LdmMap::from_rows(rows, n)
     }
@@ -397,8 +494,9 @@ impl LdmMap {
             by_ldm.entry(e.ldm.clone()).or_insert(i);
         }
         let openai_root = entries.iter().find_map(|e| {
-            [OPENAI_CLIP_ROOT, OPENAI_CLIP_OLD_ROOT]
+            OPENAI_ROOT_PAIRS
                 .into_iter()
+                .flat_map(|(a, b)| [a, b])
                 .find(|r| e.ours == "text_encoder" && e.ldm == *r)
         });
         LdmMap {
@@ -437,17 +535,20 @@ impl LdmMap {
     /// The sdtrace key of LDM module path `path`, or `None`. Rooted as in a checkpoint
     /// (`model.diffusion_model.input_blocks.4.1`, `first_stage_model.decoder.up.1`,
     /// `cond_stage_model.transformer.text_model.encoder.layers.3`, also without the
-    /// `text_model` level as transformers 5 names it); also taken: ComfyUI's
-    /// `diffusion_model.…`, paths inside the UNet (`middle_block.1`, `output_blocks.5.2`,
-    /// `time_embed`, `out.0`), and the webui's wrapped text encoder
-    /// (`cond_stage_model.wrapped.…`).
+    /// `text_model` level as transformers 5 names it; SDXL's `conditioner.embedders.0/1.…`); also
+    /// taken: ComfyUI's `diffusion_model.…`, paths inside the UNet (`middle_block.1`,
+    /// `output_blocks.5.2`, `time_embed`, `out.0`), and the webui's wrapped text encoders
+    /// (`cond_stage_model.wrapped.…`, `conditioner.embedders.N.wrapped.…`).
     pub fn from_ldm(&self, path: &str) -> Option<String> {
         let mut path = normalize(path);
         // HF CLIP with or without its `text_model` level (transformers 5 dropped it from
-        // `CLIPTextModel`): re-rooted where this map has the OpenAI tower.
-        if let Some(root) = self.openai_root {
-            let rest = strip_segments(&path, OPENAI_CLIP_ROOT)
-                .or_else(|| strip_segments(&path, OPENAI_CLIP_OLD_ROOT));
+        // `CLIPTextModel`): re-rooted where this map has the OpenAI tower (of the same family).
+        if let Some(root) = self.openai_root
+            && let Some((with, without)) = OPENAI_ROOT_PAIRS
+                .into_iter()
+                .find(|(a, b)| root == *a || root == *b)
+        {
+            let rest = strip_segments(&path, with).or_else(|| strip_segments(&path, without));
             if let Some(rest) = rest {
                 path = join(root, rest);
             }
@@ -478,6 +579,7 @@ impl LdmMap {
             key,
             fused: None,
             squeeze_1x1: false,
+            transpose: false,
         };
         if rest.is_empty() {
             return None;
@@ -491,16 +593,18 @@ impl LdmMap {
                 match r.kind {
                     RuleKind::Module if !x.is_empty() => Some(plain(join(&base, x))),
                     RuleKind::Module1x1 if !x.is_empty() => Some(WeightKey {
-                        key: join(&base, x),
-                        fused: None,
                         squeeze_1x1: x == "weight",
+                        ..plain(join(&base, x))
                     }),
                     RuleKind::Fused(part) if x == "weight" || x == "bias" => Some(WeightKey {
-                        key: format!("{base}_{x}"),
                         fused: Some(part),
-                        squeeze_1x1: false,
+                        ..plain(format!("{base}_{x}"))
                     }),
                     RuleKind::Param if x.is_empty() => Some(plain(base)),
+                    RuleKind::ParamTransposed if x.is_empty() => Some(WeightKey {
+                        transpose: true,
+                        ..plain(base)
+                    }),
                     _ => None,
                 }
             }
@@ -527,6 +631,13 @@ fn normalize(path: &str) -> String {
     if let Some(rest) = strip_segments(path, "cond_stage_model.wrapped") {
         return join("cond_stage_model", rest);
     }
+    // The webui wraps each SDXL embedder as `conditioner.embedders.N.wrapped`.
+    let segments: Vec<&str> = path.split('.').collect();
+    if let ["conditioner", "embedders", n, "wrapped", ..] = segments.as_slice() {
+        let mut out = vec!["conditioner", "embedders", *n];
+        out.extend(&segments[4..]);
+        return out.join(".");
+    }
     path.to_string()
 }
 
@@ -541,6 +652,10 @@ fn unet_rows(arch: &LdmArch, rows: &mut Vec<Entry>) {
     let n = arch.unet_attention.len();
     let mut add = |ours: &str, ldm: &str, inner| push(rows, join(u, ours), join(l, ldm), inner);
     add("time_embedding", "time_embed", Inner::Rules(TIME_EMBED));
+    if arch.unet_label_emb {
+        // LDM's `label_emb` is a Sequential around the Sequential(linear, SiLU, linear).
+        add("add_embedding", "label_emb.0", Inner::Rules(TIME_EMBED));
+    }
     add("conv_in", "input_blocks.0.0", Inner::Same);
     for (b, &attn) in arch.unet_attention.iter().enumerate() {
         for j in 0..layers {
@@ -683,23 +798,34 @@ fn vae_rows(arch: &LdmArch, rows: &mut Vec<Entry>) {
 fn text_rows(tower: TextTower, layers: usize, rows: &mut Vec<Entry>) {
     match tower {
         TextTower::OpenAi { root } => push(rows, "text_encoder".into(), root.into(), Inner::Same),
-        TextTower::OpenClip => {
-            for k in 0..layers {
-                push(
-                    rows,
-                    format!("text_encoder.encoder.layers.{k}"),
-                    format!("{OPENCLIP_ROOT}.transformer.resblocks.{k}"),
-                    Inner::Rules(OPENCLIP_LAYER),
-                );
-            }
-            push(
-                rows,
-                "text_encoder".into(),
-                OPENCLIP_ROOT.into(),
-                Inner::Rules(OPENCLIP_ROOT_RULES),
-            );
-        }
+        TextTower::OpenClip => openclip_rows(
+            "text_encoder",
+            OPENCLIP_ROOT,
+            layers,
+            OPENCLIP_ROOT_RULES,
+            rows,
+        ),
     }
+}
+
+/// An OpenCLIP text tower under `root` as our `ours`: its first `layers` resblocks, then the
+/// root with `root_rules` for what lies outside the layers.
+fn openclip_rows(
+    ours: &str,
+    root: &str,
+    layers: usize,
+    root_rules: &'static [Rule],
+    rows: &mut Vec<Entry>,
+) {
+    for k in 0..layers {
+        push(
+            rows,
+            format!("{ours}.encoder.layers.{k}"),
+            format!("{root}.transformer.resblocks.{k}"),
+            Inner::Rules(OPENCLIP_LAYER),
+        );
+    }
+    push(rows, ours.into(), root.into(), Inner::Rules(root_rules));
 }
 
 #[cfg(test)]
@@ -833,7 +959,8 @@ mod tests {
             Some(WeightKey {
                 key: "cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight".into(),
                 fused: Some(1),
-                squeeze_1x1: false
+                squeeze_1x1: false,
+                transpose: false,
             })
         );
         assert_eq!(
@@ -871,9 +998,133 @@ mod tests {
         );
     }
 
+    /// SDXL base's pairs, checked against diffusers' single-file converter
+    /// (`convert_ldm_unet_checkpoint`, `convert_open_clip_checkpoint`): three levels with a
+    /// plain first one, `label_emb`, both text towers under `conditioner.embedders`.
+    #[test]
+    fn sdxl_module_paths_and_weights() {
+        let m = LdmMap::new(&LdmArch::sdxl());
+        let u = |s: &str| format!("{UNET_ROOT}.{s}");
+        for (ours, ldm) in [
+            ("unet.add_embedding", u("label_emb.0")),
+            ("unet.time_embedding", u("time_embed")),
+            ("unet.down_blocks.0.resnets.1", u("input_blocks.2.0")),
+            ("unet.down_blocks.0.downsamplers.0", u("input_blocks.3.0")),
+            (
+                "unet.down_blocks.1.attentions.1.transformer_blocks.1.attn2",
+                u("input_blocks.5.1.transformer_blocks.1.attn2"),
+            ),
+            ("unet.down_blocks.2.attentions.0", u("input_blocks.7.1")),
+            ("unet.down_blocks.2", u("input_blocks.8")),
+            (
+                "unet.mid_block.attentions.0.transformer_blocks.9.ff",
+                u("middle_block.1.transformer_blocks.9.ff"),
+            ),
+            ("unet.up_blocks.0.attentions.2", u("output_blocks.2.1")),
+            ("unet.up_blocks.0.upsamplers.0", u("output_blocks.2.2")),
+            ("unet.up_blocks.1.upsamplers.0", u("output_blocks.5.2")),
+            ("unet.up_blocks.2.resnets.2", u("output_blocks.8.0")),
+            ("unet.up_blocks.2", u("output_blocks.8")),
+            (
+                "vae.decoder.up_blocks.0",
+                "first_stage_model.decoder.up.3".into(),
+            ),
+            (
+                "text_encoder.encoder.layers.11",
+                "conditioner.embedders.0.transformer.text_model.encoder.layers.11".into(),
+            ),
+            (
+                "text_encoder.final_layer_norm",
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm".into(),
+            ),
+            (
+                "text_encoder_2.encoder.layers.31",
+                "conditioner.embedders.1.model.transformer.resblocks.31".into(),
+            ),
+            (
+                "text_encoder_2.encoder.layers.30.mlp.fc1",
+                "conditioner.embedders.1.model.transformer.resblocks.30.mlp.c_fc".into(),
+            ),
+            (
+                "text_encoder_2.final_layer_norm",
+                "conditioner.embedders.1.model.ln_final".into(),
+            ),
+        ] {
+            assert_eq!(m.to_ldm(ours).as_deref(), Some(ldm.as_str()), "{ours}");
+            assert_eq!(m.from_ldm(&ldm).as_deref(), Some(ours), "{ldm}");
+        }
+        for (host, ours) in [
+            (
+                "conditioner.embedders.0.wrapped.transformer.text_model.encoder.layers.3",
+                "text_encoder.encoder.layers.3",
+            ),
+            (
+                "conditioner.embedders.0.transformer.encoder.layers.3",
+                "text_encoder.encoder.layers.3",
+            ),
+            (
+                "conditioner.embedders.1.wrapped.model.transformer.resblocks.5",
+                "text_encoder_2.encoder.layers.5",
+            ),
+            ("diffusion_model.label_emb.0", "unet.add_embedding"),
+            ("output_blocks.2.2", "unet.up_blocks.0.upsamplers.0"),
+        ] {
+            assert_eq!(m.from_ldm(host).as_deref(), Some(ours), "{host}");
+        }
+        for ldm in [
+            "cond_stage_model.transformer.text_model.encoder.layers.3",
+            "cond_stage_model.model.transformer.resblocks.3",
+            "model.diffusion_model.input_blocks.1.1",
+            "model.diffusion_model.input_blocks.9.0",
+            "model.diffusion_model.label_emb",
+            "conditioner.embedders.1.model.transformer.resblocks.32",
+        ] {
+            assert_eq!(m.from_ldm(ldm), None, "{ldm}");
+        }
+        assert_eq!(m.to_ldm("text_encoder_2.text_projection"), None);
+        assert_eq!(m.to_ldm("unet.down_blocks.0.attentions.0"), None);
+        let w = |name: &str| m.weight(name).unwrap();
+        assert_eq!(
+            w("unet.add_embedding.linear_2.bias").key,
+            u("label_emb.0.2.bias")
+        );
+        assert_eq!(
+            w("text_encoder_2.text_projection.weight"),
+            WeightKey {
+                key: "conditioner.embedders.1.model.text_projection".into(),
+                fused: None,
+                squeeze_1x1: false,
+                transpose: true,
+            }
+        );
+        assert_eq!(
+            w("text_encoder_2.encoder.layers.0.self_attn.v_proj.bias"),
+            WeightKey {
+                key: "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_bias"
+                    .into(),
+                fused: Some(2),
+                squeeze_1x1: false,
+                transpose: false,
+            }
+        );
+        assert_eq!(
+            w("text_encoder_2.embeddings.position_embedding.weight").key,
+            "conditioner.embedders.1.model.positional_embedding"
+        );
+        assert_eq!(
+            w("text_encoder.embeddings.token_embedding.weight").key,
+            "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+        );
+        // SD 2.x's OpenCLIP has no projection rule: SD 2.x does not use it.
+        assert_eq!(
+            LdmMap::new(&LdmArch::sd2()).weight("text_encoder.text_projection.weight"),
+            None
+        );
+    }
+
     #[test]
     fn every_row_round_trips() {
-        for arch in [LdmArch::sd1(), LdmArch::sd2()] {
+        for arch in [LdmArch::sd1(), LdmArch::sd2(), LdmArch::sdxl()] {
             let m = LdmMap::new(&arch);
             for e in m.entries() {
                 assert_eq!(m.to_ldm(&e.ours).as_deref(), Some(e.ldm.as_str()), "{e:?}");
@@ -910,7 +1161,35 @@ mod tests {
             let got = LdmArch::from_names(names.iter().map(String::as_str));
             assert_eq!(got, Some(arch));
         }
+        // A label embedding beside SD 2.x's text tower: a class-conditioned model (unCLIP).
         names.push(format!("{UNET_ROOT}.label_emb.0.0.weight"));
+        assert_eq!(LdmArch::from_names(names.iter().map(String::as_str)), None);
+        // SDXL base: every weight name of its table, and the samplers' convs.
+        let xl = LdmMap::new(&LdmArch::sdxl());
+        let mut names: Vec<String> = xl
+            .entries()
+            .iter()
+            .filter(|e| e.inner != Inner::Opaque)
+            .map(|e| format!("{}.weight", e.ldm))
+            .collect();
+        names.extend(
+            xl.entries()
+                .iter()
+                .filter(|e| e.inner == Inner::Rules(DOWNSAMPLER))
+                .map(|e| format!("{}.op.weight", e.ldm)),
+        );
+        names
+            .extend((0..12).map(|k| format!("{SDXL_CLIP_ROOT}.encoder.layers.{k}.mlp.fc1.weight")));
+        let got = LdmArch::from_names(names.iter().map(String::as_str));
+        assert_eq!(got, Some(LdmArch::sdxl()));
+        // An SDXL UNet alone (ComfyUI hooks it apart from the text encoders): SDXL's towers.
+        let unet: Vec<&String> = names.iter().filter(|n| n.starts_with(UNET_ROOT)).collect();
+        let got = LdmArch::from_names(unet.iter().map(|s| s.as_str()));
+        assert_eq!(got, Some(LdmArch::sdxl()));
+        // The refiner's text tower is not SDXL base's.
+        names.push(format!(
+            "{SDXL_REFINER_OPENCLIP_ROOT}.transformer.resblocks.0.ln_1.weight"
+        ));
         assert_eq!(LdmArch::from_names(names.iter().map(String::as_str)), None);
         assert_eq!(LdmArch::from_names(["foo.bar"]), None);
         // One component alone: the others keep SD's values.
