@@ -234,6 +234,19 @@ mod tests {
     }
 
     #[test]
+    fn finite_fast_path_equals_the_general_update() {
+        let v: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.37).sin() * 50.0).collect();
+        for start in [0u64, 7, 4096] {
+            let mut a = SketchBuilder::new("k", &[1001], 256);
+            let mut b = a.clone();
+            a.update(start, &v);
+            b.update_finite_f32(start, &v[..500]);
+            b.update_finite_f32(start + 500, &v[500..]);
+            assert_eq!(a.finish(), b.finish(), "start {start}");
+        }
+    }
+
+    #[test]
     fn incomparable_sketches() {
         let a = SketchBuilder::new("a", &[4], 8).finish();
         let b = SketchBuilder::new("b", &[4], 8).finish();
