@@ -14,7 +14,7 @@
 
 use crate::dtype::{DType, byte_len};
 use crate::glob;
-use crate::stats::{SummaryBuilder, sketch::DEFAULT_K, sketch::SketchBuilder, thumbnail};
+use crate::stats::{SummaryBuilder, sketch::DEFAULT_K, sketch::SketchBuilder};
 use crate::trace::{
     Codec, Fidelity, NonFinite, RecordId, RecordInput, RunEnd, TraceError, TraceWriter,
     WrittenTrace,
@@ -244,22 +244,15 @@ type PendingRecord = (RecordInput, Codec);
 /// host batched them in (`cfg_rows`); see [`Probe::set_cond_first`].
 pub const CFG_ROWS_STORED: &str = "uncond,cond";
 
-/// A copy of `t` with the two halves of its first dimension swapped ([cond; uncond] to
+/// The two halves of `t`'s first dimension, to be read in swapped order ([cond; uncond] as
 /// [uncond; cond]); `None` when that dimension is odd (not a CFG batch).
-fn uncond_first(t: TensorView<'_>) -> Option<OwnedTensor> {
+fn cfg_halves<'a>(t: &TensorView<'a>) -> Option<[&'a [u8]; 2]> {
     let rows = *t.shape().first()?;
     if rows < 2 || rows % 2 != 0 {
         return None;
     }
-    let half = t.data().len() / 2;
-    let mut data = Vec::with_capacity(t.data().len());
-    data.extend_from_slice(&t.data()[half..]);
-    data.extend_from_slice(&t.data()[..half]);
-    Some(OwnedTensor {
-        dtype: t.dtype(),
-        shape: t.shape().to_vec(),
-        data,
-    })
+    let (first, second) = t.data.split_at(t.data.len() / 2);
+    Some([second, first])
 }
 
 /// Key patterns of the fine probe points, off in every preset.
@@ -609,23 +602,29 @@ impl Probe {
             })?,
             None => tensor,
         };
-        let swapped = (s.cond_first && plan.capture.is_some())
-            .then(|| uncond_first(recorded))
-            .flatten();
-        let stored = match &swapped {
-            Some(t) => t.view().map_err(|what| TraceError::InvalidTensor {
-                key: key.to_string(),
-                what,
-            })?,
-            None => recorded,
+        // The stored bytes: the tensor's, or its CFG halves swapped (read in place, copied
+        // together only when the record keeps them).
+        let halves = if s.cond_first {
+            cfg_halves(&recorded)
+        } else {
+            None
         };
+        let whole = [recorded.data];
         let pending = match plan.capture {
             None => None,
             Some((fidelity, codec)) => {
-                let mut rec =
-                    summarize_tensor(key, s.step, s.eval, stored, fidelity, s.policy.sketch_k);
-                if let Some(t) = swapped.filter(|_| fidelity == Fidelity::Full) {
-                    rec.payload = Some((t.data, codec));
+                let parts = halves.as_ref().map_or(&whole[..], |h| &h[..]);
+                let mut rec = summarize_tensor(
+                    key,
+                    s.step,
+                    s.eval,
+                    recorded,
+                    parts,
+                    fidelity,
+                    s.policy.sketch_k,
+                );
+                if fidelity == Fidelity::Full && halves.is_some() {
+                    rec.payload = Some((parts.concat(), codec));
                 }
                 Some((rec, codec))
             }
@@ -725,33 +724,36 @@ pub fn capture(
     codec: Codec,
     sketch_k: usize,
 ) -> RecordInput {
-    let mut rec = summarize_tensor(key, step, eval, tensor, fidelity, sketch_k);
+    let mut rec = summarize_tensor(key, step, eval, tensor, &[tensor.data], fidelity, sketch_k);
     if fidelity == Fidelity::Full {
         rec.payload = Some((tensor.data.to_vec(), codec));
     }
     rec
 }
 
-/// Everything of a record but its payload (which a `full` record still needs attached).
+/// Everything of a record but its payload (which a `full` record still needs attached), for
+/// `tensor`'s dtype and shape and the bytes `parts` (concatenated: the tensor's own, or its CFG
+/// halves swapped; read in place either way).
 fn summarize_tensor(
     key: &str,
     step: Option<u32>,
     eval: u32,
     tensor: TensorView<'_>,
+    parts: &[&[u8]],
     fidelity: Fidelity,
     sketch_k: usize,
 ) -> RecordInput {
     let shape: Vec<u64> = tensor.shape.iter().map(|&d| d as u64).collect();
     let mut b = SummaryBuilder::new(tensor.dtype);
     if fidelity >= Fidelity::Sketch {
-        b = b.with_sketch(SketchBuilder::new(key, &shape, sketch_k));
+        b = b
+            .with_sketch(SketchBuilder::new(key, &shape, sketch_k))
+            .with_thumbnail(&shape);
     }
-    b.update(tensor.data);
-    let (summary, sketch) = b.finish();
-    let thumbnail = match fidelity {
-        Fidelity::Stats => None,
-        _ => thumbnail(tensor.dtype, &shape, tensor.data),
-    };
+    for part in parts {
+        b.update(part);
+    }
+    let (summary, sketch, thumbnail) = b.finish_all();
     RecordInput {
         key: key.to_string(),
         step,
@@ -980,6 +982,55 @@ mod tests {
             data: vec![0; 4],
         };
         assert!(Probe::disabled().tensor_owned("x", bad).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cond_first_records_equal_the_swapped_tensor() {
+        // A CFG batch read as its two halves in swapped order must record exactly what the
+        // swapped copy records: summary, sketch, thumbnail and payload. Each half (3·40·33
+        // elements) ends inside a summary chunk, and one half holds a NaN.
+        let dir = std::env::temp_dir().join(format!("sdtrace-probe-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shape = [2usize, 3, 40, 33];
+        let n: usize = shape.iter().product();
+        let mut vals: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1009) as f32 / 9.0 - 50.0)
+            .collect();
+        vals[n / 2 + 17] = f32::NAN;
+        let bytes: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let half = bytes.len() / 2;
+        let swapped = [&bytes[half..], &bytes[..half]].concat();
+        for preset in ["sketch", "full"] {
+            let path = dir.join(format!("{preset}.sdt"));
+            let w =
+                crate::trace::TraceWriter::create(&path, &Default::default(), Default::default())
+                    .unwrap();
+            let p = Probe::new(w, Policy::preset(preset).unwrap());
+            p.set_step(Some(0), 0).unwrap();
+            p.set_cond_first(true);
+            p.tensor("x", TensorView::new(DType::F32, &shape, &bytes).unwrap())
+                .unwrap();
+            p.set_step(Some(1), 0).unwrap();
+            p.set_cond_first(false);
+            p.tensor("x", TensorView::new(DType::F32, &shape, &swapped).unwrap())
+                .unwrap();
+            p.finish().unwrap();
+            let r = crate::trace::TraceReader::open(&path).unwrap();
+            let m: Vec<_> = r
+                .entries()
+                .iter()
+                .map(|e| r.read_meta(e).unwrap())
+                .collect();
+            assert_eq!(m[0].summary, m[1].summary, "{preset}");
+            assert_eq!(m[0].summary.nan, 1);
+            assert_eq!(m[0].sketch, m[1].sketch, "{preset}");
+            assert!(m[0].thumbnail.is_some());
+            assert_eq!(m[0].thumbnail, m[1].thumbnail, "{preset}");
+            let payloads: Vec<_> = m.iter().map(|m| r.read_payload(m).unwrap()).collect();
+            assert_eq!(payloads[0], payloads[1]);
+            assert_eq!(payloads[0].is_some(), preset == "full");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

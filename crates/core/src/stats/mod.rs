@@ -2,8 +2,9 @@
 //!
 //! One pass over a tensor's little-endian bytes produces a [`Summary`] (counts, extrema, mean,
 //! std, L2 norm, abs-max and its index, a 64-bin histogram of log2|x|, and an XXH3-64 hash of the
-//! raw bytes) and, when asked, a CountSketch ([`sketch`]) of the same elements. Thumbnails of
-//! NCHW tensors are in [`thumbnail`](mod@thumbnail).
+//! raw bytes) and, when asked, a CountSketch ([`sketch`]) and the thumbnail of an NCHW tensor
+//! ([`thumbnail`](mod@thumbnail)) from the same decoded chunks, so a record reads the tensor's
+//! memory once.
 //!
 //! Invariants:
 //! - Extrema, mean, std and L2 are over the *finite* elements only; NaN and ±Inf are counted,
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
 pub use sketch::{Sketch, SketchBuilder};
-pub use thumbnail::{Thumbnail, thumbnail};
+pub use thumbnail::{Thumbnail, ThumbnailBuilder, thumbnail, thumbnail_parts};
 
 /// Elements processed per chunk: small enough to stay in L1 while several passes run over it.
 pub const CHUNK: usize = 1024;
@@ -120,11 +121,14 @@ fn decode_chunk_f32(dtype: DType, bytes: &[u8], out: &mut [f32; CHUNK]) -> Optio
     }
 }
 
-/// Streaming accumulator behind [`summarize`]; feed it whole elements in order. Results are
-/// identical however the bytes are split, as long as every piece holds a multiple of
-/// [`CHUNK`] elements (the last piece excepted).
+/// Streaming accumulator behind [`summarize`]; feed it the tensor's bytes in order. Results are
+/// identical however the bytes are split: elements are processed in chunks of [`CHUNK`]
+/// counted from the tensor's start, and a piece that ends inside a chunk leaves the rest of it
+/// waiting for the next piece.
 pub struct SummaryBuilder {
     dtype: DType,
+    /// Bytes of a chunk begun by one piece and not yet completed (fewer than a chunk's).
+    tail: Vec<u8>,
     hasher: Xxh3,
     count: u64,
     nan: u64,
@@ -149,12 +153,14 @@ pub struct SummaryBuilder {
     buf: Box<[f64; CHUNK]>,
     buf32: Box<[f32; CHUNK]>,
     sketch: Option<SketchBuilder>,
+    thumbnail: Option<ThumbnailBuilder>,
 }
 
 impl SummaryBuilder {
     pub fn new(dtype: DType) -> Self {
         SummaryBuilder {
             dtype,
+            tail: Vec::new(),
             hasher: Xxh3::new(),
             count: 0,
             nan: 0,
@@ -176,6 +182,7 @@ impl SummaryBuilder {
             buf: Box::new([0.0; CHUNK]),
             buf32: Box::new([0.0; CHUNK]),
             sketch: None,
+            thumbnail: None,
         }
     }
 
@@ -185,34 +192,67 @@ impl SummaryBuilder {
         self
     }
 
-    /// Feed the next bytes of the tensor. `bytes.len()` must be a multiple of the element size
-    /// (callers validate tensor lengths up front; a ragged tail is ignored).
-    pub fn update(&mut self, bytes: &[u8]) {
+    /// Also accumulate the thumbnail of a tensor of `shape` in the same pass (nothing for a
+    /// shape that has none: not rank 4, or empty); see [`SummaryBuilder::finish_all`].
+    pub fn with_thumbnail(mut self, shape: &[u64]) -> Self {
+        self.thumbnail = ThumbnailBuilder::new(shape);
+        self
+    }
+
+    /// Feed the next bytes of the tensor. The whole tensor must be a whole number of elements
+    /// (callers validate tensor lengths up front; a ragged last element is hashed but not
+    /// decoded).
+    pub fn update(&mut self, mut bytes: &[u8]) {
         let chunk_bytes = CHUNK * self.dtype.size();
-        for piece in bytes.chunks(chunk_bytes) {
-            // Hash while the piece is in cache: one pass over memory for everything.
-            self.hasher.update(piece);
-            let start = self.count;
-            let n = match decode_chunk_f32(self.dtype, piece, &mut self.buf32) {
-                // All-finite f32-representable chunks take the fast path.
-                Some(n) if all_finite_f32(&self.buf32[..n]) => {
-                    if let Some(sk) = self.sketch.as_mut() {
-                        sk.update(start, &self.buf32[..n]);
-                    }
-                    self.finite_f32_chunk(start, n);
-                    n
-                }
-                _ => {
-                    let n = decode_chunk(self.dtype, piece, &mut self.buf);
-                    if let Some(sk) = self.sketch.as_mut() {
-                        sk.update(start, &self.buf[..n]);
-                    }
-                    self.general_chunk(start, n);
-                    n
-                }
-            };
-            self.count += n as u64;
+        if !self.tail.is_empty() {
+            let take = (chunk_bytes - self.tail.len()).min(bytes.len());
+            self.tail.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.tail.len() < chunk_bytes {
+                return;
+            }
+            let tail = std::mem::take(&mut self.tail);
+            self.chunk(&tail);
+            self.tail = tail;
+            self.tail.clear();
         }
+        let whole = bytes.len() / chunk_bytes * chunk_bytes;
+        for piece in bytes[..whole].chunks_exact(chunk_bytes) {
+            self.chunk(piece);
+        }
+        self.tail.extend_from_slice(&bytes[whole..]);
+    }
+
+    /// One chunk (fewer elements only at the tensor's end), in order.
+    fn chunk(&mut self, piece: &[u8]) {
+        // Hash while the piece is in cache: one pass over memory for everything.
+        self.hasher.update(piece);
+        let start = self.count;
+        let n = match decode_chunk_f32(self.dtype, piece, &mut self.buf32) {
+            // All-finite f32-representable chunks take the fast path.
+            Some(n) if all_finite_f32(&self.buf32[..n]) => {
+                if let Some(sk) = self.sketch.as_mut() {
+                    sk.update_finite_f32(start, &self.buf32[..n]);
+                }
+                if let Some(t) = self.thumbnail.as_mut() {
+                    t.update_finite(&self.buf32[..n]);
+                }
+                self.finite_f32_chunk(start, n);
+                n
+            }
+            _ => {
+                let n = decode_chunk(self.dtype, piece, &mut self.buf);
+                if let Some(sk) = self.sketch.as_mut() {
+                    sk.update(start, &self.buf[..n]);
+                }
+                if let Some(t) = self.thumbnail.as_mut() {
+                    t.update(&self.buf[..n]);
+                }
+                self.general_chunk(start, n);
+                n
+            }
+        };
+        self.count += n as u64;
     }
 
     /// Fast path over `buf32[..n]`, every value finite: one pass of shifted sums (shift = the
@@ -299,7 +339,18 @@ impl SummaryBuilder {
     }
 
     /// The finished summary and, when one was requested, the sketch.
-    pub fn finish(mut self) -> (Summary, Option<Sketch>) {
+    pub fn finish(self) -> (Summary, Option<Sketch>) {
+        let (summary, sketch, _) = self.finish_all();
+        (summary, sketch)
+    }
+
+    /// The finished summary, and the sketch and thumbnail when they were requested (the
+    /// thumbnail is `None` also when the bytes fed did not match its shape).
+    pub fn finish_all(mut self) -> (Summary, Option<Sketch>, Option<Thumbnail>) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.chunk(&tail);
+        }
         // Fold the fast path's exponent counts into log2 bins. Biased exponent 0 holds zeros
         // (already counted in `zeros`) and subnormals (all below 2^-126: bin 0).
         for (e, total) in (0..256).map(|e| (e, self.exp_counts.iter().map(|t| t[e]).sum::<u64>())) {
@@ -327,7 +378,11 @@ impl SummaryBuilder {
             log2_hist: self.hist.to_vec(),
             bits_hash: self.hasher.digest(),
         };
-        (summary, self.sketch.map(SketchBuilder::finish))
+        (
+            summary,
+            self.sketch.map(SketchBuilder::finish),
+            self.thumbnail.and_then(ThumbnailBuilder::finish),
+        )
     }
 }
 
@@ -713,10 +768,13 @@ mod tests {
             .collect();
         let b = f32_bytes(&v);
         let whole = summarize(DType::F32, &b);
-        let mut sb = SummaryBuilder::new(DType::F32);
-        for piece in b.chunks(4 * 1024) {
-            sb.update(piece);
+        // Chunk-sized pieces, and pieces that split chunks (and elements) anywhere.
+        for size in [4 * 1024, 1000, 7, 4 * 1024 + 3] {
+            let mut sb = SummaryBuilder::new(DType::F32);
+            for piece in b.chunks(size) {
+                sb.update(piece);
+            }
+            assert_eq!(sb.finish().0, whole, "pieces of {size} bytes");
         }
-        assert_eq!(sb.finish().0, whole);
     }
 }
