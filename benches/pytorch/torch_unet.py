@@ -49,7 +49,8 @@ def gen(root, arch):
             if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
                 m.weight.add_(torch.randn_like(m.weight) * 0.05)
                 m.bias.add_(torch.randn_like(m.bias) * 0.05)
-    unet.save_pretrained(os.path.join(root, "unet"), safe_serialization=True)
+    # One file (diffusers shards above 10 GB by default; SDXL's f32 UNet is 10.3 GB).
+    unet.save_pretrained(os.path.join(root, "unet"), safe_serialization=True, max_shard_size="20GB")
 
 
 def inputs(root, res):
