@@ -410,17 +410,31 @@ struct XlFiles {
 }
 
 fn first_existing(dir: &Path, sub: &str, names: &[&str]) -> Result<PathBuf> {
-    names
+    if let Some(p) = names
         .iter()
         .map(|n| dir.join(sub).join(n))
         .find(|p| p.is_file())
-        .ok_or_else(|| PipelineError::ModelFolder {
-            dir: dir.to_path_buf(),
-            what: format!(
-                "no {sub}/{} (a diffusers folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/, SDXL also text_encoder_2/ and tokenizer_2/; `sdtrace synth --out DIR` writes one)",
-                names.join(" or ")
-            ),
-        })
+    {
+        return Ok(p);
+    }
+    // diffusers' save_pretrained shards weights above 10 GB (an f32 SDXL UNet) into
+    // NAME-0000K-of-0000N files listed in NAME.index.json.
+    let sharded = names
+        .iter()
+        .find(|n| dir.join(sub).join(format!("{n}.index.json")).is_file());
+    let what = match sharded {
+        Some(n) => format!(
+            "{sub}/{n} is sharded ({sub}/{n}.index.json); sdtrace reads one safetensors file per part: save it unsharded (save_pretrained(..., max_shard_size=\"20GB\")) or merge the shards into {sub}/{n}"
+        ),
+        None => format!(
+            "no {sub}/{} (a diffusers folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/, SDXL also text_encoder_2/ and tokenizer_2/; `sdtrace synth --out DIR` writes one)",
+            names.join(" or ")
+        ),
+    };
+    Err(PipelineError::ModelFolder {
+        dir: dir.to_path_buf(),
+        what,
+    })
 }
 
 /// The text encoder weights of a diffusers folder.
@@ -1353,6 +1367,33 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A missing weights file is named; a sharded one (diffusers' save_pretrained above 10 GB)
+    /// is named as sharded, with the way out.
+    #[test]
+    fn sharded_weights_are_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("unet")).unwrap();
+        let names = ["diffusion_pytorch_model.safetensors"];
+        let err = first_existing(dir.path(), "unet", &names)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no unet/diffusion_pytorch_model.safetensors"),
+            "{err}"
+        );
+        let index = dir
+            .path()
+            .join("unet/diffusion_pytorch_model.safetensors.index.json");
+        std::fs::write(index, "{}").unwrap();
+        let err = first_existing(dir.path(), "unet", &names)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is sharded") && err.contains("max_shard_size"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn settings_parse_with_clear_errors() {
