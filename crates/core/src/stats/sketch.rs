@@ -124,18 +124,8 @@ impl SketchBuilder {
     /// Add `vals` (f32 or f64), whose first element has flat index `start`. Non-finite values
     /// are skipped so that a single NaN does not erase the whole sketch (the summary counts
     /// them instead).
-    pub fn update<T: Copy + Into<f64>>(&mut self, start: u64, mut vals: &[T]) {
-        let mut pair = start / 2;
-        if start % 2 == 1
-            && let Some((&first, rest)) = vals.split_first()
-        {
-            self.add((pair_hash(self.seed, pair) >> 32) as u32, first.into());
-            pair += 1;
-            vals = rest;
-        }
-        let mut z = self
-            .seed
-            .wrapping_add(pair.wrapping_add(1).wrapping_mul(GAMMA));
+    pub fn update<T: Copy + Into<f64>>(&mut self, start: u64, vals: &[T]) {
+        let (mut z, vals) = self.align(start, vals);
         let mut pairs = vals.chunks_exact(2);
         for p in &mut pairs {
             let h = splitmix64(z);
@@ -150,18 +140,8 @@ impl SketchBuilder {
 
     /// [`SketchBuilder::update`] for values known to be finite (the summary's fast path has
     /// checked them): the same buckets and signs, without the per-element finiteness test.
-    pub fn update_finite_f32(&mut self, start: u64, mut vals: &[f32]) {
-        let mut pair = start / 2;
-        if start % 2 == 1
-            && let Some((&first, rest)) = vals.split_first()
-        {
-            self.add((pair_hash(self.seed, pair) >> 32) as u32, first.into());
-            pair += 1;
-            vals = rest;
-        }
-        let mut z = self
-            .seed
-            .wrapping_add(pair.wrapping_add(1).wrapping_mul(GAMMA));
+    pub fn update_finite_f32(&mut self, start: u64, vals: &[f32]) {
+        let (mut z, vals) = self.align(start, vals);
         let mask = self.mask;
         // Slicing to exactly `mask + 1` buckets lets the compiler drop the bounds checks.
         let Some(buckets) = self.buckets.get_mut(..=mask as usize) else {
@@ -179,6 +159,25 @@ impl SketchBuilder {
             let lo = splitmix64(z) as u32;
             buckets[(lo as u64 & mask) as usize] += signed(lo, *last as f64);
         }
+    }
+
+    /// Bring `vals` (first flat index `start`) to a pair boundary: an odd `start` adds the first
+    /// value under the high half of its pair's hash. Returns the splitmix64 state of the first
+    /// whole pair and the values from there.
+    fn align<'a, T: Copy + Into<f64>>(&mut self, start: u64, vals: &'a [T]) -> (u64, &'a [T]) {
+        let mut pair = start / 2;
+        let mut vals = vals;
+        if start % 2 == 1
+            && let Some((&first, rest)) = vals.split_first()
+        {
+            self.add((pair_hash(self.seed, pair) >> 32) as u32, first.into());
+            pair += 1;
+            vals = rest;
+        }
+        let z = self
+            .seed
+            .wrapping_add(pair.wrapping_add(1).wrapping_mul(GAMMA));
+        (z, vals)
     }
 
     /// Add `x` under one 32-bit half hash: bucket from the low bits, sign from bit 31.
