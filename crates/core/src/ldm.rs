@@ -451,6 +451,36 @@ fn find_rule<'a>(
         })
 }
 
+/// Which side of the table a path is named on: sdtrace's (diffusers') keys or the LDM paths.
+#[derive(Clone, Copy)]
+enum Side {
+    Ours,
+    Ldm,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Ours => Side::Ldm,
+            Side::Ldm => Side::Ours,
+        }
+    }
+
+    fn of_entry(self, e: &Entry) -> &str {
+        match self {
+            Side::Ours => &e.ours,
+            Side::Ldm => &e.ldm,
+        }
+    }
+
+    fn of_rule(self, r: &Rule) -> &'static str {
+        match self {
+            Side::Ours => r.ours,
+            Side::Ldm => r.ldm,
+        }
+    }
+}
+
 impl LdmMap {
     /// The table for `arch`.
     pub fn new(arch: &LdmArch) -> Self {
@@ -516,20 +546,7 @@ impl LdmMap {
     /// `model.diffusion_model.middle_block.1`), or `None` if it has none (a fused projection, a
     /// pipeline point such as `noise.initial`, an unknown key).
     pub fn to_ldm(&self, key: &str) -> Option<String> {
-        let (i, rest) = longest(&self.by_ours, key)?;
-        let e = &self.entries[i];
-        if rest.is_empty() {
-            return Some(e.ldm.clone());
-        }
-        match e.inner {
-            Inner::Same => Some(join(&e.ldm, rest)),
-            Inner::Opaque => None,
-            Inner::Rules(rules) => {
-                let (r, x) = find_rule(rules, rest, |r| r.ours)?;
-                matches!(r.kind, RuleKind::Module | RuleKind::Module1x1)
-                    .then(|| join(&join(&e.ldm, r.ldm), x))
-            }
-        }
+        self.translate(key, Side::Ours)
     }
 
     /// The sdtrace key of LDM module path `path`, or `None`. Rooted as in a checkpoint
@@ -553,18 +570,30 @@ impl LdmMap {
                 path = join(root, rest);
             }
         }
-        let (i, rest) = longest(&self.by_ldm, &path)?;
+        self.translate(&path, Side::Ldm)
+    }
+
+    /// The module path `path`, named on side `from`, named on the other side: the entry with
+    /// the longest matching prefix, then its inner rules (modules only; a fused or opaque part
+    /// has no module of its own on the other side).
+    fn translate(&self, path: &str, from: Side) -> Option<String> {
+        let index = match from {
+            Side::Ours => &self.by_ours,
+            Side::Ldm => &self.by_ldm,
+        };
+        let to = from.other();
+        let (i, rest) = longest(index, path)?;
         let e = &self.entries[i];
         if rest.is_empty() {
-            return Some(e.ours.clone());
+            return Some(to.of_entry(e).to_string());
         }
         match e.inner {
-            Inner::Same => Some(join(&e.ours, rest)),
+            Inner::Same => Some(join(to.of_entry(e), rest)),
             Inner::Opaque => None,
             Inner::Rules(rules) => {
-                let (r, x) = find_rule(rules, rest, |r| r.ldm)?;
+                let (r, x) = find_rule(rules, rest, |r| from.of_rule(r))?;
                 matches!(r.kind, RuleKind::Module | RuleKind::Module1x1)
-                    .then(|| join(&join(&e.ours, r.ours), x))
+                    .then(|| join(&join(to.of_entry(e), to.of_rule(r)), x))
             }
         }
     }
