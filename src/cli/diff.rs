@@ -15,7 +15,7 @@ pub fn help() -> String {
          lists every key.",
         sdtrace::tui::keys::summary().join(", ")
     );
-    super::wrap(&text, 96)
+    sdtrace::report::wrap(&text, 96)
 }
 
 /// Flags of `sdtrace diff`.

@@ -36,26 +36,6 @@ pub fn emit(text: &str) -> Result<()> {
     }
 }
 
-/// `text` broken into lines of at most `width` columns at spaces (help texts generated from
-/// tables).
-pub fn wrap(text: &str, width: usize) -> String {
-    let mut out = String::new();
-    let mut line = 0;
-    for word in text.split(' ').filter(|w| !w.is_empty()) {
-        let n = word.chars().count();
-        if line > 0 && line + 1 + n > width {
-            out.push('\n');
-            line = 0;
-        } else if line > 0 {
-            out.push(' ');
-            line += 1;
-        }
-        out.push_str(word);
-        line += n;
-    }
-    out
-}
-
 pub fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
@@ -78,6 +58,6 @@ mod tests {
         for text in [super::report::help(), diff] {
             assert!(text.lines().all(|l| l.chars().count() <= 96), "{text}");
         }
-        assert_eq!(super::wrap("a bb  ccc", 4), "a bb\nccc");
+        assert_eq!(sdtrace::report::wrap("a bb  ccc", 4), "a bb\nccc");
     }
 }

@@ -22,7 +22,7 @@ pub fn help() -> String {
          is in docs/REPORT.md.",
         sdtrace::analysis::defaults_text()
     );
-    super::wrap(&text, 96)
+    sdtrace::report::wrap(&text, 96)
 }
 
 /// Flags of `sdtrace report`.

@@ -17,7 +17,7 @@ mod text;
 pub use html::render_html;
 pub use junit::render_junit;
 pub use markdown::render_markdown;
-pub use text::render_text;
+pub use text::{render_text, wrap};
 
 use crate::analysis::decode_all;
 use crate::analysis::noise::{element_agrees, is_noise_key};

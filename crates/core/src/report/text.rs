@@ -12,8 +12,9 @@ const MAX_FAILING: usize = 20;
 /// Most noise diagnoses listed one by one.
 const MAX_NOISE: usize = 5;
 
-/// Wrap `text` at `width` columns.
-pub(crate) fn wrap(text: &str, width: usize) -> String {
+/// `text` broken into lines of at most `width` columns at whitespace (a word longer than
+/// `width` stands on its own line).
+pub fn wrap(text: &str, width: usize) -> String {
     let mut out = String::new();
     let mut col = 0;
     for word in text.split_whitespace() {
